@@ -1,0 +1,45 @@
+"""Typer app: wires one short module per command; the library does the work."""
+from __future__ import annotations
+
+import importlib
+import logging
+
+import typer
+
+app = typer.Typer(
+    name="posemum",
+    help="Semi-supervised 2D human pose (Pose-MUM+): train, export, label, evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# module name -> command names it defines (each module exposes a function per command).
+_COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "synth": ("synth",),
+    "train": ("train", "presets"),
+    "evaluate": ("evaluate",),
+    "demo": ("demo",),
+    "export": ("export",),
+    "doctor": ("doctor",),
+    "label": ("label", "merge", "visualize"),
+    "rounds": ("rounds",),
+}
+
+for _module_name, _commands in _COMMAND_MODULES.items():
+    try:
+        _module = importlib.import_module(f"posemum_deploy.cli.{_module_name}")
+    except ModuleNotFoundError as _e:  # a command module not written yet
+        if _e.name != f"posemum_deploy.cli.{_module_name}":
+            raise
+        continue
+    for _command in _commands:
+        app.command(name=_command)(getattr(_module, _command.replace("-", "_")))
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning toolkit errors into one line."""
+    from posemum_deploy.cli.errors import run_app
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    run_app(app)

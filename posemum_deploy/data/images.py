@@ -1,0 +1,65 @@
+"""Image decoding that never guesses: RGB uint8 out, or an ImageError that says why.
+
+EXIF orientation is applied, grayscale/RGBA/16-bit inputs become 8-bit RGB, and files
+that are empty, truncated or not images are refused with their name, so that a bulk job
+can log and skip them instead of dying.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from posemum_deploy.errors import ImageError
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+# Decoding a truly huge image would exhaust memory long before it is useful for pose.
+MAX_PIXELS = 200_000_000
+
+
+def _check_jpeg_complete(data: bytes, path: Path) -> None:
+    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:]:
+        raise ImageError(f"{path}: truncated JPEG (no end-of-image marker); re-copy or drop the file")
+
+
+def decode_image(data: bytes, path: str | Path = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes to an RGB uint8 array [H, W, 3].
+
+    cv2's IMREAD_COLOR applies EXIF orientation, expands grayscale, drops alpha and
+    scales 16-bit samples to 8 bits, which is what a pose network wants.
+    """
+    path = Path(path)
+    if len(data) == 0:
+        raise ImageError(f"{path}: empty file (0 bytes); re-copy or drop the file")
+    _check_jpeg_complete(data, path)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageError(f"{path}: not a decodable image (corrupt or wrong format); "
+                         "re-copy or drop the file")
+    if image.shape[0] * image.shape[1] > MAX_PIXELS:
+        raise ImageError(f"{path}: {image.shape[1]}x{image.shape[0]} is too large to decode "
+                         f"(limit {MAX_PIXELS} pixels); downscale it first")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as RGB uint8 [H, W, 3]; ImageError names the file and the fix."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as e:
+        raise ImageError(f"{path}: image file not found; check --images points at the "
+                         "folder the annotations refer to") from e
+    except (IsADirectoryError, PermissionError, OSError) as e:
+        raise ImageError(f"{path}: cannot read ({e.strerror or e}); check permissions") from e
+    return decode_image(data, path)
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """All image files under `root`, recursively, case-insensitive suffixes, stable order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ImageError(f"{root}: not a folder; pass a directory of images")
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

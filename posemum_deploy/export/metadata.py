@@ -1,0 +1,91 @@
+"""ModelMetadata: the one description that travels with every artifact.
+
+Checkpoints carry it under "model_meta", ONNX files in their metadata props and every
+exported artifact in a `model.json` sidecar, so that any runtime can rebuild the exact
+pre/post-processing (sizes, normalisation, codec, flip pairs) without the training code.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from posemum_deploy.data.coco import FLIP_PAIRS, KEYPOINT_NAMES
+from posemum_deploy.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from posemum_deploy.errors import ArtifactError
+
+SIDECAR_NAME = "model.json"
+
+
+@dataclass
+class ModelMetadata:
+    """What a runtime needs to turn image crops into keypoints with this network."""
+
+    backbone: str = "resnet18"
+    num_joints: int = 17
+    input_hw: tuple[int, int] = (256, 192)
+    heatmap_hw: tuple[int, int] = (64, 48)
+    sigma: float = 2.0
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+    keypoint_names: tuple[str, ...] = KEYPOINT_NAMES
+    flip_pairs: tuple[tuple[int, int], ...] = FLIP_PAIRS
+    format: str = "torch"
+    precision: str = "fp32"
+    weights: str = "teacher"
+    source_checkpoint_sha256: str = ""
+    artifact_sha256: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    tool_versions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelMetadata":
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in data.items() if k in known}
+        for key in ("input_hw", "heatmap_hw", "mean", "std", "keypoint_names"):
+            if key in kw:
+                kw[key] = tuple(kw[key])
+        if "flip_pairs" in kw:
+            kw["flip_pairs"] = tuple(tuple(p) for p in kw["flip_pairs"])
+        return cls(**kw)
+
+    def save(self, path: str | Path) -> Path:
+        """Write as json (a directory gets `model.json` inside it)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / SIDECAR_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelMetadata":
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError as e:
+            raise ArtifactError(f"{path}: metadata sidecar missing; re-export the model with "
+                                "`posemum export` so model.json sits beside the artifact") from e
+        except (json.JSONDecodeError, TypeError) as e:
+            raise ArtifactError(f"{path}: unreadable metadata sidecar ({e}); re-export") from e
+
+
+def sidecar_path(artifact: str | Path) -> Path:
+    """`model.onnx` → `model.json` beside it (one sidecar per artifact)."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.stem + ".json")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed (engines and checkpoints can be large)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

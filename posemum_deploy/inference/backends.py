@@ -1,0 +1,91 @@
+"""One inference interface over every runtime.
+
+Each backend takes a float32 NCHW batch of normalised crops and returns heatmaps
+[N, K, h, w] as a NumPy array, and carries the `ModelMetadata` that says how to make
+the crops and read the heatmaps. Runtime imports stay lazy: a labeling box with only
+onnxruntime never imports TensorRT, and vice versa.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from posemum_deploy.errors import ArtifactError, ConfigError
+from posemum_deploy.export.metadata import ModelMetadata
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """`predict(batch[N, 3, H, W] float32) -> heatmaps[N, K, h, w] float32`."""
+
+    metadata: ModelMetadata
+    name: str
+
+    def predict(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+# kind -> (module, class); modules are imported only when that kind is used.
+BACKENDS: dict[str, tuple[str, str]] = {
+    "torch": ("posemum_deploy.inference.torch_backend", "TorchBackend"),
+    "onnxruntime": ("posemum_deploy.inference.ort_backend", "OrtBackend"),
+    "tensorrt": ("posemum_deploy.inference.trt_backend", "TrtBackend"),
+    "openvino": ("posemum_deploy.inference.openvino_backend", "OpenVinoBackend"),
+}
+# artifact suffix -> backends that can run it, best first (auto picks the first usable).
+SUFFIX_BACKENDS: dict[str, tuple[str, ...]] = {
+    ".pt": ("torch",),
+    ".pth": ("torch",),
+    ".onnx": ("tensorrt", "onnxruntime", "openvino"),
+    ".engine": ("tensorrt",),
+    ".plan": ("tensorrt",),
+    ".xml": ("openvino",),
+}
+
+
+def backend_class(kind: str) -> type:
+    """The backend class for a kind name, importing its runtime module lazily."""
+    if kind not in BACKENDS:
+        raise ConfigError(f"unknown backend {kind!r}; choose auto, {', '.join(BACKENDS)}")
+    module_name, class_name = BACKENDS[kind]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"backend {kind!r} is not part of this build ({e.name} missing)") from e
+    return getattr(module, class_name)
+
+
+def candidate_backends(path: str | Path) -> tuple[str, ...]:
+    """Backends able to run this artifact, in preference order."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in SUFFIX_BACKENDS:
+        raise ArtifactError(f"{path}: unknown model file type {suffix!r}; pass a checkpoint (.pt), "
+                            "an ONNX file, a TensorRT engine or an OpenVINO .xml")
+    return SUFFIX_BACKENDS[suffix]
+
+
+def load_backend(path: str | Path, kind: str = "auto", **options) -> Backend:
+    """Open a model artifact with the named backend, or the best usable one for `auto`.
+
+    `auto` tries each candidate's `is_available()` (runtime installed, device present)
+    and never silently swaps a requested GPU runtime for the CPU.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: model file not found")
+    if kind != "auto":
+        return backend_class(kind)(path, **options)
+    tried = []
+    for name in candidate_backends(path):
+        try:
+            cls = backend_class(name)
+        except ConfigError:
+            continue
+        usable, why = cls.is_available(path)
+        if usable:
+            return cls(path, **options)
+        tried.append(f"{name}: {why}")
+    raise ConfigError(f"{path}: no usable backend here ({'; '.join(tried) or 'none built'}); "
+                      "run `posemum doctor` to see what this machine can run")

@@ -1,0 +1,113 @@
+"""SimpleBaseline (Xiao et al. 2018): a torchvision ResNet and three deconvolutions.
+
+The backbone is kept as a list of stages (stem, layer1..layer4) so that Pose-MUM can
+mix and unmix features between them from the outside, through `after_stage`, without
+the model knowing anything about training.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet
+
+from posemum_deploy.errors import ArtifactError, ConfigError
+
+STAGE_NAMES: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "layer4")
+_RESNETS: dict[str, Callable[..., resnet.ResNet]] = {
+    "resnet18": resnet.resnet18, "resnet34": resnet.resnet34, "resnet50": resnet.resnet50,
+    "resnet101": resnet.resnet101, "resnet152": resnet.resnet152,
+}
+BACKBONES: tuple[str, ...] = tuple(_RESNETS)
+# Called after each stage (and after the head, name "head"); returns the tensor to go on with.
+StageHook = Callable[[str, Tensor], Tensor]
+
+
+class SimpleBaseline(nn.Module):
+    """ResNet encoder (output stride 32) + 3 × (deconv 4×4 s2, BN, ReLU) + 1×1 conv.
+
+    Input [N, 3, H, W] normalised RGB → heatmaps [N, K, H/4, W/4].
+    """
+
+    def __init__(self, backbone: str = "resnet18", num_joints: int = 17,
+                 deconv_channels: int = 256, num_deconv: int = 3) -> None:
+        super().__init__()
+        if backbone not in _RESNETS:
+            raise ConfigError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+        net = _RESNETS[backbone](weights=None)
+        stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.stages = nn.ModuleList([stem, net.layer1, net.layer2, net.layer3, net.layer4])
+        self.backbone_name = backbone
+        self.num_joints = num_joints
+        in_ch = net.fc.in_features
+        layers: list[nn.Module] = []
+        for _ in range(num_deconv):
+            layers += [nn.ConvTranspose2d(in_ch, deconv_channels, 4, stride=2, padding=1,
+                                          output_padding=0, bias=False),
+                       nn.BatchNorm2d(deconv_channels), nn.ReLU(inplace=True)]
+            in_ch = deconv_channels
+        self.deconv = nn.Sequential(*layers)
+        self.final = nn.Conv2d(in_ch, num_joints, kernel_size=1)
+        self._init_head()
+
+    def _init_head(self) -> None:
+        for m in self.deconv.modules():
+            if isinstance(m, nn.ConvTranspose2d):
+                nn.init.normal_(m.weight, std=0.001)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.final.weight, std=0.001)
+        nn.init.zeros_(self.final.bias)
+
+    def forward_features(self, x: Tensor, after_stage: StageHook | None = None) -> Tensor:
+        """Run the encoder stage by stage; `after_stage(name, x)` may replace each output."""
+        for name, stage in zip(STAGE_NAMES, self.stages):
+            x = stage(x)
+            if after_stage is not None:
+                x = after_stage(name, x)
+        return x
+
+    def head(self, features: Tensor) -> Tensor:
+        """Deconvolution head: encoder features [N, C, H/32, W/32] → heatmaps [N, K, H/4, W/4]."""
+        return self.final(self.deconv(features))
+
+    def forward(self, x: Tensor, after_stage: StageHook | None = None) -> Tensor:
+        out = self.head(self.forward_features(x, after_stage))
+        if after_stage is not None:
+            out = after_stage("head", out)
+        return out
+
+    def load_backbone_weights(self, path: str | Path) -> None:
+        """Load ImageNet weights for the ResNet from a local torchvision state_dict file."""
+        path = Path(path)
+        if not path.is_file():
+            raise ArtifactError(f"{path}: pretrained weights not found; pass a local torchvision "
+                                f"{self.backbone_name} state_dict (.pth)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        mapping = {"conv1.": "stages.0.0.", "bn1.": "stages.0.1."}
+        mapping.update({f"layer{i}.": f"stages.{i}." for i in range(1, 5)})
+        own = {}
+        for key, value in state.items():
+            for src, dst in mapping.items():
+                if key.startswith(src):
+                    own[dst + key[len(src):]] = value
+        missing, _ = self.load_state_dict(own, strict=False)
+        missing_backbone = [k for k in missing if k.startswith("stages.")]
+        if missing_backbone:
+            raise ArtifactError(f"{path}: not a {self.backbone_name} state_dict "
+                                f"({len(missing_backbone)} backbone tensors missing, e.g. "
+                                f"{missing_backbone[0]}); pass torchvision's ImageNet weights file")
+
+
+def build_model(backbone: str = "resnet18", num_joints: int = 17,
+                pretrained: str | Path | None = None) -> SimpleBaseline:
+    """Create SimpleBaseline-<backbone>, optionally with ImageNet weights from a local file."""
+    model = SimpleBaseline(backbone, num_joints)
+    if pretrained:
+        model.load_backbone_weights(pretrained)
+    return model

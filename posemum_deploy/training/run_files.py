@@ -1,0 +1,61 @@
+"""What a run writes: checkpoints (weights_only-loadable dicts) and metrics.jsonl."""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class MetricsLog:
+    """Append-only jsonl of training/validation rows a user can plot (one json per line)."""
+
+    def __init__(self, path: str | Path, enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        self.start = time.time()
+
+    def write(self, kind: str, **values: Any) -> None:
+        if not self.enabled:
+            return
+        row = {"kind": kind, "time": round(time.time() - self.start, 3), **values}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the trainer draws from, as tensors and plain Python values."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+                             "numpy": np_state[1].tolist(), "numpy_pos": int(np_state[2]),
+                             "numpy_gauss": int(np_state[3]), "numpy_cached": float(np_state[4])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), state["numpy_pos"],
+                         state["numpy_gauss"], state["numpy_cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write atomically: a kill during the save never leaves a truncated checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)

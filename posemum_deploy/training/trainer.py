@@ -1,0 +1,228 @@
+"""The training loop, top to bottom: data, model, optimiser, steps, validation, checkpoints.
+
+Supervised training is the `supervised` preset; the semi-supervised presets plug a
+different step (teacher, strong view, Pose-MUM) into the same loop.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+
+from posemum_deploy.data.codec import HeatmapCodec
+from posemum_deploy.data.datasets import TopDownDataset, load_instances
+from posemum_deploy.data.transforms import AffineAugment, normalize_batch
+from posemum_deploy.errors import ArtifactError, ConfigError
+from posemum_deploy.export.metadata import ModelMetadata
+from posemum_deploy.inference.torch_backend import resolve_device
+from posemum_deploy.models.simple_baseline import build_model
+from posemum_deploy.training.config import TrainConfig
+from posemum_deploy.training.losses import joints_mse_loss
+from posemum_deploy.training.run_files import (MetricsLog, rng_state, save_checkpoint,
+                                               seed_everything, set_rng_state)
+
+log = logging.getLogger(__name__)
+
+
+class TrainCallbacks(Protocol):
+    """Progress hooks the CLI implements with rich; the library never prints."""
+
+    def on_start(self, total_steps: int, start_step: int) -> None: ...
+    def on_step(self, step: int, logs: dict[str, float]) -> None: ...
+    def on_eval(self, epoch: int, metrics: dict[str, float]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    best_ap: float
+    last_metrics: dict[str, float]
+    steps: int
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA and on CPUs with native bf16 (AVX-512 BF16/AMX); else fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+def model_metadata(cfg: TrainConfig) -> ModelMetadata:
+    return ModelMetadata(backbone=cfg.model.backbone, input_hw=tuple(cfg.data.input_hw),
+                         heatmap_hw=cfg.data.heatmap_hw, sigma=cfg.data.sigma, format="torch")
+
+
+def make_labeled_loader(cfg: TrainConfig, codec: HeatmapCodec) -> DataLoader:
+    instances = load_instances(cfg.data.labeled, cfg.data.images, cfg.data.labeled_count)
+    dataset = TopDownDataset(instances, codec, AffineAugment(), seed=cfg.runtime.seed)
+    if len(dataset) < cfg.optim.batch_size:
+        raise ConfigError(f"{cfg.data.labeled}: {len(dataset)} labeled instances is fewer than "
+                          f"the batch size {cfg.optim.batch_size}; lower --batch-size")
+    sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.runtime.seed))
+    return DataLoader(dataset, batch_size=cfg.optim.batch_size, sampler=sampler, drop_last=True,
+                      num_workers=cfg.data.workers, persistent_workers=cfg.data.workers > 0,
+                      pin_memory=torch.cuda.is_available())
+
+
+def validate(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+    """COCO keypoint AP on the val set with GT boxes (the model is put back in train mode)."""
+    from posemum_deploy.evaluation.coco_eval import evaluate_results
+    from posemum_deploy.inference.predict import predict_coco
+    from posemum_deploy.inference.torch_backend import TorchBackend
+
+    was_training = model.training
+    precision = "bf16" if autocast_dtype(cfg.runtime.precision, device) == torch.bfloat16 else "fp32"
+    backend = TorchBackend(model, model_metadata(cfg), device=str(device), precision=precision,
+                           channels_last=cfg.runtime.channels_last)
+    results = predict_coco(backend, cfg.data.val_ann, cfg.data.val_images,
+                           flip=cfg.runtime.val_flip, batch_size=cfg.optim.batch_size)
+    model.train(was_training)
+    return evaluate_results(cfg.data.val_ann, results)
+
+
+class SupervisedStep:
+    """One optimisation step on a labeled batch: forward, JointsMSE, backward, Adam."""
+
+    teacher = None
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 device: torch.device, amp: torch.dtype | None, channels_last: bool) -> None:
+        self.model, self.optimizer, self.device = model, optimizer, device
+        self.amp, self.channels_last = amp, channels_last
+
+    def inputs(self, batch: dict[str, Any]) -> torch.Tensor:
+        x = normalize_batch(batch["image"].to(self.device, non_blocking=True))
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, float]:
+        x = self.inputs(batch)
+        target = batch["target"].to(self.device, non_blocking=True)
+        weight = batch["target_weight"].to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32,
+                            enabled=self.amp is not None):
+            pred = self.model(x)
+        loss = joints_mse_loss(pred, target, weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": float(loss.detach())}
+
+
+def build_step(cfg: TrainConfig, model, optimizer, device, amp) -> SupervisedStep:
+    """The step for this config: supervised, or the semi-supervised step of the preset."""
+    if cfg.ssl.teacher == "none":
+        return SupervisedStep(model, optimizer, device, amp, cfg.runtime.channels_last)
+    from posemum_deploy.training.ssl_step import build_ssl_step
+
+    return build_ssl_step(cfg, model, optimizer, device, amp)
+
+
+def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
+          resume: bool = False) -> TrainResult:
+    """Train a pose network as `cfg` says; writes RUN_DIR/{config.yaml, metrics.jsonl,
+    checkpoints/last.pt, checkpoints/best.pt}."""
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    seed_everything(cfg.runtime.seed)
+    device = resolve_device(cfg.runtime.device)
+    amp = autocast_dtype(cfg.runtime.precision, device)
+    codec = HeatmapCodec(tuple(cfg.data.input_hw), cfg.data.heatmap_hw, cfg.data.sigma)
+    loader = make_labeled_loader(cfg, codec)
+
+    model = build_model(cfg.model.backbone, loader.dataset.num_joints, cfg.model.pretrained)
+    model.to(device)
+    if cfg.runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.optim.milestones),
+                                                     cfg.optim.gamma)
+    step_fn = build_step(cfg, model, optimizer, device, amp)
+    steps_per_epoch = cfg.optim.steps_per_epoch or len(loader)
+    total = cfg.optim.epochs * steps_per_epoch
+    if cfg.optim.max_steps:
+        total = min(total, cfg.optim.max_steps)
+
+    start_epoch, step, best_ap, last_metrics = 0, 0, -1.0, {}
+    if resume and (ckpt_dir / "last.pt").is_file():
+        state = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if step_fn.teacher is not None and state.get("teacher_state"):
+            step_fn.teacher.load_state_dict(state["teacher_state"])
+        set_rng_state(state["rng"])
+        start_epoch, step = state["epoch"] + 1, state["step"]
+        best_ap, last_metrics = state.get("best_ap", -1.0), state.get("metrics", {})
+        log.info("resumed from %s at epoch %d", ckpt_dir / "last.pt", start_epoch)
+    elif resume:
+        log.warning("--resume: no %s yet, starting fresh", ckpt_dir / "last.pt")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.yaml")
+    metrics = MetricsLog(out / "metrics.jsonl")
+    if callbacks:
+        callbacks.on_start(total, step)
+
+    model.train()
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        if step >= total:
+            break
+        loader.dataset.set_epoch(epoch)
+        loader.sampler.generator.manual_seed(cfg.runtime.seed * 1000 + epoch)
+        t0, seen = time.perf_counter(), 0
+        for i, batch in enumerate(loader):
+            if i >= steps_per_epoch or step >= total:
+                break
+            logs = step_fn(batch)
+            step += 1
+            seen += len(batch["image"])
+            logs.update(lr=optimizer.param_groups[0]["lr"], epoch=epoch,
+                        crops_per_s=seen / (time.perf_counter() - t0))
+            if step % cfg.runtime.log_every == 0 or step == total:
+                metrics.write("train", step=step, **logs)
+            if callbacks:
+                callbacks.on_step(step, logs)
+        scheduler.step()
+        last_epoch = epoch + 1 == cfg.optim.epochs or step >= total
+        if cfg.data.val_ann and cfg.runtime.val_every and \
+                ((epoch + 1) % cfg.runtime.val_every == 0 or last_epoch):
+            eval_model = step_fn.teacher.model if step_fn.teacher is not None else model
+            last_metrics = validate(eval_model, cfg, device)
+            metrics.write("val", step=step, epoch=epoch, **last_metrics)
+            if callbacks:
+                callbacks.on_eval(epoch, last_metrics)
+        payload = _checkpoint(cfg, model, step_fn, optimizer, scheduler, epoch, step,
+                              max(best_ap, last_metrics.get("AP", -1.0)), last_metrics)
+        save_checkpoint(ckpt_dir / "last.pt", payload)
+        if last_metrics.get("AP", -1.0) > best_ap or not (ckpt_dir / "best.pt").exists():
+            best_ap = max(best_ap, last_metrics.get("AP", -1.0))
+            save_checkpoint(ckpt_dir / "best.pt", payload)
+    return TrainResult(out, best_ap, last_metrics, step)
+
+
+def _checkpoint(cfg, model, step_fn, optimizer, scheduler, epoch, step, best_ap, metrics) -> dict:
+    teacher = step_fn.teacher
+    return {"model": model.state_dict(),
+            "teacher": teacher.model.state_dict() if teacher is not None else None,
+            "teacher_state": teacher.state_dict() if teacher is not None else None,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": epoch, "step": step, "best_ap": best_ap, "metrics": dict(metrics),
+            "config": cfg.to_dict(), "model_meta": model_metadata(cfg).to_dict(),
+            "rng": rng_state()}
+
+
+def load_config_from_checkpoint(path: str | Path) -> TrainConfig:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if "config" not in state:
+        raise ArtifactError(f"{path}: no training config inside; not a posemum checkpoint")
+    return TrainConfig.from_dict(state["config"])
