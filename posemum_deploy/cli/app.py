@@ -14,6 +14,13 @@ app = typer.Typer(
     add_completion=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """Semi-supervised 2D human pose (Pose-MUM+): train, export, label, evaluate."""
+
+
 # module name -> command names it defines (each module exposes a function per command).
 _COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "synth": ("synth",),
