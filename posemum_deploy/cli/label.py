@@ -1,0 +1,133 @@
+"""`posemum label | merge | visualize`: bulk pseudo-labels of image folders."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+
+from posemum_deploy.errors import ConfigError
+
+_err = Console(stderr=True)
+
+
+class RichLabelProgress:
+    """Bar over images with images/s, crops/s, skipped count and ETA."""
+
+    def __init__(self) -> None:
+        self.bar = Progress(TextColumn("[bold]label"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                            TextColumn("eta"), TimeRemainingColumn(), console=_err)
+        self.task = self.bar.add_task("label", total=None, info="")
+        self.images = self.crops = self.skipped = 0
+        self.t0 = time.perf_counter()
+
+    def start(self, total_images: int, done_images: int) -> None:
+        self.bar.update(self.task, total=total_images, completed=done_images)
+        self.t0 = time.perf_counter()
+
+    def advance(self, images: int, crops: int, skipped: int) -> None:
+        self.images, self.crops, self.skipped = (self.images + images, self.crops + crops,
+                                                 self.skipped + skipped)
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        info = (f"{self.images / dt:.1f} img/s  {self.crops / dt:.1f} crops/s  "
+                f"skipped {self.skipped}")
+        self.bar.update(self.task, advance=images, info=info)
+
+
+def label(
+    model: Annotated[Path, typer.Argument(help="Checkpoint (.pt), ONNX, engine or OpenVINO .xml.")],
+    images_dir: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder: shards, manifest, errors.")],
+    boxes: Annotated[str, typer.Option(
+        "--boxes", help="gt:ANN.json | det:DET.json | hog | full | detector:[ARCH:]WEIGHTS")] = "full",
+    boxes_ann: Annotated[Optional[Path], typer.Option(
+        "--boxes-ann", help="COCO json whose 'images' map file names to ids for det: boxes.",
+        show_default="numeric file stem")] = None,
+    box_score: Annotated[float, typer.Option("--box-score", help="Minimum person box score.")] = 0.0,
+    max_people: Annotated[int, typer.Option("--max-people", min=1, help="People per image, best first.")] = 20,
+    backend: Annotated[str, typer.Option(
+        "--backend", help="auto | torch | onnxruntime | tensorrt | openvino")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Crops per inference call.")] = 64,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", min=1, help="Decode threads (local) or threads per actor (ray).",
+        show_default="min(4, CPUs)")] = None,
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Images per shard file.")] = 1000,
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Flip test (2x the compute).")] = False,
+    oks_nms: Annotated[float, typer.Option(
+        "--oks-nms", min=0.0, max=1.0, help="Per-image OKS-NMS threshold; 0 turns it off.")] = 0.9,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in --out.")] = False,
+    engine: Annotated[str, typer.Option("--engine", help="local | ray (RAY_ADDRESS for a cluster)")] = "local",
+    ray_actors: Annotated[Optional[int], typer.Option(
+        "--ray-actors", min=1, help="Model actors for --engine ray.",
+        show_default="one per GPU, else CPUs/2")] = None,
+) -> None:
+    """Pseudo-label every image under IMAGES_DIR into resumable JSONL shards."""
+    from posemum_deploy.label.runner import LabelSettings, label_folder
+
+    settings = LabelSettings(boxes=boxes, boxes_ann=str(boxes_ann) if boxes_ann else None,
+                             box_score_threshold=box_score, max_people=max_people, flip=flip,
+                             oks_nms=oks_nms or None, shard_size=shard_size)
+    progress = RichLabelProgress()
+    with progress.bar:
+        summary = label_folder(model, images_dir, out, settings, backend=backend,
+                               batch_size=batch_size, workers=workers, resume=resume,
+                               engine=engine, progress=progress, ray_actors=ray_actors)
+    table = Table(title=f"labeled {images_dir} → {out}")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    rows = [("images (this run)", f"{summary.images}"), ("persons", f"{summary.persons}"),
+            ("skipped (errors.jsonl)", f"{summary.skipped}"),
+            ("shards written / resumed / total",
+             f"{summary.shards_written} / {summary.shards_resumed} / {summary.shards_total}"),
+            ("time", f"{summary.seconds:.1f} s"), ("images/s", f"{summary.images_per_s:.1f}"),
+            ("crops/s", f"{summary.crops_per_s:.1f}")]
+    rows += [(f"  {k} (s, summed over threads)", f"{v:.2f}")
+             for k, v in sorted(summary.stage_seconds.items())]
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+def merge(
+    out_dir: Annotated[Path, typer.Argument(help="The --out folder of `posemum label`.")],
+    out: Annotated[Path, typer.Option("--out", help="COCO pseudo-label json to write.")],
+    min_joint_score: Annotated[float, typer.Option(
+        "--min-joint-score", help="Joints below this become unlabeled (v=0).")] = 0.2,
+    min_instance_score: Annotated[float, typer.Option(
+        "--min-instance-score", help="Drop people scoring below this.")] = 0.0,
+    min_joints: Annotated[int, typer.Option(
+        "--min-joints", min=0, help="Drop people with fewer confident joints.")] = 1,
+    results_out: Annotated[Optional[Path], typer.Option(
+        "--results-out", help="Also write a COCO keypoint results list here.")] = None,
+) -> None:
+    """Filter labeling shards into a training-ready COCO person-keypoints file."""
+    from posemum_deploy.label.merge import MergeFilter, merge_labels
+
+    stats = merge_labels(out_dir, out, MergeFilter(min_joint_score, min_instance_score, min_joints),
+                         results_out)
+    Console().print(f"{out}: {stats.images} images, {stats.annotations} of {stats.persons_in} "
+                    f"people kept" + (f"; {stats.results} results → {results_out}"
+                                      if results_out else ""), highlight=False, soft_wrap=True)
+
+
+def visualize(
+    out_dir: Annotated[Path, typer.Argument(help="The --out folder of `posemum label`.")],
+    images: Annotated[Path, typer.Option("--images", help="The labeled image folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the drawn images.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="How many images to draw.")] = 20,
+    min_joint_score: Annotated[float, typer.Option(
+        "--min-joint-score", help="Draw joints scoring at least this.")] = 0.2,
+) -> None:
+    """Draw skeletons of a sample of labeled images."""
+    from posemum_deploy.label.visualize import visualize_run
+
+    if not images.is_dir():
+        raise ConfigError(f"{images}: not a folder; pass the image folder that was labeled")
+    written = visualize_run(out_dir, images, out, n, min_joint_score)
+    Console().print(f"drew {len(written)} image(s) into {out}", highlight=False, soft_wrap=True)

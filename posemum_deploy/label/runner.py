@@ -1,0 +1,194 @@
+"""`label_folder`: pseudo-label every image under a folder into resumable JSONL shards.
+
+The image list is `list_images` (recursive, sorted), cut into fixed shards; the local
+engine streams the unfinished shards' images through decode threads into one batched
+estimator, the Ray engine hands whole shards to model-holding actors. Both write through
+the same `ShardStore`, so a local run, a cluster run and a resumed run agree shard for
+shard, and a run with other settings refuses to continue someone else's output.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from itertools import groupby
+from pathlib import Path
+from typing import Any, Protocol
+
+from posemum_deploy.data.images import list_images
+from posemum_deploy.errors import ConfigError
+from posemum_deploy.export.metadata import sha256_file
+from posemum_deploy.inference.backends import Backend, load_backend
+from posemum_deploy.inference.pipeline import PoseEstimator
+from posemum_deploy.label.boxes import BoxSource, parse_box_source
+from posemum_deploy.label.shard import ShardLabeler, StageTimes, prefetch, prepare_image
+from posemum_deploy.label.writer import ShardStore
+
+log = logging.getLogger(__name__)
+ENGINES = ("local", "ray")
+
+
+@dataclass
+class LabelSettings:
+    """Everything that changes the output; recorded in the manifest, checked on resume."""
+
+    boxes: str = "full"
+    boxes_ann: str | None = None
+    box_score_threshold: float = 0.0
+    max_people: int = 20
+    flip: bool = False
+    dark: bool = False
+    oks_nms: float | None = 0.9
+    shard_size: int = 1000
+
+
+@dataclass
+class LabelSummary:
+    """What a run did; rates count only the work done in this invocation."""
+
+    images: int = 0
+    persons: int = 0
+    skipped: int = 0
+    crops: int = 0
+    shards_total: int = 0
+    shards_written: int = 0
+    shards_resumed: int = 0
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+    @property
+    def crops_per_s(self) -> float:
+        return self.crops / self.seconds if self.seconds else 0.0
+
+
+class LabelProgress(Protocol):
+    """Progress display the CLI hands down (the library itself only logs)."""
+
+    def start(self, total_images: int, done_images: int) -> None: ...
+
+    def advance(self, images: int, crops: int, skipped: int) -> None: ...
+
+
+@dataclass
+class ShardJob:
+    """One shard's work: its index and the relative paths of its images."""
+
+    index: int
+    files: list[str]
+
+
+def plan_shards(files: list[str], shard_size: int) -> list[ShardJob]:
+    """Shard i = files[i*shard_size : (i+1)*shard_size] of the stable sorted list."""
+    if shard_size < 1:
+        raise ConfigError(f"--shard-size must be at least 1, got {shard_size}")
+    return [ShardJob(i // shard_size, files[i:i + shard_size])
+            for i in range(0, len(files), shard_size)]
+
+
+def run_identity(model_path: Path, files: list[str], settings: LabelSettings,
+                 boxes: BoxSource, input_hw: tuple[int, int]) -> dict[str, Any]:
+    """Model hash, output-changing settings and the image list digest, for the manifest."""
+    listing = hashlib.sha256("\n".join(files).encode()).hexdigest()
+    chosen = {k: v for k, v in asdict(settings).items() if k not in ("boxes_ann", "shard_size")}
+    chosen.update(boxes=boxes.identity(), input_hw=list(input_hw))
+    return {"model": {"file": model_path.name, "sha256": sha256_file(model_path)},
+            "settings": chosen,
+            "images": {"count": len(files), "sha256": listing, "shard_size": settings.shard_size}}
+
+
+def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
+                 settings: LabelSettings | None = None, *, backend: str | Backend = "auto",
+                 batch_size: int = 64, workers: int | None = None, resume: bool = False,
+                 engine: str = "local", progress: LabelProgress | None = None,
+                 backend_options: dict[str, Any] | None = None,
+                 ray_actors: int | None = None) -> LabelSummary:
+    """Pseudo-label every image under `images_dir` into `out_dir` (see module docstring).
+
+    `backend` is a kind name for `load_backend` or an already open Backend for `model`.
+    """
+    settings = settings or LabelSettings()
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine {engine!r}: choose {' or '.join(ENGINES)}")
+    root, model = Path(images_dir), Path(model)
+    files = [p.relative_to(root).as_posix() for p in list_images(root)]
+    boxes = parse_box_source(settings.boxes, settings.box_score_threshold,
+                             settings.max_people, settings.boxes_ann)
+    be = backend if not isinstance(backend, str) else (
+        None if engine == "ray" else load_backend(model, backend, **(backend_options or {})))
+    input_hw = _input_hw(be, model)
+    store = ShardStore(out_dir, run_identity(model, files, settings, boxes, input_hw), resume)
+    jobs = plan_shards(files, settings.shard_size)
+    todo = [job for job in jobs if not store.is_done(job.index)]
+    summary = LabelSummary(shards_total=len(jobs), shards_resumed=len(jobs) - len(todo))
+    if progress:
+        progress.start(len(files), len(files) - sum(len(j.files) for j in todo))
+    times = StageTimes()
+    workers = workers or min(4, os.cpu_count() or 1)
+    t0 = time.perf_counter()
+    if engine == "ray":
+        from posemum_deploy.label.ray_engine import run_ray
+
+        run_ray(model, root, todo, settings, boxes, store, summary, times, progress,
+                backend=backend if isinstance(backend, str) else "auto",
+                batch_size=batch_size, actors=ray_actors, backend_options=backend_options,
+                workers=workers)
+    else:
+        estimator = PoseEstimator(be, batch_size=batch_size, flip=settings.flip, dark=settings.dark)
+        _run_local(estimator, root, todo, boxes, store, summary, times, progress,
+                   workers, settings.oks_nms)
+    summary.seconds = time.perf_counter() - t0
+    summary.stage_seconds = dict(times.seconds)
+    totals = store.finish(len(jobs))
+    log.info("labeled %d images (%d persons, %d skipped) in total", *totals.values())
+    return summary
+
+
+def _input_hw(backend: Backend | None, model: Path) -> tuple[int, int]:
+    """The network input size, from the open backend or the artifact's metadata."""
+    if backend is not None:
+        return tuple(backend.metadata.input_hw)
+    from posemum_deploy.label.ray_engine import artifact_metadata
+
+    return tuple(artifact_metadata(model).input_hw)
+
+
+def _run_local(estimator: PoseEstimator, root: Path, todo: list[ShardJob], boxes: BoxSource,
+               store: ShardStore, summary: LabelSummary, times: StageTimes,
+               progress: LabelProgress | None, workers: int, nms: float | None) -> None:
+    """One process: decode threads run ahead (across shard ends) of batched inference."""
+    labeler = ShardLabeler(estimator, nms, times)
+    input_hw = tuple(estimator.meta.input_hw)
+    stream = ((job.index, rel) for job in todo for rel in job.files)
+    depth = max(4 * workers, 2 * estimator.batch_size)
+
+    def prepare(item: tuple[int, str]) -> tuple[int, Any]:
+        return item[0], prepare_image(root, item[1], boxes, input_hw, times)
+
+    def on_image(crops: int, skipped: int) -> None:
+        summary.images += 1
+        summary.crops += crops
+        summary.skipped += skipped
+        if progress:
+            progress.advance(1, crops, skipped)
+
+    for index, group in groupby(prefetch(prepare, stream, workers, depth), key=lambda x: x[0]):
+        records = labeler.label((p for _, p in group), on_image)
+        t0 = time.perf_counter()
+        entry = store.write_shard(index, records)
+        times.add("write", time.perf_counter() - t0)
+        summary.persons += entry["persons"]
+        summary.shards_written += 1
+
+
+def summary_json(summary: LabelSummary) -> str:
+    """The summary as one json object (benchmarks and logs)."""
+    data = asdict(summary)
+    data.update(images_per_s=summary.images_per_s, crops_per_s=summary.crops_per_s)
+    return json.dumps(data)

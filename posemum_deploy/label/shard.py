@@ -1,0 +1,188 @@
+"""Label the images of one shard: prepared crops in, one JSON record per image out.
+
+Decode, person boxes and affine crops run in worker threads (`prepare_image`, fed
+through the bounded in-order `prefetch`), so inference never waits for JPEG decoding
+while cores are free: cv2 and the runtimes release the GIL. Crops of consecutive
+images are packed into batches of exactly `batch_size`, counted from the start of the
+shard, so a shard's batches (and hence its numbers) are the same on every engine and on
+every resume; the last batch of a shard is padded by `PoseEstimator`.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+import numpy as np
+
+from posemum_deploy.data.images import read_image
+from posemum_deploy.evaluation.nms import oks_nms, rescore
+from posemum_deploy.inference.pipeline import CropBatch, PoseEstimator, make_crops
+from posemum_deploy.label.boxes import BoxSource
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+ImageDone = Callable[[int, int], None]  # (crops of the image, 1 if skipped else 0)
+
+
+class StageTimes:
+    """Seconds spent per stage, summed over threads (decode runs on several at once)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+    def merge(self, other: dict[str, float]) -> None:
+        for stage, seconds in other.items():
+            self.add(stage, seconds)
+
+
+@dataclass
+class Prepared:
+    """One image after decode, boxes and crops (or the reason it could not be read)."""
+
+    rel: str
+    width: int = 0
+    height: int = 0
+    crops: CropBatch | None = None
+    error: str | None = None
+
+
+def prepare_image(root: Path, rel: str, boxes: BoxSource, input_hw: tuple[int, int],
+                  times: StageTimes) -> Prepared:
+    """Decode → person boxes → crops. Never raises: a bad file becomes `error`."""
+    try:
+        t0 = time.perf_counter()
+        image = read_image(root / rel)
+        t1 = time.perf_counter()
+        box_xywh, scores = boxes.boxes(rel, image)
+        t2 = time.perf_counter()
+        crops = make_crops(image, box_xywh, scores, input_hw)
+        times.add("decode", t1 - t0)
+        times.add("boxes", t2 - t1)
+        times.add("crop", time.perf_counter() - t2)
+        return Prepared(rel, image.shape[1], image.shape[0], crops)
+    except Exception as e:  # one bad file must never end a million-image run
+        reason = str(e) if getattr(e, "args", None) else type(e).__name__
+        log.warning("skipped %s: %s", rel, reason)
+        return Prepared(rel, error=reason if isinstance(e, ValueError | OSError)
+                        else f"{type(e).__name__}: {reason}")
+
+
+def prefetch(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: int) -> Iterator[R]:
+    """`map(fn, items)` on `workers` threads, in order, at most `depth` results ahead."""
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="label-decode")
+    futures: deque[Future] = deque()
+    it = iter(items)
+    try:
+        for item in islice(it, max(1, depth)):
+            futures.append(pool.submit(fn, item))
+        while futures:
+            done = futures.popleft()
+            for item in islice(it, 1):
+                futures.append(pool.submit(fn, item))
+            yield done.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class _Waiting:
+    slot: int
+    item: Prepared
+    parts: list[np.ndarray] = field(default_factory=list)
+    have: int = 0
+
+
+class ShardLabeler:
+    """Batches crops across the images of a shard and turns keypoints into records."""
+
+    def __init__(self, estimator: PoseEstimator, oks_nms_threshold: float | None = 0.9,
+                 times: StageTimes | None = None) -> None:
+        self.estimator = estimator
+        self.nms = oks_nms_threshold
+        self.times = times or StageTimes()
+
+    def label(self, items: Iterable[Prepared], on_image: ImageDone | None = None
+              ) -> list[dict[str, Any]]:
+        """Records for `items` in order; `on_image(crops, skipped)` as each one finishes."""
+        records: list[dict[str, Any] | None] = []
+        queue: deque[_Waiting] = deque()
+        buf_crops: list[np.ndarray] = []
+        buf_inv: list[np.ndarray] = []
+        batch = self.estimator.batch_size
+
+        def finish(slot: int, item: Prepared, kpts: np.ndarray) -> None:
+            t0 = time.perf_counter()
+            records[slot] = self.record(item, kpts)
+            self.times.add("records", time.perf_counter() - t0)
+            if on_image:
+                on_image(len(kpts), int(item.error is not None))
+
+        for item in items:
+            records.append(None)
+            n = 0 if item.crops is None else len(item.crops.boxes)
+            if n == 0:
+                finish(len(records) - 1, item, np.zeros((0, self.estimator.meta.num_joints, 3)))
+                continue
+            queue.append(_Waiting(len(records) - 1, item))
+            buf_crops.append(item.crops.crops)
+            buf_inv.append(item.crops.inverse)
+            while sum(len(c) for c in buf_crops) >= batch:
+                self._run(batch, buf_crops, buf_inv, queue, finish)
+        if buf_crops:
+            self._run(sum(len(c) for c in buf_crops), buf_crops, buf_inv, queue, finish)
+        return records  # type: ignore[return-value]
+
+    def _run(self, k: int, buf_crops: list[np.ndarray], buf_inv: list[np.ndarray],
+             queue: deque[_Waiting], finish: Callable[[int, Prepared, np.ndarray], None]) -> None:
+        """Infer the first k buffered crops, hand keypoints to the waiting images in order."""
+        crops, inv = np.concatenate(buf_crops), np.concatenate(buf_inv)
+        buf_crops[:] = [crops[k:]] if len(crops) > k else []
+        buf_inv[:] = [inv[k:]] if len(inv) > k else []
+        t0 = time.perf_counter()
+        heatmaps = self.estimator.heatmaps(crops[:k])
+        t1 = time.perf_counter()
+        kpts = self.estimator.decode(heatmaps, inv[:k])
+        self.times.add("infer", t1 - t0)
+        self.times.add("decode_heatmaps", time.perf_counter() - t1)
+        while len(kpts):
+            head = queue[0]
+            take = min(len(head.item.crops.boxes) - head.have, len(kpts))
+            head.parts.append(kpts[:take])
+            head.have += take
+            kpts = kpts[take:]
+            if head.have == len(head.item.crops.boxes):
+                queue.popleft()
+                finish(head.slot, head.item, np.concatenate(head.parts))
+
+    def record(self, item: Prepared, kpts: np.ndarray) -> dict[str, Any]:
+        """One output line: the image and its people, rescored (and OKS-NMSed) as in eval."""
+        if item.error is not None:
+            return {"file": item.rel, "error": item.error}
+        persons: list[dict[str, Any]] = []
+        if len(kpts):
+            crops = item.crops
+            scores = rescore(kpts[:, :, 2], crops.box_scores)
+            order = (oks_nms(kpts, scores, crops.areas, self.nms) if self.nms
+                     else range(len(kpts)))
+            for i in order:
+                persons.append({
+                    "box": np.round(crops.boxes[i], 2).tolist(),
+                    "box_score": round(float(crops.box_scores[i]), 5),
+                    "score": round(float(scores[i]), 5),
+                    "keypoints": np.round(kpts[i, :, :2], 2).tolist(),
+                    "joint_scores": np.round(kpts[i, :, 2], 5).tolist(),
+                    "area": round(float(crops.areas[i]), 2)})
+        return {"file": item.rel, "width": item.width, "height": item.height, "persons": persons}

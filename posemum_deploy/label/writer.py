@@ -1,0 +1,151 @@
+"""Shard files, the run manifest and errors.jsonl: what makes a labeling run resumable.
+
+Shard i holds images [i*shard_size, (i+1)*shard_size) of the sorted image list, one
+JSON line per image (its people, or the reason it was skipped), so whichever engine
+labels a shard, the file is the same. A shard is written to a temp name, fsynced and
+renamed; only then is it added to `manifest.json` (also written atomically). A kill at
+any moment therefore leaves either a finished shard listed in the manifest or nothing
+that counts: `--resume` redoes exactly the unlisted shards, losing and duplicating none.
+The manifest also records the model's sha256 and every setting that changes the output,
+and a resume with different ones is refused.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from posemum_deploy.errors import ConfigError, PosemumError
+
+log = logging.getLogger(__name__)
+MANIFEST_NAME = "manifest.json"
+ERRORS_NAME = "errors.jsonl"
+FORMAT_VERSION = 1
+
+
+class ResumeError(PosemumError, ValueError):
+    """An output folder whose run cannot be continued with these inputs."""
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.jsonl"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write, fsync, rename over `path`, fsync the folder: all or nothing after a crash."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable list of the keys whose values differ between two nested dicts."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+class ShardStore:
+    """The output folder of one labeling run: finished shards and the manifest."""
+
+    def __init__(self, out_dir: str | Path, identity: dict[str, Any], resume: bool) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.manifest_path = self.out_dir / MANIFEST_NAME
+        self.identity = identity
+        if self.manifest_path.exists():
+            if not resume:
+                raise ResumeError(f"{self.out_dir}: already holds a labeling run; pass --resume "
+                                  "to continue it, or choose an empty --out folder")
+            self.manifest = self._load_and_check()
+        else:
+            self.manifest = {"format": FORMAT_VERSION, **identity, "shards": {}, "complete": False}
+            self._save_manifest()
+        for stale in self.out_dir.glob(".*.tmp*"):  # left by a killed run
+            stale.unlink(missing_ok=True)
+
+    def _load_and_check(self) -> dict[str, Any]:
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ResumeError(f"{self.manifest_path}: unreadable manifest ({e.msg}); "
+                              "label into a new --out folder") from e
+        old = {k: manifest.get(k) for k in self.identity}
+        diff = _differences(old, self.identity)
+        if manifest.get("format") != FORMAT_VERSION or diff:
+            raise ResumeError(f"{self.out_dir}: cannot resume, this run used a different model, "
+                              f"settings or image list ({'; '.join(diff[:6]) or 'format'}); "
+                              "rerun with the original ones or label into a new --out folder")
+        return manifest
+
+    def _save_manifest(self) -> None:
+        atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=1))
+
+    def is_done(self, index: int) -> bool:
+        """Listed in the manifest and still on disk (a deleted shard is redone)."""
+        entry = self.manifest["shards"].get(str(index))
+        return entry is not None and (self.out_dir / entry["file"]).is_file()
+
+    def write_shard(self, index: int, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """Write one shard atomically, then record it in the manifest; returns its entry."""
+        name = shard_name(index)
+        atomic_write_text(self.out_dir / name,
+                          "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+        errors = sum(1 for r in records if "error" in r)
+        entry = {"file": name, "images": len(records), "errors": errors,
+                 "persons": sum(len(r.get("persons", ())) for r in records)}
+        self.manifest["shards"][str(index)] = entry
+        self._save_manifest()
+        return entry
+
+    def finish(self, num_shards: int) -> dict[str, int]:
+        """Merge every shard's skipped images into errors.jsonl; mark the run complete."""
+        lines = [json.dumps({"file": r["file"], "error": r["error"]}) + "\n"
+                 for r in iter_records(self.out_dir, errors=True) if "error" in r]
+        atomic_write_text(self.out_dir / ERRORS_NAME, "".join(lines))
+        shards = self.manifest["shards"]
+        self.manifest["complete"] = all(self.is_done(i) for i in range(num_shards))
+        self._save_manifest()
+        return {key: sum(s[key] for s in shards.values()) for key in ("images", "persons", "errors")}
+
+
+def load_manifest(out_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a labeling output folder, or an error that says what to run."""
+    path = Path(out_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise ConfigError(f"{out_dir}: no {MANIFEST_NAME}; point at the --out folder of "
+                          "`posemum label`")
+    return json.loads(path.read_text())
+
+
+def iter_indexed(out_dir: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(position in the sorted image list, record) for every image of every finished shard."""
+    out_dir = Path(out_dir)
+    manifest = load_manifest(out_dir)
+    shard_size = manifest["images"]["shard_size"]
+    for index in sorted(manifest["shards"], key=int):
+        with (out_dir / manifest["shards"][index]["file"]).open(encoding="utf-8") as f:
+            for line_no, line in enumerate(f):
+                yield int(index) * shard_size + line_no, json.loads(line)
+
+
+def iter_records(out_dir: str | Path, errors: bool = False) -> Iterator[dict[str, Any]]:
+    """Per-image records of every finished shard, in image order (errors only if asked)."""
+    for _, record in iter_indexed(out_dir):
+        if errors or "error" not in record:
+            yield record
