@@ -96,12 +96,14 @@ class SimpleBaseline(nn.Module):
             for src, dst in mapping.items():
                 if key.startswith(src):
                     own[dst + key[len(src):]] = value
-        missing, _ = self.load_state_dict(own, strict=False)
-        missing_backbone = [k for k in missing if k.startswith("stages.")]
+        expected = {k: v.shape for k, v in self.state_dict().items() if k.startswith("stages.")}
+        missing_backbone = [k for k, shape in expected.items()
+                            if k not in own or own[k].shape != shape]
         if missing_backbone:
             raise ArtifactError(f"{path}: not a {self.backbone_name} state_dict "
-                                f"({len(missing_backbone)} backbone tensors missing, e.g. "
+                                f"({len(missing_backbone)} backbone tensors missing or mis-shaped, e.g. "
                                 f"{missing_backbone[0]}); pass torchvision's ImageNet weights file")
+        self.load_state_dict(own, strict=False)
 
 
 def build_model(backbone: str = "resnet18", num_joints: int = 17,

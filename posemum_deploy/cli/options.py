@@ -1,0 +1,16 @@
+"""Option types shared by several commands."""
+from __future__ import annotations
+
+from posemum_deploy.errors import ConfigError
+
+
+def parse_hw(text: str) -> tuple[int, int]:
+    """'256x192' → (256, 192) as (H, W)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError as e:
+        raise ConfigError(f"size {text!r} must look like HEIGHTxWIDTH, e.g. 256x192") from e
+    if h <= 0 or w <= 0 or h % 32 or w % 32:
+        raise ConfigError(f"size {text!r}: height and width must be positive multiples of 32 "
+                          "(the encoder's stride)")
+    return h, w

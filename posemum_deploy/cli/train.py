@@ -1,0 +1,100 @@
+"""`posemum train` and `posemum presets`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from posemum_deploy.cli.options import parse_hw
+
+
+def train(
+    preset: str = typer.Option("supervised", "--preset", help="paper variant (`posemum presets`)"),
+    labeled: Optional[Path] = typer.Option(None, "--labeled", help="COCO person-keypoints json"),
+    images: Optional[Path] = typer.Option(None, "--images", help="image folder of --labeled"),
+    out: Path = typer.Option(Path("runs/train"), "--out", help="run directory"),
+    val_ann: Optional[Path] = typer.Option(None, "--val-ann"),
+    val_images: Optional[Path] = typer.Option(None, "--val-images"),
+    labeled_count: Optional[int] = typer.Option(None, "--labeled-count",
+                                                help="first N labeled persons (1K/5K/10K splits)"),
+    unlabeled: Optional[Path] = typer.Option(None, "--unlabeled",
+                                             help="COCO json, pseudo-label json or image folder"),
+    unlabeled_images: Optional[Path] = typer.Option(None, "--unlabeled-images"),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="resnet18 ... resnet152"),
+    pretrained: Optional[Path] = typer.Option(None, "--pretrained",
+                                              help="local ImageNet state_dict for the ResNet"),
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="HxW, e.g. 256x192"),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    milestones: Optional[str] = typer.Option(None, "--milestones", help="e.g. 20,25"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch"),
+    decay: Optional[float] = typer.Option(None, "--decay", help="teacher EMA/EMAN decay"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="data loader processes"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    val_every: Optional[int] = typer.Option(None, "--val-every", help="epochs between val"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config to start from"),
+    resume: bool = typer.Option(False, "--resume", help="continue RUN_DIR's last checkpoint"),
+) -> None:
+    """Train a SimpleBaseline student (supervised or semi-supervised preset)."""
+    from posemum_deploy.cli.progress import RichTrainCallbacks, console
+    from posemum_deploy.training.config import TrainConfig
+    from posemum_deploy.training.presets import apply_preset
+    from posemum_deploy.training.trainer import train as run_training
+
+    saved = out / "config.yaml"
+    if resume and saved.is_file():
+        cfg = TrainConfig.load(saved)
+    else:
+        cfg = TrainConfig.load(config) if config else TrainConfig()
+        apply_preset(cfg, preset)
+    overrides = {
+        ("data", "labeled"): labeled, ("data", "images"): images,
+        ("data", "val_ann"): val_ann, ("data", "val_images"): val_images,
+        ("data", "labeled_count"): labeled_count, ("data", "workers"): workers,
+        ("data", "input_hw"): parse_hw(input_size) if input_size else None,
+        ("ssl", "unlabeled"): unlabeled, ("ssl", "unlabeled_images"): unlabeled_images,
+        ("ssl", "decay"): decay,
+        ("model", "backbone"): backbone, ("model", "pretrained"): pretrained,
+        ("optim", "epochs"): epochs, ("optim", "batch_size"): batch_size, ("optim", "lr"): lr,
+        ("optim", "max_steps"): max_steps, ("optim", "steps_per_epoch"): steps_per_epoch,
+        ("optim", "milestones"): tuple(int(m) for m in milestones.split(",")) if milestones else None,
+        ("runtime", "device"): device, ("runtime", "precision"): precision,
+        ("runtime", "seed"): seed, ("runtime", "val_every"): val_every,
+    }
+    for (section, key), value in overrides.items():
+        if value is not None:
+            setattr(getattr(cfg, section), key, str(value) if isinstance(value, Path) else value)
+    cfg.out = str(out)
+    _require(cfg.data.labeled, "--labeled")
+    _require(cfg.data.images, "--images")
+    with RichTrainCallbacks() as callbacks:
+        result = run_training(cfg, callbacks, resume=resume)
+    console.print(f"done: {result.steps} steps, best val AP {result.best_ap:.4f}; "
+                  f"checkpoints in {result.out_dir / 'checkpoints'}")
+
+
+def _require(value: object, flag: str) -> None:
+    from posemum_deploy.errors import ConfigError
+
+    if not value:
+        raise ConfigError(f"{flag} is required (or give it in --config)")
+
+
+def presets() -> None:
+    """List the named paper variants, what each turns on and the paper's AP."""
+    from posemum_deploy.training.presets import PRESETS
+
+    table = Table(title="posemum presets (COCO AP from the Pose-MUM paper)")
+    table.add_column("preset", style="bold")
+    table.add_column("turns on")
+    table.add_column("paper AP")
+    for p in PRESETS.values():
+        table.add_row(p.name, p.summary, p.paper_ap or "-")
+    Console().print(table)

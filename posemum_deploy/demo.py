@@ -1,0 +1,100 @@
+"""`posemum demo`: the main job end to end on embedded synthetic data, on a CPU.
+
+Synthesises people, scores an untrained network, trains a small supervised
+SimpleBaseline-ResNet-18 and scores it again, so a fresh clone shows the whole
+train → evaluate path working in about ten minutes on two cores.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from posemum_deploy.data.synthetic import generate_dataset
+from posemum_deploy.evaluation.coco_eval import evaluate_results
+from posemum_deploy.inference.predict import predict_coco
+from posemum_deploy.inference.torch_backend import TorchBackend
+from posemum_deploy.models.simple_baseline import build_model
+from posemum_deploy.training.config import (DataConfig, ModelConfig, OptimConfig, RuntimeConfig,
+                                            TrainConfig)
+from posemum_deploy.training.trainer import TrainCallbacks, model_metadata, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoConfig:
+    """Sizes chosen so the demo trains to a useful AP in minutes on a 2-core CPU."""
+
+    out: str = "runs/demo"
+    train_images: int = 800
+    val_images: int = 100
+    seed: int = 0
+    input_hw: tuple[int, int] = (128, 96)
+    backbone: str = "resnet18"
+    epochs: int = 14
+    milestones: tuple[int, ...] = (10, 13)
+    batch_size: int = 32
+    lr: float = 2e-3
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class DemoResult:
+    run_dir: Path
+    untrained_ap: float
+    trained_ap: float
+    metrics: dict[str, float]
+    seconds: float
+
+
+def demo_train_config(cfg: DemoConfig, train_ann: Path, val_ann: Path) -> TrainConfig:
+    return TrainConfig(
+        preset="supervised", out=str(Path(cfg.out) / "run"),
+        data=DataConfig(labeled=str(train_ann), images=str(train_ann.parent / "images"),
+                        val_ann=str(val_ann), val_images=str(val_ann.parent / "images"),
+                        input_hw=cfg.input_hw, workers=1),
+        model=ModelConfig(backbone=cfg.backbone),
+        optim=OptimConfig(lr=cfg.lr, epochs=cfg.epochs, milestones=cfg.milestones,
+                          batch_size=cfg.batch_size),
+        runtime=RuntimeConfig(seed=cfg.seed, val_every=max(1, cfg.epochs // 3)),
+    )
+
+
+def synth_sets(cfg: DemoConfig) -> tuple[Path, Path]:
+    """Train and val sets under OUT/data (reused when already there)."""
+    root = Path(cfg.out) / "data"
+    made = []
+    for name, n, seed in (("train", cfg.train_images, cfg.seed),
+                          ("val", cfg.val_images, cfg.seed + 10_000)):
+        ann = root / name / "annotations.json"
+        if not ann.is_file():
+            generate_dataset(root / name, n, seed=seed)
+        made.append(ann)
+    return made[0], made[1]
+
+
+def untrained_ap(tcfg: TrainConfig) -> float:
+    """AP of a freshly initialised network: the floor the trained one is compared with."""
+    torch.manual_seed(tcfg.runtime.seed)
+    model = build_model(tcfg.model.backbone)
+    backend = TorchBackend(model, model_metadata(tcfg), device="cpu")
+    results = predict_coco(backend, tcfg.data.val_ann, tcfg.data.val_images)
+    return evaluate_results(tcfg.data.val_ann, results)["AP"]
+
+
+def run_demo(cfg: DemoConfig, callbacks: TrainCallbacks | None = None) -> DemoResult:
+    """Synthesise → untrained AP → train → trained AP; returns both and the run dir."""
+    start = time.perf_counter()
+    train_ann, val_ann = synth_sets(cfg)
+    tcfg = demo_train_config(cfg, train_ann, val_ann)
+    floor = untrained_ap(tcfg)
+    result = train(tcfg, callbacks)
+    best = Path(tcfg.out) / "checkpoints" / "best.pt"
+    metrics = evaluate_results(val_ann, predict_coco(best, val_ann, tcfg.data.val_images,
+                                                     backend="torch"))
+    return DemoResult(Path(tcfg.out), floor, metrics["AP"], metrics,
+                      time.perf_counter() - start)

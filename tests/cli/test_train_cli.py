@@ -1,0 +1,47 @@
+import torch
+from typer.testing import CliRunner
+
+from posemum_deploy.cli.app import app
+
+runner = CliRunner()
+
+
+def test_train_cli_end_to_end_then_evaluate(synthetic_small, tmp_path):
+    images = synthetic_small.parent / "images"
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--preset", "supervised", "--labeled", str(synthetic_small),
+                            "--images", str(images), "--val-ann", str(synthetic_small),
+                            "--val-images", str(images), "--out", str(out), "--input-size",
+                            "64x64", "--epochs", "1", "--batch-size", "8", "--max-steps", "2",
+                            "--workers", "0", "--precision", "fp32"])
+    assert r.exit_code == 0, r.output
+    assert "best val AP" in r.output
+    ckpt = torch.load(out / "checkpoints/best.pt", weights_only=True)
+    assert tuple(ckpt["config"]["data"]["input_hw"]) == (64, 64)
+    m = tmp_path / "m.json"
+    r = runner.invoke(app, ["evaluate", "--model", str(out / "checkpoints/best.pt"), "--ann",
+                            str(synthetic_small), "--images", str(images), "--json-out", str(m)])
+    assert r.exit_code == 0, r.output
+    assert m.is_file()
+
+
+def test_unknown_preset_suggests(synthetic_small, tmp_path):
+    from posemum_deploy.errors import ConfigError
+
+    r = runner.invoke(app, ["train", "--preset", "supervisd", "--labeled", str(synthetic_small),
+                            "--images", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert isinstance(r.exception, ConfigError)
+    assert "did you mean supervised" in str(r.exception)
+
+
+def test_bad_input_size_is_a_clear_error(tmp_path):
+    from posemum_deploy.errors import ConfigError
+
+    r = runner.invoke(app, ["train", "--input-size", "100x7", "--labeled", "x.json", "--images",
+                            str(tmp_path)])
+    assert isinstance(r.exception, ConfigError) and "multiples of 32" in str(r.exception)
+
+
+def test_presets_lists_supervised():
+    r = runner.invoke(app, ["presets"])
+    assert r.exit_code == 0 and "supervised" in r.output
