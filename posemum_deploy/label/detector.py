@@ -48,8 +48,9 @@ def _read_state(path: Path) -> dict[str, Any]:
                             "one with torch.save(model.state_dict(), FILE)") from e
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
-    if not isinstance(state, dict):
-        raise ArtifactError(f"{path}: expected a state dict of tensors")
+    if not isinstance(state, dict) or not any(str(k).startswith("backbone.") for k in state):
+        raise ArtifactError(f"{path}: not a torchvision detector state dict (no backbone.* "
+                            "tensors); save one with torch.save(detector.state_dict(), FILE)")
     return state
 
 

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from posemum_deploy.errors import BackendUnavailableError
-from posemum_deploy.export.metadata import ModelMetadata, sidecar_path
 from posemum_deploy.inference.backends import load_backend
 from posemum_deploy.inference.pipeline import PoseEstimator
 from posemum_deploy.label.boxes import BoxSource
@@ -31,15 +30,6 @@ if TYPE_CHECKING:
     from posemum_deploy.label.writer import ShardStore
 
 log = logging.getLogger(__name__)
-
-
-def artifact_metadata(model: Path) -> ModelMetadata:
-    """ModelMetadata of a checkpoint or exported artifact without opening a runtime."""
-    if model.suffix.lower() in (".pt", ".pth"):
-        from posemum_deploy.models.checkpoint import read_checkpoint
-
-        return ModelMetadata.from_dict(read_checkpoint(model)["model_meta"])
-    return ModelMetadata.load(sidecar_path(model))
 
 
 class ShardActor:

@@ -93,11 +93,14 @@ def plan_shards(files: list[str], shard_size: int) -> list[ShardJob]:
 
 
 def run_identity(model_path: Path, files: list[str], settings: LabelSettings,
-                 boxes: BoxSource, input_hw: tuple[int, int]) -> dict[str, Any]:
-    """Model hash, output-changing settings and the image list digest, for the manifest."""
+                 boxes: BoxSource) -> dict[str, Any]:
+    """Model hash, output-changing settings and the image list digest, for the manifest.
+
+    The model's sha256 also pins its input size, codec and flip pairs.
+    """
     listing = hashlib.sha256("\n".join(files).encode()).hexdigest()
     chosen = {k: v for k, v in asdict(settings).items() if k not in ("boxes_ann", "shard_size")}
-    chosen.update(boxes=boxes.identity(), input_hw=list(input_hw))
+    chosen.update(boxes=boxes.identity())
     return {"model": {"file": model_path.name, "sha256": sha256_file(model_path)},
             "settings": chosen,
             "images": {"count": len(files), "sha256": listing, "shard_size": settings.shard_size}}
@@ -120,10 +123,10 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
     files = [p.relative_to(root).as_posix() for p in list_images(root)]
     boxes = parse_box_source(settings.boxes, settings.box_score_threshold,
                              settings.max_people, settings.boxes_ann)
+    # Checked before the model loads, so a refused resume fails in a second.
+    store = ShardStore(out_dir, run_identity(model, files, settings, boxes), resume)
     be = backend if not isinstance(backend, str) else (
         None if engine == "ray" else load_backend(model, backend, **(backend_options or {})))
-    input_hw = _input_hw(be, model)
-    store = ShardStore(out_dir, run_identity(model, files, settings, boxes, input_hw), resume)
     jobs = plan_shards(files, settings.shard_size)
     todo = [job for job in jobs if not store.is_done(job.index)]
     summary = LabelSummary(shards_total=len(jobs), shards_resumed=len(jobs) - len(todo))
@@ -148,15 +151,6 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
     totals = store.finish(len(jobs))
     log.info("labeled %d images (%d persons, %d skipped) in total", *totals.values())
     return summary
-
-
-def _input_hw(backend: Backend | None, model: Path) -> tuple[int, int]:
-    """The network input size, from the open backend or the artifact's metadata."""
-    if backend is not None:
-        return tuple(backend.metadata.input_hw)
-    from posemum_deploy.label.ray_engine import artifact_metadata
-
-    return tuple(artifact_metadata(model).input_hw)
 
 
 def _run_local(estimator: PoseEstimator, root: Path, todo: list[ShardJob], boxes: BoxSource,

@@ -73,9 +73,8 @@ class ShardStore:
                 raise ResumeError(f"{self.out_dir}: already holds a labeling run; pass --resume "
                                   "to continue it, or choose an empty --out folder")
             self.manifest = self._load_and_check()
-        else:
+        else:  # saved with the first shard: a run that dies before it leaves nothing
             self.manifest = {"format": FORMAT_VERSION, **identity, "shards": {}, "complete": False}
-            self._save_manifest()
         for stale in self.out_dir.glob(".*.tmp*"):  # left by a killed run
             stale.unlink(missing_ok=True)
 

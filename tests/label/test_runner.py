@@ -1,0 +1,124 @@
+"""label_folder: bad inputs never crash a run, batching never changes numbers, shards resume."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from posemum_deploy.label.runner import LabelSettings, label_folder
+from posemum_deploy.label.writer import ERRORS_NAME, ResumeError, iter_indexed
+
+from label_helpers import SHARED, write_images
+
+
+def _bad_corpus(folder: Path) -> dict[str, str | None]:
+    """Every awkward input we know of → the expected error word (None = labeled)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 255, (60, 40, 3), dtype=np.uint8)
+    cv2.imwrite(str(folder / "good.jpg"), rgb)
+    data = (folder / "good.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("this is not an image\n")
+    cv2.imwrite(str(folder / "alpha.png"), rng.integers(0, 255, (50, 30, 4), dtype=np.uint8))
+    cv2.imwrite(str(folder / "deep16.png"), rng.integers(0, 65535, (50, 30, 3), dtype=np.uint16))
+    cv2.imwrite(str(folder / "gray.png"), rng.integers(0, 255, (50, 30), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    Image.fromarray(rgb).save(folder / "rotated.JPG", exif=exif.tobytes())
+    cv2.imwrite(str(folder / "one_pixel.bmp"), np.full((1, 1, 3), 200, np.uint8))
+    cv2.imwrite(str(folder / "huge.jpg"), np.full((8000, 10000, 3), 90, np.uint8))
+    cv2.imwrite(str(folder / "nobody.webp"), rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    return {"good.jpg": None, "truncated.jpg": "truncated", "empty.jpg": "empty",
+            "text.jpg": "not a decodable", "alpha.png": None, "deep16.png": None,
+            "gray.png": None, "rotated.JPG": None, "one_pixel.bmp": None, "huge.jpg": None,
+            "nobody.webp": None}
+
+
+def _gt_for(folder: Path, names: list[str], skip: str) -> Path:
+    """GT boxes covering each image except `skip` (an image where nobody is found)."""
+    images, anns = [], []
+    for i, name in enumerate(names):
+        images.append({"id": i + 1, "file_name": name, "width": 10000, "height": 10000})
+        if name != skip:
+            anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
+                         "bbox": [0, 0, 30, 40]})
+    path = folder.parent / "gt.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": []}))
+    return path
+
+
+def test_bad_inputs_land_in_output_or_errors(tmp_path: Path, tiny_model: Path) -> None:
+    expected = _bad_corpus(tmp_path / "images")
+    gt = _gt_for(tmp_path / "images", list(expected), skip="nobody.webp")
+    out = tmp_path / "out"
+    summary = label_folder(tiny_model, tmp_path / "images", out,
+                           LabelSettings(boxes=f"gt:{gt}", shard_size=4), batch_size=4, workers=2)
+    records = {r["file"]: r for _, r in iter_indexed(out)}
+    assert sorted(records) == sorted(expected)  # each file exactly once
+    errors = [json.loads(line) for line in (out / ERRORS_NAME).read_text().splitlines()]
+    assert sorted(e["file"] for e in errors) == sorted(k for k, v in expected.items() if v)
+    for name, word in expected.items():
+        if word:
+            assert word in records[name]["error"] and name in records[name]["error"]
+        else:
+            assert "error" not in records[name], records[name]
+    assert (records["rotated.JPG"]["width"], records["rotated.JPG"]["height"]) == (60, 40)
+    assert (records["huge.jpg"]["width"], records["huge.jpg"]["height"]) == (10000, 8000)
+    assert records["nobody.webp"]["persons"] == []
+    assert len(records["alpha.png"]["persons"]) == 1
+    assert summary.skipped == 3 and summary.images == len(expected)
+    person = records["good.jpg"]["persons"][0]
+    assert len(person["keypoints"]) == 17 and len(person["joint_scores"]) == 17
+    assert set(person) >= {"box", "score", "box_score", "keypoints", "joint_scores"}
+
+
+def test_batch_size_and_workers_do_not_change_results(tmp_path: Path, tiny_model: Path) -> None:
+    write_images(tmp_path / "images", 7)
+    outs = []
+    for i, (batch, workers) in enumerate([(3, 1), (8, 3)]):
+        out = tmp_path / f"out{i}"
+        label_folder(tiny_model, tmp_path / "images", out, LabelSettings(shard_size=3),
+                     batch_size=batch, workers=workers)
+        outs.append([r for _, r in iter_indexed(out)])
+    assert [r["file"] for r in outs[0]] == [r["file"] for r in outs[1]]
+    for a, b in zip(*outs):
+        for pa, pb in zip(a["persons"], b["persons"]):
+            np.testing.assert_allclose(pa["keypoints"], pb["keypoints"], atol=0.011)
+            np.testing.assert_allclose(pa["joint_scores"], pb["joint_scores"], atol=1e-4)
+
+
+def test_resume_redoes_only_missing_shards_and_refuses_changes(tmp_path: Path,
+                                                               tiny_model: Path) -> None:
+    write_images(tmp_path / "images", 5)
+    out = tmp_path / "out"
+    settings = LabelSettings(shard_size=2)
+    label_folder(tiny_model, tmp_path / "images", out, settings, batch_size=4)
+    before = {p.name: p.read_bytes() for p in out.glob("shard-*.jsonl")}
+    (out / "shard-00001.jsonl").unlink()
+    summary = label_folder(tiny_model, tmp_path / "images", out, settings, batch_size=4, resume=True)
+    assert (summary.shards_written, summary.shards_resumed) == (1, 2)
+    assert {p.name: p.read_bytes() for p in out.glob("shard-*.jsonl")} == before
+    with pytest.raises(ResumeError, match="--resume"):
+        label_folder(tiny_model, tmp_path / "images", out, settings)
+    with pytest.raises(ResumeError, match="flip"):
+        label_folder(tiny_model, tmp_path / "images", out, LabelSettings(shard_size=2, flip=True),
+                     resume=True)
+    write_images(tmp_path / "images" / "more", 1, seed=5)
+    with pytest.raises(ResumeError, match="images.count: 5 -> 6"):
+        label_folder(tiny_model, tmp_path / "images", out, settings, resume=True)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data not found at {SHARED}")
+def test_real_photos_full_boxes(tmp_path: Path, tiny_model: Path) -> None:
+    out = tmp_path / "out"
+    summary = label_folder(tiny_model, SHARED / "unlabeled", out, LabelSettings(shard_size=3))
+    records = [r for _, r in iter_indexed(out)]
+    assert len(records) == 4 and summary.skipped == 0
+    assert all(len(r["persons"]) == 1 for r in records)
+    assert {(r["width"], r["height"]) for r in records} >= {(1920, 1080), (298, 299)}
