@@ -139,3 +139,74 @@ class TopDownDataset(Dataset):
             item["target"] = torch.from_numpy(heatmaps[0])
             item["target_weight"] = torch.from_numpy(weights[0])
         return item
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def load_unlabeled_instances(source: str | Path, images_dir: str | Path | None = None,
+                             boxes: str = "whole") -> list[PersonInstance]:
+    """Person crops for the unlabeled stream; any keypoints in the source are ignored.
+
+    `source` is one of: a COCO json (its person boxes; labels ignored), a pseudo-label
+    json (a COCO json written by `posemum label`/`merge`, or a results list with
+    image_id/bbox, images named by id), or an image folder, whose person boxes come from
+    `boxes`: "whole" (each image is one person crop) or a detection results json whose
+    image_id is the file's numeric stem (COCO naming).
+    """
+    source = Path(source)
+    if source.is_dir():
+        return _folder_instances(source, boxes)
+    if images_dir is None:
+        raise AnnotationError(f"{source}: --unlabeled-images is needed to find the images "
+                              "of an unlabeled json")
+    from posemum_deploy.data.coco import load_json
+
+    data = load_json(source)
+    if isinstance(data, dict):
+        return load_instances(source, images_dir, require_keypoints=False)
+    if not isinstance(data, list):
+        raise AnnotationError(f"{source}: expected a COCO json, a results list or a folder")
+    files = {_stem_id(p): p for p in Path(images_dir).iterdir() if _stem_id(p) is not None}
+    out = []
+    for entry in data:
+        path = files.get(int(entry.get("image_id", -1)))
+        if path is not None and entry.get("bbox") and entry.get("category_id", 1) == 1:
+            out.append(PersonInstance(path, int(entry["image_id"]), tuple(entry["bbox"]), None))
+    if not out:
+        raise AnnotationError(f"{source}: no results entry has a bbox and an image_id that "
+                              f"names a file in {images_dir}")
+    return out
+
+
+def _stem_id(path: Path) -> int | None:
+    return int(path.stem) if path.suffix.lower() in IMAGE_SUFFIXES and path.stem.isdigit() else None
+
+
+def _folder_instances(folder: Path, boxes: str) -> list[PersonInstance]:
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise AnnotationError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    if boxes == "whole":
+        import cv2
+
+        out = []
+        for i, p in enumerate(paths):
+            size = cv2.imread(str(p), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+            if size is None:
+                log.warning("skipped: %s cannot be read", p)
+                continue
+            h, w = size.shape[:2]
+            out.append(PersonInstance(p, i, (0.0, 0.0, float(w), float(h)), None))
+        return out
+    from posemum_deploy.data.boxes import detection_boxes
+
+    table = detection_boxes(boxes)
+    out = []
+    for p in paths:
+        for box in table.get(_stem_id(p) if _stem_id(p) is not None else -1, ([], []))[0]:
+            out.append(PersonInstance(p, _stem_id(p) or -1, tuple(float(v) for v in box), None))
+    if not out:
+        raise AnnotationError(f"{boxes}: no detection's image_id matches an image in {folder} "
+                              "(image_id must be the file's numeric name)")
+    return out

@@ -53,14 +53,18 @@ class SSLConfig:
     """Semi-supervised settings; `teacher="none"` means plain supervised training."""
 
     teacher: str = "none"             # none | single | ema | eman | dual
-    decay: float = 0.999
+    decay: float | None = 0.999       # None: the paper's EMAN decay for the backbone
     unlabeled: str | None = None      # COCO json, pseudo-label json, or image folder
     unlabeled_images: str | None = None
+    unlabeled_boxes: str = "whole"    # image folder only: "whole" or a detection results json
     unlabeled_batch_size: int = 32
     unsup_weight: float = 1.0
+    epoch_unit: str = "labeled"       # labeled | unlabeled: what one epoch is a pass over
     strong_affine: bool = False
     joint_cutout: bool = False
     rand_augment: bool = False
+    rand_augment_ops: int = 2
+    rand_augment_magnitude: float = 9.0
     mum: bool = False                 # image-level mix/unmix
     feature_mum: bool = False         # Pose-MUM: stochastic mixing after stages
     mix_stages: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3")

@@ -85,7 +85,10 @@ def _tile_gather(x: Tensor, index: Tensor, tiles_hw: tuple[int, int]) -> Tensor:
                           f"{b} with a {th}x{tw} tile grid")
     tiles = x.reshape(groups, group_size, c, th, h // th, tw, w // tw)
     idx = index.view(groups, group_size, 1, th, 1, tw, 1).expand_as(tiles)
-    return tiles.gather(1, idx).reshape(b, c, h, w)
+    out = tiles.gather(1, idx).reshape(b, c, h, w)
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)  # keep the conv layout
+    return out
 
 
 def mix(x: Tensor, mask: Tensor, tiles_hw: tuple[int, int], where: str = "input") -> Tensor:
@@ -110,6 +113,7 @@ class MixHook:
 
     mixer: "PoseMumMixer"
     generator: torch.Generator | None
+    skip: int = 0  # leading samples left alone (the labeled part of a joint forward)
     stack: list[Tensor] = field(default_factory=list)
     history: list[tuple[str, Tensor]] = field(default_factory=list)
 
@@ -122,6 +126,14 @@ class MixHook:
         self.history.append((where, mask))
 
     def __call__(self, name: str, x: Tensor) -> Tensor:
+        """Hook body for [skip + B, C, H, W]: only the last B samples are mixed/unmixed."""
+        if not self.skip:
+            return self._apply(name, x)
+        tail = x[self.skip:]
+        out = self._apply(name, tail)
+        return x if out is tail else torch.cat([x[:self.skip], out])
+
+    def _apply(self, name: str, x: Tensor) -> Tensor:
         m = self.mixer
         if name in m.active_stages:
             check_tiles(x.shape, m.tiles, name)  # validate even when this draw does not mix
@@ -201,15 +213,18 @@ class PoseMumMixer:
                                   f"of the stride {stride} at '{where}'")
             check_tiles((input_hw[0] // stride, input_hw[1] // stride), self.tiles, where)
 
-    def start(self, images: Tensor,
-              generator: torch.Generator | None = None) -> tuple[Tensor, MixHook]:
+    def start(self, images: Tensor, generator: torch.Generator | None = None,
+              skip: int = 0) -> tuple[Tensor, MixHook]:
         """Mix the strong batch [B, 3, H, W] (image level) and return (images, hook).
 
         Pass the hook to `model(images, after_stage=hook)`; the model's output then has
         every tile back in place. Call once per forward: the hook holds that forward's masks.
+        With `skip=L` the hook expects [L + B, ...] batches (labeled crops first, one forward
+        for both, which keeps DDP to one forward per step) and leaves the first L alone.
+        Mixing permutes samples, so BatchNorm's batch statistics are unchanged by it.
         """
         check_group(images.shape[0], self.group_size)
-        hook = MixHook(self, generator)
+        hook = MixHook(self, generator, skip)
         if self.image_level:
             mask = make_mask(images.shape[0], self.group_size, self.tiles, generator,
                              images.device)

@@ -97,8 +97,8 @@ class EmaTeacher(Teacher):
 
     @torch.no_grad()
     def update(self, student: nn.Module) -> None:
-        for t, s in self._pairs(student, params_only=True):
-            t.lerp_(s.to(t.dtype), 1.0 - self.decay)
+        pairs = list(self._pairs(student, params_only=True))
+        torch._foreach_lerp_([t for t, _ in pairs], [s for _, s in pairs], 1.0 - self.decay)
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
@@ -122,10 +122,11 @@ class EmanTeacher(Teacher):
 
     @torch.no_grad()
     def update(self, student: nn.Module) -> None:
-        for t, s in self._pairs(student, params_only=False):
-            if t.is_floating_point():
-                t.lerp_(s.to(t.dtype), 1.0 - self.decay)
-            else:
+        pairs = list(self._pairs(student, params_only=False))
+        floats = [(t, s) for t, s in pairs if t.is_floating_point()]
+        torch._foreach_lerp_([t for t, _ in floats], [s for _, s in floats], 1.0 - self.decay)
+        for t, s in pairs:
+            if not t.is_floating_point():
                 t.copy_(s)
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch import nn
+from torch.utils.data import DataLoader
 
 from posemum_deploy.data.codec import HeatmapCodec
 from posemum_deploy.data.datasets import TopDownDataset, load_instances
@@ -21,6 +22,7 @@ from posemum_deploy.errors import ArtifactError, ConfigError
 from posemum_deploy.export.metadata import ModelMetadata
 from posemum_deploy.inference.torch_backend import resolve_device
 from posemum_deploy.models.simple_baseline import build_model
+from posemum_deploy.training import distributed as ddp
 from posemum_deploy.training.config import TrainConfig
 from posemum_deploy.training.losses import joints_mse_loss
 from posemum_deploy.training.run_files import (MetricsLog, rng_state, save_checkpoint,
@@ -43,6 +45,8 @@ class TrainResult:
     best_ap: float
     last_metrics: dict[str, float]
     steps: int
+    model: nn.Module | None = None     # the trained student (unwrapped)
+    teacher: nn.Module | None = None   # its teacher, when the preset has one
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -63,16 +67,43 @@ def model_metadata(cfg: TrainConfig) -> ModelMetadata:
                          heatmap_hw=cfg.data.heatmap_hw, sigma=cfg.data.sigma, format="torch")
 
 
-def make_labeled_loader(cfg: TrainConfig, codec: HeatmapCodec) -> DataLoader:
+def make_labeled_loader(cfg: TrainConfig, codec: HeatmapCodec,
+                        env: ddp.DistEnv = ddp.DistEnv()) -> DataLoader:
+    """Labeled crops, sharded across ranks under DDP. Workers are not persistent, so each
+    pass sees the dataset's current epoch (its augmentation key)."""
     instances = load_instances(cfg.data.labeled, cfg.data.images, cfg.data.labeled_count)
     dataset = TopDownDataset(instances, codec, AffineAugment(), seed=cfg.runtime.seed)
-    if len(dataset) < cfg.optim.batch_size:
+    if len(dataset) // env.world_size < cfg.optim.batch_size:
         raise ConfigError(f"{cfg.data.labeled}: {len(dataset)} labeled instances is fewer than "
-                          f"the batch size {cfg.optim.batch_size}; lower --batch-size")
-    sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.runtime.seed))
+                          f"the batch size {cfg.optim.batch_size} per process; lower --batch-size")
+    sampler = ddp.make_sampler(dataset, env, cfg.runtime.seed)
     return DataLoader(dataset, batch_size=cfg.optim.batch_size, sampler=sampler, drop_last=True,
-                      num_workers=cfg.data.workers, persistent_workers=cfg.data.workers > 0,
-                      pin_memory=torch.cuda.is_available())
+                      num_workers=cfg.data.workers, pin_memory=torch.cuda.is_available())
+
+
+def labeled_batches(loader: DataLoader, steps: int, seed: int, epoch: int):
+    """`steps` labeled batches for one epoch, reshuffling when an epoch spans several
+    passes (an SSL epoch may be a pass over the larger unlabeled set)."""
+    done, passes = 0, 0
+    while done < steps:
+        key = epoch + passes * 100_003
+        loader.dataset.set_epoch(key)
+        ddp.set_sampler_epoch(loader.sampler, seed, key)
+        for batch in loader:
+            if done >= steps:
+                return
+            done += 1
+            yield batch
+        passes += 1
+
+
+def epoch_length(cfg: TrainConfig, loader: DataLoader, step_fn) -> int:
+    """Steps per epoch: the setting, else one pass over the labeled or unlabeled set."""
+    if cfg.optim.steps_per_epoch:
+        return cfg.optim.steps_per_epoch
+    if cfg.ssl.teacher != "none" and cfg.ssl.epoch_unit == "unlabeled":
+        return len(step_fn.stream)
+    return len(loader)
 
 
 def validate(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
@@ -136,19 +167,22 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
     ckpt_dir = out / "checkpoints"
     seed_everything(cfg.runtime.seed)
     device = resolve_device(cfg.runtime.device)
+    env = ddp.init_distributed(device)  # torchrun: rank 0 alone writes files
+    device = ddp.local_device(device, env)
     amp = autocast_dtype(cfg.runtime.precision, device)
     codec = HeatmapCodec(tuple(cfg.data.input_hw), cfg.data.heatmap_hw, cfg.data.sigma)
-    loader = make_labeled_loader(cfg, codec)
+    loader = make_labeled_loader(cfg, codec, env)
 
     model = build_model(cfg.model.backbone, loader.dataset.num_joints, cfg.model.pretrained)
     model.to(device)
     if cfg.runtime.channels_last:
         model.to(memory_format=torch.channels_last)
+    student = ddp.wrap_model(model, env, device)  # DDP under torchrun, else `model`
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.optim.milestones),
                                                      cfg.optim.gamma)
-    step_fn = build_step(cfg, model, optimizer, device, amp)
-    steps_per_epoch = cfg.optim.steps_per_epoch or len(loader)
+    step_fn = build_step(cfg, student, optimizer, device, amp)
+    steps_per_epoch = epoch_length(cfg, loader, step_fn)
     total = cfg.optim.epochs * steps_per_epoch
     if cfg.optim.max_steps:
         total = min(total, cfg.optim.max_steps)
@@ -167,9 +201,10 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
         log.info("resumed from %s at epoch %d", ckpt_dir / "last.pt", start_epoch)
     elif resume:
         log.warning("--resume: no %s yet, starting fresh", ckpt_dir / "last.pt")
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.yaml")
-    metrics = MetricsLog(out / "metrics.jsonl")
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.yaml")
+    metrics = MetricsLog(out / "metrics.jsonl", enabled=env.is_main)
     if callbacks:
         callbacks.on_start(total, step)
 
@@ -177,11 +212,11 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
     for epoch in range(start_epoch, cfg.optim.epochs):
         if step >= total:
             break
-        loader.dataset.set_epoch(epoch)
-        loader.sampler.generator.manual_seed(cfg.runtime.seed * 1000 + epoch)
+        if hasattr(step_fn, "set_epoch"):
+            step_fn.set_epoch(epoch)  # SSL: augmentation RNG and unlabeled stream
         t0, seen = time.perf_counter(), 0
-        for i, batch in enumerate(loader):
-            if i >= steps_per_epoch or step >= total:
+        for batch in labeled_batches(loader, steps_per_epoch, cfg.runtime.seed, epoch):
+            if step >= total:
                 break
             logs = step_fn(batch)
             step += 1
@@ -196,18 +231,22 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
         last_epoch = epoch + 1 == cfg.optim.epochs or step >= total
         if cfg.data.val_ann and cfg.runtime.val_every and \
                 ((epoch + 1) % cfg.runtime.val_every == 0 or last_epoch):
-            eval_model = step_fn.teacher.model if step_fn.teacher is not None else model
-            last_metrics = validate(eval_model, cfg, device)
-            metrics.write("val", step=step, epoch=epoch, **last_metrics)
-            if callbacks:
-                callbacks.on_eval(epoch, last_metrics)
-        payload = _checkpoint(cfg, model, step_fn, optimizer, scheduler, epoch, step,
-                              max(best_ap, last_metrics.get("AP", -1.0)), last_metrics)
-        save_checkpoint(ckpt_dir / "last.pt", payload)
-        if last_metrics.get("AP", -1.0) > best_ap or not (ckpt_dir / "best.pt").exists():
-            best_ap = max(best_ap, last_metrics.get("AP", -1.0))
-            save_checkpoint(ckpt_dir / "best.pt", payload)
-    return TrainResult(out, best_ap, last_metrics, step)
+            if env.is_main:
+                eval_model = step_fn.teacher.model if step_fn.teacher is not None else model
+                last_metrics = validate(eval_model, cfg, device)
+                metrics.write("val", step=step, epoch=epoch, **last_metrics)
+                if callbacks:
+                    callbacks.on_eval(epoch, last_metrics)
+            ddp.barrier(env)
+        if env.is_main:
+            payload = _checkpoint(cfg, model, step_fn, optimizer, scheduler, epoch, step,
+                                  max(best_ap, last_metrics.get("AP", -1.0)), last_metrics)
+            save_checkpoint(ckpt_dir / "last.pt", payload)
+            if last_metrics.get("AP", -1.0) > best_ap or not (ckpt_dir / "best.pt").exists():
+                best_ap = max(best_ap, last_metrics.get("AP", -1.0))
+                save_checkpoint(ckpt_dir / "best.pt", payload)
+    ddp.shutdown(env)
+    return TrainResult(out, best_ap, last_metrics, step, model, step_fn.teacher)
 
 
 def _checkpoint(cfg, model, step_fn, optimizer, scheduler, epoch, step, best_ap, metrics) -> dict:

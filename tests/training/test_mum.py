@@ -181,3 +181,16 @@ def test_same_generator_seed_gives_same_mixing():
     for name in MIXABLE_STAGES:
         assert torch.equal(hook_a(name, a), hook_b(name, b))
     assert hook_a.mixed_at == hook_b.mixed_at
+
+
+def test_skip_leaves_the_labeled_part_alone_and_restores_the_rest():
+    labeled = torch.randn(4, 3, 16, 12, generator=_gen(17))
+    strong = torch.randn(8, 3, 16, 12, generator=_gen(18))
+    mixer = PoseMumMixer(p=1.0)
+    mixed, hook = mixer.start(strong, _gen(19), skip=4)
+    y = torch.cat([labeled, mixed])
+    for name in STAGE_NAMES:
+        y = hook(name, y)
+        if name != "layer4":
+            assert torch.equal(y[:4], labeled)
+    assert torch.equal(y, torch.cat([labeled, strong]))

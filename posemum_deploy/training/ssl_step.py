@@ -1,0 +1,250 @@
+"""The semi-supervised step: weak view → teacher heatmaps → strong view → student loss.
+
+Per step (Xie et al. 2021 setup, Eq. 1 of the paper):
+1. a labeled batch (affine-augmented crops + heatmap targets) and an unlabeled batch
+   (the weak view: the same affine recipe, no targets);
+2. the teacher labels the weak view in eval mode under no_grad;
+3. the strong view = weak view + second affine θ (image *and* pseudo-labels warped by θ),
+   Joint Cutout at the teacher's joints, RandAugment, MUM image mixing — per preset;
+4. one student forward over [labeled; strong] (one forward per step keeps DDP simple;
+   mixing permutes samples, so BN batch statistics are what they would be unmixed), with
+   Pose-MUM's feature mixing/unmixing in the `after_stage` hook;
+5. L = L_sup + λu·L_unsup, Adam step, teacher update (EMAN/EMA/Single).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from posemum_deploy.data.codec import HeatmapCodec
+from posemum_deploy.data.datasets import TopDownDataset, load_unlabeled_instances
+from posemum_deploy.data.strong import joint_cutout, rand_augment
+from posemum_deploy.data.transforms import AffineAugment, normalize_batch
+from posemum_deploy.errors import ConfigError
+from posemum_deploy.models.simple_baseline import build_model
+from posemum_deploy.training import distributed as ddp
+from posemum_deploy.training.config import TrainConfig
+from posemum_deploy.training.losses import joints_mse_loss
+from posemum_deploy.training.mum import MixHook, PoseMumMixer, check_group
+from posemum_deploy.training.strong_view import StrongAffine, warp
+from posemum_deploy.training.teachers import PAPER_DECAY, Teacher, build_teacher, unwrap
+
+log = logging.getLogger(__name__)
+
+
+class UnlabeledStream:
+    """Endless unlabeled batches, reshuffled per (seed, epoch, pass) and per rank."""
+
+    def __init__(self, loader: DataLoader, seed: int) -> None:
+        self.loader, self.seed = loader, seed
+        self.epoch, self.passes = 0, 0
+        self._it: Iterator[dict[str, Any]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Restart the stream: a run resumed at this epoch sees the same batches."""
+        self.epoch, self.passes, self._it = epoch, 0, None
+
+    def next(self) -> dict[str, Any]:
+        while True:
+            if self._it is None:
+                key = self.epoch * 1000 + self.passes
+                self.loader.dataset.set_epoch(key)
+                ddp.set_sampler_epoch(self.loader.sampler, self.seed + 7919, key)
+                self._it = iter(self.loader)
+                self.passes += 1
+            try:
+                return next(self._it)
+            except StopIteration:
+                self._it = None
+
+
+def make_unlabeled_stream(cfg: TrainConfig, codec: HeatmapCodec, env: ddp.DistEnv) -> UnlabeledStream:
+    ssl = cfg.ssl
+    if not ssl.unlabeled:
+        raise ConfigError(f"preset {cfg.preset!r} is semi-supervised: pass --unlabeled (a COCO "
+                          "json, a pseudo-label json or an image folder)")
+    instances = load_unlabeled_instances(ssl.unlabeled, ssl.unlabeled_images, ssl.unlabeled_boxes)
+    dataset = TopDownDataset(instances, codec, AffineAugment(), seed=cfg.runtime.seed + 1,
+                             with_targets=False)
+    per_rank = len(dataset) // max(env.world_size, 1)
+    if per_rank < ssl.unlabeled_batch_size:
+        raise ConfigError(f"{ssl.unlabeled}: {len(dataset)} unlabeled crops is fewer than the "
+                          f"unlabeled batch size {ssl.unlabeled_batch_size} per process")
+    loader = DataLoader(dataset, batch_size=ssl.unlabeled_batch_size, drop_last=True,
+                        sampler=ddp.make_sampler(dataset, env, cfg.runtime.seed + 7919),
+                        num_workers=cfg.data.workers, pin_memory=torch.cuda.is_available())
+    return UnlabeledStream(loader, cfg.runtime.seed)
+
+
+class DualPartner(nn.Module):
+    """Xie's second network of a dual pair, with its own Adam (a 'teacher' for the loop).
+
+    `model` is the plain partner network (validated and saved as the run's "teacher"),
+    `trainable` the same network as it is trained (DDP-wrapped under torchrun); its
+    optimiser follows the main one's learning rate. state_dict holds network and
+    optimiser, so checkpoints resume the pair exactly.
+    """
+
+    def __init__(self, model: nn.Module, trainable: nn.Module,
+                 optimizer: torch.optim.Optimizer) -> None:
+        super().__init__()
+        self.model, self.optimizer = model, optimizer
+        object.__setattr__(self, "trainable", trainable)  # not a second registered copy
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:  # type: ignore[override]
+        self.model.load_state_dict(state["model"], strict=strict)
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class SemiSupervisedStep:
+    """One step of Eq. 1 for a preset's teacher and strong augmentations (see module doc)."""
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 device: torch.device, amp: torch.dtype | None, teacher: Teacher | DualPartner,
+                 stream: UnlabeledStream, env: ddp.DistEnv) -> None:
+        self.cfg, self.ssl = cfg, cfg.ssl
+        self.model, self.optimizer, self.device, self.amp = model, optimizer, device, amp
+        self.teacher, self.stream, self.env = teacher, stream, env
+        self.dual = isinstance(teacher, DualPartner)
+        self.affine = StrongAffine() if cfg.ssl.strong_affine else None
+        self.mixer = _mixer(cfg) if (cfg.ssl.mum or cfg.ssl.feature_mum) else None
+        self.generator = torch.Generator()
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Re-seed the augmentation RNG and the unlabeled stream for this epoch and rank."""
+        self.generator.manual_seed((self.cfg.runtime.seed * 1_000_003 + epoch) * 131 + self.env.rank)
+        self.stream.set_epoch(epoch)
+
+    def _images(self, batch: dict[str, Any]) -> Tensor:
+        return normalize_batch(batch["image"].to(self.device, non_blocking=True))
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.amp or torch.float32,
+                              enabled=self.amp is not None)
+
+    def strong_view(self, weak: Tensor, pseudo: Tensor) -> tuple[Tensor, Tensor]:
+        """Weak images [B, 3, H, W] and teacher heatmaps [B, K, h, w] → strong pair."""
+        ssl, g = self.ssl, self.generator
+        strong = weak
+        if self.affine is not None:
+            theta = self.affine.sample(weak.shape[0], tuple(weak.shape[-2:]), g, weak.device)
+            strong, pseudo = warp(strong, theta), warp(pseudo, theta)
+        if ssl.joint_cutout:
+            strong = joint_cutout(strong, pseudo, g)
+        if ssl.rand_augment:
+            strong = rand_augment(strong, g, n=ssl.rand_augment_ops,
+                                  magnitude=ssl.rand_augment_magnitude)
+        return strong, pseudo
+
+    def _student_loss(self, model: nn.Module, labeled: Tensor, strong: Tensor, pseudo: Tensor,
+                      target: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """(L_sup, L_unsup) from one forward over [labeled; strong (mixed)]."""
+        hook: MixHook | None = None
+        if self.mixer is not None:
+            strong, hook = self.mixer.start(strong, self.generator, skip=labeled.shape[0])
+        x = torch.cat([labeled, strong])
+        if self.cfg.runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            pred = model(x, after_stage=hook)
+        n = labeled.shape[0]
+        return joints_mse_loss(pred[:n], target, weight), joints_mse_loss(pred[n:], pseudo)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, float]:
+        labeled = self._images(batch)
+        target = batch["target"].to(self.device, non_blocking=True)
+        weight = batch["target_weight"].to(self.device, non_blocking=True)
+        weak = self._images(self.stream.next())
+        students = [(self.model, self.optimizer)]
+        if self.dual:
+            students.append((self.teacher.trainable, self.teacher.optimizer))
+        logs: dict[str, float] = {}
+        for i, (model, opt) in enumerate(students):
+            with self._autocast():
+                teacher_out = self._pseudo_labels(i, weak)
+            strong, pseudo = self.strong_view(weak, teacher_out.float())
+            sup, unsup = self._student_loss(model, labeled, strong, pseudo, target, weight)
+            loss = sup + self.ssl.unsup_weight * unsup
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if i:
+                opt.param_groups[0]["lr"] = self.optimizer.param_groups[0]["lr"]
+            opt.step()
+            suffix = f"_{i}" if i else ""
+            logs.update({f"loss{suffix}": float(loss.detach()),
+                         f"loss_sup{suffix}": float(sup.detach()),
+                         f"loss_unsup{suffix}": float(unsup.detach())})
+        if not self.dual:
+            ddp.sync_buffers(unwrap(self.model), self.env)
+            self.teacher.update(unwrap(self.model))
+            ddp.sync_buffers(self.teacher, self.env)
+        return logs
+
+    def _pseudo_labels(self, student_index: int, weak: Tensor) -> Tensor:
+        if not self.dual:
+            return self.teacher.predict(weak)
+        partner = unwrap(self.teacher.model if student_index == 0 else self.model)
+        was_training = partner.training
+        partner.eval()
+        try:
+            with torch.no_grad():
+                return partner(weak)
+        finally:
+            partner.train(was_training)
+
+
+def _mixer(cfg: TrainConfig) -> PoseMumMixer:
+    ssl = cfg.ssl
+    mixer = PoseMumMixer(group_size=ssl.group_size, tiles=tuple(ssl.tiles),
+                         mix_stages=tuple(ssl.mix_stages), p=ssl.mix_prob, unmix_at=ssl.unmix_at,
+                         image_level=ssl.mum, feature_level=ssl.feature_mum)
+    mixer.check_input_size(tuple(cfg.data.input_hw))
+    check_group(ssl.unlabeled_batch_size, ssl.group_size)
+    return mixer
+
+
+def resolve_decay(cfg: TrainConfig) -> float:
+    """The configured decay, or the paper's best EMAN decay for the backbone (Table 4)."""
+    if cfg.ssl.decay is not None:
+        return cfg.ssl.decay
+    return PAPER_DECAY.get(cfg.model.backbone, 0.6)
+
+
+def build_ssl_step(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+                   device: torch.device, amp: torch.dtype | None) -> SemiSupervisedStep:
+    """Teacher, unlabeled stream and augmentations for `cfg`'s preset."""
+    env = ddp.current()
+    codec = HeatmapCodec(tuple(cfg.data.input_hw), cfg.data.heatmap_hw, cfg.data.sigma)
+    if cfg.ssl.mum or cfg.ssl.feature_mum:
+        _mixer(cfg)  # fail on a bad tile grid before loading any data
+    stream = make_unlabeled_stream(cfg, codec, env)
+    if cfg.ssl.teacher == "dual":
+        partner = _dual_partner(cfg, model, device, env)
+        return SemiSupervisedStep(cfg, model, optimizer, device, amp, partner, stream, env)
+    teacher = build_teacher(cfg.ssl.teacher, unwrap(model), resolve_decay(cfg))
+    teacher.to(device)
+    return SemiSupervisedStep(cfg, model, optimizer, device, amp, teacher, stream, env)
+
+
+def _dual_partner(cfg: TrainConfig, model: nn.Module, device: torch.device,
+                  env: ddp.DistEnv) -> DualPartner:
+    """A second, differently initialised student with its own Adam (Xie's dual setup)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.runtime.seed + 1)
+        net = build_model(cfg.model.backbone, unwrap(model).num_joints, cfg.model.pretrained)
+    net.to(device)
+    if cfg.runtime.channels_last:
+        net.to(memory_format=torch.channels_last)
+    wrapped = ddp.wrap_model(net, env, device)
+    return DualPartner(net, wrapped, torch.optim.Adam(net.parameters(), lr=cfg.optim.lr))

@@ -1,0 +1,120 @@
+"""Semi-supervised training end to end on tiny synthetic data (CPU)."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from posemum_deploy.data.synthetic import generate_dataset
+from posemum_deploy.errors import ConfigError
+from posemum_deploy.training.config import TrainConfig
+from posemum_deploy.training.presets import PRESETS, apply_preset
+from posemum_deploy.training.trainer import train
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, 6, seed=3, image_size=(96, 128), max_people=2)
+    return root
+
+
+def tiny_config(root: Path, out: Path, preset: str, **optim) -> TrainConfig:
+    cfg = apply_preset(TrainConfig(), preset)
+    cfg.out = str(out)
+    cfg.data.labeled = cfg.ssl.unlabeled = str(root / "annotations.json")
+    cfg.data.images = cfg.ssl.unlabeled_images = str(root / "images")
+    cfg.data.input_hw, cfg.data.workers = (64, 64), 0
+    cfg.ssl.tiles, cfg.ssl.unlabeled_batch_size = (2, 2), 4
+    cfg.optim.batch_size, cfg.optim.epochs, cfg.optim.steps_per_epoch = 4, 2, 2
+    for key, value in optim.items():
+        setattr(cfg.optim, key, value)
+    cfg.runtime.device, cfg.runtime.precision, cfg.runtime.channels_last = "cpu", "fp32", False
+    cfg.runtime.log_every = 1
+    return cfg
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["affine-s", "jc-s", "mum-ra", "pose-mum-plus", "ema", "dual",
+                                    "mum-unmix-layer2"])
+def test_presets_train_a_few_steps(synth, tmp_path, preset):
+    result = train(tiny_config(synth, tmp_path / preset, preset, max_steps=2))
+    assert result.steps == 2
+    rows = (tmp_path / preset / "metrics.jsonl").read_text().splitlines()
+    assert '"loss_unsup"' in rows[-1]
+    state = torch.load(tmp_path / preset / "checkpoints" / "last.pt", weights_only=True)
+    assert state["teacher"] is not None and state["teacher_state"] is not None
+
+
+def test_every_preset_builds_a_consistent_config():
+    for name in PRESETS:
+        cfg = apply_preset(TrainConfig(), name)
+        assert cfg.preset == name
+    cfg = apply_preset(TrainConfig(), "pose-mum-plus")
+    assert cfg.ssl.teacher == "eman" and cfg.ssl.decay is None and cfg.ssl.feature_mum
+    assert not cfg.ssl.strong_affine  # Table 3: Pose-MUM row has no affine θ
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(synth, tmp_path):
+    straight = train(tiny_config(synth, tmp_path / "a", "pose-mum-plus"))
+    train(tiny_config(synth, tmp_path / "b", "pose-mum-plus", max_steps=2))
+    resumed = train(tiny_config(synth, tmp_path / "b", "pose-mum-plus"), resume=True)
+    assert straight.steps == resumed.steps == 4
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(straight.teacher.state_dict().values(), resumed.teacher.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_unlabeled_batch_not_multiple_of_group_is_a_config_error(synth, tmp_path):
+    cfg = tiny_config(synth, tmp_path / "bad", "mum", max_steps=1)
+    cfg.ssl.unlabeled_batch_size = 6
+    with pytest.raises(ConfigError, match="multiple of the group size"):
+        train(cfg)
+
+
+def test_semi_supervised_preset_without_unlabeled_data_is_a_config_error(synth, tmp_path):
+    cfg = tiny_config(synth, tmp_path / "bad", "mum", max_steps=1)
+    cfg.ssl.unlabeled = None
+    with pytest.raises(ConfigError, match="--unlabeled"):
+        train(cfg)
+
+
+def _ddp_worker(rank: int, world: int, port: int, root: str, out: str, dump: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    cfg = tiny_config(Path(root), Path(out), "pose-mum-plus", max_steps=3)
+    cfg.optim.batch_size = cfg.ssl.unlabeled_batch_size = 4
+    result = train(cfg)
+    torch.save({"teacher": result.teacher.state_dict(), "student": result.model.state_dict()},
+               Path(dump) / f"rank{rank}.pt")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_keeps_teachers_identical(tmp_path):
+    root = tmp_path / "data"
+    generate_dataset(root, 10, seed=5, image_size=(96, 128), max_people=2)
+    out, dump = tmp_path / "run", tmp_path / "dump"
+    dump.mkdir()
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(root), str(out), str(dump)), nprocs=2)
+    a = torch.load(dump / "rank0.pt", weights_only=True)
+    b = torch.load(dump / "rank1.pt", weights_only=True)
+    for part in ("teacher", "student"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), (part, key)
+    init = tiny_config(root, out, "pose-mum-plus")
+    assert (out / "checkpoints" / "last.pt").is_file()  # written by rank 0 only
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3  # one writer
+    assert init.ssl.teacher == "eman"
