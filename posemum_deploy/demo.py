@@ -98,3 +98,24 @@ def run_demo(cfg: DemoConfig, callbacks: TrainCallbacks | None = None) -> DemoRe
                                                      backend="torch"))
     return DemoResult(Path(tcfg.out), floor, metrics["AP"], metrics,
                       time.perf_counter() - start)
+
+
+def run_demo_rounds(cfg: DemoConfig, result: DemoResult, n_rounds: int, on_round=None):
+    """Pseudo-label a fresh synthetic folder (boxes from its json, labels ignored) with the
+    demo's model and retrain for `n_rounds` rounds; returns the round records."""
+    from posemum_deploy.rounds import RoundsConfig, run_rounds
+    from posemum_deploy.training.config import TrainConfig
+
+    unlabeled_ann = Path(cfg.out) / "data" / "unlabeled" / "annotations.json"
+    if not unlabeled_ann.is_file():
+        generate_dataset(unlabeled_ann.parent, cfg.train_images, seed=cfg.seed + 20_000)
+    tcfg = TrainConfig.load(result.run_dir / "config.yaml")
+    tcfg.optim.epochs = max(2, cfg.epochs // 2)
+    tcfg.optim.milestones = (max(1, int(tcfg.optim.epochs * 0.75)),)
+    tcfg.optim.lr = cfg.lr / 4
+    rcfg = RoundsConfig(out=str(Path(cfg.out) / "rounds"),
+                        unlabeled=str(unlabeled_ann.parent / "images"), rounds=n_rounds,
+                        boxes=f"gt:{unlabeled_ann}", backend="auto",
+                        initial_checkpoint=str(result.run_dir / "checkpoints" / "best.pt"),
+                        train=tcfg)
+    return run_rounds(rcfg, on_round=on_round)

@@ -1,0 +1,85 @@
+"""`posemum rounds`: label → filter → retrain → evaluate, several rounds."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from posemum_deploy.cli.options import parse_hw
+
+
+def rounds(
+    labeled: Path = typer.Option(..., "--labeled", help="COCO person-keypoints json"),
+    images: Path = typer.Option(..., "--images", help="image folder of --labeled"),
+    unlabeled: Path = typer.Option(..., "--unlabeled", help="folder of unlabeled images"),
+    val_ann: Path = typer.Option(..., "--val-ann"),
+    val_images: Path = typer.Option(..., "--val-images"),
+    out: Path = typer.Option(Path("runs/rounds"), "--out"),
+    n_rounds: int = typer.Option(2, "--rounds"),
+    preset: str = typer.Option("supervised", "--preset", help="retraining preset"),
+    boxes: str = typer.Option("full", "--boxes", help="full | hog | gt:ANN.json | det:DET.json"),
+    backend: str = typer.Option("auto", "--backend", help="labeling backend"),
+    init: str = typer.Option("previous", "--init", help="previous | scratch"),
+    initial_checkpoint: Optional[Path] = typer.Option(None, "--initial-checkpoint",
+                                                      help="round-0 teacher (else trained)"),
+    min_joint_score: float = typer.Option(0.3, "--min-joint-score"),
+    min_instance_score: float = typer.Option(0.3, "--min-instance-score"),
+    min_joints: int = typer.Option(6, "--min-joints"),
+    backbone: str = typer.Option("resnet18", "--backbone"),
+    input_size: str = typer.Option("256x192", "--input-size"),
+    epochs: int = typer.Option(30, "--epochs"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    workers: int = typer.Option(1, "--workers"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Pseudo-label retraining rounds; resumable at round and stage granularity."""
+    from posemum_deploy.rounds import RoundsConfig, run_rounds
+    from posemum_deploy.training.config import TrainConfig
+    from posemum_deploy.training.presets import apply_preset
+
+    tcfg = apply_preset(TrainConfig(), preset)
+    tcfg.data.val_ann, tcfg.data.val_images = str(val_ann), str(val_images)
+    tcfg.data.labeled, tcfg.data.images = str(labeled), str(images)
+    tcfg.data.input_hw, tcfg.data.workers = parse_hw(input_size), workers
+    tcfg.model.backbone = backbone
+    tcfg.optim.epochs, tcfg.optim.batch_size, tcfg.optim.max_steps = epochs, batch_size, max_steps
+    tcfg.optim.milestones = (int(epochs * 2 / 3), int(epochs * 5 / 6))
+    tcfg.runtime.seed = seed
+    cfg = RoundsConfig(out=str(out), unlabeled=str(unlabeled), rounds=n_rounds, boxes=boxes,
+                       backend=backend, init=init,
+                       initial_checkpoint=str(initial_checkpoint) if initial_checkpoint else None,
+                       min_joint_score=min_joint_score, min_instance_score=min_instance_score,
+                       min_joints=min_joints, train=tcfg)
+    show_rounds(run_rounds(cfg, on_round=_announce), out)
+
+
+def _announce(record) -> None:
+    from posemum_deploy.cli.progress import console
+
+    console.print(f"round {record.round}: val AP {record.metrics['AP']:.4f} "
+                  f"({record.pseudo_annotations} pseudo-labeled persons)")
+
+
+def show_rounds(records, out: Path) -> None:
+    from rich.table import Table
+
+    from posemum_deploy.cli.progress import console
+
+    table = Table(title="pseudo-label retraining rounds (val set)")
+    for col in ("round", "AP", "AP50", "AR", "pseudo persons", "checkpoint"):
+        table.add_column(col)
+    for r in records:
+        table.add_row(str(r.round), f"{r.metrics['AP']:.4f}", f"{r.metrics['AP50']:.4f}",
+                      f"{r.metrics['AR']:.4f}", str(r.pseudo_annotations), r.checkpoint)
+    console.print(table)
+    console.print(f"plot: {out / 'rounds.png'}  table: {out / 'rounds.json'}")
+
+
+def demo_rounds(demo_cfg, demo_result, n_rounds: int) -> None:
+    """`posemum demo --rounds N`: pseudo-label a fresh synthetic folder and retrain."""
+    from posemum_deploy.demo import run_demo_rounds
+
+    out = Path(demo_cfg.out) / "rounds"
+    show_rounds(run_demo_rounds(demo_cfg, demo_result, n_rounds, on_round=_announce), out)

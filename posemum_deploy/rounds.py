@@ -1,0 +1,204 @@
+"""Retraining rounds: export → label → filter → retrain → evaluate, N times.
+
+Every stage of every round writes its outputs under RUN_DIR/round_k/ and records itself
+in RUN_DIR/round_k/stages.json when it finishes, so a killed run continues at the first
+unfinished stage (and the label stage itself resumes shard by shard).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from posemum_deploy.data.coco import load_coco_keypoints, person_category, save_json
+from posemum_deploy.errors import ConfigError
+from posemum_deploy.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+STAGES = ("export", "label", "merge", "train", "evaluate")
+
+
+@dataclass
+class RoundsConfig:
+    """What the rounds use; `train` is the template every retraining starts from."""
+
+    out: str
+    unlabeled: str                          # folder of unlabeled images
+    rounds: int = 2
+    boxes: str = "full"                     # label box source: full | hog | gt:ANN | det:DET
+    backend: str = "auto"                   # labeling backend (onnx export unless torch)
+    init: str = "previous"                  # previous | scratch: how each retraining starts
+    initial_checkpoint: str | None = None   # round 0 teacher; None trains one on labeled data
+    min_joint_score: float = 0.3
+    min_instance_score: float = 0.3
+    min_joints: int = 6
+    label_batch_size: int = 32
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def save(self, path: Path) -> None:
+        import yaml
+
+        data = asdict(self)
+        data["train"] = self.train.to_dict()
+        path.write_text(yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False))
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    checkpoint: str
+    metrics: dict[str, float]
+    pseudo_annotations: int = 0
+    labeled_images: int = 0
+
+
+class StageLog:
+    """round_k/stages.json: which stages finished and what they produced."""
+
+    def __init__(self, round_dir: Path) -> None:
+        self.path = round_dir / "stages.json"
+        round_dir.mkdir(parents=True, exist_ok=True)
+        self.done: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def run(self, stage: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        if stage in self.done:
+            log.info("%s: %s already done, reusing it", self.path.parent.name, stage)
+            return self.done[stage]
+        self.done[stage] = fn()
+        save_json(self.done, self.path)
+        return self.done[stage]
+
+
+def combine_labeled_and_pseudo(labeled: str | Path, labeled_images: str | Path,
+                               pseudo: str | Path, pseudo_images: str | Path,
+                               out: str | Path) -> Path:
+    """One training json holding both sets; file_names become absolute paths so each
+    set keeps its own image folder (the dataset joins folder / file_name)."""
+    parts = [(load_coco_keypoints(labeled), Path(labeled_images)),
+             (load_coco_keypoints(pseudo, require_persons=False), Path(pseudo_images))]
+    images, anns = [], []
+    for coco, folder in parts:
+        id_map = {}
+        for im in coco["images"]:
+            id_map[im["id"]] = len(images) + 1
+            images.append({**im, "id": id_map[im["id"]],
+                           "file_name": str((folder / im["file_name"]).resolve())})
+        for ann in coco["annotations"]:
+            anns.append({**ann, "id": len(anns) + 1, "image_id": id_map[ann["image_id"]]})
+    return save_json({"images": images, "annotations": anns,
+                      "categories": [person_category()]}, out)
+
+
+def _train_stage(cfg: RoundsConfig, round_dir: Path, labeled: str, images: str,
+                 init_from: str | None) -> dict[str, Any]:
+    from posemum_deploy.training.trainer import train
+
+    tcfg = copy.deepcopy(cfg.train)
+    tcfg.out = str(round_dir / "train")
+    tcfg.data.labeled, tcfg.data.images = labeled, images
+    tcfg.model.init_from = init_from
+    result = train(tcfg, resume=True)
+    return {"checkpoint": str(result.out_dir / "checkpoints" / "best.pt"), "steps": result.steps}
+
+
+def _evaluate_stage(cfg: RoundsConfig, checkpoint: str, round_dir: Path) -> dict[str, Any]:
+    from posemum_deploy.evaluation.coco_eval import evaluate_results
+    from posemum_deploy.inference.predict import predict_coco
+
+    data = cfg.train.data
+    results = predict_coco(checkpoint, data.val_ann, data.val_images, backend="torch",
+                           flip=cfg.train.runtime.val_flip)
+    save_json(results, round_dir / "val_results.json")
+    metrics = evaluate_results(data.val_ann, results)
+    save_json(metrics, round_dir / "metrics.json")
+    return {"metrics": metrics}
+
+
+def _label_stages(cfg: RoundsConfig, log_: StageLog, round_dir: Path, teacher: str) -> dict:
+    from posemum_deploy.label.merge import MergeFilter, merge_labels
+    from posemum_deploy.label.runner import LabelSettings, label_folder
+
+    def export() -> dict[str, Any]:
+        if cfg.backend == "torch":
+            return {"artifact": teacher}
+        from posemum_deploy.export.formats import ExportOptions, export_model
+
+        out = round_dir / "export" / "teacher.onnx"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        export_model(teacher, "onnx", out, ExportOptions())
+        return {"artifact": str(out)}
+
+    artifact = log_.run("export", export)["artifact"]
+    boxes, _, ann = cfg.boxes.partition(":")
+    settings = LabelSettings(boxes=cfg.boxes if not ann else boxes, boxes_ann=ann or None)
+    backend = "torch" if artifact.endswith(".pt") else cfg.backend
+    log_.run("label", lambda: asdict(label_folder(
+        artifact, cfg.unlabeled, round_dir / "labels", settings, backend=backend,
+        batch_size=cfg.label_batch_size, resume=True)) | {"ok": True})
+    flt = MergeFilter(cfg.min_joint_score, cfg.min_instance_score, cfg.min_joints)
+    return log_.run("merge", lambda: asdict(merge_labels(round_dir / "labels",
+                                                         round_dir / "pseudo.json", flt)))
+
+
+def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None = None
+               ) -> list[RoundRecord]:
+    """Round 0 (teacher on labeled data, or the given checkpoint) then cfg.rounds rounds of
+    pseudo-label retraining; returns one record per round and writes a table and a plot."""
+    if cfg.init not in ("previous", "scratch"):
+        raise ConfigError(f"--init must be 'previous' or 'scratch', got {cfg.init!r}")
+    if not cfg.train.data.val_ann:
+        raise ConfigError("rounds need a val set (--val-ann/--val-images) to measure each round")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "rounds.yaml")
+    data = cfg.train.data
+    records: list[RoundRecord] = []
+    log0 = StageLog(out / "round_0")
+    if cfg.initial_checkpoint:
+        teacher = cfg.initial_checkpoint
+    else:
+        teacher = log0.run("train", lambda: _train_stage(cfg, out / "round_0", data.labeled,
+                                                         data.images, None))["checkpoint"]
+    m0 = log0.run("evaluate", lambda: _evaluate_stage(cfg, teacher, out / "round_0"))
+    records.append(RoundRecord(0, teacher, m0["metrics"]))
+    if on_round:
+        on_round(records[-1])
+    for k in range(1, cfg.rounds + 1):
+        round_dir = out / f"round_{k}"
+        stages = StageLog(round_dir)
+        merged = _label_stages(cfg, stages, round_dir, teacher)
+        combined = combine_labeled_and_pseudo(data.labeled, data.images, round_dir / "pseudo.json",
+                                              cfg.unlabeled, round_dir / "train_combined.json")
+        init = teacher if cfg.init == "previous" else None
+        teacher = stages.run("train", lambda: _train_stage(
+            cfg, round_dir, str(combined), "/", init))["checkpoint"]
+        mk = stages.run("evaluate", lambda: _evaluate_stage(cfg, teacher, round_dir))
+        records.append(RoundRecord(k, teacher, mk["metrics"], merged["annotations"],
+                                   merged["images"]))
+        if on_round:
+            on_round(records[-1])
+    write_summary(records, out)
+    return records
+
+
+def write_summary(records: list[RoundRecord], out: Path) -> None:
+    """rounds.json (one row per round) and rounds.png (AP per round)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    save_json([asdict(r) for r in records], out / "rounds.json")
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    ax.plot([r.round for r in records], [r.metrics["AP"] for r in records], marker="o")
+    ax.set_xlabel("round")
+    ax.set_ylabel("val AP")
+    ax.set_xticks([r.round for r in records])
+    ax.set_title("pseudo-label retraining")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "rounds.png")
+    plt.close(fig)
