@@ -99,8 +99,9 @@ def _train_stage(cfg: RoundsConfig, round_dir: Path, labeled: str, images: str,
     tcfg = copy.deepcopy(cfg.train)
     tcfg.out = str(round_dir / "train")
     tcfg.data.labeled, tcfg.data.images = labeled, images
-    tcfg.model.init_from = init_from
-    result = train(tcfg, resume=True)
+    tcfg.ssl.init_from = init_from
+    resume = (Path(tcfg.out) / "checkpoints" / "last.pt").is_file()
+    result = train(tcfg, resume=resume)
     return {"checkpoint": str(result.out_dir / "checkpoints" / "best.pt"), "steps": result.steps}
 
 
