@@ -60,10 +60,36 @@ def backend_class(kind: str) -> type:
 def candidate_backends(path: str | Path) -> tuple[str, ...]:
     """Backends able to run this artifact, in preference order."""
     suffix = Path(path).suffix.lower()
+    if suffix == ".onnx":
+        return onnx_auto_order()
     if suffix not in SUFFIX_BACKENDS:
         raise ArtifactError(f"{path}: unknown model file type {suffix!r}; pass a checkpoint (.pt), "
                             "an ONNX file, a TensorRT engine or an OpenVINO .xml")
     return SUFFIX_BACKENDS[suffix]
+
+
+def _ort_gpu_usable() -> bool:
+    """onnxruntime-gpu installed and a CUDA device visible (its provider list names CUDA
+    even on a machine without a GPU, so ask torch, when present, whether one is there)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return False
+    try:
+        import torch
+    except ImportError:
+        return True
+    return torch.cuda.is_available()
+
+
+def onnx_auto_order() -> tuple[str, ...]:
+    """`auto` for .onnx: TensorRT if usable, onnxruntime if it has a GPU, else OpenVINO
+    (2-4x faster than onnxruntime on the CPU), and onnxruntime CPU last."""
+    if _ort_gpu_usable():
+        return SUFFIX_BACKENDS[".onnx"]
+    return ("tensorrt", "openvino", "onnxruntime")
 
 
 def load_backend(path: str | Path, kind: str = "auto", **options) -> Backend:

@@ -1,0 +1,181 @@
+"""ONNX → OpenVINO IR (fp32 / bf16 / INT8), with the accuracy guard for reduced precision.
+
+The IR keeps fp32 weights (`compress_to_fp16=False`): OpenVINO would otherwise store
+fp16 weights by default and the "fp32" IR would drift from torch. bf16 is a runtime
+choice, so a bf16 export is the fp32 IR whose sidecar says `precision: bf16` (the
+backend then compiles with the bf16 hint). INT8 is NNCF post-training quantisation on
+real crops (method "nncf"), or an ORT static-QDQ ONNX converted as is (method "qdq");
+either way the sidecar's `extra["quantization"]` records how it was made.
+A reduced-precision export is checked against fp32 before it is kept (`check_accuracy`).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from posemum_deploy.data.boxes import gt_boxes
+from posemum_deploy.data.coco import load_coco_keypoints
+from posemum_deploy.data.images import list_images, read_image
+from posemum_deploy.data.transforms import normalize_numpy
+from posemum_deploy.errors import ConfigError, PosemumError
+from posemum_deploy.export.accuracy import AccuracyReport, check_accuracy
+from posemum_deploy.export.metadata import ModelMetadata, sha256_file, sidecar_path
+from posemum_deploy.inference.openvino_backend import (OpenVinoBackend, require_openvino,
+                                                       is_quantized, load_sidecar)
+from posemum_deploy.inference.pipeline import make_crops
+
+log = logging.getLogger(__name__)
+EXPORT_PRECISIONS = ("fp32", "bf16", "int8")
+INT8_METHODS = ("nncf", "qdq")
+
+
+def calibration_crops(images: str | Path, input_hw: tuple[int, int], ann: str | Path | None = None,
+                      limit: int = 300, seed: int = 0) -> np.ndarray:
+    """uint8 person crops [N, H, W, 3] to calibrate on: GT boxes of `ann` when given,
+    else each image whole (a folder of pre-cropped people). Random subset of `limit`."""
+    images = Path(images)
+    crops: list[np.ndarray] = []
+    if ann is not None:
+        coco = load_coco_keypoints(ann)
+        table = gt_boxes(coco)
+        for im in coco["images"]:
+            if im["id"] in table:
+                crops.append(make_crops(read_image(images / im["file_name"]),
+                                        *table[im["id"]], input_hw).crops)
+    else:
+        for path in list_images(images):
+            img = read_image(path)
+            box = np.array([[0.0, 0.0, img.shape[1] - 1.0, img.shape[0] - 1.0]])
+            crops.append(make_crops(img, box, np.ones(1), input_hw).crops)
+    if not crops:
+        raise ConfigError(f"{images}: no calibration images found; pass --calib DIR with "
+                          "real person images (tens to hundreds)")
+    out = np.concatenate(crops)
+    if len(out) > limit:
+        out = out[np.sort(np.random.default_rng(seed).choice(len(out), limit, replace=False))]
+    return out
+
+
+def quantize_nncf(model: Any, crops: np.ndarray, meta: ModelMetadata,
+                  fast_bias_correction: bool = True) -> Any:
+    """NNCF post-training INT8 (symmetric weights/activations, "performance" preset)."""
+    try:
+        import nncf
+    except ImportError as e:
+        raise ConfigError("INT8 for OpenVINO with method 'nncf' needs NNCF: pip install nncf "
+                          "(or use --int8-method qdq with an ORT QDQ ONNX)") from e
+    nncf.set_log_level(logging.ERROR)
+    data = normalize_numpy(crops, meta.mean, meta.std)
+    dataset = nncf.Dataset([data[i:i + 1] for i in range(len(data))])
+    with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws rich progress bars on stdout
+        return nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE,
+                             subset_size=len(data), fast_bias_correction=fast_bias_correction)
+
+
+def _quantization_record(method: str, crops: np.ndarray | None, calib: str | None) -> dict[str, Any]:
+    record: dict[str, Any] = {"method": method, "calibration_crops": 0 if crops is None else len(crops),
+                              "calibration_source": calib or ""}
+    if method == "nncf":
+        import nncf
+
+        record.update(preset="performance", nncf=nncf.__version__)
+    else:
+        record.update(tool="onnxruntime.quantization static QDQ")
+    return record
+
+
+def export_openvino(onnx_path: str | Path, out: str | Path, precision: str = "fp32",
+                    crops: np.ndarray | None = None, int8_method: str = "nncf",
+                    qdq_onnx: str | Path | None = None, calib_source: str | None = None,
+                    val_ann: str | Path | None = None, val_images: str | Path | None = None,
+                    max_ap_drop: float = 1.0, batch_size: int = 32
+                    ) -> tuple[Path, AccuracyReport | None]:
+    """Write `out` (.xml + .bin + sidecar) from the fp32 ONNX export (with its model.json).
+
+    `crops` (uint8 [N, H, W, 3], see `calibration_crops`) calibrate NNCF INT8 and feed the
+    accuracy guard, so bf16/int8 need them. `int8_method="qdq"` converts `qdq_onnx` (the
+    ORT static-QDQ export) instead of running NNCF. The reduced-precision IR is compared
+    with the fp32 ONNX and deleted again when it fails the guard.
+    """
+    ov = require_openvino()
+    onnx_path, out = Path(onnx_path), _xml_path(out)
+    _check_options(precision, int8_method, crops, qdq_onnx)
+    meta = load_sidecar(onnx_path)
+    model = ov.convert_model(str(onnx_path))
+    if is_quantized(model):
+        raise ConfigError(f"{onnx_path}: already quantised; pass the fp32 ONNX export")
+    if precision == "int8" and int8_method == "nncf":
+        model = quantize_nncf(model, crops, meta)
+    elif precision == "int8":
+        model = ov.convert_model(str(qdq_onnx))
+        if not is_quantized(model):
+            raise ConfigError(f"{qdq_onnx}: has no QuantizeLinear/DequantizeLinear pairs; pass "
+                              "the ORT QDQ export (posemum export --format onnx --precision int8)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, str(out), compress_to_fp16=False)
+    meta = _ir_metadata(meta, out, precision)
+    if precision == "int8":
+        meta.extra["quantization"] = _quantization_record(int8_method, crops, calib_source)
+    meta.save(sidecar_path(out))
+    if precision == "fp32":
+        return out, None
+    try:
+        reference = OpenVinoBackend(onnx_path, precision="fp32", batch_size=batch_size)
+        candidate = OpenVinoBackend(out, batch_size=batch_size)
+        report = check_accuracy(candidate, reference, crops, val_ann, val_images, max_ap_drop,
+                                batch_size=batch_size)
+    except PosemumError:
+        remove_ir(out)
+        raise
+    meta.extra["accuracy"] = report.to_dict()
+    meta.save(sidecar_path(out))
+    return out, report
+
+
+def _check_options(precision: str, int8_method: str, crops: np.ndarray | None,
+                   qdq_onnx: str | Path | None) -> None:
+    if precision not in EXPORT_PRECISIONS:
+        raise ConfigError(f"OpenVINO export precision {precision!r}: choose "
+                          f"{', '.join(EXPORT_PRECISIONS)}")
+    if int8_method not in INT8_METHODS:
+        raise ConfigError(f"int8 method {int8_method!r}: choose {', '.join(INT8_METHODS)}")
+    if precision != "fp32" and (crops is None or len(crops) == 0):
+        raise ConfigError(f"--precision {precision} needs real calibration crops: pass --calib DIR")
+    if precision == "int8" and int8_method == "qdq" and qdq_onnx is None:
+        raise ConfigError("int8 method 'qdq' converts the ORT QDQ ONNX: export it first "
+                          "(posemum export --format onnx --precision int8) and pass its path")
+
+
+def remove_ir(xml: Path) -> None:
+    """Delete an IR and its sidecar (a refused export must not be picked up later)."""
+    for path in (xml, xml.with_suffix(".bin"), sidecar_path(xml)):
+        path.unlink(missing_ok=True)
+
+
+def _xml_path(out: str | Path) -> Path:
+    out = Path(out)
+    if out.is_dir() or out.suffix == "":
+        return out / "model.xml"
+    if out.suffix.lower() != ".xml":
+        raise ConfigError(f"{out}: an OpenVINO IR is written as NAME.xml (+ NAME.bin)")
+    return out
+
+
+def _ir_metadata(meta: ModelMetadata, xml: Path, precision: str) -> ModelMetadata:
+    import openvino
+
+    meta = ModelMetadata.from_dict(meta.to_dict())
+    meta.extra = dict(meta.extra)
+    meta.extra.pop("accuracy", None)
+    meta.format = "openvino"
+    meta.precision = precision
+    meta.artifact_sha256 = sha256_file(xml)
+    meta.extra["bin_sha256"] = sha256_file(xml.with_suffix(".bin"))
+    meta.tool_versions = {**meta.tool_versions, "openvino": openvino.__version__}
+    return meta
+
