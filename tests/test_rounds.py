@@ -1,0 +1,72 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from posemum_deploy.data.synthetic import generate_dataset
+
+
+def _cmd(labeled, unlabeled_dir, out):
+    images = str(labeled.parent / "images")
+    return [sys.executable, "-m", "posemum_deploy.cli", "rounds", "--labeled", str(labeled),
+            "--images", images, "--unlabeled", str(unlabeled_dir), "--val-ann", str(labeled),
+            "--val-images", images, "--out", str(out), "--rounds", "2", "--backend", "torch",
+            "--boxes", "full", "--input-size", "64x64", "--epochs", "1", "--batch-size", "8",
+            "--max-steps", "2", "--workers", "0", "--min-joint-score", "0.0",
+            "--min-instance-score", "0.0", "--min-joints", "1"]
+
+
+def _wait_for(path, key, proc, timeout=600):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if path.is_file():
+            try:
+                if key in json.loads(path.read_text()):
+                    return True
+            except json.JSONDecodeError:
+                pass
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def test_rounds_killed_between_stages_resume_and_reuse(synthetic_small, tmp_path):
+    unlabeled = generate_dataset(tmp_path / "unl", 8, seed=11).parent / "images"
+    out = tmp_path / "rounds"
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen(_cmd(synthetic_small, unlabeled, out), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    reached = _wait_for(out / "round_1" / "stages.json", "label", proc)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert reached, proc.stderr.read().decode()[-2000:]
+    before = json.loads((out / "round_1" / "stages.json").read_text())
+    manifest_mtime = (out / "round_1" / "labels" / "manifest.json").stat().st_mtime_ns
+    round0_ckpt = (out / "round_0" / "train" / "checkpoints" / "best.pt").stat().st_mtime_ns
+
+    done = subprocess.run(_cmd(synthetic_small, unlabeled, out), env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = json.loads((out / "round_1" / "stages.json").read_text())
+    assert after["label"] == before["label"]  # not redone
+    assert (out / "round_1" / "labels" / "manifest.json").stat().st_mtime_ns == manifest_mtime
+    assert (out / "round_0" / "train" / "checkpoints" / "best.pt").stat().st_mtime_ns == round0_ckpt
+    for k in (1, 2):
+        stages = json.loads((out / f"round_{k}" / "stages.json").read_text())
+        assert set(stages) == {"export", "label", "merge", "train", "evaluate"}
+        assert (out / f"round_{k}" / "pseudo.json").is_file()
+        assert (out / f"round_{k}" / "metrics.json").is_file()
+        assert (out / f"round_{k}" / "train" / "checkpoints" / "best.pt").is_file()
+    # round 2's teacher is round 1's retrained checkpoint
+    r2 = json.loads((out / "round_2" / "stages.json").read_text())
+    assert r2["export"]["artifact"].endswith("round_1/train/checkpoints/best.pt")
+    rows = json.loads((out / "rounds.json").read_text())
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert (out / "rounds.png").stat().st_size > 1000
+    assert "round 2: val AP" in done.stderr + done.stdout
