@@ -1,0 +1,163 @@
+"""The table of export formats, the options they share, and sidecar verification.
+
+One row per format names the module and function that writes it, so adding a format
+(e.g. `openvino`) is one new row plus one module: every exporter has the signature
+`export_<fmt>(source: Path, out: Path, options: ExportOptions) -> ExportResult`, where
+`source` is a checkpoint (.pt) or, for formats built from ONNX, a posemum .onnx export.
+Runtime modules are imported only when their row is used.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from posemum_deploy.errors import ArtifactError, ConfigError
+from posemum_deploy.export.metadata import ModelMetadata, sha256_file, sidecar_path
+
+MIN_OPSET = 17
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One exportable format: the file suffix it writes and the function that writes it."""
+
+    name: str
+    suffix: str
+    module: str
+    function: str
+    help: str
+
+
+FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
+    ExportFormat("onnx", ".onnx", "posemum_deploy.export.onnx", "export_onnx",
+                 "fp32 ONNX network (crops in, heatmaps out), dynamic batch"),
+    ExportFormat("onnx-int8", ".onnx", "posemum_deploy.export.quantize", "export_onnx_int8",
+                 "ONNX Runtime CPU INT8 (static QDQ, calibrated on --calib crops)"),
+    ExportFormat("tensorrt", ".engine", "posemum_deploy.export.tensorrt", "export_tensorrt",
+                 "TensorRT engine (fp32/--fp16/--int8) for this GPU and TensorRT version"),
+)}
+
+
+@dataclass
+class ExportOptions:
+    """Options shared by the exporters; each format reads the ones it needs.
+
+    `batch` is the (min, opt, max) batch profile (TensorRT), `calib` a folder of person
+    images or a COCO keypoints json (INT8 calibration and the parity check), `check`
+    real images for the parity check when there is no `calib`.
+    """
+
+    opset: int = MIN_OPSET
+    weights: str = "teacher"
+    fp16: bool = False
+    int8: bool = False
+    calib: Path | None = None
+    calib_count: int = 256
+    check: Path | None = None
+    batch: tuple[int, int, int] = (1, 32, 64)
+    val_ann: Path | None = None
+    val_images: Path | None = None
+    max_ap_drop: float = 1.0
+    cache_dir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.opset < MIN_OPSET:
+            raise ConfigError(f"--opset {self.opset}: posemum exports need opset ≥ {MIN_OPSET}")
+        if self.weights not in ("teacher", "student"):
+            raise ConfigError(f"--weights {self.weights!r}: choose teacher or student")
+        if (self.val_ann is None) != (self.val_images is None):
+            raise ConfigError("give both --val-ann and --val-images, or neither")
+
+
+@dataclass
+class ExportResult:
+    """What an exporter wrote and what it checked (the CLI prints `report`)."""
+
+    artifact: Path
+    metadata: ModelMetadata
+    report: dict[str, Any] = field(default_factory=dict)
+    extra_files: list[Path] = field(default_factory=list)
+
+    @property
+    def sidecar(self) -> Path:
+        return sidecar_path(self.artifact)
+
+
+def parse_profile(text: str) -> tuple[int, int, int]:
+    """'1,32,64' → (1, 32, 64) with 1 ≤ min ≤ opt ≤ max; a single 'N' means (N, N, N)."""
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",")]
+    except ValueError as e:
+        raise ConfigError(f"--batch {text!r}: expected MIN,OPT,MAX integers, e.g. 1,32,64") from e
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+        raise ConfigError(f"--batch {text!r}: expected MIN,OPT,MAX with 1 ≤ MIN ≤ OPT ≤ MAX, "
+                          "e.g. 1,32,64")
+    return values[0], values[1], values[2]
+
+
+def get_format(name: str) -> ExportFormat:
+    """The table row for `name`; a typo gets a suggestion."""
+    if name in FORMATS:
+        return FORMATS[name]
+    close = difflib.get_close_matches(name, list(FORMATS), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"unknown export format {name!r}{hint}; choose {', '.join(FORMATS)}")
+
+
+def export_model(source: str | Path, fmt: str, out: str | Path,
+                 options: ExportOptions | None = None) -> ExportResult:
+    """Export `source` (checkpoint or ONNX) to `fmt` at `out` (a file, or a folder)."""
+    row = get_format(fmt)
+    source, out = Path(source), Path(out)
+    if not source.is_file():
+        raise ArtifactError(f"{source}: not found; pass a checkpoint (RUN_DIR/checkpoints/best.pt)")
+    if out.is_dir() or out.suffix == "":
+        out = out / f"model{row.suffix}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    exporter: Callable[..., ExportResult] = getattr(importlib.import_module(row.module), row.function)
+    return exporter(source, out, options or ExportOptions())
+
+
+def read_sidecar(artifact: str | Path, fmt: str = "onnx") -> ModelMetadata:
+    """The artifact's model.json, checked to describe this very file (sha256).
+
+    A missing sidecar or one written for another file (a re-export beside an old one,
+    a copied engine) is refused: running with the wrong sizes or normalisation gives
+    silently wrong keypoints.
+    """
+    artifact = Path(artifact)
+    side = sidecar_path(artifact)
+    fix = f"re-export with `posemum export CKPT --format {fmt} --out {artifact}`"
+    if not artifact.is_file():
+        raise ArtifactError(f"{artifact}: model file not found")
+    if not side.is_file():
+        raise ArtifactError(f"{artifact}: metadata sidecar {side.name} is missing beside it; {fix}")
+    meta = ModelMetadata.load(side)
+    if not meta.artifact_sha256:
+        raise ArtifactError(f"{side}: records no artifact sha256, so it cannot be matched to "
+                            f"{artifact.name}; {fix}")
+    if meta.artifact_sha256 != sha256_file(artifact):
+        raise ArtifactError(f"{side} does not match {artifact.name} (sha256 differs: the file "
+                            f"was changed or the sidecar belongs to another export); {fix}")
+    return meta
+
+
+def tool_versions(*names: str) -> dict[str, str]:
+    """Versions of the named Python packages that are importable (for the sidecar)."""
+    from importlib import metadata as pkg_metadata
+
+    import posemum_deploy
+
+    versions = {"posemum": posemum_deploy.__version__}
+    for name in names:
+        try:
+            versions[name] = pkg_metadata.version(name)
+        except pkg_metadata.PackageNotFoundError:
+            continue
+    return versions

@@ -1,0 +1,184 @@
+"""Checkpoint → ONNX (network only: normalised crops in, heatmaps out), checked.
+
+Uses the TorchScript exporter (`dynamo=False`): with this torch it is deterministic,
+needs no onnxscript, and handles SimpleBaseline completely. Only the batch axis is
+dynamic. Batch norms after the deconvolutions are folded into their weights first,
+because ONNX Runtime fuses Conv+BN but not ConvTranspose+BN, and the head is a third
+of the compute. The ModelMetadata goes into the ONNX metadata props and a sidecar;
+the export is then compared with torch on real crops (heatmaps and decoded keypoints).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from posemum_deploy.errors import ArtifactError
+from posemum_deploy.export.formats import ExportOptions, ExportResult, read_sidecar, tool_versions
+from posemum_deploy.export.metadata import ModelMetadata, sha256_file, sidecar_path
+
+log = logging.getLogger(__name__)
+INPUT_NAME, OUTPUT_NAME = "input", "heatmaps"
+META_KEY = "posemum.model_meta"
+
+
+def fold_deconv_bn(model: nn.Module) -> nn.Module:
+    """A copy of `model` with each ConvTranspose2d → BatchNorm2d pair folded into one layer."""
+    model = copy.deepcopy(model).eval()
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        layers = list(seq)
+        for i, (a, b) in enumerate(zip(layers, layers[1:])):
+            if isinstance(a, nn.ConvTranspose2d) and isinstance(b, nn.BatchNorm2d) and a.groups == 1:
+                scale = b.weight / torch.sqrt(b.running_var + b.eps)
+                bias = a.bias if a.bias is not None else torch.zeros_like(b.running_mean)
+                with torch.no_grad():
+                    a.weight.mul_(scale[None, :, None, None])
+                    a.bias = nn.Parameter((bias - b.running_mean) * scale + b.bias)
+                seq[i + 1] = nn.Identity()
+    return model
+
+
+def export_network(model: nn.Module, meta: ModelMetadata, out: Path, opset: int) -> Path:
+    """Write the ONNX graph of `model` with a dynamic batch axis and embedded metadata."""
+    h, w = meta.input_hw
+    sample = torch.zeros(2, 3, h, w)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(fold_deconv_bn(model).cpu(), (sample,), str(out), dynamo=False,
+                          opset_version=opset, input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], do_constant_folding=True,
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    embed_metadata(out, meta)
+    check_onnx(out)
+    return out
+
+
+def embed_metadata(path: Path, meta: ModelMetadata) -> None:
+    """Store the metadata (less the file's own sha256) in the ONNX metadata props."""
+    import onnx
+
+    model = onnx.load(str(path))
+    data = {k: v for k, v in meta.to_dict().items() if k != "artifact_sha256"}
+    del model.metadata_props[:]
+    entries = {META_KEY: json.dumps(data), "keypoint_names": ",".join(meta.keypoint_names),
+               "input_hw": "x".join(map(str, meta.input_hw)), "precision": meta.precision}
+    for key, value in entries.items():
+        model.metadata_props.add(key=key, value=value)
+    model.producer_name = "posemum"
+    onnx.save(model, str(path))
+
+
+def embedded_metadata(path: str | Path) -> ModelMetadata:
+    """The ModelMetadata stored inside an ONNX file (without the sidecar)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    if META_KEY not in props:
+        raise ArtifactError(f"{path}: carries no posemum metadata; re-export it with "
+                            "`posemum export CKPT --format onnx`")
+    return ModelMetadata.from_dict(json.loads(props[META_KEY]))
+
+
+def check_onnx(path: Path) -> None:
+    """onnx.checker (full, with shape inference) or an ArtifactError naming the file."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ArtifactError(f"{path}: the exported ONNX fails onnx.checker ({e}); "
+                            "report this with the checkpoint's backbone") from e
+
+
+def finish_sidecar(artifact: Path, meta: ModelMetadata, fmt: str, precision: str,
+                   tools: tuple[str, ...]) -> ModelMetadata:
+    """Stamp format, precision, sha256 and tool versions, and write the sidecar."""
+    meta = ModelMetadata.from_dict(copy.deepcopy(meta.to_dict()))
+    meta.format, meta.precision = fmt, precision
+    meta.artifact_sha256 = sha256_file(artifact)
+    meta.tool_versions = {**meta.tool_versions, **tool_versions(*tools)}
+    meta.save(sidecar_path(artifact))
+    return meta
+
+
+def export_onnx(source: Path, out: Path, options: ExportOptions) -> ExportResult:
+    """Checkpoint → fp32 ONNX + sidecar, then the parity check against torch."""
+    from posemum_deploy.models.checkpoint import load_model
+
+    model, meta = load_model(source, weights=options.weights)
+    meta.precision = "fp32"
+    export_network(model, meta, out, options.opset)
+    meta = finish_sidecar(out, meta, "onnx", "fp32", ("torch", "onnx", "onnxruntime"))
+    crops, origin = check_crops(source, meta, options)
+    report = parity_report(model, out, crops)
+    report["crops"] = origin
+    meta.extra["parity"] = report
+    meta.save(sidecar_path(out))
+    return ExportResult(out, meta, report)
+
+
+def check_crops(source: Path, meta: ModelMetadata, options: ExportOptions,
+                limit: int = 64) -> tuple[np.ndarray, str]:
+    """Real uint8 crops for the parity check, and where they came from.
+
+    From --check, else --calib, else the checkpoint's own val/labelled json; random
+    pixels (and a warning) only when none of those exist on this machine.
+    """
+    from posemum_deploy.export.calibration import calibration_crops
+
+    candidates: list[Path] = [p for p in (options.check, options.calib) if p is not None]
+    if not candidates:
+        candidates = _checkpoint_data(source)
+    for path in candidates:
+        if path.exists():
+            return calibration_crops(path, tuple(meta.input_hw), limit), str(path)
+    log.warning("no real images for the parity check; using random pixels "
+                "(pass --check IMAGES for real crops)")
+    h, w = meta.input_hw
+    return np.random.default_rng(0).integers(0, 256, (8, h, w, 3), dtype=np.uint8), "random"
+
+
+def _checkpoint_data(source: Path) -> list[Path]:
+    if source.suffix.lower() not in (".pt", ".pth"):
+        return []
+    from posemum_deploy.models.checkpoint import read_checkpoint
+
+    data = (read_checkpoint(source).get("config") or {}).get("data") or {}
+    return [Path(p) for p in (data.get("val_ann"), data.get("labeled")) if p]
+
+
+def parity_report(model: nn.Module, onnx_path: Path, crops: np.ndarray,
+                  batch_size: int = 16) -> dict[str, Any]:
+    """Torch vs ONNX Runtime (CPU, fp32) on uint8 crops: heatmap Δ and decoded keypoints."""
+    from posemum_deploy.inference.ort_backend import OrtBackend
+    from posemum_deploy.inference.pipeline import PoseEstimator
+    from posemum_deploy.inference.torch_backend import TorchBackend
+
+    ort_be = OrtBackend(onnx_path, device="cpu")
+    torch_be = TorchBackend(model, ModelMetadata.from_dict(ort_be.metadata.to_dict()), device="cpu")
+    est_o = PoseEstimator(ort_be, batch_size=batch_size)
+    est_t = PoseEstimator(torch_be, batch_size=batch_size)
+    hm_o, hm_t = est_o.heatmaps(crops), est_t.heatmaps(crops)
+    xy_o, _ = est_o.codec.decode(hm_o)
+    xy_t, _ = est_t.codec.decode(hm_t)
+    return {"num_crops": int(len(crops)), "max_abs_heatmap_diff": float(np.abs(hm_o - hm_t).max()),
+            "keypoints_identical": bool(np.array_equal(xy_o, xy_t)),
+            "max_keypoint_px": float(np.abs(xy_o - xy_t).max()) if len(crops) else 0.0}
+
+
+def load_onnx_source(source: Path, options: ExportOptions, out: Path) -> tuple[Path, ModelMetadata]:
+    """An fp32 posemum ONNX for formats built from ONNX: `source` itself, or exported
+    from the checkpoint to `<out stem>.fp32.onnx` (with its own sidecar) beside `out`."""
+    if source.suffix.lower() == ".onnx":
+        return source, read_sidecar(source)
+    onnx_path = out.with_name(out.stem + ".fp32.onnx")
+    result = export_onnx(source, onnx_path, options)
+    return onnx_path, result.metadata
