@@ -51,7 +51,7 @@ class ShardActor:
             counted = [0]
             stream = prefetch(lambda rel: prepare_image(self.root, rel, self.boxes, input_hw, times),
                               json.loads(files_json), self.workers,
-                              max(4 * self.workers, 2 * self.estimator.batch_size))
+                              max(4 * self.workers, 2 * self.estimator.batch_size), times)
             records = labeler.label(stream, lambda n, _: counted.__setitem__(0, counted[0] + n))
             payloads.append(json.dumps(records))
             timings.append(json.dumps(times.seconds))

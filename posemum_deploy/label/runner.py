@@ -172,7 +172,8 @@ def _run_local(estimator: PoseEstimator, root: Path, todo: list[ShardJob], boxes
         if progress:
             progress.advance(1, crops, skipped)
 
-    for index, group in groupby(prefetch(prepare, stream, workers, depth), key=lambda x: x[0]):
+    prepared = prefetch(prepare, stream, workers, depth, times)
+    for index, group in groupby(prepared, key=lambda x: x[0]):
         records = labeler.label((p for _, p in group), on_image)
         t0 = time.perf_counter()
         entry = store.write_shard(index, records)

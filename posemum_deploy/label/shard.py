@@ -80,8 +80,13 @@ def prepare_image(root: Path, rel: str, boxes: BoxSource, input_hw: tuple[int, i
                         else f"{type(e).__name__}: {reason}")
 
 
-def prefetch(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: int) -> Iterator[R]:
-    """`map(fn, items)` on `workers` threads, in order, at most `depth` results ahead."""
+def prefetch(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: int,
+             times: StageTimes | None = None) -> Iterator[R]:
+    """`map(fn, items)` on `workers` threads, in order, at most `depth` results ahead.
+
+    Time the consumer spends blocked on a result goes to `times["wait_for_decode"]`: near
+    zero when decoding keeps ahead of inference.
+    """
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="label-decode")
     futures: deque[Future] = deque()
     it = iter(items)
@@ -92,7 +97,11 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: int)
             done = futures.popleft()
             for item in islice(it, 1):
                 futures.append(pool.submit(fn, item))
-            yield done.result()
+            t0 = time.perf_counter()
+            result = done.result()
+            if times is not None:
+                times.add("wait_for_decode", time.perf_counter() - t0)
+            yield result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
