@@ -177,6 +177,10 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
     model.to(device)
     if cfg.runtime.channels_last:
         model.to(memory_format=torch.channels_last)
+    if cfg.ssl.init_from and not resume:  # e.g. a supervised warm-up; the teacher copies it
+        from posemum_deploy.models.checkpoint import read_checkpoint
+
+        model.load_state_dict(read_checkpoint(cfg.ssl.init_from)["model"])
     student = ddp.wrap_model(model, env, device)  # DDP under torchrun, else `model`
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.optim.milestones),

@@ -1,0 +1,108 @@
+"""Semi-supervised benchmark on synthetic people: does Pose-MUM+ beat supervised here?
+
+Data (posemum_deploy.data.synthetic.generate_dataset): a train set whose first
+`--labeled` person instances are the labeled split (the paper's "first N" protocol) and
+whose every instance is unlabeled data (labels ignored), plus a separate val set.
+Per seed, one supervised warm-up gives every preset the same starting student (a random
+teacher labels nothing useful, and this budget is far from the paper's 30 epochs); then
+each preset trains `--steps` more steps with one shared config and is evaluated (COCO
+keypoint AP, GT boxes; the teacher where the preset has one). AP = mean over seeds.
+
+    python benchmarks/ssl_synthetic.py                 # sized for ≤45 min on 2 free cores
+    python benchmarks/ssl_synthetic.py --steps 4 --warmup-steps 4 --seeds 1   # smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+from posemum_deploy.data.synthetic import generate_dataset
+from posemum_deploy.training.config import TrainConfig
+from posemum_deploy.training.presets import PRESETS, apply_preset
+from posemum_deploy.training.trainer import train
+
+COMPARED = ("supervised", "affine-s", "mum", "pose-mum", "pose-mum-plus")
+
+
+def make_data(root: Path, train_images: int, val_images: int) -> tuple[Path, Path]:
+    train_json = root / "train" / "annotations.json"
+    val_json = root / "val" / "annotations.json"
+    if not train_json.is_file():
+        generate_dataset(root / "train", train_images, seed=11, image_size=(192, 256))
+    if not val_json.is_file():
+        generate_dataset(root / "val", val_images, seed=12, image_size=(192, 256))
+    return train_json, val_json
+
+
+def shared_config(args: argparse.Namespace, preset: str, seed: int, out: Path,
+                  train_json: Path, val_json: Path) -> TrainConfig:
+    """One small config for every preset; only the preset's SSL switches differ."""
+    cfg = apply_preset(TrainConfig(), preset)
+    cfg.out = str(out)
+    cfg.data.labeled, cfg.data.images = str(train_json), str(train_json.parent / "images")
+    cfg.data.labeled_count = args.labeled
+    cfg.data.val_ann, cfg.data.val_images = str(val_json), str(val_json.parent / "images")
+    cfg.data.input_hw, cfg.data.workers = args.input, args.workers
+    cfg.ssl.unlabeled, cfg.ssl.unlabeled_images = cfg.data.labeled, cfg.data.images
+    cfg.ssl.unlabeled_batch_size, cfg.ssl.tiles = args.batch, args.tiles
+    cfg.optim.batch_size, cfg.optim.lr = args.batch, 1e-3
+    cfg.optim.epochs, cfg.optim.steps_per_epoch, cfg.optim.milestones = 1, args.steps, (1,)
+    cfg.runtime.seed, cfg.runtime.device, cfg.runtime.log_every = seed, args.device, 10
+    return cfg
+
+
+def run(args: argparse.Namespace) -> dict[str, list[float]]:
+    root = Path(args.out)
+    train_json, val_json = make_data(root / "data", args.train_images, args.val_images)
+    results: dict[str, list[float]] = {p: [] for p in args.presets}
+    for seed in range(args.seeds):
+        warm = shared_config(args, "supervised", seed, root / f"warmup-s{seed}", train_json, val_json)
+        warm.optim.steps_per_epoch, warm.runtime.val_every = args.warmup_steps, 0
+        t0 = time.perf_counter()
+        train(warm)
+        print(f"seed {seed}: warm-up {args.warmup_steps} steps in {time.perf_counter() - t0:.0f}s",
+              flush=True)
+        for preset in args.presets:
+            cfg = shared_config(args, preset, seed, root / f"{preset}-s{seed}", train_json, val_json)
+            cfg.ssl.init_from = str(root / f"warmup-s{seed}" / "checkpoints" / "last.pt")
+            t0 = time.perf_counter()
+            result = train(cfg)
+            ap = 100 * result.last_metrics.get("AP", float("nan"))
+            results[preset].append(ap)
+            print(f"seed {seed}: {preset:<14} AP {ap:6.2f}  ({time.perf_counter() - t0:.0f}s)",
+                  flush=True)
+    return results
+
+
+def main() -> None:
+    hw = lambda s: tuple(int(v) for v in s.split("x"))  # noqa: E731
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/bench_ssl_synthetic")
+    p.add_argument("--presets", nargs="+", default=list(COMPARED))
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--labeled", type=int, default=64, help="labeled person instances")
+    p.add_argument("--train-images", type=int, default=400)
+    p.add_argument("--val-images", type=int, default=60)
+    p.add_argument("--input", type=hw, default=(64, 64))
+    p.add_argument("--tiles", type=hw, default=(2, 2))
+    p.add_argument("--batch", type=int, default=8, help="labeled and unlabeled batch size each")
+    p.add_argument("--warmup-steps", type=int, default=120)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    t0 = time.perf_counter()
+    results = run(args)
+    print(f"\nsynthetic SSL, {args.labeled} labeled instances, {args.seeds} seed(s), "
+          f"{args.steps} steps/preset after a {args.warmup_steps}-step supervised warm-up, "
+          f"{time.perf_counter() - t0:.0f}s total")
+    print(f"{'preset':<15}{'AP (mean)':>10}  {'per seed':<24}paper AP (COCO 1K, R18)")
+    for preset, aps in results.items():
+        seeds = " ".join(f"{a:.2f}" for a in aps)
+        print(f"{preset:<15}{statistics.mean(aps):>10.2f}  {seeds:<24}{PRESETS[preset].paper_ap}")
+
+
+if __name__ == "__main__":
+    main()

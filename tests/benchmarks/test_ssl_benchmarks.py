@@ -1,0 +1,40 @@
+"""The benchmark scripts build what they claim to compare (cheap checks, tiny inputs)."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_step_overhead_runs_both_presets_on_the_same_batch():
+    bench = _load("step_overhead")
+    args = argparse.Namespace(input=(64, 64), tiles=(2, 2), batch=4, backbone="resnet18",
+                              precision="fp32")
+    batch = bench.labeled_batch(args)
+    for preset in ("affine-s", "pose-mum-plus"):
+        step = bench.make_step(preset, args, torch.device("cpu"))
+        logs = step(batch)
+        assert set(logs) >= {"loss", "loss_sup", "loss_unsup"}
+    assert step.mixer is not None and step.mixer.feature_level and step.affine is None
+
+
+def test_ssl_synthetic_shares_one_config_across_presets(tmp_path):
+    bench = _load("ssl_synthetic")
+    args = argparse.Namespace(labeled=64, input=(64, 64), tiles=(2, 2), batch=8, workers=0,
+                              steps=5, device="cpu")
+    cfgs = {p: bench.shared_config(args, p, 0, tmp_path / p, tmp_path / "a.json",
+                                   tmp_path / "v.json") for p in bench.COMPARED}
+    for cfg in cfgs.values():
+        assert (cfg.data, cfg.optim) == (cfgs["supervised"].data, cfgs["supervised"].optim)
+    assert cfgs["pose-mum-plus"].ssl.teacher == "eman" and cfgs["supervised"].ssl.teacher == "none"
