@@ -133,8 +133,7 @@ def _label_stages(cfg: RoundsConfig, log_: StageLog, round_dir: Path, teacher: s
         return {"artifact": str(out)}
 
     artifact = log_.run("export", export)["artifact"]
-    boxes, _, ann = cfg.boxes.partition(":")
-    settings = LabelSettings(boxes=cfg.boxes if not ann else boxes, boxes_ann=ann or None)
+    settings = LabelSettings(boxes=cfg.boxes)
     backend = "torch" if artifact.endswith(".pt") else cfg.backend
     log_.run("label", lambda: asdict(label_folder(
         artifact, cfg.unlabeled, round_dir / "labels", settings, backend=backend,
