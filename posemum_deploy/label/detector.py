@@ -27,13 +27,19 @@ ARCHITECTURES = ("ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large
                  "fasterrcnn_resnet50_fpn_v2", "retinanet_resnet50_fpn")
 
 
-def build_detector(arch: str, num_classes: int = 91) -> Any:
-    """An untrained torchvision detector of the named architecture (no downloads)."""
+def build_detector(arch: str, num_classes: int = 91, device: str | None = None) -> Any:
+    """An untrained torchvision detector of the named architecture (no downloads).
+
+    `device="meta"` builds the skeleton without allocating or initialising weights (a
+    random init costs seconds); load real weights into it with `assign=True`.
+    """
+    import torch
     import torchvision.models.detection as det
 
     if arch not in ARCHITECTURES:
         raise ConfigError(f"detector architecture {arch!r} unknown; choose {', '.join(ARCHITECTURES)}")
-    return getattr(det, arch)(weights=None, weights_backbone=None, num_classes=num_classes)
+    with torch.device(device or "cpu"):
+        return getattr(det, arch)(weights=None, weights_backbone=None, num_classes=num_classes)
 
 
 def _read_state(path: Path) -> dict[str, Any]:
@@ -60,13 +66,13 @@ def load_detector(path: str | Path, arch: str | None = None) -> tuple[Any, str]:
     state = _read_state(path)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     for name in ([arch] if arch else ARCHITECTURES):
-        model = build_detector(name)
+        model = build_detector(name, device="meta")
         if {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes:
-            model.load_state_dict(state)
+            model.load_state_dict(state, assign=True)
             return model.eval(), name
         if arch:
             try:
-                model.load_state_dict(state)
+                model.load_state_dict(state, assign=True)
             except RuntimeError as e:
                 raise ArtifactError(f"{path}: not {arch} weights ({str(e).splitlines()[0]}); "
                                     "check the architecture name or drop it to auto-detect") from e
