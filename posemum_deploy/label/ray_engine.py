@@ -83,7 +83,8 @@ def run_ray(model: Path, root: Path, todo: list["ShardJob"], settings: "LabelSet
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus = int(ray.cluster_resources().get("CPU", 1))
     n = min(len(todo), actors or (gpus or max(1, cpus // 2)))
-    per_actor = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+    # A GPU actor also reserves CPUs for its decode threads, so decode keeps up with it.
+    per_actor = {"num_gpus": 1, "num_cpus": workers} if gpus else {"num_cpus": 1}
     log.info("ray: %d %s actor(s) for %d shard(s)", n, "GPU" if gpus else "CPU", len(todo))
     ds = ray.data.from_items([{"shard": job.index, "files": json.dumps(job.files)} for job in todo])
     ds = ds.map_batches(

@@ -48,6 +48,7 @@ def _run_and_kill(cmd: list[str], out: Path, shards_seen: int | None, delay: flo
     return proc.wait(timeout=120)
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_is_exact(tmp_path: Path, model: Path) -> None:
     images = tmp_path / "images"
     write_images(images, 14)

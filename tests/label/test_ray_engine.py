@@ -21,6 +21,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_matches_local_and_resumes(tmp_path: Path, tiny_model: Path, local_ray: None) -> None:
     images = tmp_path / "images"
     write_images(images, 6)
