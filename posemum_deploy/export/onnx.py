@@ -2,9 +2,12 @@
 
 Uses the TorchScript exporter (`dynamo=False`): with this torch it is deterministic,
 needs no onnxscript, and handles SimpleBaseline completely. Only the batch axis is
-dynamic. Batch norms after the deconvolutions are folded into their weights first,
-because ONNX Runtime fuses Conv+BN but not ConvTranspose+BN, and the head is a third
-of the compute. The ModelMetadata goes into the ONNX metadata props and a sidecar;
+dynamic. The deconvolution head (a third of the compute) is rewritten exactly for the
+runtimes: batch norms are folded into the deconvolutions (ONNX Runtime fuses Conv+BN
+but not ConvTranspose+BN), and each 4×4 stride-2 deconvolution becomes one 2×2
+convolution with 4× the channels plus a pixel shuffle (sub-pixel convolution, same
+MACs), because ONNX Runtime's ConvTranspose is a slow col2im kernel that its INT8
+quantiser leaves in fp32, while convolutions get its NCHWc and VNNI kernels. The ModelMetadata goes into the ONNX metadata props and a sidecar;
 the export is then compared with torch on real crops (heatmaps and decoded keypoints).
 """
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from posemum_deploy.errors import ArtifactError
@@ -45,26 +49,79 @@ def fold_deconv_bn(model: nn.Module) -> nn.Module:
     return model
 
 
+class SubPixelDeconv(nn.Module):
+    """ConvTranspose2d(k=4, s=2, p=1) as a 2×2 conv over the padded input + pixel shuffle.
+
+    Output row 2m uses input rows (m-1, m) with kernel taps (3, 1); row 2m+1 uses rows
+    (m, m+1) with taps (2, 0); same for columns. One conv computes all four phases
+    (4·C_out channels); phase (py, px) is its window shifted by (py, px).
+    """
+
+    TAPS = ((3, 1), (2, 0))
+
+    def __init__(self, deconv: nn.ConvTranspose2d) -> None:
+        super().__init__()
+        w = deconv.weight.detach()  # [C_in, C_out, 4, 4]
+        c_in, c_out = w.shape[:2]
+        phases = [w[:, :, list(self.TAPS[py])][:, :, :, list(self.TAPS[px])].transpose(0, 1)
+                  for py in range(2) for px in range(2)]
+        bias = deconv.bias.detach() if deconv.bias is not None else torch.zeros(c_out)
+        self.conv = nn.Conv2d(c_in, 4 * c_out, 2, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.cat(phases))
+            self.conv.bias.copy_(bias.repeat(4))
+        self.c_out = c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, y = self.c_out, self.conv(x)  # y: [N, 4·C_out, H+1, W+1]
+        window = (slice(0, -1), slice(1, None))  # static slices: no Shape ops in the graph
+        phases = [y[:, (2 * py + px) * c:(2 * py + px + 1) * c, window[py], window[px]]
+                  for py in range(2) for px in range(2)]
+        return F.pixel_shuffle(torch.stack(phases, 2).flatten(1, 2), 2)
+
+
+def _is_subpixel_able(m: nn.Module) -> bool:
+    return (isinstance(m, nn.ConvTranspose2d) and m.kernel_size == (4, 4) and m.stride == (2, 2)
+            and m.padding == (1, 1) and m.output_padding == (0, 0) and m.groups == 1
+            and m.dilation == (1, 1))
+
+
+def runtime_graph(model: nn.Module) -> nn.Module:
+    """A copy of `model` with the exact rewrites above (BN folding, sub-pixel deconvs)."""
+    model = fold_deconv_bn(model)
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i, layer in enumerate(list(seq)):
+            if _is_subpixel_able(layer):
+                seq[i] = SubPixelDeconv(layer)
+    return model
+
+
 def export_network(model: nn.Module, meta: ModelMetadata, out: Path, opset: int) -> Path:
     """Write the ONNX graph of `model` with a dynamic batch axis and embedded metadata."""
     h, w = meta.input_hw
     sample = torch.zeros(2, 3, h, w)
+    graph = runtime_graph(model).cpu()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(fold_deconv_bn(model).cpu(), (sample,), str(out), dynamo=False,
+        torch.onnx.export(graph, (sample,), str(out), dynamo=False,
                           opset_version=opset, input_names=[INPUT_NAME],
                           output_names=[OUTPUT_NAME], do_constant_folding=True,
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
-    embed_metadata(out, meta)
+        out_shape = tuple(graph(sample).shape)
+    embed_metadata(out, meta, out_shape[1:])
     check_onnx(out)
     return out
 
 
-def embed_metadata(path: Path, meta: ModelMetadata) -> None:
-    """Store the metadata (less the file's own sha256) in the ONNX metadata props."""
+def embed_metadata(path: Path, meta: ModelMetadata, output_khw: tuple[int, ...] = ()) -> None:
+    """Store the metadata (less the file's own sha256) in the ONNX metadata props, and
+    the static [K, h, w] of the output where the exporter left them symbolic."""
     import onnx
 
     model = onnx.load(str(path))
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    for dim, size in zip(list(dims)[1:], output_khw):
+        dim.dim_value = int(size)
     data = {k: v for k, v in meta.to_dict().items() if k != "artifact_sha256"}
     del model.metadata_props[:]
     entries = {META_KEY: json.dumps(data), "keypoint_names": ",".join(meta.keypoint_names),

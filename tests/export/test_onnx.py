@@ -13,7 +13,8 @@ from posemum_deploy.errors import ArtifactError, ConfigError
 from posemum_deploy.export.calibration import calibration_crops
 from posemum_deploy.export.formats import ExportOptions, export_model, read_sidecar
 from posemum_deploy.export.metadata import sha256_file, sidecar_path
-from posemum_deploy.export.onnx import embedded_metadata, fold_deconv_bn
+from posemum_deploy.export.onnx import (SubPixelDeconv, embedded_metadata, fold_deconv_bn,
+                                        runtime_graph)
 from posemum_deploy.inference.ort_backend import OrtBackend
 from posemum_deploy.inference.pipeline import PoseEstimator
 from posemum_deploy.inference.torch_backend import TorchBackend
@@ -42,7 +43,8 @@ def test_graph_opset_dynamic_batch_and_checker(tiny_onnx) -> None:
     dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
     assert isinstance(dims[0], str) and dims[1:] == [3, 128, 96]
     assert [d.dim_value for d in out.type.tensor_type.shape.dim][1:] == [17, 32, 24]
-    assert "BatchNormalization" not in {n.op_type for n in model.graph.node}  # all folded
+    ops = {n.op_type for n in model.graph.node}
+    assert not ops & {"BatchNormalization", "ConvTranspose"}  # rewritten for runtimes
     backend = OrtBackend(tiny_onnx.artifact, device="cpu")
     for n in (1, 5):
         assert backend.predict(np.zeros((n, 3, 128, 96), np.float32)).shape == (n, 17, 32, 24)
@@ -83,6 +85,26 @@ def test_fold_deconv_bn_is_exact(tiny_ckpt: Path) -> None:
     x = torch.randn(2, 3, 64, 48)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("hw", [(4, 3), (5, 7)])
+def test_subpixel_deconv_equals_conv_transpose(hw: tuple[int, int]) -> None:
+    torch.manual_seed(1)
+    deconv = torch.nn.ConvTranspose2d(8, 6, 4, stride=2, padding=1, bias=True)
+    x = torch.randn(3, 8, *hw)
+    with torch.no_grad():
+        torch.testing.assert_close(SubPixelDeconv(deconv)(x), deconv(x), atol=1e-5, rtol=1e-5)
+
+
+def test_runtime_graph_is_the_same_function(tiny_ckpt: Path) -> None:
+    from posemum_deploy.models.checkpoint import load_model
+
+    model, _ = load_model(tiny_ckpt)
+    graph = runtime_graph(model)
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in graph.modules())
+    x = torch.randn(2, 3, 128, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(graph(x), model(x), atol=1e-5, rtol=1e-4)
 
 
 def test_export_options_are_validated(tiny_ckpt: Path, tmp_path: Path) -> None:
