@@ -19,35 +19,22 @@ def _invoke(*args: str):
     return result
 
 
-@pytest.fixture(scope="module")
-def cli_onnx(tiny_ckpt: Path, coco_mini_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("cli")
-    result = _invoke("export", str(tiny_ckpt), "--format", "onnx", "--out", str(out),
-                     "--opset", "17", "--check", str(coco_mini_dir / "test_coco.json"))
-    return out / "model.onnx", result.output
+def test_export_onnx_prints_parity(tiny_onnx) -> None:
+    assert tiny_onnx.artifact.is_file() and tiny_onnx.sidecar.is_file()
+    for word in ("max_abs_heatmap_diff", "keypoints_identical", "True", "precision fp32"):
+        assert word in tiny_onnx.output
 
 
-def test_export_onnx_prints_parity(cli_onnx) -> None:
-    path, output = cli_onnx
-    assert path.is_file() and (path.parent / "model.json").is_file()
-    assert "max_abs_heatmap_diff" in output and "keypoints_identical" in output
-    assert "True" in output and "precision fp32" in output
+def test_export_onnx_int8_prints_accuracy(tiny_int8) -> None:
+    assert "precision int8" in tiny_int8.output and "mean_px" in tiny_int8.output
+    assert tiny_int8.meta["precision"] == "int8"
 
 
-def test_export_onnx_int8(cli_onnx, coco_mini_dir: Path) -> None:
-    path, _ = cli_onnx
-    out = path.with_name("int8.onnx")
-    result = _invoke("export", str(path), "--format", "onnx-int8", "--out", str(out),
-                     "--calib", str(coco_mini_dir / "test_coco.json"), "--calib-count", "8")
-    assert "precision int8" in result.output and "mean_px" in result.output
-    assert json.loads(out.with_suffix(".json").read_text())["precision"] == "int8"
-
-
-def test_evaluate_onnx_matches_checkpoint(cli_onnx, tiny_ckpt: Path, coco_mini_dir: Path,
+def test_evaluate_onnx_matches_checkpoint(tiny_onnx, tiny_ckpt: Path, coco_mini_dir: Path,
                                           tmp_path: Path) -> None:
     ann = coco_mini_dir / "test_coco.json"
     stats, results = {}, {}
-    for name, model in (("ckpt", tiny_ckpt), ("onnx", cli_onnx[0])):
+    for name, model in (("ckpt", tiny_ckpt), ("onnx", tiny_onnx.artifact)):
         _invoke("evaluate", "--ann", str(ann), "--model", str(model), "--images", str(coco_mini_dir),
                 "--batch-size", "8", "--json-out", str(tmp_path / f"{name}.json"),
                 "--results-out", str(tmp_path / f"{name}_res.json"))

@@ -13,22 +13,15 @@ from posemum_deploy.inference.backends import load_backend
 from posemum_deploy.inference.ort_backend import OrtBackend
 
 
-@pytest.fixture(scope="module")
-def int8_export(tiny_onnx, coco_mini_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("int8") / "model_int8.onnx"
-    return export_model(tiny_onnx.artifact, "onnx-int8", out,
-                        ExportOptions(calib=coco_mini_dir / "test_coco.json"))
-
-
-def test_int8_is_qdq_per_channel_and_recorded(int8_export, coco_mini_dir: Path) -> None:
+def test_int8_is_qdq_per_channel_and_recorded(tiny_int8, coco_mini_dir: Path) -> None:
     import onnx
 
-    model = onnx.load(str(int8_export.artifact))
+    model = onnx.load(str(tiny_int8.artifact))
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     scales = [t for t in model.graph.initializer if t.name.endswith("_scale") and len(t.dims) == 1]
     assert scales and max(t.dims[0] for t in scales) > 1  # per-channel weight scales
-    side = json.loads(int8_export.sidecar.read_text())
+    side = json.loads(tiny_int8.sidecar.read_text())
     assert side["precision"] == "int8" and side["format"] == "onnx"
     q = side["extra"]["quantization"]
     assert q["format"] == "QDQ" and q["per_channel"] and q["calibration_crops"] == 12
@@ -36,8 +29,8 @@ def test_int8_is_qdq_per_channel_and_recorded(int8_export, coco_mini_dir: Path) 
     assert side["extra"]["accuracy"]["num_crops"] == 12
 
 
-def test_int8_runs_through_the_one_interface(int8_export) -> None:
-    backend = load_backend(int8_export.artifact, "onnxruntime")
+def test_int8_runs_through_the_one_interface(tiny_int8) -> None:
+    backend = load_backend(tiny_int8.artifact, "onnxruntime")
     assert isinstance(backend, OrtBackend) and backend.metadata.precision == "int8"
     out = backend.predict(np.zeros((3, 3, 128, 96), np.float32))
     assert out.shape == (3, 17, 32, 24) and np.isfinite(out).all()
