@@ -231,7 +231,12 @@ def training_rows(ann: Path, device: torch.device, args) -> list[dict]:
     next(it)
     t0, n = time.perf_counter(), 0
     for _ in range(args.loader_batches):
-        n += len(next(it)["image"])
+        try:
+            batch = next(it)
+        except StopIteration:  # small sets: start another epoch
+            it = iter(loader)
+            batch = next(it)
+        n += len(batch["image"])
     loader_rate = n / (time.perf_counter() - t0)
     need = 64 / med["pose-mum-plus"]  # labeled + unlabeled crops per step
     return [{"what": "eman step (plain SSL), ms", "value": med["eman"] * 1e3},
