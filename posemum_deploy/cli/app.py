@@ -34,12 +34,7 @@ _COMMAND_MODULES: dict[str, tuple[str, ...]] = {
 }
 
 for _module_name, _commands in _COMMAND_MODULES.items():
-    try:
-        _module = importlib.import_module(f"posemum_deploy.cli.{_module_name}")
-    except ModuleNotFoundError as _e:  # a command module not written yet
-        if _e.name != f"posemum_deploy.cli.{_module_name}":
-            raise
-        continue
+    _module = importlib.import_module(f"posemum_deploy.cli.{_module_name}")
     for _command in _commands:
         app.command(name=_command)(getattr(_module, _command.replace("-", "_")))
 
