@@ -1,0 +1,68 @@
+"""Bad input through the real console entry point: exit 2 and one line naming the file."""
+import json
+import subprocess
+import sys
+
+import torch
+
+from posemum_deploy.export.metadata import ModelMetadata
+from posemum_deploy.models import build_model
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "posemum_deploy.cli", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def _one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr.replace("\n", " ")
+
+
+def test_train_on_json_without_persons(tmp_path):
+    ann = tmp_path / "empty.json"
+    ann.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    _one_line_error(_run("train", "--labeled", str(ann), "--images", str(tmp_path), "--out",
+                         str(tmp_path / "r")), "empty.json", "no person annotations")
+
+
+def test_train_on_wrong_keypoint_count(tmp_path):
+    ann = tmp_path / "k13.json"
+    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "width": 9,
+                                           "height": 9}],
+                               "annotations": [{"id": 7, "image_id": 1, "bbox": [0, 0, 5, 5],
+                                                "keypoints": [1, 1, 2] * 13,
+                                                "num_keypoints": 13}]}))
+    _one_line_error(_run("train", "--labeled", str(ann), "--images", str(tmp_path), "--out",
+                         str(tmp_path / "r")), "k13.json", "13 keypoints")
+
+
+def test_evaluate_missing_checkpoint_and_corrupt_checkpoint(tmp_path, coco_mini):
+    ann = str(coco_mini / "test_coco.json")
+    _one_line_error(_run("evaluate", "--model", str(tmp_path / "nope.pt"), "--ann", ann),
+                    "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    _one_line_error(_run("evaluate", "--model", str(bad), "--ann", ann), "bad.pt")
+
+
+def test_evaluate_model_with_detector_boxes_on_real_images(tmp_path, coco_mini):
+    torch.manual_seed(0)
+    ckpt = tmp_path / "m.pt"
+    meta = ModelMetadata(input_hw=(128, 96), heatmap_hw=(32, 24))
+    torch.save({"model": build_model().state_dict(), "teacher": None,
+                "model_meta": meta.to_dict()}, ckpt)
+    out = tmp_path / "m.json"
+    proc = _run("evaluate", "--model", str(ckpt), "--ann", str(coco_mini / "test_coco.json"),
+                "--images", str(coco_mini), "--boxes",
+                str(coco_mini / "test_coco_det_AP_H_56.json"), "--json-out", str(out),
+                "--backend", "torch")
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(out.read_text())
+    assert set(stats) >= {"AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"}
+    results = json.loads((tmp_path / "results.json").read_text())
+    # detector boxes on 4 images, OKS-NMS applied: several people per image survive
+    assert len({r["image_id"] for r in results}) == 4 and len(results) >= 8
