@@ -1,8 +1,10 @@
 """Bulk labeling throughput: end-to-end labeled crops/s versus model-only crops/s.
 
 Measured in one process on the same backend object and batch size: model-only runs
-(pre-normalised batches, no decode, no crops, no writing) before and after the
-end-to-end `label_folder` run, so machine load that drifts during the run affects both.
+(pre-normalised batches, no decode, no crops, no writing) alternate with end-to-end
+`label_folder` runs, and the best of each is compared (load from other processes only
+slows a run, so the best is the least disturbed). The end-to-end rate counts real crops:
+the padding of each shard's last batch is part of its cost.
 Target: end-to-end ≥ 0.85 × model-only, i.e. decode, boxes, crops, heatmap decode and
 writing hide behind inference. Also prints the per-stage breakdown (seconds summed over
 threads: decode/boxes/crop run on the decode threads, in parallel with inference).
@@ -87,6 +89,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2, help="decode threads")
     ap.add_argument("--threads", type=int, default=None, help="inference threads (runtime default)")
     ap.add_argument("--cv-threads", type=int, default=1, help="cv2.setNumThreads in this process")
+    ap.add_argument("--repeats", type=int, default=2, help="end-to-end runs (best counts)")
     ap.add_argument("--work", type=Path, default=None, help="keep files here")
     args = ap.parse_args()
     import cv2
@@ -102,18 +105,24 @@ def main() -> int:
     artifact = make_artifacts(work, input_hw, args.backend)
     backend = open_backend(args.backend, artifact, args.batch, args.threads)
     n_crops = sum(1 for _ in json.loads((data / "annotations.json").read_text())["annotations"])
-    before = model_only(backend, args.batch, n_crops)
-    out = work / f"out_{args.backend}_{time.time_ns()}"
-    summary = label_folder(artifact, data / "images", out,
-                           LabelSettings(boxes=f"gt:{data / 'annotations.json'}", oks_nms=None),
-                           backend=backend, batch_size=args.batch, workers=args.workers)
-    after = model_only(backend, args.batch, n_crops)
-    reference = (before + after) / 2
+    # Alternate model-only and end-to-end runs and compare the best of each: load from
+    # other processes on a shared machine only ever slows a run down.
+    alone = [model_only(backend, args.batch, n_crops)]
+    runs = []
+    for _ in range(args.repeats):
+        out = work / f"out_{args.backend}_{time.time_ns()}"
+        runs.append(label_folder(artifact, data / "images", out,
+                                 LabelSettings(boxes=f"gt:{data / 'annotations.json'}",
+                                               oks_nms=None),
+                                 backend=backend, batch_size=args.batch, workers=args.workers))
+        alone.append(model_only(backend, args.batch, n_crops))
+    summary = max(runs, key=lambda s: s.crops_per_s)
+    reference = max(alone)
     report = {"backend": args.backend, "batch": args.batch, "input_hw": input_hw,
               "image_hw": image_hw, "images": summary.images, "crops": summary.crops,
               "workers": args.workers, "threads": args.threads, "cpus": os.cpu_count(),
-              "model_only_crops_per_s": [round(before, 2), round(after, 2)],
-              "end_to_end_crops_per_s": round(summary.crops_per_s, 2),
+              "model_only_crops_per_s": [round(v, 2) for v in alone],
+              "end_to_end_crops_per_s": [round(r.crops_per_s, 2) for r in runs],
               "end_to_end_images_per_s": round(summary.images_per_s, 2),
               "ratio": round(summary.crops_per_s / reference, 3),
               "stage_seconds": {k: round(v, 3) for k, v in sorted(summary.stage_seconds.items())},
