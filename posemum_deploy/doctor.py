@@ -109,9 +109,20 @@ def check_cpu() -> list[Check]:
                                               "" if vnni else "use fp32 ONNX/OpenVINO on this CPU")]
 
 
+def check_openvino() -> list[Check]:
+    """OpenVINO's version and the CPU precisions it runs natively here (bf16 needs BF16/AMX)."""
+    rows = check_module("OpenVINO", "openvino", "pip install 'posemum[openvino]'")
+    if rows[0].ok:
+        from posemum_deploy.inference.openvino_backend import cpu_precisions
+
+        rows = [Check("OpenVINO", True, f"{rows[0].detail}, CPU precisions: "
+                      f"{', '.join(cpu_precisions())}")]
+    return rows
+
+
 PROBES: tuple[Callable[[], list[Check]], ...] = (
     check_cpu, check_torch, check_onnxruntime, check_tensorrt,
-    lambda: check_module("OpenVINO", "openvino", "pip install 'posemum[openvino]'"),
+    check_openvino,
     lambda: check_module("Ray", "ray", "pip install 'posemum[ray]' (bulk labeling on a cluster)"),
 )
 

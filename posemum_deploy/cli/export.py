@@ -14,7 +14,7 @@ from posemum_deploy.export.formats import FORMATS, ExportOptions, export_model, 
 
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.pt), or a posemum .onnx for "
-                                               "tensorrt / onnx-int8.")],
+                                               "tensorrt / onnx-int8 / openvino.")],
     fmt: Annotated[str, typer.Option("--format", help=f"One of: {', '.join(FORMATS)}.")] = "onnx",
     out: Annotated[Path, typer.Option("--out", help="Artifact file, or a folder for model.<ext>.")
                    ] = Path("export"),
@@ -36,11 +36,14 @@ def export(
     val_images: Annotated[Optional[Path], typer.Option("--val-images", help="Its images.")] = None,
     max_ap_drop: Annotated[float, typer.Option(
         "--max-ap-drop", help="Refuse INT8 when AP drops more (points).")] = 1.0,
+    precision: Annotated[Optional[str], typer.Option(
+        "--precision", help="OpenVINO: fp32, bf16 or int8 (bf16/int8 need --calib).")] = None,
 ) -> None:
     """Export the network (crops in, heatmaps out) with a model.json sidecar, then check it."""
     options = ExportOptions(opset=opset, weights=weights, fp16=fp16, int8=int8, calib=calib,
                             calib_count=calib_count, check=check, batch=parse_profile(batch),
-                            val_ann=val_ann, val_images=val_images, max_ap_drop=max_ap_drop)
+                            val_ann=val_ann, val_images=val_images, max_ap_drop=max_ap_drop,
+                            extra={"precision": precision} if precision else {})
     console = Console()
     with console.status(f"exporting {checkpoint.name} → {fmt}"):
         result = export_model(checkpoint, fmt, out, options)

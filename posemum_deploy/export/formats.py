@@ -38,6 +38,8 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
                  "ONNX Runtime CPU INT8 (static QDQ, calibrated on --calib crops)"),
     ExportFormat("tensorrt", ".engine", "posemum_deploy.export.tensorrt", "export_tensorrt",
                  "TensorRT engine (fp32/--fp16/--int8) for this GPU and TensorRT version"),
+    ExportFormat("openvino", ".xml", "posemum_deploy.export.openvino", "export_openvino_ir",
+                 "OpenVINO IR for the CPU (--precision fp32/bf16/int8, INT8 calibrated on --calib)"),
 )}
 
 

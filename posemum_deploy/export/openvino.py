@@ -18,47 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from posemum_deploy.data.boxes import gt_boxes
-from posemum_deploy.data.coco import load_coco_keypoints
-from posemum_deploy.data.images import list_images, read_image
 from posemum_deploy.data.transforms import normalize_numpy
 from posemum_deploy.errors import ConfigError, PosemumError
 from posemum_deploy.export.accuracy import AccuracyReport, check_accuracy
+from posemum_deploy.export.calibration import CropBatcher, calibration_crops
+from posemum_deploy.export.formats import ExportOptions, ExportResult, tool_versions
 from posemum_deploy.export.metadata import ModelMetadata, sha256_file, sidecar_path
 from posemum_deploy.inference.openvino_backend import (OpenVinoBackend, require_openvino,
                                                        is_quantized, load_sidecar)
-from posemum_deploy.inference.pipeline import make_crops
 
 log = logging.getLogger(__name__)
 EXPORT_PRECISIONS = ("fp32", "bf16", "int8")
 INT8_METHODS = ("nncf", "qdq")
-
-
-def calibration_crops(images: str | Path, input_hw: tuple[int, int], ann: str | Path | None = None,
-                      limit: int = 300, seed: int = 0) -> np.ndarray:
-    """uint8 person crops [N, H, W, 3] to calibrate on: GT boxes of `ann` when given,
-    else each image whole (a folder of pre-cropped people). Random subset of `limit`."""
-    images = Path(images)
-    crops: list[np.ndarray] = []
-    if ann is not None:
-        coco = load_coco_keypoints(ann)
-        table = gt_boxes(coco)
-        for im in coco["images"]:
-            if im["id"] in table:
-                crops.append(make_crops(read_image(images / im["file_name"]),
-                                        *table[im["id"]], input_hw).crops)
-    else:
-        for path in list_images(images):
-            img = read_image(path)
-            box = np.array([[0.0, 0.0, img.shape[1] - 1.0, img.shape[0] - 1.0]])
-            crops.append(make_crops(img, box, np.ones(1), input_hw).crops)
-    if not crops:
-        raise ConfigError(f"{images}: no calibration images found; pass --calib DIR with "
-                          "real person images (tens to hundreds)")
-    out = np.concatenate(crops)
-    if len(out) > limit:
-        out = out[np.sort(np.random.default_rng(seed).choice(len(out), limit, replace=False))]
-    return out
 
 
 def quantize_nncf(model: Any, crops: np.ndarray, meta: ModelMetadata,
@@ -67,8 +38,8 @@ def quantize_nncf(model: Any, crops: np.ndarray, meta: ModelMetadata,
     try:
         import nncf
     except ImportError as e:
-        raise ConfigError("INT8 for OpenVINO with method 'nncf' needs NNCF: pip install nncf "
-                          "(or use --int8-method qdq with an ORT QDQ ONNX)") from e
+        raise ConfigError("INT8 for OpenVINO with method 'nncf' needs NNCF: pip install nncf, "
+                          "or use int8_method='qdq' with the ORT QDQ export") from e
     nncf.set_log_level(logging.ERROR)
     data = normalize_numpy(crops, meta.mean, meta.std)
     dataset = nncf.Dataset([data[i:i + 1] for i in range(len(data))])
@@ -97,8 +68,8 @@ def export_openvino(onnx_path: str | Path, out: str | Path, precision: str = "fp
                     ) -> tuple[Path, AccuracyReport | None]:
     """Write `out` (.xml + .bin + sidecar) from the fp32 ONNX export (with its model.json).
 
-    `crops` (uint8 [N, H, W, 3], see `calibration_crops`) calibrate NNCF INT8 and feed the
-    accuracy guard, so bf16/int8 need them. `int8_method="qdq"` converts `qdq_onnx` (the
+    `crops` (uint8 [N, H, W, 3], from `export.calibration.calibration_crops`) calibrate
+    NNCF INT8 and feed the accuracy guard, so bf16/int8 need them. `int8_method="qdq"` converts `qdq_onnx` (the
     ORT static-QDQ export) instead of running NNCF. The reduced-precision IR is compared
     with the fp32 ONNX and deleted again when it fails the guard.
     """
@@ -167,8 +138,6 @@ def _xml_path(out: str | Path) -> Path:
 
 
 def _ir_metadata(meta: ModelMetadata, xml: Path, precision: str) -> ModelMetadata:
-    import openvino
-
     meta = ModelMetadata.from_dict(meta.to_dict())
     meta.extra = dict(meta.extra)
     meta.extra.pop("accuracy", None)
@@ -176,6 +145,50 @@ def _ir_metadata(meta: ModelMetadata, xml: Path, precision: str) -> ModelMetadat
     meta.precision = precision
     meta.artifact_sha256 = sha256_file(xml)
     meta.extra["bin_sha256"] = sha256_file(xml.with_suffix(".bin"))
-    meta.tool_versions = {**meta.tool_versions, "openvino": openvino.__version__}
+    tools = ("openvino", "nncf") if precision == "int8" else ("openvino",)
+    meta.tool_versions = {**meta.tool_versions, **tool_versions(*tools)}
     return meta
 
+
+
+def export_openvino_ir(source: Path, out: Path, options: ExportOptions) -> ExportResult:
+    """The `openvino` row of the export formats table: checkpoint or fp32 ONNX → IR.
+
+    Precision comes from `options.extra["precision"]` (fp32 | bf16 | int8; `--int8` also
+    means int8), the INT8 method from `options.extra["int8_method"]` (nncf when NNCF is
+    installed, else the ORT QDQ model converted); crops from `--calib`.
+    """
+    from posemum_deploy.export.onnx import load_onnx_source
+    from posemum_deploy.export.quantize import quantize_qdq
+
+    precision = str(options.extra.get("precision") or ("int8" if options.int8 else "fp32"))
+    if options.fp16:
+        raise ConfigError("--fp16 is for TensorRT; on the CPU use --precision bf16 or int8")
+    method = str(options.extra.get("int8_method") or default_int8_method())
+    onnx_path, meta = load_onnx_source(source, options, out)
+    crops = None
+    if precision != "fp32":
+        if options.calib is None:
+            raise ConfigError(f"--precision {precision} needs --calib IMAGES (a folder of person "
+                              "images or a COCO keypoints json) for calibration and the guard")
+        crops = calibration_crops(options.calib, tuple(meta.input_hw), options.calib_count)
+    qdq = None
+    if precision == "int8" and method == "qdq":
+        qdq = out.with_name(out.stem + ".qdq.onnx")
+        quantize_qdq(onnx_path, qdq, CropBatcher(crops, min(16, len(crops)), meta.mean, meta.std))
+    xml, report = export_openvino(onnx_path, out, precision, crops, method, qdq_onnx=qdq,
+                                  calib_source=str(options.calib or ""), val_ann=options.val_ann,
+                                  val_images=options.val_images, max_ap_drop=options.max_ap_drop)
+    extra = [p for p in (onnx_path, qdq) if p is not None and p != source]
+    result = {} if report is None else {k: v for k, v in report.to_dict().items()
+                                        if k not in ("candidate", "reference")}
+    return ExportResult(xml, load_sidecar(xml), result, extra_files=[xml.with_suffix(".bin"), *extra])
+
+
+def default_int8_method() -> str:
+    """NNCF when installed (calibrated per-tensor ranges tuned for OpenVINO), else ORT QDQ."""
+    try:
+        import nncf  # noqa: F401
+    except ImportError:
+        return "qdq"
+    return "nncf"

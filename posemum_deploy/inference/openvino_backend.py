@@ -234,17 +234,16 @@ def compile_config(precision: str, threads: int | None, streams: int | None) -> 
 def load_sidecar(path: Path) -> ModelMetadata:
     """The model.json beside an exported artifact, or an error saying to re-export.
 
-    For an IR the sidecar's sha256 must match the .xml: an IR and an ONNX of the same
+    A sidecar that records a sha256 must match the file: an IR and an ONNX of the same
     stem share `NAME.json`, and running one with the other's metadata must not pass."""
     side = sidecar_path(path)
     if not side.is_file():
         raise ArtifactError(f"{path}: no {side.name} beside it; re-export with `posemum export "
                             "--format openvino` (or onnx) so the sidecar is written")
     meta = ModelMetadata.load(side)
-    if path.suffix.lower() == ".xml" and meta.artifact_sha256 \
-            and meta.artifact_sha256 != sha256_file(path):
+    if meta.artifact_sha256 and meta.artifact_sha256 != sha256_file(path):
         raise ArtifactError(f"{side} does not describe {path} (sha256 differs); re-export "
-                            "with `posemum export --format openvino` into its own folder")
+                            "with `posemum export` into its own folder")
     return meta
 
 

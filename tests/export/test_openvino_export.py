@@ -10,7 +10,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("openvino", reason="OpenVINO not installed (pip install 'posemum[cpu]')")
 
@@ -18,36 +17,29 @@ from posemum_deploy.data.boxes import gt_boxes  # noqa: E402
 from posemum_deploy.data.coco import load_coco_keypoints  # noqa: E402
 from posemum_deploy.data.images import read_image  # noqa: E402
 from posemum_deploy.data.transforms import normalize_numpy, transform_points  # noqa: E402
-from posemum_deploy.errors import ArtifactError, ConfigError  # noqa: E402
+from posemum_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError  # noqa: E402
 from posemum_deploy.export import openvino as ov_export  # noqa: E402
 from posemum_deploy.export.accuracy import check_accuracy  # noqa: E402
+from posemum_deploy.export.calibration import calibration_crops  # noqa: E402
 from posemum_deploy.export.metadata import ModelMetadata, sidecar_path  # noqa: E402
-from posemum_deploy.export.openvino import calibration_crops, export_openvino  # noqa: E402
+from posemum_deploy.export.formats import ExportOptions, export_model  # noqa: E402
+from posemum_deploy.export.openvino import export_openvino  # noqa: E402
 from posemum_deploy.inference.backends import load_backend  # noqa: E402
 from posemum_deploy.inference.openvino_backend import OpenVinoBackend, cpu_precisions  # noqa: E402
 from posemum_deploy.inference.pipeline import codec_for, make_crops  # noqa: E402
-from posemum_deploy.models.simple_baseline import build_model  # noqa: E402
 
-HW = (128, 96)
-META = ModelMetadata(format="onnx", input_hw=HW, heatmap_hw=(32, 24))
+HW = (128, 96)  # the tiny checkpoint of tests/export/conftest.py
 
 
 @pytest.fixture(scope="module")
-def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """fp32 ONNX + model.json as the ONNX exporter writes them."""
-    torch.manual_seed(0)
-    model = build_model("resnet18", 17).eval()
-    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    torch.onnx.export(model, torch.zeros(1, 3, *HW), path, opset_version=17, dynamo=False,
-                      input_names=["input"], output_names=["heatmaps"],
-                      dynamic_axes={"input": {0: "batch"}, "heatmaps": {0: "batch"}})
-    META.save(sidecar_path(path))
-    return path
+def onnx_path(tiny_onnx) -> Path:
+    """fp32 ONNX + model.json written by `posemum export --format onnx`."""
+    return tiny_onnx.artifact
 
 
 @pytest.fixture(scope="module")
 def crops(coco_mini: Path) -> np.ndarray:
-    return calibration_crops(coco_mini, HW, ann=coco_mini / "test_coco.json")
+    return calibration_crops(coco_mini / "test_coco.json", HW)
 
 
 def test_fp32_ir_matches_onnx_and_has_its_own_sidecar(onnx_path, crops, tmp_path) -> None:
@@ -88,27 +80,21 @@ def test_int8_nncf_export_records_how_and_how_good(onnx_path, crops, coco_mini, 
 
 
 def test_int8_from_ort_qdq_onnx(onnx_path, crops, tmp_path) -> None:
-    quant = pytest.importorskip("onnxruntime.quantization", reason="onnxruntime not installed")
-    crops = crops[:8]
-    x = normalize_numpy(crops)
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    from posemum_deploy.export.calibration import CropBatcher
+    from posemum_deploy.export.quantize import quantize_qdq
 
-    class Reader(quant.CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter({"input": x[i:i + 4]} for i in range(0, len(x), 4))
-
-        def get_next(self):
-            return next(self.items, None)
-
+    crops = crops[:4]
     qdq = tmp_path / "model_qdq.onnx"
-    quant.quantize_static(str(onnx_path), str(qdq), Reader(), quant_format=quant.QuantFormat.QDQ,
-                          per_channel=True, weight_type=quant.QuantType.QInt8,
-                          activation_type=quant.QuantType.QUInt8)
+    meta = ModelMetadata()
+    quantize_qdq(onnx_path, qdq, CropBatcher(crops, 4, meta.mean, meta.std))
     with pytest.raises(ConfigError, match="no QuantizeLinear"):
         export_openvino(onnx_path, tmp_path / "bad.xml", "int8", crops, "qdq", qdq_onnx=onnx_path)
     xml, report = export_openvino(onnx_path, tmp_path / "qdq.xml", "int8", crops, "qdq",
-                                  qdq_onnx=qdq, batch_size=8)
+                                  qdq_onnx=qdq, batch_size=4)
     meta = ModelMetadata.load(sidecar_path(xml))
     assert meta.extra["quantization"]["method"] == "qdq" and report.ap_drop is None
+    assert OpenVinoBackend(xml, batch_size=4).precision == "int8"
 
 
 @pytest.mark.skipif("bf16" not in cpu_precisions(), reason="this CPU has no native BF16")
@@ -124,9 +110,10 @@ def test_refused_export_leaves_no_artifact(onnx_path, crops, tmp_path, monkeypat
         raise ArtifactError("refused: AP drops 3.00 points")
 
     monkeypatch.setattr(ov_export, "check_accuracy", refuse)
-    precision = "bf16" if "bf16" in cpu_precisions() else "int8"
-    with pytest.raises(ArtifactError, match="refused"):
-        export_openvino(onnx_path, tmp_path / "m.xml", precision, crops=crops, batch_size=8)
+    # without native BF16 the guard cannot even run bf16: that refuses the export too
+    expected = ArtifactError if "bf16" in cpu_precisions() else BackendUnavailableError
+    with pytest.raises(expected):
+        export_openvino(onnx_path, tmp_path / "m.xml", "bf16", crops=crops[:4], batch_size=4)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -139,8 +126,10 @@ def test_option_errors_name_the_fix(onnx_path, tmp_path) -> None:
         export_openvino(onnx_path, tmp_path, "int8", np.zeros((1, *HW, 3), np.uint8), "qdq")
     with pytest.raises(ConfigError, match="NAME.xml"):
         export_openvino(onnx_path, tmp_path / "model.bin")
-    with pytest.raises(ConfigError, match="no calibration images"):
-        calibration_crops(tmp_path, HW)
+    with pytest.raises(ConfigError, match="--fp16 is for TensorRT"):
+        export_model(onnx_path, "openvino", tmp_path, ExportOptions(fp16=True))
+    with pytest.raises(ConfigError, match="needs --calib"):
+        export_model(onnx_path, "openvino", tmp_path, ExportOptions(extra={"precision": "bf16"}))
 
 
 class OracleBackend:
@@ -170,7 +159,7 @@ class OracleBackend:
 
 def test_guard_refuses_a_real_ap_drop_and_passes_an_equal_model(coco_mini) -> None:
     ann = coco_mini / "test_coco.json"
-    crops = calibration_crops(coco_mini, HW, ann=ann)
+    crops = calibration_crops(ann, HW)
     perfect, shifted = OracleBackend(coco_mini), OracleBackend(coco_mini, shift_px=2)
     report = check_accuracy(perfect, perfect, crops, ann, coco_mini, batch_size=8)
     assert report.ap_reference > 0.9 and report.ap_drop == 0 and report.max_px == 0
@@ -180,3 +169,19 @@ def test_guard_refuses_a_real_ap_drop_and_passes_an_equal_model(coco_mini) -> No
     assert loose.ap_drop > 1.0 and loose.confident_mean_px == pytest.approx(8.0)  # 2 heatmap px × 4
     with pytest.raises(ConfigError, match="both --val-ann and --val-images"):
         check_accuracy(perfect, perfect, crops, ann)
+
+
+def test_cli_export_openvino_int8(onnx_path, coco_mini, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from posemum_deploy.cli.app import app
+
+    out = tmp_path / "ov"
+    result = CliRunner().invoke(app, ["export", str(onnx_path), "--format", "openvino", "--out",
+                                      str(out), "--precision", "int8", "--calib-count", "4",
+                                      "--calib", str(coco_mini / "test_coco.json")])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "precision int8" in result.output and "mean_px" in result.output
+    assert {p.name for p in out.iterdir()} >= {"model.xml", "model.bin", "model.json"}
+    backend = load_backend(out / "model.xml", "auto", batch_size=4)
+    assert backend.name == "openvino" and backend.precision == "int8"

@@ -14,8 +14,9 @@ pytest.importorskip("openvino", reason="OpenVINO not installed (pip install 'pos
 from posemum_deploy.data.transforms import normalize_numpy  # noqa: E402
 from posemum_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError  # noqa: E402
 from posemum_deploy.evaluation.coco_eval import evaluate_results  # noqa: E402
+from posemum_deploy.export.calibration import calibration_crops  # noqa: E402
 from posemum_deploy.export.metadata import ModelMetadata, sidecar_path  # noqa: E402
-from posemum_deploy.export.openvino import calibration_crops  # noqa: E402
+from posemum_deploy.export.onnx import export_network, finish_sidecar  # noqa: E402
 from posemum_deploy.inference import backends  # noqa: E402
 from posemum_deploy.inference.backends import load_backend  # noqa: E402
 from posemum_deploy.inference.openvino_backend import (OpenVinoBackend, check_supported,  # noqa: E402
@@ -37,13 +38,11 @@ def scaled_model() -> nn.Module:
     return model
 
 
-def export_onnx(model: nn.Module, path: Path, input_hw: tuple[int, int] = (256, 192)) -> Path:
-    """The ONNX export the export issue produces (opset 17, dynamic batch) + its sidecar."""
-    torch.onnx.export(model, torch.zeros(1, 3, *input_hw), path, opset_version=17, dynamo=False,
-                      input_names=["input"], output_names=["heatmaps"],
-                      dynamic_axes={"input": {0: "batch"}, "heatmaps": {0: "batch"}})
-    ModelMetadata(format="onnx", input_hw=input_hw,
-                  heatmap_hw=(input_hw[0] // 4, input_hw[1] // 4)).save(sidecar_path(path))
+def export_onnx(model: nn.Module, path: Path) -> Path:
+    """`posemum export --format onnx` minus its parity check: graph (BN folded) + sidecar."""
+    meta = ModelMetadata()
+    export_network(model, meta, path, 17)
+    finish_sidecar(path, meta, "onnx", "fp32", ("torch", "onnx"))
     return path
 
 
@@ -60,7 +59,7 @@ def onnx_path(model: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Pat
 @pytest.fixture(scope="module")
 def crops(coco_mini: Path) -> np.ndarray:
     """The 12 GT-box person crops of coco_mini, uint8 [12, 256, 192, 3]."""
-    return calibration_crops(coco_mini, (256, 192), ann=coco_mini / "test_coco.json")
+    return calibration_crops(coco_mini / "test_coco.json", (256, 192))
 
 
 @pytest.fixture(scope="module")
