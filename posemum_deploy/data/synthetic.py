@@ -3,9 +3,11 @@
 Tests, the demo and a training smoke test need data that ships with the code. Each
 person is a small 3D capsule body (COCO-17 joints, human proportions and joint ranges)
 turned to any facing and projected orthographically, so foreshortening, profile and back
-views come for free. Left limbs carry bands and the face shows only from the front, so
-left/right is decidable from pixels. People are drawn far to near; a joint covered by
-something drawn later gets v=1. One numpy Generator per image: same seed, same bytes.
+views come for free. Joint pads make joints easy to find; the side comes from facing cues
+(face, neckline and zip only on the front, toes point forward), which survive a flip.
+Left limbs also carry bands (a cue only for training without flip augmentation). People
+are drawn far to near; a joint covered by something drawn later gets v=1. One numpy
+Generator per image: same seed, same bytes.
 """
 from __future__ import annotations
 
@@ -44,16 +46,17 @@ _FACE_MIN_Z = np.array([0.0, 0.0, 0.0, -0.2, -0.2])
 # Capsules (joint a, joint b, thickness, colour) for the left side; +1 gives the right.
 _LIMBS = ((5, 7, "upper_arm", "shirt"), (7, 9, "forearm", "sleeve"), (11, 13, "thigh", "pants"),
           (13, 15, "shin", "legs"), (15, _TOES, "foot", "shoes"))
+# Pads at the body joints, one fixed colour per joint type (BGR), the same on both sides
+# so that horizontal-flip augmentation never contradicts them.
+_MARKS = {j + s: c for j, c in {5: (0, 0, 230), 7: (0, 220, 255), 9: (255, 0, 200),
+                                11: (0, 140, 255), 13: (255, 200, 0), 15: (40, 220, 40)}.items()
+          for s in (0, 1)}
 
 
 def _rot(axis: int, t: float) -> np.ndarray:
     """Rotation by t about body axis 0 = x (turns +y toward +z: bend forward), 1 = y
     (turns +z toward +x: facing), 2 = z (turns +x toward +y: side bend, lying down)."""
-    i, j = ((1, 2), (2, 0), (0, 1))[axis]
-    m = np.eye(3)
-    m[i, i] = m[j, j] = np.cos(t)
-    m[i, j], m[j, i] = -np.sin(t), np.sin(t)
-    return m
+    return cv2.Rodrigues(np.eye(3)[axis] * t)[0]
 
 
 def _limb_dirs(flex: np.ndarray, abd: np.ndarray) -> np.ndarray:
@@ -120,15 +123,20 @@ def _body(rng: np.random.Generator, pose: dict[str, Any]) -> tuple[np.ndarray, n
     return pts, normals
 
 
+def _unit(v: np.ndarray) -> np.ndarray:
+    """A 2D direction, safe for zero-length vectors (a limb seen end-on)."""
+    return v / (np.hypot(*v) + 1e-6)
+
+
 def _fx(p: np.ndarray) -> tuple[int, int]:
     """A float pixel point as cv2 fixed-point integers."""
     return int(round(float(p[0]) * _ONE)), int(round(float(p[1]) * _ONE))
 
 
 def _capsule(img: np.ndarray, mask: np.ndarray, a: np.ndarray, b: np.ndarray, t: float,
-             colour: np.ndarray, banded: bool) -> None:
-    """A thick outlined limb (outlines make each part's extent, and so its joints, easy to
-    see); left limbs get four alternating bands, the stable left/right cue."""
+             colour: np.ndarray, banded: bool, ends: tuple[int, int] = (-1, -1)) -> None:
+    """A thick outlined limb (outlines show each part's extent, and so its joints), four
+    alternating bands if `banded`, and pads at the joints `ends` that _MARKS colours."""
     t = max(1, int(round(t)))
     cv2.line(img, _fx(a), _fx(b), tuple(colour * 0.3), t + 2, cv2.LINE_AA, _SHIFT)
     cv2.line(img, _fx(a), _fx(b), tuple(colour), t, cv2.LINE_AA, _SHIFT)
@@ -137,6 +145,9 @@ def _capsule(img: np.ndarray, mask: np.ndarray, a: np.ndarray, b: np.ndarray, t:
     for lo in (0.25, 0.75) if banded else ():
         cv2.line(img, _fx(a + lo * (b - a)), _fx(a + (lo + 0.25) * (b - a)), band, t,
                  cv2.LINE_AA, _SHIFT)
+    for point, joint in zip((a, b), ends):
+        if joint in _MARKS:
+            _disc(img, mask, point, 0.35 * t, _MARKS[joint])
 
 
 def _poly(img: np.ndarray, mask: np.ndarray, pts: np.ndarray, colour: np.ndarray) -> None:
@@ -171,8 +182,7 @@ def _draw_head(img: np.ndarray, mask: np.ndarray, xy: np.ndarray, normals: np.nd
         if shown[j]:
             _disc(img, None, xy[j], size * dot, colour)
     if shown[0] and fwd[2] > 0.3:
-        down = (xy[0] - xy[_HEAD]) / (np.hypot(*(xy[0] - xy[_HEAD])) + 1e-6)
-        _disc(img, None, xy[0] + 0.35 * r * down, dot, (40, 40, 150))
+        _disc(img, None, xy[0] + 0.35 * r * _unit(xy[0] - xy[_HEAD]), dot, (40, 40, 150))
 
 
 def _sample_person(rng: np.random.Generator, img_h: int, img_w: int) -> dict[str, Any]:
@@ -201,7 +211,7 @@ def _sample_person(rng: np.random.Generator, img_h: int, img_w: int) -> dict[str
 
 def _draw_person(img: np.ndarray, mask: np.ndarray, p: dict[str, Any]) -> None:
     """Paint one person onto `img` and its silhouette onto `mask`, far parts first so
-    limbs overlap correctly; a skin V at the neck marks the front of the chest."""
+    limbs overlap correctly; a skin V and a zip mark the front of the chest."""
     xy, z, h, c = p["xy"], p["z"], p["h"], p["colours"]
     tz = float(z[_TORSO:].mean())
     parts = [(tz, _poly, (cv2.convexHull(xy[_TORSO:].astype(np.float32))[:, 0], c["shirt"])),
@@ -213,12 +223,17 @@ def _draw_person(img: np.ndarray, mask: np.ndarray, p: dict[str, Any]) -> None:
         neck, across = xy[_NECK], 0.3 * (xy[5] - xy[6])
         vee = np.stack([neck + across, neck - across, neck + 0.25 * (xy[11:13].mean(0) - neck)])
         parts.append((tz + 1e-4, _poly, (vee, c["skin"])))
+        zip_colour = c["shirt"] * 0.4 + (150 if c["shirt"].mean() < 110 else 0)
+        parts.append((tz + 2e-4, _capsule, (neck, xy[11:13].mean(0), 0.02 * h, zip_colour,
+                                            False)))
     for side in (0, 1):
         for a, b, name, col in _LIMBS:
             a, b = a + side, b + side
             parts.append(((z[a] + z[b]) / 2, _capsule, (xy[a], xy[b], _THICK[name] * h, c[col],
-                                                          side == 0 and name != "foot")))
-        parts.append((z[9 + side] + 1e-3, _disc, (xy[9 + side], _THICK["hand"] * h, c["skin"])))
+                                                          side == 0 and name != "foot", (a, b))))
+        wrist, r = xy[9 + side], _THICK["hand"] * h  # the hand sits beyond the wrist band
+        hand = wrist + 0.8 * r * _unit(wrist - xy[7 + side])
+        parts.append((z[9 + side] - 1e-3, _disc, (hand, r, c["skin"])))
     for _, draw, args in sorted(parts, key=lambda q: q[0]):
         draw(img, mask, *args)
 
