@@ -3,10 +3,11 @@
 Tests, the demo and a training smoke test need data that ships with the code. Each
 person is a small 3D capsule body (COCO-17 joints, human proportions and joint ranges)
 turned to any facing and projected orthographically, so foreshortening, profile and back
-views come for free. Joint pads make joints easy to find; the side comes from facing cues
-(face, neckline and zip only on the front, toes point forward), which survive a flip.
-Left limbs also carry bands (a cue only for training without flip augmentation). People
-are drawn far to near; a joint covered by something drawn later gets v=1. One numpy
+views come for free. Joint pads make joints easy to find. Side comes from facing (face,
+neckline and zip only on the front, toes point forward) and from limb stripes slanted one
+way on the left and the other way on the right: both are mirror-consistent, so they stay
+true under horizontal-flip augmentation (a plain left-only pattern would not). People are
+drawn far to near; a joint covered by something drawn later gets v=1. One numpy
 Generator per image: same seed, same bytes.
 """
 from __future__ import annotations
@@ -134,17 +135,22 @@ def _fx(p: np.ndarray) -> tuple[int, int]:
 
 
 def _capsule(img: np.ndarray, mask: np.ndarray, a: np.ndarray, b: np.ndarray, t: float,
-             colour: np.ndarray, banded: bool, ends: tuple[int, int] = (-1, -1)) -> None:
-    """A thick outlined limb (outlines show each part's extent, and so its joints), four
-    alternating bands if `banded`, and pads at the joints `ends` that _MARKS colours."""
+             colour: np.ndarray, slant: int, ends: tuple[int, int] = (-1, -1)) -> None:
+    """A thick outlined limb (outlines show each part's extent, and so its joints), pads at
+    the joints `ends` that _MARKS colours, and stripes at +45° to the limb axis (slant 1,
+    left limbs) or -45° (slant -1, right): a mirror swaps the two, as it swaps the sides."""
     t = max(1, int(round(t)))
     cv2.line(img, _fx(a), _fx(b), tuple(colour * 0.3), t + 2, cv2.LINE_AA, _SHIFT)
     cv2.line(img, _fx(a), _fx(b), tuple(colour), t, cv2.LINE_AA, _SHIFT)
     cv2.line(mask, _fx(a), _fx(b), 255, t + 2, cv2.LINE_8, _SHIFT)
     band = tuple(colour * 0.4 + (150 if colour.mean() < 110 else 0))  # stands out on colour
-    for lo in (0.25, 0.75) if banded else ():
-        cv2.line(img, _fx(a + lo * (b - a)), _fx(a + (lo + 0.25) * (b - a)), band, t,
-                 cv2.LINE_AA, _SHIFT)
+    u = _unit(b - a)
+    across = 0.45 * t * (u + slant * np.array([-u[1], u[0]]))  # stays inside the capsule
+    k = max(2, int(np.hypot(*(b - a)) / (0.9 * t))) if slant else 0
+    for f in np.arange(1, k) / k:
+        c = a + f * (b - a)
+        cv2.line(img, _fx(c - across), _fx(c + across), band, max(1, t // 4), cv2.LINE_AA,
+                 _SHIFT)
     for point, joint in zip((a, b), ends):
         if joint in _MARKS:
             _disc(img, mask, point, 0.35 * t, _MARKS[joint])
@@ -216,7 +222,7 @@ def _draw_person(img: np.ndarray, mask: np.ndarray, p: dict[str, Any]) -> None:
     tz = float(z[_TORSO:].mean())
     parts = [(tz, _poly, (cv2.convexHull(xy[_TORSO:].astype(np.float32))[:, 0], c["shirt"])),
              (z[_NECK] + 1e-3, _capsule, (xy[_NECK], xy[_HEAD], _THICK["neck"] * h,
-                                          c["skin"], False)),
+                                          c["skin"], 0)),
              (z[_HEAD] + 0.02 * h, _draw_head, (xy, p["normals"], _PROP["head"] * h,
                                                  c["skin"], c["hair"]))]
     if p["normals"][6, 2] > 0.2:
@@ -224,13 +230,13 @@ def _draw_person(img: np.ndarray, mask: np.ndarray, p: dict[str, Any]) -> None:
         vee = np.stack([neck + across, neck - across, neck + 0.25 * (xy[11:13].mean(0) - neck)])
         parts.append((tz + 1e-4, _poly, (vee, c["skin"])))
         zip_colour = c["shirt"] * 0.4 + (150 if c["shirt"].mean() < 110 else 0)
-        parts.append((tz + 2e-4, _capsule, (neck, xy[11:13].mean(0), 0.02 * h, zip_colour,
-                                            False)))
+        parts.append((tz + 2e-4, _capsule, (neck, xy[11:13].mean(0), 0.02 * h, zip_colour, 0)))
     for side in (0, 1):
         for a, b, name, col in _LIMBS:
             a, b = a + side, b + side
             parts.append(((z[a] + z[b]) / 2, _capsule, (xy[a], xy[b], _THICK[name] * h, c[col],
-                                                          side == 0 and name != "foot", (a, b))))
+                                                          (1 - 2 * side) * (name != "foot"),
+                                                          (a, b))))
         wrist, r = xy[9 + side], _THICK["hand"] * h  # the hand sits beyond the wrist band
         hand = wrist + 0.8 * r * _unit(wrist - xy[7 + side])
         parts.append((z[9 + side] - 1e-3, _disc, (hand, r, c["skin"])))
