@@ -35,6 +35,9 @@ class DemoConfig:
     seed: int = 0
     input_hw: tuple[int, int] = (128, 96)
     backbone: str = "resnet18"
+    deconv_channels: int = 128
+    rotation_factor: float = 20.0     # lighter than the paper's 30: a short run fits faster
+    scale_factor: float = 0.25
     epochs: int = 14
     milestones: tuple[int, ...] = (10, 13)
     batch_size: int = 32
@@ -56,8 +59,9 @@ def demo_train_config(cfg: DemoConfig, train_ann: Path, val_ann: Path) -> TrainC
         preset="supervised", out=str(Path(cfg.out) / "run"),
         data=DataConfig(labeled=str(train_ann), images=str(train_ann.parent / "images"),
                         val_ann=str(val_ann), val_images=str(val_ann.parent / "images"),
-                        input_hw=cfg.input_hw, workers=1),
-        model=ModelConfig(backbone=cfg.backbone),
+                        input_hw=cfg.input_hw, workers=0, cache_images=True,
+                        rotation_factor=cfg.rotation_factor, scale_factor=cfg.scale_factor),
+        model=ModelConfig(backbone=cfg.backbone, deconv_channels=cfg.deconv_channels),
         optim=OptimConfig(lr=cfg.lr, epochs=cfg.epochs, milestones=cfg.milestones,
                           batch_size=cfg.batch_size),
         runtime=RuntimeConfig(seed=cfg.seed, val_every=max(1, cfg.epochs // 3)),
@@ -80,7 +84,7 @@ def synth_sets(cfg: DemoConfig) -> tuple[Path, Path]:
 def untrained_ap(tcfg: TrainConfig) -> float:
     """AP of a freshly initialised network: the floor the trained one is compared with."""
     torch.manual_seed(tcfg.runtime.seed)
-    model = build_model(tcfg.model.backbone)
+    model = build_model(tcfg.model.backbone, deconv_channels=tcfg.model.deconv_channels)
     backend = TorchBackend(model, model_metadata(tcfg), device="cpu")
     results = predict_coco(backend, tcfg.data.val_ann, tcfg.data.val_images)
     return evaluate_results(tcfg.data.val_ann, results)["AP"]

@@ -80,7 +80,7 @@ class TopDownDataset(Dataset):
 
     def __init__(self, instances: list[PersonInstance], codec: HeatmapCodec,
                  augment: AffineAugment | None = None, seed: int = 0,
-                 with_targets: bool = True) -> None:
+                 with_targets: bool = True, cache_images: bool = False) -> None:
         self.instances = instances
         self.codec = codec
         self.augment = augment
@@ -91,6 +91,9 @@ class TopDownDataset(Dataset):
         self.flip_perm = flip_permutation(k)
         self.num_joints = k
         self.skipped: set[int] = set()
+        # Decoded images kept in memory (small datasets on few cores: decode once, not
+        # once per epoch). Each DataLoader worker holds its own cache.
+        self.cache: dict[Path, np.ndarray] | None = {} if cache_images else None
 
     def __len__(self) -> int:
         return len(self.instances)
@@ -102,7 +105,7 @@ class TopDownDataset(Dataset):
         for attempt in range(len(self.instances)):
             i = (index + attempt) % len(self.instances)
             try:
-                image = read_image(self.instances[i].image_path)
+                image = self._read(self.instances[i].image_path)
             except ImageError as e:
                 if i not in self.skipped:
                     log.warning("skipped: %s", e)
@@ -110,6 +113,13 @@ class TopDownDataset(Dataset):
                 continue
             return self._make_item(i, image)
         raise ImageError("no readable image in the dataset; check --images")
+
+    def _read(self, path: Path) -> np.ndarray:
+        if self.cache is None:
+            return read_image(path)
+        if path not in self.cache:
+            self.cache[path] = read_image(path)
+        return self.cache[path]
 
     def _make_item(self, index: int, image: np.ndarray) -> dict[str, Any]:
         inst = self.instances[index]

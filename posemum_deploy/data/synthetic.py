@@ -38,7 +38,9 @@ _THICK = dict(upper_arm=0.060, forearm=0.048, thigh=0.085, shin=0.065, neck=0.05
               hand=0.026, foot=0.035)
 _SKIN = np.array([[60, 90, 140], [80, 120, 180], [110, 150, 210], [140, 180, 230],
                   [40, 60, 100], [95, 140, 200]], dtype=np.float64)  # BGR
-_POSES = {"stand": 0.25, "walk": 0.22, "arms": 0.2, "sit": 0.15, "random": 0.18}
+_POSES = {"stand": 0.28, "walk": 0.26, "arms": 0.2, "sit": 0.16, "random": 0.10}
+# Facing: mostly toward the camera, a quarter from behind; side views come from the spread.
+_BACK_FACING = 0.25
 # Extra body points after the 17 COCO joints (torso: the 8 corners of a chest-to-hip box).
 _HEAD, _NECK, _TOES, _TORSO = 17, 18, 19, 21
 # Nose, eyes, ears are drawn and labelled only if their surface normal's z (toward the
@@ -195,9 +197,11 @@ def _sample_person(rng: np.random.Generator, img_h: int, img_w: int) -> dict[str
     """Pose, facing, tilt, size, clothes and a place in the image (sometimes partly out)."""
     pts, normals = _body(rng, _sample_pose(rng))
     u = rng.random()
-    roll = (np.radians(rng.uniform(60, 110)) * rng.choice([-1, 1]) if u < 0.08
+    roll = (np.radians(rng.uniform(60, 110)) * rng.choice([-1, 1]) if u < 0.04
             else np.radians(rng.normal(0, 10)) if u < 0.45 else 0.0)
-    g = _rot(2, roll) @ _rot(1, rng.uniform(-np.pi, np.pi))
+    back = rng.random() < _BACK_FACING
+    yaw = np.radians(rng.normal(180.0 if back else 0.0, 25.0 if back else 40.0))
+    g = _rot(2, roll) @ _rot(1, yaw)
     hpx = rng.uniform(0.3, 0.95) * img_h
     cam, normals = pts @ g.T * hpx, normals @ g.T
     xy = cam[:, :2] * [1.0, -1.0]
@@ -302,7 +306,7 @@ def _render_image(rng: np.random.Generator, h: int, w: int, max_people: int,
     grid = rng.uniform(0, 255, (rng.integers(2, 6), rng.integers(2, 6), 3))
     grid = 0.5 * grid + 0.5 * grid.mean(axis=2, keepdims=True)  # muted, so people stand out
     img = cv2.resize(grid.astype(np.uint8), (w, h), interpolation=cv2.INTER_LINEAR)
-    _clutter(rng, img, None, int(rng.integers(2, 10)))
+    _clutter(rng, img, None, int(rng.integers(2, 7)))
     people = sorted((_sample_person(rng, h, w) for _ in range(rng.integers(1, max_people + 1))),
                     key=lambda p: p["depth"])
     label, masks = np.zeros((h, w), np.uint8), []

@@ -25,6 +25,7 @@ class ModelMetadata:
 
     backbone: str = "resnet18"
     num_joints: int = 17
+    deconv_channels: int = 256
     input_hw: tuple[int, int] = (256, 192)
     heatmap_hw: tuple[int, int] = (64, 48)
     sigma: float = 2.0

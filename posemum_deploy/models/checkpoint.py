@@ -46,7 +46,7 @@ def load_model(path: str | Path, weights: str = "teacher") -> tuple[SimpleBaseli
     key = WEIGHT_KEYS[weights]
     state = ckpt.get(key) or ckpt["model"]
     used = weights if ckpt.get(key) else "student"
-    model = build_model(meta.backbone, meta.num_joints)
+    model = build_model(meta.backbone, meta.num_joints, deconv_channels=meta.deconv_channels)
     model.load_state_dict(state)
     model.eval()
     meta.weights = used

@@ -107,9 +107,14 @@ class SimpleBaseline(nn.Module):
 
 
 def build_model(backbone: str = "resnet18", num_joints: int = 17,
-                pretrained: str | Path | None = None) -> SimpleBaseline:
-    """Create SimpleBaseline-<backbone>, optionally with ImageNet weights from a local file."""
-    model = SimpleBaseline(backbone, num_joints)
+                pretrained: str | Path | None = None,
+                deconv_channels: int = 256) -> SimpleBaseline:
+    """Create SimpleBaseline-<backbone>, optionally with ImageNet weights from a local file.
+
+    `deconv_channels` (paper: 256) sets the head's width; at small inputs the head costs
+    more than the ResNet, so a narrower head is the cheap lever for CPU training.
+    """
+    model = SimpleBaseline(backbone, num_joints, deconv_channels)
     if pretrained:
         model.load_backbone_weights(pretrained)
     return model

@@ -23,6 +23,9 @@ class DataConfig:
     input_hw: tuple[int, int] = (256, 192)
     sigma: float = 2.0
     workers: int = 1
+    cache_images: bool = False        # keep decoded images in memory (small sets)
+    scale_factor: float = 0.25        # "Affine" augmentation (SimpleBaseline recipe)
+    rotation_factor: float = 30.0
 
     @property
     def heatmap_hw(self) -> tuple[int, int]:
@@ -32,6 +35,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "resnet18"
+    deconv_channels: int = 256       # head width (SimpleBaseline: 256)
     pretrained: str | None = None     # local torchvision ImageNet state_dict
 
 

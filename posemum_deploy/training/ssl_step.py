@@ -242,7 +242,8 @@ def _dual_partner(cfg: TrainConfig, model: nn.Module, device: torch.device,
     """A second, differently initialised student with its own Adam (Xie's dual setup)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.runtime.seed + 1)
-        net = build_model(cfg.model.backbone, unwrap(model).num_joints, cfg.model.pretrained)
+        net = build_model(cfg.model.backbone, unwrap(model).num_joints, cfg.model.pretrained,
+                          cfg.model.deconv_channels)
     net.to(device)
     if cfg.runtime.channels_last:
         net.to(memory_format=torch.channels_last)

@@ -63,7 +63,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def model_metadata(cfg: TrainConfig) -> ModelMetadata:
-    return ModelMetadata(backbone=cfg.model.backbone, input_hw=tuple(cfg.data.input_hw),
+    return ModelMetadata(backbone=cfg.model.backbone,
+                         deconv_channels=cfg.model.deconv_channels, input_hw=tuple(cfg.data.input_hw),
                          heatmap_hw=cfg.data.heatmap_hw, sigma=cfg.data.sigma, format="torch")
 
 
@@ -72,7 +73,9 @@ def make_labeled_loader(cfg: TrainConfig, codec: HeatmapCodec,
     """Labeled crops, sharded across ranks under DDP. Workers are not persistent, so each
     pass sees the dataset's current epoch (its augmentation key)."""
     instances = load_instances(cfg.data.labeled, cfg.data.images, cfg.data.labeled_count)
-    dataset = TopDownDataset(instances, codec, AffineAugment(), seed=cfg.runtime.seed)
+    augment = AffineAugment(cfg.data.scale_factor, cfg.data.rotation_factor)
+    dataset = TopDownDataset(instances, codec, augment, seed=cfg.runtime.seed,
+                             cache_images=cfg.data.cache_images)
     if len(dataset) // env.world_size < cfg.optim.batch_size:
         raise ConfigError(f"{cfg.data.labeled}: {len(dataset)} labeled instances is fewer than "
                           f"the batch size {cfg.optim.batch_size} per process; lower --batch-size")
@@ -173,7 +176,8 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
     codec = HeatmapCodec(tuple(cfg.data.input_hw), cfg.data.heatmap_hw, cfg.data.sigma)
     loader = make_labeled_loader(cfg, codec, env)
 
-    model = build_model(cfg.model.backbone, loader.dataset.num_joints, cfg.model.pretrained)
+    model = build_model(cfg.model.backbone, loader.dataset.num_joints, cfg.model.pretrained,
+                        cfg.model.deconv_channels)
     model.to(device)
     if cfg.runtime.channels_last:
         model.to(memory_format=torch.channels_last)
