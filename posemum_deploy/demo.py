@@ -86,7 +86,7 @@ def untrained_ap(tcfg: TrainConfig) -> float:
     torch.manual_seed(tcfg.runtime.seed)
     model = build_model(tcfg.model.backbone, deconv_channels=tcfg.model.deconv_channels)
     backend = TorchBackend(model, model_metadata(tcfg), device="cpu")
-    results = predict_coco(backend, tcfg.data.val_ann, tcfg.data.val_images)
+    results = predict_coco(backend, tcfg.data.val_ann, tcfg.data.val_images, flip=True, dark=True)
     return evaluate_results(tcfg.data.val_ann, results)["AP"]
 
 
@@ -98,8 +98,9 @@ def run_demo(cfg: DemoConfig, callbacks: TrainCallbacks | None = None) -> DemoRe
     floor = untrained_ap(tcfg)
     result = train(tcfg, callbacks)
     best = Path(tcfg.out) / "checkpoints" / "best.pt"
+    # SimpleBaseline test protocol: flip-test averaging; DARK decoding matters at 32×24 maps.
     metrics = evaluate_results(val_ann, predict_coco(best, val_ann, tcfg.data.val_images,
-                                                     backend="torch"))
+                                                     backend="torch", flip=True, dark=True))
     return DemoResult(Path(tcfg.out), floor, metrics["AP"], metrics,
                       time.perf_counter() - start)
 

@@ -26,6 +26,7 @@ def evaluate(
     boxes: Annotated[str, typer.Option(
         "--boxes", help="Person boxes for --model: 'gt' or a COCO detection results json.")] = "gt",
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Flip test (--model).")] = True,
+    dark: Annotated[bool, typer.Option("--dark", help="DARK sub-pixel decoding (--model).")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Crops per batch (--model).")] = 64,
     backend: Annotated[str, typer.Option(
         "--backend", help="Runtime for --model: auto, torch, onnxruntime, tensorrt...")] = "auto",
@@ -43,7 +44,7 @@ def evaluate(
         raise ConfigError("--results-out only applies with --model; --results is already a file")
     if model is not None:
         results = results_out or (json_out.parent if json_out else Path(".")) / "results.json"
-        _predict(model, ann, images or ann.parent, boxes, flip, batch_size, backend, results)
+        _predict(model, ann, images or ann.parent, boxes, flip, batch_size, backend, results, dark)
     stats = evaluate_results(ann, results)
     console = Console()
     console.print(f"scored {results}", highlight=False, soft_wrap=True)
@@ -54,7 +55,7 @@ def evaluate(
 
 
 def _predict(model: Path, ann: Path, images: Path, boxes: str, flip: bool,
-             batch_size: int, backend: str, results_path: Path) -> None:
+             batch_size: int, backend: str, results_path: Path, dark: bool = False) -> None:
     """Run the model over the GT images (rescored, OKS-NMSed) and save a results json."""
     # Lazy: inference pulls in the runtimes, which scoring a results file never needs.
     from posemum_deploy.inference.predict import predict_coco
@@ -63,7 +64,7 @@ def _predict(model: Path, ann: Path, images: Path, boxes: str, flip: bool,
                   TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("predicting (images)", total=None)
         dets = predict_coco(model, ann, images, boxes="gt" if boxes == "gt" else Path(boxes),
-                            flip=flip, batch_size=batch_size, backend=backend,
+                            flip=flip, batch_size=batch_size, backend=backend, dark=dark,
                             progress=lambda n: bar.advance(task, n))
     save_json(dets, results_path)
 

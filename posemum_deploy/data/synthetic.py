@@ -38,9 +38,9 @@ _THICK = dict(upper_arm=0.060, forearm=0.048, thigh=0.085, shin=0.065, neck=0.05
               hand=0.026, foot=0.035)
 _SKIN = np.array([[60, 90, 140], [80, 120, 180], [110, 150, 210], [140, 180, 230],
                   [40, 60, 100], [95, 140, 200]], dtype=np.float64)  # BGR
-_POSES = {"stand": 0.28, "walk": 0.26, "arms": 0.2, "sit": 0.16, "random": 0.10}
+_POSES = {"stand": 0.3, "walk": 0.28, "arms": 0.2, "sit": 0.16, "random": 0.06}
 # Facing: mostly toward the camera, a quarter from behind; side views come from the spread.
-_BACK_FACING = 0.25
+_BACK_FACING = 0.15
 # Extra body points after the 17 COCO joints (torso: the 8 corners of a chest-to-hip box).
 _HEAD, _NECK, _TOES, _TORSO = 17, 18, 19, 21
 # Nose, eyes, ears are drawn and labelled only if their surface normal's z (toward the
@@ -200,7 +200,7 @@ def _sample_person(rng: np.random.Generator, img_h: int, img_w: int) -> dict[str
     roll = (np.radians(rng.uniform(60, 110)) * rng.choice([-1, 1]) if u < 0.04
             else np.radians(rng.normal(0, 10)) if u < 0.45 else 0.0)
     back = rng.random() < _BACK_FACING
-    yaw = np.radians(rng.normal(180.0 if back else 0.0, 25.0 if back else 40.0))
+    yaw = np.radians(rng.normal(180.0 if back else 0.0, 20.0 if back else 30.0))
     g = _rot(2, roll) @ _rot(1, yaw)
     hpx = rng.uniform(0.3, 0.95) * img_h
     cam, normals = pts @ g.T * hpx, normals @ g.T
@@ -314,7 +314,7 @@ def _render_image(rng: np.random.Generator, h: int, w: int, max_people: int,
         masks.append(np.zeros((h, w), np.uint8))
         _draw_person(img, masks[-1], p)
         label[masks[-1] > 0] = rank
-    if rng.random() < 0.2:
+    if rng.random() < 0.12:
         front = np.zeros((h, w), np.uint8)
         _clutter(rng, img, front, int(rng.integers(1, 3)), reach=0.3)
         label[front > 0] = 255

@@ -82,7 +82,8 @@ def predict_with_boxes(estimator: PoseEstimator, coco: dict[str, Any], images_di
 def predict_coco(model: str | Path | Backend, ann_path: str | Path, images_dir: str | Path,
                  boxes: str | Path = "gt", flip: bool = False, batch_size: int = 32,
                  backend: str = "auto", progress: Progress | None = None,
-                 box_score_threshold: float = 0.0, workers: int = 2) -> list[dict[str, Any]]:
+                 box_score_threshold: float = 0.0, workers: int = 2,
+                 dark: bool = False) -> list[dict[str, Any]]:
     """COCO keypoint results (rescored, OKS-NMS 0.9) for the images of `ann_path`.
 
     `boxes` is "gt" (ground-truth person boxes) or the path of a detection results json.
@@ -93,7 +94,7 @@ def predict_coco(model: str | Path | Backend, ann_path: str | Path, images_dir: 
     else:
         table = detection_boxes(boxes, box_score_threshold)
     be = model if isinstance(model, Backend) else load_backend(model, backend)
-    estimator = PoseEstimator(be, batch_size=batch_size, flip=flip)
+    estimator = PoseEstimator(be, batch_size=batch_size, flip=flip, dark=dark)
     raw, skipped = predict_with_boxes(estimator, coco, images_dir, table, workers, progress)
     if skipped:
         log.warning("%d image(s) could not be read and were skipped", skipped)
