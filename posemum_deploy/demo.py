@@ -36,6 +36,8 @@ class DemoConfig:
     input_hw: tuple[int, int] = (128, 96)
     backbone: str = "resnet18"
     deconv_channels: int = 128
+    max_people: int = 3
+    schedule: str = "cosine"
     rotation_factor: float = 20.0     # lighter than the paper's 30: a short run fits faster
     scale_factor: float = 0.25
     epochs: int = 14
@@ -63,6 +65,7 @@ def demo_train_config(cfg: DemoConfig, train_ann: Path, val_ann: Path) -> TrainC
                         rotation_factor=cfg.rotation_factor, scale_factor=cfg.scale_factor),
         model=ModelConfig(backbone=cfg.backbone, deconv_channels=cfg.deconv_channels),
         optim=OptimConfig(lr=cfg.lr, epochs=cfg.epochs, milestones=cfg.milestones,
+                          schedule=cfg.schedule,
                           batch_size=cfg.batch_size),
         runtime=RuntimeConfig(seed=cfg.seed, val_every=max(1, cfg.epochs // 3)),
     )
@@ -76,7 +79,7 @@ def synth_sets(cfg: DemoConfig) -> tuple[Path, Path]:
                           ("val", cfg.val_images, cfg.seed + 10_000)):
         ann = root / name / "annotations.json"
         if not ann.is_file():
-            generate_dataset(root / name, n, seed=seed)
+            generate_dataset(root / name, n, seed=seed, max_people=cfg.max_people)
         made.append(ann)
     return made[0], made[1]
 

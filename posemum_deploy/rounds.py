@@ -36,6 +36,7 @@ class RoundsConfig:
     min_instance_score: float = 0.3
     min_joints: int = 6
     label_batch_size: int = 32
+    retrain_max_steps: int | None = None    # bound each retraining (labeled+pseudo is larger)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def save(self, path: Path) -> None:
@@ -93,10 +94,14 @@ def combine_labeled_and_pseudo(labeled: str | Path, labeled_images: str | Path,
 
 
 def _train_stage(cfg: RoundsConfig, round_dir: Path, labeled: str, images: str,
-                 init_from: str | None) -> dict[str, Any]:
+                 init_from: str | None, max_steps: int | None = None) -> dict[str, Any]:
     from posemum_deploy.training.trainer import train
 
     tcfg = copy.deepcopy(cfg.train)
+    if max_steps:
+        tcfg.optim.max_steps = max_steps
+        epoch_steps = tcfg.optim.steps_per_epoch or max(1, max_steps // tcfg.optim.epochs)
+        tcfg.optim.steps_per_epoch = epoch_steps  # the schedule spans exactly max_steps
     tcfg.out = str(round_dir / "train")
     tcfg.data.labeled, tcfg.data.images = labeled, images
     tcfg.ssl.init_from = init_from
@@ -174,7 +179,7 @@ def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None
                                               cfg.unlabeled, round_dir / "train_combined.json")
         init = teacher if cfg.init == "previous" else None
         teacher = stages.run("train", lambda: _train_stage(
-            cfg, round_dir, str(combined), "/", init))["checkpoint"]
+            cfg, round_dir, str(combined), "/", init, cfg.retrain_max_steps))["checkpoint"]
         mk = stages.run("evaluate", lambda: _evaluate_stage(cfg, teacher, round_dir))
         records.append(RoundRecord(k, teacher, mk["metrics"], merged["annotations"],
                                    merged["images"]))

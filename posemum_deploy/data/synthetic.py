@@ -184,7 +184,8 @@ def _draw_head(img: np.ndarray, mask: np.ndarray, xy: np.ndarray, normals: np.nd
     _disc(img, mask, xy[_HEAD], r, hair)
     if fwd[2] > -0.35:
         _disc(img, None, xy[_HEAD] + 0.32 * r * fwd[:2] * [1, -1], 0.8 * r, skin)
-    dot, shown = max(1.0, 0.18 * r), nz[:5] > _FACE_MIN_Z
+    # Face marks big enough to be seen in a 128x96 crop of a small person.
+    dot, shown = max(1.5, 0.26 * r), nz[:5] > _FACE_MIN_Z
     for j, size, colour in ((1, 1.0, (25, 20, 20)), (2, 1.0, (25, 20, 20)), (0, 1.3, skin * 0.6),
                             (3, 1.6, skin * 0.85), (4, 1.6, skin * 0.85)):
         if shown[j]:

@@ -47,6 +47,7 @@ class OptimConfig:
     epochs: int = 30
     milestones: tuple[int, ...] = (20, 25)
     gamma: float = 0.1
+    schedule: str = "step"            # step (paper) | cosine
     batch_size: int = 32
     steps_per_epoch: int | None = None  # None: one pass over the labeled set
     max_steps: int | None = None        # stop early (smoke runs, benchmarks)

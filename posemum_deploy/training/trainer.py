@@ -109,6 +109,17 @@ def epoch_length(cfg: TrainConfig, loader: DataLoader, step_fn) -> int:
     return len(loader)
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    """Per-epoch LR schedule: the paper's steps (×gamma at milestones) or cosine to 0,
+    which converges faster when the whole budget is a few minutes (the demo)."""
+    if cfg.optim.schedule == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.optim.milestones),
+                                                    cfg.optim.gamma)
+    if cfg.optim.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.optim.epochs)
+    raise ConfigError(f"schedule must be 'step' or 'cosine', got {cfg.optim.schedule!r}")
+
+
 def validate(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
     """COCO keypoint AP on the val set with GT boxes (the model is put back in train mode)."""
     from posemum_deploy.evaluation.coco_eval import evaluate_results
@@ -187,8 +198,7 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
         model.load_state_dict(read_checkpoint(cfg.ssl.init_from)["model"])
     student = ddp.wrap_model(model, env, device)  # DDP under torchrun, else `model`
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.optim.milestones),
-                                                     cfg.optim.gamma)
+    scheduler = make_scheduler(optimizer, cfg)
     step_fn = build_step(cfg, student, optimizer, device, amp)
     steps_per_epoch = epoch_length(cfg, loader, step_fn)
     total = cfg.optim.epochs * steps_per_epoch
@@ -250,7 +260,9 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
             payload = _checkpoint(cfg, model, step_fn, optimizer, scheduler, epoch, step,
                                   max(best_ap, last_metrics.get("AP", -1.0)), last_metrics)
             save_checkpoint(ckpt_dir / "last.pt", payload)
-            if last_metrics.get("AP", -1.0) > best_ap or not (ckpt_dir / "best.pt").exists():
+            # Without validation there is no "best": best.pt follows the latest weights.
+            unscored = "AP" not in last_metrics
+            if unscored or last_metrics["AP"] > best_ap or not (ckpt_dir / "best.pt").exists():
                 best_ap = max(best_ap, last_metrics.get("AP", -1.0))
                 save_checkpoint(ckpt_dir / "best.pt", payload)
     ddp.shutdown(env)

@@ -108,7 +108,7 @@ def test_model_mode_wiring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert (model, ann, images) == (Path("w.pt"), COCO_MINI, COCO_MINI.parent)
     progress = kw.pop("progress")
     progress(3)  # the CLI's progress callback advances by a number of images
-    assert kw == {"boxes": dets, "flip": False, "batch_size": 8, "backend": "torch"}
+    assert kw == {"boxes": dets, "flip": False, "dark": False, "batch_size": 8, "backend": "torch"}
     metrics = json.loads(out.read_text())
     assert metrics["results_file"] == str(out.parent / "results.json")
     assert json.loads((out.parent / "results.json").read_text()) == _gt_as_results()

@@ -72,3 +72,12 @@ def test_batch_larger_than_dataset_is_a_clear_error(synthetic_small, tmp_path):
     cfg.optim.batch_size = 100000
     with pytest.raises(ConfigError, match="lower --batch-size"):
         train(cfg)
+
+
+def test_without_validation_best_follows_last(synthetic_small, tmp_path):
+    cfg = _cfg(synthetic_small, tmp_path / "run", steps_per_epoch=1)
+    cfg.runtime.val_every = 0
+    cfg.data.val_ann = None
+    train(cfg)
+    best = torch.load(tmp_path / "run/checkpoints/best.pt", weights_only=True)
+    assert best["epoch"] == 1 and best["step"] == 2
