@@ -2,14 +2,15 @@
 
 A small labeled split, a large unlabeled folder (person boxes from its json, labels
 ignored, as Xie et al. use COCO's person boxes) and a val set. Round 0 trains the
-supervised teacher; each round exports it, labels the folder, keeps confident joints,
-retrains (warm start) on labeled + pseudo-labeled crops and evaluates.
+supervised teacher; each round exports it, labels the folder with flip test, keeps
+joints scoring ≥ 0.5, retrains (warm start) on labeled + pseudo-labeled crops (labeled
+persons repeated to a 1:1 mix) and evaluates.
 
     python benchmarks/rounds_synthetic.py --out runs/rounds_bench        # ~15 min on 2 cores
 Equivalent CLI (after making the data with `posemum synth`):
     posemum rounds --labeled L/annotations.json --images L/images --unlabeled U/images \
       --boxes gt:U/annotations.json --val-ann V/annotations.json --val-images V/images \
-      --rounds 1 --input-size 128x96 --batch-size 16 --epochs E --out RUN
+      --rounds 1 --input-size 128x96 --batch-size 16 --epochs 40 --retrain-max-steps 700 --out RUN
 """
 from __future__ import annotations
 

@@ -5,6 +5,9 @@ PosemumError; the CLI turns these into one-line messages that name the file and 
 """
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class PosemumError(Exception):
     """A user-facing error whose message names the input and what to do about it."""
@@ -28,3 +31,15 @@ class BackendUnavailableError(PosemumError, RuntimeError):
 
 class ArtifactError(PosemumError, ValueError):
     """A checkpoint, ONNX file, engine or sidecar that is missing, stale or mismatched."""
+
+
+def import_optional(module: str, install_hint: str) -> ModuleType:
+    """Import an optional runtime, or raise BackendUnavailableError saying how to get it.
+
+    Runtimes (onnxruntime, TensorRT, OpenVINO) are extras: a missing one must be a
+    one-line error with the install command, never an ImportError traceback.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise BackendUnavailableError(install_hint) from e

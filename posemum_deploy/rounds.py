@@ -32,10 +32,12 @@ class RoundsConfig:
     backend: str = "auto"                   # labeling backend (onnx export unless torch)
     init: str = "previous"                  # previous | scratch: how each retraining starts
     initial_checkpoint: str | None = None   # round 0 teacher; None trains one on labeled data
-    min_joint_score: float = 0.3
+    min_joint_score: float = 0.5            # pseudo joints below this are not trained on
     min_instance_score: float = 0.3
     min_joints: int = 6
     label_batch_size: int = 32
+    label_flip: bool = True                 # the teacher labels with flip test (better pseudo-labels)
+    labeled_repeat: int | None = None       # None: repeat labeled persons to match the pseudo count
     retrain_max_steps: int | None = None    # bound each retraining (labeled+pseudo is larger)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -75,20 +77,30 @@ class StageLog:
 
 def combine_labeled_and_pseudo(labeled: str | Path, labeled_images: str | Path,
                                pseudo: str | Path, pseudo_images: str | Path,
-                               out: str | Path) -> Path:
+                               out: str | Path, labeled_repeat: int | None = 1) -> Path:
     """One training json holding both sets; file_names become absolute paths so each
-    set keeps its own image folder (the dataset joins folder / file_name)."""
+    set keeps its own image folder (the dataset joins folder / file_name).
+
+    A small labeled split drowns in a large pseudo-labeled one: each labeled person is
+    listed `labeled_repeat` times (None: as often as makes the two sets about equal,
+    the 1:1 mix the semi-supervised trainer draws per step), so clean labels keep
+    their weight in every epoch.
+    """
     parts = [(load_coco_keypoints(labeled), Path(labeled_images)),
              (load_coco_keypoints(pseudo, require_persons=False), Path(pseudo_images))]
+    if labeled_repeat is None:
+        n_labeled = max(1, len(parts[0][0]["annotations"]))
+        labeled_repeat = max(1, round(len(parts[1][0]["annotations"]) / n_labeled))
     images, anns = [], []
-    for coco, folder in parts:
+    for (coco, folder), repeat in zip(parts, (labeled_repeat, 1)):
         id_map = {}
         for im in coco["images"]:
             id_map[im["id"]] = len(images) + 1
             images.append({**im, "id": id_map[im["id"]],
                            "file_name": str((folder / im["file_name"]).resolve())})
-        for ann in coco["annotations"]:
-            anns.append({**ann, "id": len(anns) + 1, "image_id": id_map[ann["image_id"]]})
+        for _ in range(repeat):
+            for ann in coco["annotations"]:
+                anns.append({**ann, "id": len(anns) + 1, "image_id": id_map[ann["image_id"]]})
     return save_json({"images": images, "annotations": anns,
                       "categories": [person_category()]}, out)
 
@@ -138,7 +150,7 @@ def _label_stages(cfg: RoundsConfig, log_: StageLog, round_dir: Path, teacher: s
         return {"artifact": str(out)}
 
     artifact = log_.run("export", export)["artifact"]
-    settings = LabelSettings(boxes=cfg.boxes)
+    settings = LabelSettings(boxes=cfg.boxes, flip=cfg.label_flip)
     backend = "torch" if artifact.endswith(".pt") else cfg.backend
     log_.run("label", lambda: asdict(label_folder(
         artifact, cfg.unlabeled, round_dir / "labels", settings, backend=backend,
@@ -176,7 +188,8 @@ def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None
         stages = StageLog(round_dir)
         merged = _label_stages(cfg, stages, round_dir, teacher)
         combined = combine_labeled_and_pseudo(data.labeled, data.images, round_dir / "pseudo.json",
-                                              cfg.unlabeled, round_dir / "train_combined.json")
+                                              cfg.unlabeled, round_dir / "train_combined.json",
+                                              cfg.labeled_repeat)
         init = teacher if cfg.init == "previous" else None
         teacher = stages.run("train", lambda: _train_stage(
             cfg, round_dir, str(combined), "/", init, cfg.retrain_max_steps))["checkpoint"]

@@ -70,3 +70,31 @@ def test_rounds_killed_between_stages_resume_and_reuse(synthetic_small, tmp_path
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert (out / "rounds.png").stat().st_size > 1000
     assert "round 2: val AP" in done.stderr + done.stdout
+
+
+def _coco(n_images, persons_per_image):
+    images = [{"id": i + 1, "file_name": f"{i:03d}.jpg", "width": 64, "height": 64}
+              for i in range(n_images)]
+    anns = [{"id": i * persons_per_image + j + 1, "image_id": i + 1,
+             "category_id": 1, "bbox": [1, 1, 10, 20], "area": 200.0, "iscrowd": 0,
+             "num_keypoints": 17, "keypoints": [5, 5, 2] * 17}
+            for i in range(n_images) for j in range(persons_per_image)]
+    return {"images": images, "annotations": anns,
+            "categories": [{"id": 1, "name": "person"}]}
+
+
+@pytest.mark.parametrize("repeat, expected_labeled", [(1, 2), (3, 6), (None, 6)])
+def test_combined_set_repeats_labeled_persons(tmp_path, repeat, expected_labeled):
+    from posemum_deploy.rounds import combine_labeled_and_pseudo
+
+    (tmp_path / "l.json").write_text(json.dumps(_coco(2, 1)))   # 2 labeled persons
+    (tmp_path / "p.json").write_text(json.dumps(_coco(3, 2)))   # 6 pseudo-labeled persons
+    out = combine_labeled_and_pseudo(tmp_path / "l.json", tmp_path / "li", tmp_path / "p.json",
+                                     tmp_path / "pi", tmp_path / "c.json", labeled_repeat=repeat)
+    coco = json.loads(out.read_text())
+    labeled_ids = {im["id"] for im in coco["images"] if "/li/" in im["file_name"]}
+    n_labeled = sum(a["image_id"] in labeled_ids for a in coco["annotations"])
+    assert n_labeled == expected_labeled
+    assert len(coco["annotations"]) == expected_labeled + 6
+    assert len({a["id"] for a in coco["annotations"]}) == len(coco["annotations"])
+    assert len(coco["images"]) == 5

@@ -23,9 +23,16 @@ def rounds(
     init: str = typer.Option("previous", "--init", help="previous | scratch"),
     initial_checkpoint: Optional[Path] = typer.Option(None, "--initial-checkpoint",
                                                       help="round-0 teacher (else trained)"),
-    min_joint_score: float = typer.Option(0.3, "--min-joint-score"),
+    min_joint_score: float = typer.Option(0.5, "--min-joint-score"),
     min_instance_score: float = typer.Option(0.3, "--min-instance-score"),
     min_joints: int = typer.Option(6, "--min-joints"),
+    label_flip: bool = typer.Option(True, "--label-flip/--no-label-flip",
+                                    help="the teacher labels with flip test"),
+    labeled_repeat: Optional[int] = typer.Option(
+        None, "--labeled-repeat", help="list each labeled person N times in retraining "
+        "(default: as often as makes labeled ≈ pseudo-labeled)"),
+    retrain_max_steps: Optional[int] = typer.Option(
+        None, "--retrain-max-steps", help="bound each retraining (the schedule spans it)"),
     backbone: str = typer.Option("resnet18", "--backbone"),
     input_size: str = typer.Option("256x192", "--input-size"),
     epochs: int = typer.Option(30, "--epochs"),
@@ -51,7 +58,9 @@ def rounds(
                        backend=backend, init=init,
                        initial_checkpoint=str(initial_checkpoint) if initial_checkpoint else None,
                        min_joint_score=min_joint_score, min_instance_score=min_instance_score,
-                       min_joints=min_joints, train=tcfg)
+                       min_joints=min_joints, label_flip=label_flip,
+                       labeled_repeat=labeled_repeat, retrain_max_steps=retrain_max_steps,
+                       train=tcfg)
     show_rounds(run_rounds(cfg, on_round=_announce), out)
 
 

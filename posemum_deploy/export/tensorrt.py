@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from posemum_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError
+from posemum_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError, import_optional
 from posemum_deploy.export.formats import ExportOptions, ExportResult, tool_versions
 from posemum_deploy.export.metadata import ModelMetadata, sha256_file, sidecar_path
 
@@ -94,12 +94,8 @@ def cache_dir(options: ExportOptions) -> Path:
 
 
 def import_tensorrt() -> Any:
-    try:
-        import tensorrt
-    except ImportError as e:
-        raise BackendUnavailableError("TensorRT is not installed; pip install 'posemum[gpu,trt]' "
-                                      "on a machine with an NVIDIA GPU (see `posemum doctor`)") from e
-    return tensorrt
+    return import_optional("tensorrt", "TensorRT is not installed; pip install 'posemum[gpu,trt]' "
+                           "on a machine with an NVIDIA GPU (see `posemum doctor`)")
 
 
 def current_gpu() -> tuple[str, str]:

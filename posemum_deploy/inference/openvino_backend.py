@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from posemum_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError
+from posemum_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError, import_optional
 from posemum_deploy.export.metadata import ModelMetadata, sha256_file, sidecar_path
 
 log = logging.getLogger(__name__)
@@ -32,12 +32,8 @@ Callback = Callable[[np.ndarray, Any], None]
 
 
 def require_openvino():
-    try:
-        import openvino
-    except ImportError as e:
-        raise BackendUnavailableError("OpenVINO is not installed; pip install 'posemum[cpu]' "
-                                      "(or `pip install openvino`)") from e
-    return openvino
+    return import_optional("openvino", "OpenVINO is not installed; pip install 'posemum[cpu]' "
+                           "(or `pip install openvino`)")
 
 
 def cpu_precisions() -> tuple[str, ...]:

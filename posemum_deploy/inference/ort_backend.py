@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from posemum_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError
+from posemum_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError, import_optional
 from posemum_deploy.export.formats import read_sidecar
 from posemum_deploy.export.metadata import ModelMetadata
 
@@ -31,12 +31,8 @@ INSTALL_HINT = {"CUDAExecutionProvider": "pip install 'posemum[gpu]' (onnxruntim
 
 
 def _ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise BackendUnavailableError("onnxruntime is not installed; pip install 'posemum[cpu]' "
-                                      "(CPU) or 'posemum[gpu]' (CUDA), never both") from e
-    return onnxruntime
+    return import_optional("onnxruntime", "onnxruntime is not installed; pip install "
+                           "'posemum[cpu]' (CPU) or 'posemum[gpu]' (CUDA), never both")
 
 
 def resolve_providers(providers: Sequence[str] | None, device: str, available: Sequence[str]

@@ -32,7 +32,7 @@ def test_step_overhead_runs_both_presets_on_the_same_batch():
 def test_ssl_synthetic_shares_one_config_across_presets(tmp_path):
     bench = _load("ssl_synthetic")
     args = argparse.Namespace(labeled=64, input=(64, 64), tiles=(2, 2), batch=8, workers=0,
-                              steps=5, device="cpu")
+                              steps=5, device="cpu", deconv_channels=128, lr=1e-3)
     cfgs = {p: bench.shared_config(args, p, 0, tmp_path / p, tmp_path / "a.json",
                                    tmp_path / "v.json") for p in bench.COMPARED}
     for cfg in cfgs.values():
