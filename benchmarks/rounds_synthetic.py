@@ -54,6 +54,7 @@ def main() -> None:
     p.add_argument("--retrain-steps", type=int, default=700)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--backend", default="auto")
+    p.add_argument("--min-joint-score", type=float, default=0.5)
     args = p.parse_args()
     out = Path(args.out)
     t0 = time.perf_counter()
@@ -73,7 +74,8 @@ def main() -> None:
                           batch_size=16),
         runtime=RuntimeConfig(val_every=0))
     cfg = RoundsConfig(out=str(out / "run"), unlabeled=str(unl.parent / "images"),
-                       rounds=args.rounds, boxes=f"gt:{unl}", backend=args.backend, train=tcfg)
+                       rounds=args.rounds, boxes=f"gt:{unl}", backend=args.backend, train=tcfg,
+                       min_joint_score=args.min_joint_score)
     # Retraining passes see far more crops per epoch: bound them by steps instead.
     cfg.retrain_max_steps = args.retrain_steps
     records = run_rounds(cfg)
