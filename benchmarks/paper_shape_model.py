@@ -19,21 +19,14 @@ from pathlib import Path
 import torch
 
 from posemum_deploy.demo import DemoConfig, demo_train_config, synth_sets
+from posemum_deploy.models.simple_baseline import TORCHVISION_TO_STAGES, rename_prefixes
 from posemum_deploy.training.trainer import train
-
-# SimpleBaseline.stages.* ↔ torchvision ResNet names (the inverse of load_backbone_weights)
-TO_TORCHVISION = {"stages.0.0.": "conv1.", "stages.0.1.": "bn1.",
-                  **{f"stages.{i}.": f"layer{i}." for i in range(1, 5)}}
 
 
 def backbone_state(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's ResNet under torchvision names (what `pretrained` loads)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
-    out = {}
-    for key, value in state.items():
-        for src, dst in TO_TORCHVISION.items():
-            if key.startswith(src):
-                out[dst + key[len(src):]] = value
-    return out
+    return rename_prefixes(state, {v: k for k, v in TORCHVISION_TO_STAGES.items()})
 
 
 def main() -> None:

@@ -20,27 +20,18 @@ import time
 from pathlib import Path
 
 from posemum_deploy.data.synthetic import generate_dataset
-from posemum_deploy.evaluation.coco_eval import evaluate_results
-from posemum_deploy.inference.predict import predict_coco
-from posemum_deploy.rounds import RoundsConfig, run_rounds
+from posemum_deploy.rounds import RoundsConfig, evaluate_stage, run_rounds, train_stage
 from posemum_deploy.training.config import (DataConfig, ModelConfig, OptimConfig, RuntimeConfig,
                                             TrainConfig)
-from posemum_deploy.training.trainer import train
 
 
 def labeled_only_control(cfg: RoundsConfig, teacher: str, steps: int, out: Path) -> float:
-    """Round 0 trained `steps` more on the labeled set alone, with round 1's schedule: the
-    AP that extra steps buy without pseudo-labels (what round 1 must beat to matter)."""
-    tcfg = TrainConfig.from_dict(cfg.train.to_dict())
-    tcfg.out, tcfg.ssl.init_from = str(out), teacher
-    tcfg.optim.max_steps = steps
-    tcfg.optim.steps_per_epoch = max(1, steps // tcfg.optim.epochs)
-    ckpt = Path(out) / "checkpoints" / "best.pt"
-    if not ckpt.is_file():
-        train(tcfg)
-    data = tcfg.data
-    return evaluate_results(data.val_ann, predict_coco(str(ckpt), data.val_ann, data.val_images,
-                                                       backend="torch"))["AP"]
+    """Round 0 trained `steps` more on the labeled set alone, through the rounds' own train
+    and evaluate stages (round 1's schedule): the AP that extra steps buy without
+    pseudo-labels, i.e. what round 1 must beat to matter."""
+    data = cfg.train.data
+    ckpt = train_stage(cfg, out, data.labeled, data.images, teacher, steps)["checkpoint"]
+    return evaluate_stage(cfg, ckpt, out)["metrics"]["AP"]
 
 
 def main() -> None:

@@ -105,8 +105,10 @@ def combine_labeled_and_pseudo(labeled: str | Path, labeled_images: str | Path,
                       "categories": [person_category()]}, out)
 
 
-def _train_stage(cfg: RoundsConfig, round_dir: Path, labeled: str, images: str,
-                 init_from: str | None, max_steps: int | None = None) -> dict[str, Any]:
+def train_stage(cfg: RoundsConfig, round_dir: Path, labeled: str, images: str,
+                init_from: str | None, max_steps: int | None = None) -> dict[str, Any]:
+    """Train cfg.train on `labeled` into round_dir/train (resuming a killed run there),
+    starting from `init_from`; `max_steps` bounds it and the schedule is fitted to it."""
     from posemum_deploy.training.trainer import train
 
     tcfg = copy.deepcopy(cfg.train)
@@ -122,7 +124,8 @@ def _train_stage(cfg: RoundsConfig, round_dir: Path, labeled: str, images: str,
     return {"checkpoint": str(result.out_dir / "checkpoints" / "best.pt"), "steps": result.steps}
 
 
-def _evaluate_stage(cfg: RoundsConfig, checkpoint: str, round_dir: Path) -> dict[str, Any]:
+def evaluate_stage(cfg: RoundsConfig, checkpoint: str, round_dir: Path) -> dict[str, Any]:
+    """Val AP of `checkpoint` (GT boxes); results and metrics are saved in round_dir."""
     from posemum_deploy.evaluation.coco_eval import evaluate_results
     from posemum_deploy.inference.predict import predict_coco
 
@@ -177,9 +180,9 @@ def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None
     if cfg.initial_checkpoint:
         teacher = cfg.initial_checkpoint
     else:
-        teacher = log0.run("train", lambda: _train_stage(cfg, out / "round_0", data.labeled,
-                                                         data.images, None))["checkpoint"]
-    m0 = log0.run("evaluate", lambda: _evaluate_stage(cfg, teacher, out / "round_0"))
+        teacher = log0.run("train", lambda: train_stage(cfg, out / "round_0", data.labeled,
+                                                        data.images, None))["checkpoint"]
+    m0 = log0.run("evaluate", lambda: evaluate_stage(cfg, teacher, out / "round_0"))
     records.append(RoundRecord(0, teacher, m0["metrics"]))
     if on_round:
         on_round(records[-1])
@@ -191,9 +194,9 @@ def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None
                                               cfg.unlabeled, round_dir / "train_combined.json",
                                               cfg.labeled_repeat)
         init = teacher if cfg.init == "previous" else None
-        teacher = stages.run("train", lambda: _train_stage(
+        teacher = stages.run("train", lambda: train_stage(
             cfg, round_dir, str(combined), "/", init, cfg.retrain_max_steps))["checkpoint"]
-        mk = stages.run("evaluate", lambda: _evaluate_stage(cfg, teacher, round_dir))
+        mk = stages.run("evaluate", lambda: evaluate_stage(cfg, teacher, round_dir))
         records.append(RoundRecord(k, teacher, mk["metrics"], merged["annotations"],
                                    merged["images"]))
         if on_round:

@@ -23,6 +23,19 @@ _RESNETS: dict[str, Callable[..., resnet.ResNet]] = {
 BACKBONES: tuple[str, ...] = tuple(_RESNETS)
 # Called after each stage (and after the head, name "head"); returns the tensor to go on with.
 StageHook = Callable[[str, Tensor], Tensor]
+# torchvision ResNet parameter names → SimpleBaseline's `stages` (stem = conv1 + bn1).
+TORCHVISION_TO_STAGES: dict[str, str] = {"conv1.": "stages.0.0.", "bn1.": "stages.0.1.",
+                                         **{f"layer{i}.": f"stages.{i}." for i in range(1, 5)}}
+
+
+def rename_prefixes(state: dict[str, Tensor], mapping: dict[str, str]) -> dict[str, Tensor]:
+    """The entries of `state` whose key starts with a prefix in `mapping`, renamed."""
+    out = {}
+    for key, value in state.items():
+        for src, dst in mapping.items():
+            if key.startswith(src):
+                out[dst + key[len(src):]] = value
+    return out
 
 
 class SimpleBaseline(nn.Module):
@@ -89,13 +102,7 @@ class SimpleBaseline(nn.Module):
         state = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
-        mapping = {"conv1.": "stages.0.0.", "bn1.": "stages.0.1."}
-        mapping.update({f"layer{i}.": f"stages.{i}." for i in range(1, 5)})
-        own = {}
-        for key, value in state.items():
-            for src, dst in mapping.items():
-                if key.startswith(src):
-                    own[dst + key[len(src):]] = value
+        own = rename_prefixes(state, TORCHVISION_TO_STAGES)
         expected = {k: v.shape for k, v in self.state_dict().items() if k.startswith("stages.")}
         missing_backbone = [k for k, shape in expected.items()
                             if k not in own or own[k].shape != shape]
