@@ -52,7 +52,7 @@ def label(
     box_score: Annotated[float, typer.Option("--box-score", help="Minimum person box score.")] = 0.0,
     max_people: Annotated[int, typer.Option("--max-people", min=1, help="People per image, best first.")] = 20,
     backend: Annotated[str, typer.Option(
-        "--backend", help="auto | torch | onnxruntime | tensorrt | openvino")] = "auto",
+        "--backend", help="auto | torch | torch-fast | onnxruntime | tensorrt | openvino")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Crops per inference call.")] = 64,
     workers: Annotated[Optional[int], typer.Option(
         "--workers", min=1, help="Decode threads (local) or threads per actor (ray).",
@@ -61,6 +61,9 @@ def label(
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Flip test (2x the compute).")] = False,
     oks_nms: Annotated[float, typer.Option(
         "--oks-nms", min=0.0, max=1.0, help="Per-image OKS-NMS threshold; 0 turns it off.")] = 0.9,
+    decode: Annotated[str, typer.Option(
+        "--decode", help="host: CPU threads decode and crop | device: nvjpeg decode and "
+        "grid_sample crops on the model's GPU (gt:/det:/full boxes)")] = "host",
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in --out.")] = False,
     engine: Annotated[str, typer.Option("--engine", help="local | ray (RAY_ADDRESS for a cluster)")] = "local",
     ray_actors: Annotated[Optional[int], typer.Option(
@@ -72,7 +75,7 @@ def label(
 
     settings = LabelSettings(boxes=boxes, boxes_ann=str(boxes_ann) if boxes_ann else None,
                              box_score_threshold=box_score, max_people=max_people, flip=flip,
-                             oks_nms=oks_nms or None, shard_size=shard_size)
+                             oks_nms=oks_nms or None, shard_size=shard_size, decode=decode)
     progress = RichLabelProgress()
     with progress.bar:
         summary = label_folder(model, images_dir, out, settings, backend=backend,

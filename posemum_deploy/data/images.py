@@ -18,7 +18,10 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".w
 MAX_PIXELS = 200_000_000
 
 
-def _check_jpeg_complete(data: bytes, path: Path) -> None:
+def check_image_bytes(data: bytes, path: str | Path = "<bytes>") -> None:
+    """Refuse what no decoder should be handed: empty files and truncated JPEGs."""
+    if len(data) == 0:
+        raise ImageError(f"{path}: empty file (0 bytes); re-copy or drop the file")
     if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:]:
         raise ImageError(f"{path}: truncated JPEG (no end-of-image marker); re-copy or drop the file")
 
@@ -30,9 +33,7 @@ def decode_image(data: bytes, path: str | Path = "<bytes>") -> np.ndarray:
     scales 16-bit samples to 8 bits, which is what a pose network wants.
     """
     path = Path(path)
-    if len(data) == 0:
-        raise ImageError(f"{path}: empty file (0 bytes); re-copy or drop the file")
-    _check_jpeg_complete(data, path)
+    check_image_bytes(data, path)
     buf = np.frombuffer(data, dtype=np.uint8)
     image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if image is None:
@@ -46,15 +47,19 @@ def decode_image(data: bytes, path: str | Path = "<bytes>") -> np.ndarray:
 
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as RGB uint8 [H, W, 3]; ImageError names the file and the fix."""
+    return decode_image(read_image_bytes(path), path)
+
+
+def read_image_bytes(path: str | Path) -> bytes:
+    """The encoded bytes of an image file; ImageError names the file and the fix."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError as e:
         raise ImageError(f"{path}: image file not found; check --images points at the "
                          "folder the annotations refer to") from e
     except (IsADirectoryError, PermissionError, OSError) as e:
         raise ImageError(f"{path}: cannot read ({e.strerror or e}); check permissions") from e
-    return decode_image(data, path)
 
 
 def list_images(root: str | Path) -> list[Path]:

@@ -30,6 +30,7 @@ class Backend(Protocol):
 # kind -> (module, class); modules are imported only when that kind is used.
 BACKENDS: dict[str, tuple[str, str]] = {
     "torch": ("posemum_deploy.inference.torch_backend", "TorchBackend"),
+    "torch-fast": ("posemum_deploy.inference.fast_torch", "FastTorchBackend"),
     "onnxruntime": ("posemum_deploy.inference.ort_backend", "OrtBackend"),
     "tensorrt": ("posemum_deploy.inference.trt_backend", "TrtBackend"),
     "openvino": ("posemum_deploy.inference.openvino_backend", "OpenVinoBackend"),

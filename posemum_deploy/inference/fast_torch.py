@@ -39,7 +39,7 @@ class FastTorchBackend(TorchBackend):
 
     def __init__(self, model: str | Path | nn.Module, metadata: ModelMetadata | None = None,
                  device: str | None = "auto", precision: str = "fp16", batch_size: int = 32,
-                 cuda_graphs: bool = True, compile: bool = False,
+                 cuda_graphs: bool = True, compile: bool = False, compile_mode: str = "default",
                  calibration: np.ndarray | None = None, weights: str = "teacher") -> None:
         super().__init__(model, metadata, device=device, precision="fp32", channels_last=True,
                          weights=weights)
@@ -58,7 +58,11 @@ class FastTorchBackend(TorchBackend):
         self.dtype = PRECISIONS[precision]
         self.model = self.model.to(self.dtype)
         self.metadata.precision = precision
-        self.forward = torch.compile(self.model, mode="max-autotune-no-cudagraphs") \
+        # Our own CUDA graphs wrap the compiled model, so never let inductor add its own
+        # ("reduce-overhead"); "max-autotune-no-cudagraphs" autotunes for minutes.
+        if compile_mode not in ("default", "max-autotune-no-cudagraphs"):
+            raise ConfigError("compile_mode: use 'default' or 'max-autotune-no-cudagraphs'")
+        self.forward = torch.compile(self.model, mode=compile_mode, dynamic=False) \
             if compile else self.model
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from itertools import groupby
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 from posemum_deploy.data.images import list_images
 from posemum_deploy.errors import ConfigError
@@ -24,11 +24,13 @@ from posemum_deploy.export.metadata import sha256_file
 from posemum_deploy.inference.backends import Backend, load_backend
 from posemum_deploy.inference.pipeline import PoseEstimator
 from posemum_deploy.label.boxes import BoxSource, parse_box_source
-from posemum_deploy.label.shard import ShardLabeler, StageTimes, prefetch, prepare_image
+from posemum_deploy.label.shard import (Prepared, ShardLabeler, StageTimes, prefetch,
+                                         prepare_image)
 from posemum_deploy.label.writer import ShardStore
 
 log = logging.getLogger(__name__)
 ENGINES = ("local", "ray")
+DECODERS = ("host", "device")
 
 
 @dataclass
@@ -43,6 +45,7 @@ class LabelSettings:
     dark: bool = False
     oks_nms: float | None = 0.9
     shard_size: int = 1000
+    decode: str = "host"  # "device": nvjpeg decode + grid_sample crops on the model's device
 
 
 @dataclass
@@ -119,14 +122,25 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
     settings = settings or LabelSettings()
     if engine not in ENGINES:
         raise ConfigError(f"--engine {engine!r}: choose {' or '.join(ENGINES)}")
+    if settings.decode not in DECODERS:
+        raise ConfigError(f"--decode {settings.decode!r}: choose {' or '.join(DECODERS)}")
+    if settings.decode == "device" and engine != "local":
+        raise ConfigError("--decode device runs with --engine local (one process per GPU)")
     root, model = Path(images_dir), Path(model)
     files = [p.relative_to(root).as_posix() for p in list_images(root)]
     boxes = parse_box_source(settings.boxes, settings.box_score_threshold,
                              settings.max_people, settings.boxes_ann)
+    if settings.decode == "device":
+        from posemum_deploy.label.device_crops import check_box_source
+
+        check_box_source(boxes)
     # Checked before the model loads, so a refused resume fails in a second.
     store = ShardStore(out_dir, run_identity(model, files, settings, boxes), resume)
+    options = dict(backend_options or {})
+    if backend == "torch-fast":  # its CUDA graphs are captured for the labeling batch size
+        options.setdefault("batch_size", batch_size)
     be = backend if not isinstance(backend, str) else (
-        None if engine == "ray" else load_backend(model, backend, **(backend_options or {})))
+        None if engine == "ray" else load_backend(model, backend, **options))
     jobs = plan_shards(files, settings.shard_size)
     todo = [job for job in jobs if not store.is_done(job.index)]
     summary = LabelSummary(shards_total=len(jobs), shards_resumed=len(jobs) - len(todo))
@@ -142,6 +156,9 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
                 backend=backend if isinstance(backend, str) else "auto",
                 batch_size=batch_size, actors=ray_actors, backend_options=backend_options,
                 workers=workers)
+    elif settings.decode == "device":
+        _run_local_device(be, root, todo, boxes, store, summary, times, progress, workers,
+                          settings, batch_size)
     else:
         estimator = PoseEstimator(be, batch_size=batch_size, flip=settings.flip, dark=settings.dark)
         _run_local(estimator, root, todo, boxes, store, summary, times, progress,
@@ -165,6 +182,15 @@ def _run_local(estimator: PoseEstimator, root: Path, todo: list[ShardJob], boxes
     def prepare(item: tuple[int, str]) -> tuple[int, Any]:
         return item[0], prepare_image(root, item[1], boxes, input_hw, times)
 
+    prepared = prefetch(prepare, stream, workers, depth, times)
+    _label_shards(labeler, prepared, store, summary, times, progress)
+
+
+def _label_shards(labeler: ShardLabeler, prepared: Iterable[tuple[int, Prepared]],
+                  store: ShardStore, summary: LabelSummary, times: StageTimes,
+                  progress: LabelProgress | None) -> None:
+    """Label (shard index, Prepared) in order and write each shard as it completes."""
+
     def on_image(crops: int, skipped: int) -> None:
         summary.images += 1
         summary.crops += crops
@@ -172,7 +198,6 @@ def _run_local(estimator: PoseEstimator, root: Path, todo: list[ShardJob], boxes
         if progress:
             progress.advance(1, crops, skipped)
 
-    prepared = prefetch(prepare, stream, workers, depth, times)
     for index, group in groupby(prepared, key=lambda x: x[0]):
         records = labeler.label((p for _, p in group), on_image)
         t0 = time.perf_counter()
@@ -180,6 +205,32 @@ def _run_local(estimator: PoseEstimator, root: Path, todo: list[ShardJob], boxes
         times.add("write", time.perf_counter() - t0)
         summary.persons += entry["persons"]
         summary.shards_written += 1
+
+
+def _run_local_device(backend: Backend, root: Path, todo: list[ShardJob], boxes: BoxSource,
+                      store: ShardStore, summary: LabelSummary, times: StageTimes,
+                      progress: LabelProgress | None, workers: int, settings: LabelSettings,
+                      batch_size: int, chunk_images: int = 64) -> None:
+    """Threads read bytes; one device thread decodes, crops and normalises chunks of
+    `chunk_images` on its own stream while the main thread infers the previous chunk."""
+    import torch
+
+    from posemum_deploy.inference.tensor_pipeline import TensorPoseEstimator
+    from posemum_deploy.label.device_crops import DeviceCropper, chunked, read_bytes
+
+    device = getattr(backend, "device", None)
+    if not isinstance(device, torch.device):  # runtimes that take host arrays
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    estimator = TensorPoseEstimator(backend, batch_size=batch_size, flip=settings.flip,
+                                    dark=settings.dark)
+    labeler = ShardLabeler(estimator, settings.oks_nms, times)
+    cropper = DeviceCropper(root, boxes, estimator.meta, device, times)
+    stream = ((job.index, rel) for job in todo for rel in job.files)
+    reads = prefetch(lambda item: (item[0], read_bytes(root, item[1])), stream, workers,
+                     3 * chunk_images)
+    chunks = prefetch(cropper.prepare, chunked(reads, chunk_images), 1, 2, times)
+    _label_shards(labeler, (p for chunk in chunks for p in chunk), store, summary, times,
+                  progress)
 
 
 def summary_json(summary: LabelSummary) -> str:

@@ -106,6 +106,15 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: int,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def concat(parts: list[Any]) -> Any:
+    """np.concatenate for host crops, torch.cat for crops that live on a device."""
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    import torch
+
+    return torch.cat(parts)
+
+
 @dataclass
 class _Waiting:
     slot: int
@@ -157,7 +166,7 @@ class ShardLabeler:
     def _run(self, k: int, buf_crops: list[np.ndarray], buf_inv: list[np.ndarray],
              queue: deque[_Waiting], finish: Callable[[int, Prepared, np.ndarray], None]) -> None:
         """Infer the first k buffered crops, hand keypoints to the waiting images in order."""
-        crops, inv = np.concatenate(buf_crops), np.concatenate(buf_inv)
+        crops, inv = concat(buf_crops), np.concatenate(buf_inv)
         buf_crops[:] = [crops[k:]] if len(crops) > k else []
         buf_inv[:] = [inv[k:]] if len(inv) > k else []
         t0 = time.perf_counter()

@@ -53,12 +53,14 @@ def _gt_for(folder: Path, names: list[str], skip: str) -> Path:
     return path
 
 
-def test_bad_inputs_land_in_output_or_errors(tmp_path: Path, tiny_model: Path) -> None:
+@pytest.mark.parametrize("decode", ["host", "device"])
+def test_bad_inputs_land_in_output_or_errors(tmp_path: Path, tiny_model: Path, decode: str) -> None:
     expected = _bad_corpus(tmp_path / "images")
     gt = _gt_for(tmp_path / "images", list(expected), skip="nobody.webp")
     out = tmp_path / "out"
     summary = label_folder(tiny_model, tmp_path / "images", out,
-                           LabelSettings(boxes=f"gt:{gt}", shard_size=4), batch_size=4, workers=2)
+                           LabelSettings(boxes=f"gt:{gt}", shard_size=4, decode=decode),
+                           batch_size=4, workers=2)
     records = {r["file"]: r for _, r in iter_indexed(out)}
     assert sorted(records) == sorted(expected)  # each file exactly once
     errors = [json.loads(line) for line in (out / ERRORS_NAME).read_text().splitlines()]

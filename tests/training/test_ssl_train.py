@@ -50,6 +50,22 @@ def test_presets_train_a_few_steps(synth, tmp_path, preset):
     assert state["teacher"] is not None and state["teacher_state"] is not None
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("preset", ["pose-mum-plus", "dual"])
+def test_presets_train_on_cuda_with_bf16_and_channels_last(synth, tmp_path, preset):
+    """The GPU training path: bf16 autocast, channels_last, teacher on the device."""
+    cfg = tiny_config(synth, tmp_path / preset, preset, max_steps=3)
+    cfg.runtime.device, cfg.runtime.precision, cfg.runtime.channels_last = "cuda", "bf16", True
+    result = train(cfg)
+    assert result.steps == 3
+    state = torch.load(tmp_path / preset / "checkpoints" / "last.pt", weights_only=True)
+    student, teacher = state["model"], state["teacher"]
+    assert all(torch.isfinite(v).all() for v in student.values() if v.is_floating_point())
+    assert any(not torch.equal(student[k], teacher[k]) for k in student
+               if student[k].is_floating_point())
+
+
 def test_every_preset_builds_a_consistent_config():
     for name in PRESETS:
         cfg = apply_preset(TrainConfig(), name)

@@ -1,0 +1,96 @@
+"""Crops that already live on the accelerator in, image-space keypoints out.
+
+The GPU labeling path decodes JPEGs and warps crops on the device; copying those crops
+back to the host for `PoseEstimator` and the heatmaps back again would cost more than
+the network. `TensorPoseEstimator` keeps everything on the device: fixed-size padded
+batches, flip test, and the argmax + quarter-pixel decode of `HeatmapCodec`, so only
+[N, K, 3] keypoints cross to the host. DARK refinement runs on the host copy (it blurs
+every heatmap with cv2), as `PoseEstimator` does it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from posemum_deploy.data.coco import flip_permutation
+from posemum_deploy.data.codec import flip_back
+from posemum_deploy.data.transforms import transform_points
+from posemum_deploy.inference.backends import Backend
+from posemum_deploy.inference.pipeline import codec_for
+
+
+def decode_quarter_torch(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Heatmaps [N, K, h, w] → heatmap coords [N, K, 2] and max scores [N, K] on the
+    device: argmax, then ±0.25 toward the higher neighbour (a neighbour beyond the border
+    counts as 0), exactly `HeatmapCodec.decode_heatmap_coords(dark=False)`."""
+    n, k, h, w = heatmaps.shape
+    flat = heatmaps.reshape(n, k, h * w)
+    scores, idx = flat.max(dim=-1)
+    x, y = idx % w, torch.div(idx, w, rounding_mode="floor")
+    padded = torch.nn.functional.pad(heatmaps, (1, 1, 1, 1)).reshape(n, k, -1)
+    wp = w + 2
+
+    def at(dx: int, dy: int) -> torch.Tensor:
+        return padded.gather(-1, ((y + 1 + dy) * wp + (x + 1 + dx)).unsqueeze(-1))[..., 0]
+
+    offset = 0.25 * torch.stack([torch.sign(at(1, 0) - at(-1, 0)),
+                                 torch.sign(at(0, 1) - at(0, -1))], dim=-1)
+    coords = torch.stack([x, y], dim=-1).to(heatmaps.dtype)
+    coords = torch.where((scores > 0).unsqueeze(-1), coords + offset, coords)
+    return coords, scores
+
+
+class TensorPoseEstimator:
+    """`PoseEstimator` for normalised NCHW crop tensors on the backend's device.
+
+    Backends with `predict_tensor` (torch, fast torch) stay on the device; any other
+    backend gets a host copy per batch, so the path works with every runtime.
+    """
+
+    def __init__(self, backend: Backend, batch_size: int = 32, flip: bool = False,
+                 dark: bool = False) -> None:
+        self.backend = backend
+        self.meta = backend.metadata
+        self.codec = codec_for(self.meta)
+        self.batch_size = batch_size
+        self.flip = flip
+        self.dark = dark
+        self.flip_perm = flip_permutation(self.meta.num_joints, tuple(self.meta.flip_pairs))
+
+    def _predict(self, batch: torch.Tensor) -> torch.Tensor:
+        predict = getattr(self.backend, "predict_tensor", None)
+        if predict is not None:
+            return predict(batch).float()
+        out = self.backend.predict(batch.float().cpu().numpy())
+        return torch.from_numpy(np.asarray(out)).to(batch.device)
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for start in range(0, len(batch), self.batch_size):
+            chunk = batch[start:start + self.batch_size]
+            pad = self.batch_size - len(chunk)
+            if pad:
+                chunk = torch.cat([chunk, chunk.new_zeros((pad, *chunk.shape[1:]))])
+            outs.append(self._predict(chunk)[: self.batch_size - pad])
+        if not outs:
+            h, w = self.meta.heatmap_hw
+            return batch.new_zeros((0, self.meta.num_joints, h, w), dtype=torch.float32)
+        return torch.cat(outs)
+
+    def heatmaps(self, crops: torch.Tensor) -> torch.Tensor:
+        """Normalised crops [N, 3, H, W] → heatmaps [N, K, h, w] (flip-averaged if enabled)."""
+        out = self._run(crops)
+        if self.flip:
+            out = 0.5 * (out + flip_back(self._run(crops.flip(-1)), self.flip_perm))
+        return out
+
+    def decode(self, heatmaps: torch.Tensor, inverse: np.ndarray) -> np.ndarray:
+        """Heatmaps [N, K, h, w] + crop → image affines → keypoints [N, K, 3] (NumPy)."""
+        if self.dark:
+            coords, scores = self.codec.decode(heatmaps.cpu().numpy(), dark=True)
+        else:
+            hm_coords, t_scores = decode_quarter_torch(heatmaps)
+            coords = self.codec.to_input(hm_coords.cpu().numpy())
+            scores = t_scores.cpu().numpy()
+        xy = transform_points(coords, inverse)
+        return np.concatenate([xy, scores[..., None]], axis=-1)

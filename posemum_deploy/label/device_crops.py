@@ -1,0 +1,185 @@
+"""Decode and crop on the accelerator: the labeling path for GPUs that outrun the CPU.
+
+On a GPU the network labels tens of thousands of crops a second, far more than CPU
+threads decode JPEGs and warp crops (DESIGN: labeling must run at ≥ 0.8× model-only).
+Here threads only read file bytes; chunks of images are decoded together by nvjpeg
+(`torchvision.io.decode_jpeg(device=...)`), warped by one `grid_sample` per chunk and
+normalised on the device, in a background thread on its own CUDA stream, so the next
+chunk is decoded while the current one is inferred. Only keypoints return to the host.
+
+Box sources that need only the image size (gt:, det:, full) work here; pixel-reading
+detectors (hog, detector:) need host images and use the host path. Files nvjpeg cannot
+decode (PNG, CMYK JPEG, ...) are decoded by cv2 and uploaded; unreadable ones become
+error records exactly as on the host path.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import nullcontext
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from posemum_deploy.data.images import check_image_bytes, decode_image, read_image_bytes
+from posemum_deploy.data.transforms import affine_matrices, box_to_center_scale
+from posemum_deploy.errors import ConfigError
+from posemum_deploy.export.metadata import ModelMetadata
+from posemum_deploy.inference.gpu_crops import normalize_crops, warp_crops_batched
+from posemum_deploy.inference.pipeline import CropBatch
+from posemum_deploy.label.boxes import BoxSource, FullImageBoxes, TableBoxes
+from posemum_deploy.label.shard import Prepared, StageTimes
+
+log = logging.getLogger(__name__)
+SIZE_ONLY_SOURCES = (FullImageBoxes, TableBoxes)
+
+
+def check_box_source(boxes: BoxSource) -> None:
+    """Device crops know only each image's size on the host, not its pixels."""
+    if not isinstance(boxes, SIZE_ONLY_SOURCES):
+        raise ConfigError("--decode device works with --boxes gt:, det: or full; hog and "
+                          "detector: boxes read the pixels on the host, so use --decode host")
+
+
+class _Shape:
+    """Stands in for an image where a box source asks only for `.shape`."""
+
+    def __init__(self, height: int, width: int) -> None:
+        self.shape = (height, width, 3)
+
+
+def read_bytes(root: Path, rel: str) -> tuple[str, bytes | str]:
+    """(rel, file bytes) or (rel, error text); never raises (threads run it)."""
+    path = root / rel
+    try:
+        data = read_image_bytes(path)
+        check_image_bytes(data, path)
+        return rel, data
+    except (OSError, ValueError) as e:
+        log.warning("skipped %s: %s", rel, e)
+        return rel, str(e)
+
+
+class DeviceCropper:
+    """Turns chunks of (shard index, rel, bytes) into Prepared images with device crops."""
+
+    def __init__(self, root: Path, boxes: BoxSource, meta: ModelMetadata,
+                 device: torch.device, times: StageTimes) -> None:
+        check_box_source(boxes)
+        self.root, self.boxes, self.meta, self.device, self.times = root, boxes, meta, device, times
+        self._local = threading.local()
+
+    def _stream(self) -> torch.cuda.Stream | None:
+        if self.device.type != "cuda":
+            return None
+        if not hasattr(self._local, "stream"):
+            self._local.stream = torch.cuda.Stream(self.device)
+        return self._local.stream
+
+    def decode(self, chunk: list[tuple[str, bytes]]) -> list[torch.Tensor | str]:
+        """uint8 [3, H, W] device tensors (or error text), nvjpeg for JPEGs in one call."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        out: list[torch.Tensor | str | None] = [None] * len(chunk)
+        jpeg = [i for i, (_, data) in enumerate(chunk) if data[:2] == b"\xff\xd8"]
+        if jpeg:
+            tensors = [torch.frombuffer(bytearray(chunk[i][1]), dtype=torch.uint8) for i in jpeg]
+            try:
+                decoded = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device,
+                                      apply_exif_orientation=True)
+            except RuntimeError:  # one bad file fails the batch: retry alone to find it
+                decoded = [self._decode_one(t) for t in tensors]
+            for i, image in zip(jpeg, decoded):
+                out[i] = image
+        for i, (rel, data) in enumerate(chunk):
+            if out[i] is None:  # not a JPEG, or one nvjpeg refused: the host decoder decides
+                try:
+                    image = decode_image(data, self.root / rel)
+                    out[i] = torch.from_numpy(image).permute(2, 0, 1).to(self.device)
+                except (OSError, ValueError) as e:
+                    log.warning("skipped %s: %s", rel, e)
+                    out[i] = str(e)
+        return out  # type: ignore[return-value]
+
+    def _decode_one(self, data: torch.Tensor) -> torch.Tensor | None:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device,
+                               apply_exif_orientation=True)
+        except RuntimeError:
+            return None
+
+    def prepare(self, chunk: list[tuple[int, tuple[str, bytes | str]]]
+                ) -> list[tuple[int, Prepared]]:
+        """One chunk of images → Prepared items whose crops are normalised device tensors."""
+        stream = self._stream()
+        ctx = torch.cuda.stream(stream) if stream is not None else nullcontext()
+        with ctx:
+            result = self._prepare(chunk)
+        if stream is not None:
+            stream.synchronize()  # the consumer's stream may use the crops from here on
+        return result
+
+    def _prepare(self, chunk: list[tuple[int, tuple[str, bytes | str]]]
+                 ) -> list[tuple[int, Prepared]]:
+        t0 = time.perf_counter()
+        readable = [(k, rel, data) for k, (_, (rel, data)) in enumerate(chunk)
+                    if isinstance(data, bytes)]
+        images = self.decode([(rel, data) for _, rel, data in readable])
+        t1 = time.perf_counter()
+        prepared: dict[int, Prepared] = {}
+        decoded: list[torch.Tensor] = []
+        owners, inverse, per_image = [], [], []
+        h_in, w_in = self.meta.input_hw
+        for (k, rel, _), image in zip(readable, images):
+            if isinstance(image, str):
+                prepared[k] = Prepared(rel, error=image)
+                continue
+            height, width = image.shape[-2:]
+            box_xywh, scores = self.boxes.boxes(rel, _Shape(height, width))
+            center, scale = box_to_center_scale(box_xywh, w_in / h_in)
+            inv = affine_matrices(center, scale, 0.0, (h_in, w_in), inverse=True)
+            per_image.append((k, rel, width, height, box_xywh, scores, scale, inv))
+            owners += [len(decoded)] * len(box_xywh)
+            inverse.append(inv)
+            decoded.append(image)
+        t2 = time.perf_counter()
+        crops = (warp_crops_batched(decoded, np.asarray(owners), np.concatenate(inverse),
+                                    (h_in, w_in)) if owners else None)
+        if crops is not None:
+            crops = normalize_crops(crops, self.meta.mean, self.meta.std)
+            if self.device.type == "cuda":  # consumed on the default stream
+                crops.record_stream(torch.cuda.default_stream(self.device))
+        start = 0
+        for k, rel, width, height, box_xywh, scores, scale, inv in per_image:
+            n = len(box_xywh)
+            batch = CropBatch(crops[start:start + n] if n else None, inv,
+                              np.asarray(box_xywh, dtype=np.float64).reshape(-1, 4),
+                              np.asarray(scores, dtype=np.float64).reshape(-1),
+                              np.prod(scale * 200.0, axis=1))
+            prepared[k] = Prepared(rel, width, height, batch)
+            start += n
+        for k, (_, (rel, data)) in enumerate(chunk):
+            if not isinstance(data, bytes):
+                prepared[k] = Prepared(rel, error=data)
+        self.times.add("decode", t1 - t0)
+        self.times.add("boxes", t2 - t1)
+        self.times.add("crop", time.perf_counter() - t2)
+        return [(chunk[k][0], prepared[k]) for k in range(len(chunk))]
+
+
+def chunked(items: Iterable[tuple[int, tuple[str, bytes | str]]], size: int
+            ) -> Iterator[list[tuple[int, tuple[str, bytes | str]]]]:
+    """Consecutive lists of `size` items (the last may be shorter)."""
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
