@@ -165,28 +165,88 @@ def synthetic_folder(args) -> Path:
     return ann
 
 
+class RateProbe:
+    """A LabelProgress that timestamps every update, so the steady-state rate (after the
+    processes have started and the first images are through) can be read off."""
+
+    def start(self, total_images: int, done_images: int) -> None:
+        self.total = total_images
+        self.marks = [(time.perf_counter(), 0, 0)]
+
+    def advance(self, images: int, crops: int, skipped: int) -> None:
+        _, done, crops_done = self.marks[-1]
+        self.marks.append((time.perf_counter(), done + images, crops_done + crops))
+
+    def steady(self, skip: float = 0.2) -> float:
+        t_end, _, crops_end = self.marks[-1]
+        for t, done, crops_done in self.marks:
+            if done >= skip * self.total and t < t_end:
+                return (crops_end - crops_done) / (t_end - t)
+        return float("nan")
+
+
+def replicate(ann: Path, repeat: int, work: Path) -> Path:
+    """`repeat` hard-linked copies of the synthetic folder (rNN/name) and their GT json,
+    so a long labeling run needs no long generation."""
+    coco = json.loads(ann.read_text())
+    root = work / f"label_x{repeat}"
+    images, anns = [], []
+    for r in range(repeat):
+        (root / "images" / f"r{r:02d}").mkdir(parents=True, exist_ok=True)
+        offset = r * 10_000_000
+        for im in coco["images"]:
+            dst = root / "images" / f"r{r:02d}" / im["file_name"]
+            if not dst.exists():
+                os.link(ann.parent / "images" / im["file_name"], dst)
+            images.append({**im, "id": im["id"] + offset, "file_name": f"r{r:02d}/{im['file_name']}"})
+        anns += [{**a, "id": a["id"] + offset, "image_id": a["image_id"] + offset}
+                 for a in coco["annotations"]]
+    out = root / "annotations.json"
+    out.write_text(json.dumps({**coco, "images": images, "annotations": anns}))
+    return out
+
+
 def label_rows(ann: Path, fast: FastTorchBackend, batch: int, device, args) -> dict:
-    """`label_folder` (what `posemum label` runs) driving the fast backend, with device
-    decode and host decode threads; the first of two runs warms nvjpeg,
-    cuDNN and the page cache, the second is reported."""
+    """`label_folder` (what `posemum label` runs) with the fast backend: device decode in
+    one process (the warm in-process backend) and in N spawned processes sharing the
+    GPU (each loads the checkpoint), and host decode threads for comparison."""
     from posemum_deploy.label.runner import LabelSettings, label_folder
 
     ckpt = Path(args.work) / "r18.pt"
     weights = {k: v.float().cpu() for k, v in fast.model.state_dict().items()}
     torch.save({"model": weights, "teacher": None, "model_meta": ModelMetadata().to_dict()}, ckpt)
+    big = replicate(ann, args.label_repeat, Path(args.work))
     results = {}
-    for decode in ("device", "host"):  # on a CPU run "device" decodes with torchvision there
-        for _ in range(2):
-            out = Path(tempfile.mkdtemp(dir=args.work))
-            s = label_folder(ckpt, ann.parent / "images", out,
-                             LabelSettings(boxes=f"gt:{ann}", shard_size=args.images,
-                                           decode=decode),
-                             backend=fast, batch_size=batch, workers=os.cpu_count())
-        results[f"posemum label --decode {decode}"] = {
-            "images": s.images, "crops": s.crops, "crops_per_s": s.crops_per_s,
-            "images_per_s": s.images_per_s,
-            "stage_seconds": {k: round(v, 3) for k, v in s.stage_seconds.items()}}
+
+    def run(name: str, gt: Path, decode: str, processes: int = 1) -> None:
+        probe = RateProbe()
+        backend = fast if processes == 1 else "torch-fast"
+        options = {} if processes == 1 else {"precision": args.half, "device": str(device)}
+        s = label_folder(ckpt, gt.parent / "images", Path(tempfile.mkdtemp(dir=args.work)),
+                         LabelSettings(boxes=f"gt:{gt}", shard_size=args.label_shard,
+                                       decode=decode),
+                         backend=backend, batch_size=batch, workers=args.label_workers,
+                         progress=probe, processes=processes, backend_options=options)
+        results[name] = {"images": s.images, "crops": s.crops, "crops_per_s": s.crops_per_s,
+                         "steady_crops_per_s": probe.steady(),
+                         "stage_seconds": {k: round(v, 3) for k, v in s.stage_seconds.items()}}
+        print_label_row(name, results[name], args.model_only)
+
+    run("warm-up (device decode, 1 process)", ann, "device")
+    if args.label_host:
+        run(f"--decode host --processes 1 ({args.images} img)", ann, "host")
+    for n in args.label_processes:
+        if n > 1 and device.type == "cuda":  # spawned labelers need the GPU memory
+            fast.close()
+        run(f"--decode device --processes {n} ({args.images * args.label_repeat} img)", big,
+            "device", n)
     return results
+
+
+def print_label_row(name: str, row: dict, model_only: float) -> None:
+    steady = row["steady_crops_per_s"]
+    print(f"{name:44s} {row['crops_per_s']:8.0f} {steady:8.0f} crops/s  steady "
+          f"{steady / model_only:5.2f}x  stages(s): {json.dumps(row['stage_seconds'])}", flush=True)
 
 
 def training_rows(ann: Path, device: torch.device, args) -> list[dict]:
@@ -248,41 +308,52 @@ def main() -> None:
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--train-steps", type=int, default=20)
     p.add_argument("--loader-batches", type=int, default=30)
+    p.add_argument("--label-repeat", type=int, default=10,
+                   help="label this many hard-linked copies of the synthetic folder")
+    p.add_argument("--label-processes", default="1,4,8",
+                   type=lambda v: [int(x) for x in v.split(",")])
+    p.add_argument("--label-shard", type=int, default=500)
+    p.add_argument("--no-label-host", dest="label_host", action="store_false",
+                   help="skip the host-decode labeling run")
+    p.add_argument("--label-workers", type=int, default=4, help="read/decode threads per process")
+    p.add_argument("--sections", default="inference,labeling,training",
+                   type=lambda v: set(v.split(",")))
     p.add_argument("--work", default=tempfile.mkdtemp(prefix="posemum_gpu_bench_"))
     p.add_argument("--json-out", default=None)
     args = p.parse_args()
     device = torch.device(args.device)
     if args.quick:
         args.reps, args.images, args.train_steps, args.loader_batches = 3, 40, 2, 3
+        args.label_repeat, args.label_processes, args.label_shard = 2, [1, 2], 20
     batches = [1, 8] if args.quick else [1, 32, 256]
     backbones = ["resnet18"] if args.quick else ["resnet18", "resnet101"]
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"# posemum gpu_bench on {name}, torch {torch.__version__}")
     report = {"device": name, "torch": torch.__version__, "inference": []}
-    print("\n## inference, 256x192, crops/s (max |Δheatmap| vs eager fp32)")
-    print(f"{'model':10s} {'batch':>5s}  {'backend':36s} {'crops/s':>10s} {'vs eager':>8s} "
-          f"{'max diff':>9s} {'/ peak':>9s}", flush=True)
-    for bb in backbones:
-        report["inference"] += infer_rows(bb, batches, device, args)
+    if "inference" in args.sections:
+        print("\n## inference, 256x192, crops/s (max |Δheatmap| vs eager fp32)")
+        print(f"{'model':10s} {'batch':>5s}  {'backend':36s} {'crops/s':>10s} {'vs eager':>8s} "
+              f"{'max diff':>9s} {'/ peak':>9s}", flush=True)
+        for bb in backbones:
+            report["inference"] += infer_rows(bb, batches, device, args)
     ann = synthetic_folder(args)
-    b = batches[-1]
-    fast = FastTorchBackend(build_model("resnet18").eval(), ModelMetadata(), device=str(device),
-                            precision=args.half, batch_size=b,
-                            cuda_graphs=device.type == "cuda")
-    model_only = rate(lambda: fast.predict_tensor(torch.randn(b, 3, 256, 192, device=device)),
-                      b, device, args.reps)
-    e2e = {"model-only (fast R18)": {"crops_per_s": model_only}}
-    e2e.update(label_rows(ann, fast, b, device, args))
-    report["labeling"] = e2e
-    print(f"\n## end-to-end labeling, {args.images} images 480x640, batch {b}")
-    for k, v in e2e.items():
-        stages = "  stages(s): " + json.dumps(v["stage_seconds"]) if "stage_seconds" in v else ""
-        print(f"{k:40s} {v['crops_per_s']:10.0f} crops/s  {v['crops_per_s'] / model_only:5.2f}x"
-              f"{stages}", flush=True)
-    report["training"] = training_rows(ann, device, args)
-    print("\n## training (ResNet-18, 256x192, 32 + 32 crops, bf16)")
-    for row in report["training"]:
-        print(f"{row['what']:45s} {row['value']:10.2f}", flush=True)
+    if "labeling" in args.sections:
+        b = batches[-1]
+        fast = FastTorchBackend(build_model("resnet18").eval(), ModelMetadata(),
+                                device=str(device), precision=args.half, batch_size=b,
+                                cuda_graphs=device.type == "cuda")
+        x = torch.randn(b, 3, 256, 192, device=device)
+        args.model_only = rate(lambda: fast.predict_tensor(x), b, device, args.reps)
+        print(f"\n## end-to-end labeling (posemum label), 480x640 images, batch {b}: "
+              f"overall and steady-state crops/s, steady / model-only")
+        print(f"{'model-only (fast R18)':44s} {args.model_only:8.0f} crops/s", flush=True)
+        report["labeling"] = {"model_only_crops_per_s": args.model_only,
+                              **label_rows(ann, fast, b, device, args)}
+    if "training" in args.sections:
+        report["training"] = training_rows(ann, device, args)
+        print("\n## training (ResNet-18, 256x192, 32 + 32 crops, bf16)")
+        for row in report["training"]:
+            print(f"{row['what']:45s} {row['value']:10.2f}", flush=True)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2))
 

@@ -49,6 +49,8 @@ def make_step(preset: str, args: argparse.Namespace, device: torch.device) -> Se
     cfg.ssl.unlabeled_batch_size = args.batch
     cfg.ssl.tiles = args.tiles
     cfg.runtime.channels_last = device.type == "cuda"
+    if device.type == "cuda":  # as the trainer does
+        torch.backends.cudnn.benchmark = cfg.runtime.cudnn_benchmark
     torch.manual_seed(0)
     model = build_model(args.backbone).to(device)
     if cfg.runtime.channels_last:

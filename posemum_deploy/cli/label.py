@@ -64,6 +64,9 @@ def label(
     decode: Annotated[str, typer.Option(
         "--decode", help="host: CPU threads decode and crop | device: nvjpeg decode and "
         "grid_sample crops on the model's GPU (gt:/det:/full boxes)")] = "host",
+    processes: Annotated[int, typer.Option(
+        "--processes", min=1, help="Labeling processes, each with its own model (several "
+        "share one GPU: a GPU outruns one Python process)")] = 1,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in --out.")] = False,
     engine: Annotated[str, typer.Option("--engine", help="local | ray (RAY_ADDRESS for a cluster)")] = "local",
     ray_actors: Annotated[Optional[int], typer.Option(
@@ -80,7 +83,8 @@ def label(
     with progress.bar:
         summary = label_folder(model, images_dir, out, settings, backend=backend,
                                batch_size=batch_size, workers=workers, resume=resume,
-                               engine=engine, progress=progress, ray_actors=ray_actors)
+                               engine=engine, progress=progress, ray_actors=ray_actors,
+                               processes=processes)
     table = Table(title=f"labeled {images_dir} → {out}")
     table.add_column("")
     table.add_column("value", justify="right")

@@ -7,6 +7,7 @@ can log and skip them instead of dying.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -24,6 +25,60 @@ def check_image_bytes(data: bytes, path: str | Path = "<bytes>") -> None:
         raise ImageError(f"{path}: empty file (0 bytes); re-copy or drop the file")
     if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:]:
         raise ImageError(f"{path}: truncated JPEG (no end-of-image marker); re-copy or drop the file")
+
+
+def jpeg_exif_orientation(data: bytes) -> int:
+    """The EXIF orientation (1-8) of JPEG bytes, 1 when absent or unreadable.
+
+    Decoders that ignore EXIF (nvjpeg through torchvision on the GPU) need it applied by
+    hand (`orient_chw`) to give the same pixels as cv2, which applies it.
+    """
+    if data[:2] != b"\xff\xd8":
+        return 1
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker, length = data[pos + 1], int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xDA:  # start of scan: no more metadata
+            return 1
+        body = data[pos + 4:pos + 2 + length]
+        if marker == 0xE1 and body[:6] == b"Exif\x00\x00":
+            return _tiff_orientation(body[6:])
+        pos += 2 + length
+    return 1
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    ifd = int.from_bytes(tiff[4:8], order)
+    if ifd + 2 > len(tiff):
+        return 1
+    for i in range(int.from_bytes(tiff[ifd:ifd + 2], order)):
+        entry = tiff[ifd + 2 + 12 * i: ifd + 14 + 12 * i]
+        if len(entry) == 12 and int.from_bytes(entry[:2], order) == 0x0112:
+            value = int.from_bytes(entry[8:10], order)
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def orient_chw(image: Any, orientation: int) -> Any:
+    """Apply an EXIF orientation to a [C, H, W] torch tensor (what cv2/PIL show)."""
+    if orientation == 2:
+        return image.flip(2)
+    if orientation == 3:
+        return image.flip(1, 2)
+    if orientation == 4:
+        return image.flip(1)
+    if orientation == 5:
+        return image.transpose(1, 2)
+    if orientation == 6:
+        return image.transpose(1, 2).flip(2)      # rotate 90° clockwise
+    if orientation == 7:
+        return image.transpose(1, 2).flip(1, 2)
+    if orientation == 8:
+        return image.transpose(1, 2).flip(1)      # rotate 90° counter-clockwise
+    return image
 
 
 def decode_image(data: bytes, path: str | Path = "<bytes>") -> np.ndarray:

@@ -83,6 +83,9 @@ class FastTorchBackend(TorchBackend):
             with torch.cuda.graph(graph), torch.inference_mode():
                 static_out = self.forward(static_in)
             self._graphs[n] = (graph, static_in, static_out)
+            # The warm-up's activations sit in the cache, outside the graph's own pool:
+            # give them back, so several labeling processes fit on one GPU.
+            torch.cuda.empty_cache()
         return self._graphs[n]
 
     @torch.inference_mode()
@@ -95,6 +98,14 @@ class FastTorchBackend(TorchBackend):
         static_in.copy_(x)
         graph.replay()
         return static_out.float().clone()
+
+    def close(self) -> None:
+        """Give back the GPU memory this backend holds (graphs, weights, cache), e.g.
+        before spawning labeling processes; it cannot predict afterwards."""
+        self._graphs.clear()
+        self.model.to("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         host = torch.from_numpy(np.ascontiguousarray(batch))

@@ -19,19 +19,20 @@ import threading
 from contextlib import nullcontext
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
 
-from posemum_deploy.data.images import check_image_bytes, decode_image, read_image_bytes
+from posemum_deploy.data.images import (check_image_bytes, decode_image, jpeg_exif_orientation,
+                                        orient_chw, read_image_bytes)
 from posemum_deploy.data.transforms import affine_matrices, box_to_center_scale
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.export.metadata import ModelMetadata
 from posemum_deploy.inference.gpu_crops import normalize_crops, warp_crops_batched
 from posemum_deploy.inference.pipeline import CropBatch
 from posemum_deploy.label.boxes import BoxSource, FullImageBoxes, TableBoxes
-from posemum_deploy.label.shard import Prepared, StageTimes
+from posemum_deploy.label.shard import Prepared, StageTimes, prefetch
 
 log = logging.getLogger(__name__)
 SIZE_ONLY_SOURCES = (FullImageBoxes, TableBoxes)
@@ -42,6 +43,15 @@ def check_box_source(boxes: BoxSource) -> None:
     if not isinstance(boxes, SIZE_ONLY_SOURCES):
         raise ConfigError("--decode device works with --boxes gt:, det: or full; hog and "
                           "detector: boxes read the pixels on the host, so use --decode host")
+
+
+def backend_device(backend: Any) -> torch.device:
+    """Where crops should live: the torch backend's device; for runtimes that take host
+    arrays, the GPU when there is one (nvjpeg), else the CPU."""
+    device = getattr(backend, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class _Shape:
@@ -88,12 +98,13 @@ class DeviceCropper:
         if jpeg:
             tensors = [torch.frombuffer(bytearray(chunk[i][1]), dtype=torch.uint8) for i in jpeg]
             try:
-                decoded = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device,
-                                      apply_exif_orientation=True)
+                decoded = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device)
             except RuntimeError:  # one bad file fails the batch: retry alone to find it
                 decoded = [self._decode_one(t) for t in tensors]
             for i, image in zip(jpeg, decoded):
-                out[i] = image
+                # nvjpeg ignores EXIF (torchvision applies it on the CPU only): do it here
+                out[i] = None if image is None else orient_chw(
+                    image, jpeg_exif_orientation(chunk[i][1]))
         for i, (rel, data) in enumerate(chunk):
             if out[i] is None:  # not a JPEG, or one nvjpeg refused: the host decoder decides
                 try:
@@ -108,8 +119,7 @@ class DeviceCropper:
         from torchvision.io import ImageReadMode, decode_jpeg
 
         try:
-            return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device,
-                               apply_exif_orientation=True)
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
         except RuntimeError:
             return None
 
@@ -133,7 +143,7 @@ class DeviceCropper:
         t1 = time.perf_counter()
         prepared: dict[int, Prepared] = {}
         decoded: list[torch.Tensor] = []
-        owners, inverse, per_image = [], [], []
+        per_image, owners, all_boxes, all_scores = [], [], [], []
         h_in, w_in = self.meta.input_hw
         for (k, rel, _), image in zip(readable, images):
             if isinstance(image, str):
@@ -141,26 +151,28 @@ class DeviceCropper:
                 continue
             height, width = image.shape[-2:]
             box_xywh, scores = self.boxes.boxes(rel, _Shape(height, width))
-            center, scale = box_to_center_scale(box_xywh, w_in / h_in)
-            inv = affine_matrices(center, scale, 0.0, (h_in, w_in), inverse=True)
-            per_image.append((k, rel, width, height, box_xywh, scores, scale, inv))
+            per_image.append((k, rel, width, height, len(box_xywh)))
             owners += [len(decoded)] * len(box_xywh)
-            inverse.append(inv)
+            all_boxes.append(np.asarray(box_xywh, dtype=np.float64).reshape(-1, 4))
+            all_scores.append(np.asarray(scores, dtype=np.float64).reshape(-1))
             decoded.append(image)
+        boxes = np.concatenate(all_boxes) if all_boxes else np.zeros((0, 4))
+        box_scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
+        center, scale = box_to_center_scale(boxes, w_in / h_in)  # every box of the chunk at once
+        inverse = affine_matrices(center, scale, 0.0, (h_in, w_in), inverse=True)
+        areas = np.prod(scale * 200.0, axis=1)
         t2 = time.perf_counter()
-        crops = (warp_crops_batched(decoded, np.asarray(owners), np.concatenate(inverse),
-                                    (h_in, w_in)) if owners else None)
-        if crops is not None:
+        crops = None
+        if owners:
+            crops = warp_crops_batched(decoded, np.asarray(owners), inverse, (h_in, w_in))
             crops = normalize_crops(crops, self.meta.mean, self.meta.std)
             if self.device.type == "cuda":  # consumed on the default stream
                 crops.record_stream(torch.cuda.default_stream(self.device))
         start = 0
-        for k, rel, width, height, box_xywh, scores, scale, inv in per_image:
-            n = len(box_xywh)
-            batch = CropBatch(crops[start:start + n] if n else None, inv,
-                              np.asarray(box_xywh, dtype=np.float64).reshape(-1, 4),
-                              np.asarray(scores, dtype=np.float64).reshape(-1),
-                              np.prod(scale * 200.0, axis=1))
+        for k, rel, width, height, n in per_image:
+            part = slice(start, start + n)
+            batch = CropBatch(crops[part] if n else None, inverse[part], boxes[part],
+                              box_scores[part], areas[part])
             prepared[k] = Prepared(rel, width, height, batch)
             start += n
         for k, (_, (rel, data)) in enumerate(chunk):
@@ -183,3 +195,15 @@ def chunked(items: Iterable[tuple[int, tuple[str, bytes | str]]], size: int
             chunk = []
     if chunk:
         yield chunk
+
+
+def device_stream(cropper: DeviceCropper, items: Iterable[tuple[Any, str]], workers: int,
+                  times: StageTimes, chunk_images: int = 64) -> Iterator[tuple[Any, Prepared]]:
+    """(key, Prepared) for (key, relative path) items: `workers` threads read bytes, one
+    thread decodes and crops chunks of `chunk_images` on the device (its own stream)
+    while the consumer infers the previous chunk."""
+    root = cropper.root
+    reads = prefetch(lambda item: (item[0], read_bytes(root, item[1])), items, workers,
+                     3 * chunk_images)
+    for chunk in prefetch(cropper.prepare, chunked(reads, chunk_images), 1, 2, times):
+        yield from chunk

@@ -13,51 +13,34 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from posemum_deploy.errors import BackendUnavailableError
-from posemum_deploy.inference.backends import load_backend
-from posemum_deploy.inference.pipeline import PoseEstimator
-from posemum_deploy.label.boxes import BoxSource
-from posemum_deploy.label.shard import ShardLabeler, StageTimes, prefetch, prepare_image
+from posemum_deploy.label.shard import StageTimes
+from posemum_deploy.label.worker import ShardResult, ShardWorker, WorkerSpec
 
 if TYPE_CHECKING:
-    from posemum_deploy.label.runner import (LabelProgress, LabelSettings, LabelSummary,
-                                             ShardJob)
+    from posemum_deploy.label.runner import LabelProgress, LabelSummary, ShardJob
     from posemum_deploy.label.writer import ShardStore
 
 log = logging.getLogger(__name__)
 
 
 class ShardActor:
-    """Holds one backend; labels whole shards (`batch_size=1` rows of map_batches)."""
+    """Holds one ShardWorker; labels whole shards (`batch_size=1` rows of map_batches)."""
 
-    def __init__(self, model: str, root: str, boxes: BoxSource, flip: bool, dark: bool,
-                 oks_nms: float | None, backend: str, batch_size: int, workers: int,
-                 backend_options: dict[str, Any]) -> None:
-        be = load_backend(model, backend, **backend_options)
-        self.estimator = PoseEstimator(be, batch_size=batch_size, flip=flip, dark=dark)
-        self.root, self.boxes, self.nms, self.workers = Path(root), boxes, oks_nms, workers
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.worker = ShardWorker(spec)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        payloads, timings, crops = [], [], []
-        input_hw = tuple(self.estimator.meta.input_hw)
-        for files_json in batch["files"]:
-            times = StageTimes()
-            labeler = ShardLabeler(self.estimator, self.nms, times)
-            counted = [0]
-            stream = prefetch(lambda rel: prepare_image(self.root, rel, self.boxes, input_hw, times),
-                              json.loads(files_json), self.workers,
-                              max(4 * self.workers, 2 * self.estimator.batch_size), times)
-            records = labeler.label(stream, lambda n, _: counted.__setitem__(0, counted[0] + n))
-            payloads.append(json.dumps(records))
-            timings.append(json.dumps(times.seconds))
-            crops.append(counted[0])
-        return {"shard": np.asarray(batch["shard"]), "records": np.array(payloads, dtype=object),
-                "times": np.array(timings, dtype=object), "crops": np.asarray(crops)}
+        results = [self.worker.label(int(index), json.loads(files))
+                   for index, files in zip(batch["shard"], batch["files"])]
+        return {"shard": np.asarray([r.index for r in results]),
+                "records": np.array([json.dumps(r.records) for r in results], dtype=object),
+                "times": np.array([json.dumps(r.seconds) for r in results], dtype=object),
+                "crops": np.asarray([r.crops for r in results])}
 
 
 def _init_ray() -> Any:
@@ -71,12 +54,12 @@ def _init_ray() -> Any:
     return ray
 
 
-def run_ray(model: Path, root: Path, todo: list["ShardJob"], settings: "LabelSettings",
-            boxes: BoxSource, store: "ShardStore", summary: "LabelSummary", times: StageTimes,
-            progress: "LabelProgress | None", backend: str = "auto", batch_size: int = 64,
-            actors: int | None = None, backend_options: dict[str, Any] | None = None,
-            workers: int = 2) -> None:
+def run_ray(spec: WorkerSpec, todo: list["ShardJob"], store: "ShardStore",
+            summary: "LabelSummary", times: StageTimes, progress: "LabelProgress | None",
+            actors: int | None = None) -> None:
     """Label `todo` shards on Ray actors; the driver writes each shard as it arrives."""
+    from posemum_deploy.label.runner import record_shard
+
     if not todo:
         return
     ray = _init_ray()
@@ -84,24 +67,12 @@ def run_ray(model: Path, root: Path, todo: list["ShardJob"], settings: "LabelSet
     cpus = int(ray.cluster_resources().get("CPU", 1))
     n = min(len(todo), actors or (gpus or max(1, cpus // 2)))
     # A GPU actor also reserves CPUs for its decode threads, so decode keeps up with it.
-    per_actor = {"num_gpus": 1, "num_cpus": workers} if gpus else {"num_cpus": 1}
+    per_actor = {"num_gpus": 1, "num_cpus": spec.workers} if gpus else {"num_cpus": 1}
     log.info("ray: %d %s actor(s) for %d shard(s)", n, "GPU" if gpus else "CPU", len(todo))
     ds = ray.data.from_items([{"shard": job.index, "files": json.dumps(job.files)} for job in todo])
-    ds = ds.map_batches(
-        ShardActor, batch_size=1, batch_format="numpy", concurrency=n, **per_actor,
-        fn_constructor_kwargs=dict(
-            model=str(model.resolve()), root=str(root.resolve()), boxes=boxes,
-            flip=settings.flip, dark=settings.dark, oks_nms=settings.oks_nms, backend=backend,
-            batch_size=batch_size, workers=workers, backend_options=backend_options or {}))
+    ds = ds.map_batches(ShardActor, batch_size=1, batch_format="numpy", concurrency=n,
+                        fn_constructor_kwargs={"spec": spec}, **per_actor)
     for row in ds.iter_rows():
-        records = json.loads(row["records"])
-        entry = store.write_shard(int(row["shard"]), records)
-        times.merge(json.loads(row["times"]))
-        crops = int(row["crops"])
-        summary.images += entry["images"]
-        summary.persons += entry["persons"]
-        summary.skipped += entry["errors"]
-        summary.crops += crops
-        summary.shards_written += 1
-        if progress:
-            progress.advance(entry["images"], crops, entry["errors"])
+        result = ShardResult(int(row["shard"]), json.loads(row["records"]),
+                             json.loads(row["times"]), int(row["crops"]))
+        record_shard(result, store, summary, times, progress)

@@ -16,16 +16,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from itertools import groupby
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
 from posemum_deploy.data.images import list_images
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.export.metadata import sha256_file
-from posemum_deploy.inference.backends import Backend, load_backend
-from posemum_deploy.inference.pipeline import PoseEstimator
+from posemum_deploy.inference.backends import Backend
 from posemum_deploy.label.boxes import BoxSource, parse_box_source
-from posemum_deploy.label.shard import (Prepared, ShardLabeler, StageTimes, prefetch,
-                                         prepare_image)
+from posemum_deploy.label.shard import ShardLabeler, StageTimes
+from posemum_deploy.label.worker import ShardResult, ShardWorker, WorkerSpec
 from posemum_deploy.label.writer import ShardStore
 
 log = logging.getLogger(__name__)
@@ -114,33 +113,30 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
                  batch_size: int = 64, workers: int | None = None, resume: bool = False,
                  engine: str = "local", progress: LabelProgress | None = None,
                  backend_options: dict[str, Any] | None = None,
-                 ray_actors: int | None = None) -> LabelSummary:
+                 ray_actors: int | None = None, processes: int = 1) -> LabelSummary:
     """Pseudo-label every image under `images_dir` into `out_dir` (see module docstring).
 
-    `backend` is a kind name for `load_backend` or an already open Backend for `model`.
+    `backend` is a kind name for `load_backend` or an already open Backend for `model`;
+    `processes` > 1 (local engine) spawns that many labelers, each loading `backend`.
     """
     settings = settings or LabelSettings()
     if engine not in ENGINES:
         raise ConfigError(f"--engine {engine!r}: choose {' or '.join(ENGINES)}")
     if settings.decode not in DECODERS:
         raise ConfigError(f"--decode {settings.decode!r}: choose {' or '.join(DECODERS)}")
-    if settings.decode == "device" and engine != "local":
-        raise ConfigError("--decode device runs with --engine local (one process per GPU)")
+    if processes < 1 or (processes > 1 and (engine != "local" or not isinstance(backend, str))):
+        raise ConfigError("--processes N (N > 1) runs the local engine with a backend name, "
+                          "each process loading its own model")
     root, model = Path(images_dir), Path(model)
     files = [p.relative_to(root).as_posix() for p in list_images(root)]
+    if settings.decode == "device" and settings.boxes.partition(":")[0] not in ("gt", "det", "full"):
+        raise ConfigError("--decode device works with --boxes gt:, det: or full; hog and "
+                          "detector: boxes read the pixels on the host, so use --decode host")
     boxes = parse_box_source(settings.boxes, settings.box_score_threshold,
                              settings.max_people, settings.boxes_ann)
-    if settings.decode == "device":
-        from posemum_deploy.label.device_crops import check_box_source
-
-        check_box_source(boxes)
     # Checked before the model loads, so a refused resume fails in a second.
     store = ShardStore(out_dir, run_identity(model, files, settings, boxes), resume)
     options = dict(backend_options or {})
-    if backend == "torch-fast":  # its CUDA graphs are captured for the labeling batch size
-        options.setdefault("batch_size", batch_size)
-    be = backend if not isinstance(backend, str) else (
-        None if engine == "ray" else load_backend(model, backend, **options))
     jobs = plan_shards(files, settings.shard_size)
     todo = [job for job in jobs if not store.is_done(job.index)]
     summary = LabelSummary(shards_total=len(jobs), shards_resumed=len(jobs) - len(todo))
@@ -148,21 +144,19 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
         progress.start(len(files), len(files) - sum(len(j.files) for j in todo))
     times = StageTimes()
     workers = workers or min(4, os.cpu_count() or 1)
+    spec = WorkerSpec(str(model.resolve()), str(root.resolve()), boxes,
+                      backend if isinstance(backend, str) else "auto", options, batch_size,
+                      workers, settings.flip, settings.dark, settings.oks_nms, settings.decode)
     t0 = time.perf_counter()
     if engine == "ray":
         from posemum_deploy.label.ray_engine import run_ray
 
-        run_ray(model, root, todo, settings, boxes, store, summary, times, progress,
-                backend=backend if isinstance(backend, str) else "auto",
-                batch_size=batch_size, actors=ray_actors, backend_options=backend_options,
-                workers=workers)
-    elif settings.decode == "device":
-        _run_local_device(be, root, todo, boxes, store, summary, times, progress, workers,
-                          settings, batch_size)
+        run_ray(spec, todo, store, summary, times, progress, actors=ray_actors)
+    elif processes > 1:
+        _run_processes(spec, todo, store, summary, times, progress, processes)
     else:
-        estimator = PoseEstimator(be, batch_size=batch_size, flip=settings.flip, dark=settings.dark)
-        _run_local(estimator, root, todo, boxes, store, summary, times, progress,
-                   workers, settings.oks_nms)
+        worker = ShardWorker(spec, None if isinstance(backend, str) else backend)
+        _run_local(worker, todo, store, summary, times, progress)
     summary.seconds = time.perf_counter() - t0
     summary.stage_seconds = dict(times.seconds)
     totals = store.finish(len(jobs))
@@ -170,26 +164,12 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
     return summary
 
 
-def _run_local(estimator: PoseEstimator, root: Path, todo: list[ShardJob], boxes: BoxSource,
-               store: ShardStore, summary: LabelSummary, times: StageTimes,
-               progress: LabelProgress | None, workers: int, nms: float | None) -> None:
-    """One process: decode threads run ahead (across shard ends) of batched inference."""
-    labeler = ShardLabeler(estimator, nms, times)
-    input_hw = tuple(estimator.meta.input_hw)
-    stream = ((job.index, rel) for job in todo for rel in job.files)
-    depth = max(4 * workers, 2 * estimator.batch_size)
-
-    def prepare(item: tuple[int, str]) -> tuple[int, Any]:
-        return item[0], prepare_image(root, item[1], boxes, input_hw, times)
-
-    prepared = prefetch(prepare, stream, workers, depth, times)
-    _label_shards(labeler, prepared, store, summary, times, progress)
-
-
-def _label_shards(labeler: ShardLabeler, prepared: Iterable[tuple[int, Prepared]],
-                  store: ShardStore, summary: LabelSummary, times: StageTimes,
-                  progress: LabelProgress | None) -> None:
-    """Label (shard index, Prepared) in order and write each shard as it completes."""
+def _run_local(worker: ShardWorker, todo: list[ShardJob], store: ShardStore,
+               summary: LabelSummary, times: StageTimes, progress: LabelProgress | None) -> None:
+    """One process: decoding runs ahead (across shard ends) of batched inference, and
+    each shard is written as soon as its last image is labeled."""
+    labeler = ShardLabeler(worker.estimator, worker.spec.oks_nms, times)
+    prepared = worker.stream(((job.index, rel) for job in todo for rel in job.files), times)
 
     def on_image(crops: int, skipped: int) -> None:
         summary.images += 1
@@ -207,30 +187,50 @@ def _label_shards(labeler: ShardLabeler, prepared: Iterable[tuple[int, Prepared]
         summary.shards_written += 1
 
 
-def _run_local_device(backend: Backend, root: Path, todo: list[ShardJob], boxes: BoxSource,
-                      store: ShardStore, summary: LabelSummary, times: StageTimes,
-                      progress: LabelProgress | None, workers: int, settings: LabelSettings,
-                      batch_size: int, chunk_images: int = 64) -> None:
-    """Threads read bytes; one device thread decodes, crops and normalises chunks of
-    `chunk_images` on its own stream while the main thread infers the previous chunk."""
-    import torch
+def record_shard(result: ShardResult, store: ShardStore, summary: LabelSummary,
+                 times: StageTimes, progress: LabelProgress | None) -> None:
+    """Write a shard labeled elsewhere (a process or a Ray actor) and count it."""
+    t0 = time.perf_counter()
+    entry = store.write_shard(result.index, result.records)
+    times.add("write", time.perf_counter() - t0)
+    times.merge(result.seconds)
+    summary.images += entry["images"]
+    summary.persons += entry["persons"]
+    summary.skipped += entry["errors"]
+    summary.crops += result.crops
+    summary.shards_written += 1
+    if progress:
+        progress.advance(entry["images"], result.crops, entry["errors"])
 
-    from posemum_deploy.inference.tensor_pipeline import TensorPoseEstimator
-    from posemum_deploy.label.device_crops import DeviceCropper, chunked, read_bytes
 
-    device = getattr(backend, "device", None)
-    if not isinstance(device, torch.device):  # runtimes that take host arrays
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    estimator = TensorPoseEstimator(backend, batch_size=batch_size, flip=settings.flip,
-                                    dark=settings.dark)
-    labeler = ShardLabeler(estimator, settings.oks_nms, times)
-    cropper = DeviceCropper(root, boxes, estimator.meta, device, times)
-    stream = ((job.index, rel) for job in todo for rel in job.files)
-    reads = prefetch(lambda item: (item[0], read_bytes(root, item[1])), stream, workers,
-                     3 * chunk_images)
-    chunks = prefetch(cropper.prepare, chunked(reads, chunk_images), 1, 2, times)
-    _label_shards(labeler, (p for chunk in chunks for p in chunk), store, summary, times,
-                  progress)
+def _run_processes(spec: WorkerSpec, todo: list[ShardJob], store: ShardStore,
+                   summary: LabelSummary, times: StageTimes, progress: LabelProgress | None,
+                   processes: int) -> None:
+    """`processes` spawned labelers (each with its own model, on the same GPU or CPU) take
+    whole shards; this process writes them as they finish, at most 2 per labeler queued."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from posemum_deploy.label.worker import init_process, label_in_process
+
+    jobs = iter(todo)
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=init_process, initargs=(spec,)) as pool:
+        pending = set()
+
+        def submit() -> None:
+            job = next(jobs, None)
+            if job is not None:
+                pending.add(pool.submit(label_in_process, job.index, job.files))
+
+        for _ in range(2 * processes):
+            submit()
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                pending.remove(future)
+                record_shard(future.result(), store, summary, times, progress)
+                submit()
 
 
 def summary_json(summary: LabelSummary) -> str:

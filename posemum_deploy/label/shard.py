@@ -115,6 +115,18 @@ def concat(parts: list[Any]) -> Any:
     return torch.cat(parts)
 
 
+def host_stream(root: Path, items: Iterable[tuple[Any, str]], boxes: BoxSource,
+                input_hw: tuple[int, int], workers: int, depth: int, times: StageTimes
+                ) -> Iterator[tuple[Any, Prepared]]:
+    """(key, Prepared) for (key, relative path) items, decoded and cropped by `workers`
+    CPU threads running up to `depth` images ahead of the consumer, in order."""
+
+    def prepare(item: tuple[Any, str]) -> tuple[Any, Prepared]:
+        return item[0], prepare_image(root, item[1], boxes, input_hw, times)
+
+    return prefetch(prepare, items, workers, depth, times)
+
+
 @dataclass
 class _Waiting:
     slot: int

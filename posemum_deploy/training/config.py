@@ -85,6 +85,7 @@ class RuntimeConfig:
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     precision: str = "auto"           # auto | fp32 | bf16 | fp16
     channels_last: bool = True
+    cudnn_benchmark: bool = True      # CUDA: autotune conv algorithms for the fixed crop shapes
     seed: int = 0
     val_every: int = 1                # epochs between validations (0: never)
     val_flip: bool = False

@@ -183,6 +183,8 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
     device = resolve_device(cfg.runtime.device)
     env = ddp.init_distributed(device)  # torchrun: rank 0 alone writes files
     device = ddp.local_device(device, env)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.runtime.cudnn_benchmark
     amp = autocast_dtype(cfg.runtime.precision, device)
     codec = HeatmapCodec(tuple(cfg.data.input_hw), cfg.data.heatmap_hw, cfg.data.sigma)
     loader = make_labeled_loader(cfg, codec, env)

@@ -65,3 +65,36 @@ def test_list_images_is_recursive_case_insensitive_and_sorted(tmp_path):
         ["a.png", "b.JPG", "sub/c.jpeg"]
     with pytest.raises(ImageError, match="not a folder"):
         list_images(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_by_hand_matches_cv2(tmp_path, orientation):
+    """Device decoders ignore EXIF; jpeg_exif_orientation + orient_chw give cv2's pixels."""
+    import torch
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from posemum_deploy.data.images import jpeg_exif_orientation, orient_chw, read_image
+
+    rng = np.random.default_rng(orientation)
+    base = np.kron(rng.integers(0, 255, (6, 4, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "o.jpg"
+    Image.fromarray(base).save(path, exif=exif.tobytes(), quality=95)
+    data = path.read_bytes()
+    assert jpeg_exif_orientation(data) == orientation
+    raw = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                      apply_exif_orientation=False)
+    ours = orient_chw(raw, jpeg_exif_orientation(data)).permute(1, 2, 0).numpy()
+    ref = read_image(path)
+    assert ours.shape == ref.shape
+    assert np.abs(ours.astype(int) - ref.astype(int)).mean() < 2.0
+
+
+def test_exif_orientation_of_odd_bytes_is_one():
+    from posemum_deploy.data.images import jpeg_exif_orientation
+
+    assert jpeg_exif_orientation(b"") == 1
+    assert jpeg_exif_orientation(b"\x89PNG\r\n") == 1
+    assert jpeg_exif_orientation(b"\xff\xd8\xff\xe1\x00\x10Exif\x00\x00MM\x00\x2a") == 1

@@ -24,12 +24,33 @@ from posemum_deploy.label.writer import iter_indexed
 from posemum_deploy.models import build_model
 
 
+def png_copy(root: Path, seed: int) -> Path:
+    """A synthetic set saved as PNG: both paths then decode identical pixels with cv2
+    (decoders of JPEG differ: nvjpeg upsamples chroma unlike libjpeg), so what is
+    compared is the device crops and heatmap decoding alone."""
+    import json
+
+    import cv2
+
+    ann = generate_dataset(root / "jpg", 12, seed=seed, image_size=(200, 260))
+    coco = json.loads(ann.read_text())
+    (root / "png" / "images").mkdir(parents=True)
+    for im in coco["images"]:
+        name = Path(im["file_name"]).with_suffix(".png").name
+        cv2.imwrite(str(root / "png" / "images" / name),
+                    cv2.imread(str(ann.parent / "images" / im["file_name"])))
+        im["file_name"] = name
+    out = root / "png" / "annotations.json"
+    out.write_text(json.dumps(coco))
+    return out
+
+
 def _host_and_device_agree(tmp_path: Path, model: Path, backend: str | TorchBackend) -> None:
-    ann = generate_dataset(tmp_path / "syn", 12, seed=3, image_size=(200, 260))
+    ann = png_copy(tmp_path, seed=3)
     records = {}
     for decode in ("host", "device"):
         out = tmp_path / decode
-        summary = label_folder(model, tmp_path / "syn" / "images", out,
+        summary = label_folder(model, ann.parent / "images", out,
                                LabelSettings(boxes=f"gt:{ann}", decode=decode, shard_size=5),
                                backend=backend, batch_size=8, workers=2)
         assert summary.images == 12 and summary.skipped == 0
@@ -45,7 +66,8 @@ def _host_and_device_agree(tmp_path: Path, model: Path, backend: str | TorchBack
     dist = np.concatenate(dist)
     # cv2 warps in 1/32-pixel fixed point, grid_sample in float: crops differ by < 1 grey
     # level, which moves a random model's argmax only where two peaks nearly tie.
-    assert len(dist) > 100 and (dist < 0.5).mean() > 0.95
+    agree = (dist < 0.5).mean()
+    assert len(dist) > 100 and agree > 0.95, f"{agree:.3f} of joints within 0.5 px"
 
 
 def test_device_decode_matches_host_labels(tmp_path: Path, tiny_model: Path) -> None:
@@ -74,19 +96,53 @@ def test_cuda_fast_backend_labels_like_fp32(tmp_path: Path, tiny_model: Path) ->
     joints = [np.abs(np.subtract(a["keypoints"], b["keypoints"])).max(-1)
               for ra, rb in zip(runs["fp32"], runs["fast"])
               for a, b in zip(ra["persons"], rb["persons"])]
-    assert len(joints) > 10 and (np.concatenate(joints) < 0.5).mean() > 0.95
+    agree = (np.concatenate(joints) < 0.5).mean()
+    assert len(joints) > 10 and agree > 0.95, f"{agree:.3f} of joints within 0.5 px"
 
 
-def test_device_decode_refuses_pixel_box_sources_and_ray(tmp_path: Path, tiny_model: Path) -> None:
-    (tmp_path / "images").mkdir()
-    with pytest.raises(ConfigError, match="--decode device works with"):
-        label_folder(tiny_model, tmp_path / "images", tmp_path / "out",
-                     LabelSettings(boxes="hog", decode="device"))
-    with pytest.raises(ConfigError, match="--engine local"):
-        label_folder(tiny_model, tmp_path / "images", tmp_path / "out2",
-                     LabelSettings(decode="device"), engine="ray")
-    with pytest.raises(ConfigError, match="--decode 'gpu'"):
-        label_folder(tiny_model, tmp_path / "images", tmp_path / "out3", LabelSettings(decode="gpu"))
+def _crop_differences(ann: Path, device: torch.device) -> np.ndarray:
+    """|device crops − host crops| in grey levels over every person of the set."""
+    from posemum_deploy.data.images import read_image
+    from posemum_deploy.inference.pipeline import make_crops
+    from posemum_deploy.label.boxes import parse_box_source
+    from posemum_deploy.label.device_crops import DeviceCropper, read_bytes
+    from posemum_deploy.label.shard import StageTimes
+
+    root = ann.parent / "images"
+    meta = ModelMetadata(input_hw=(128, 96), heatmap_hw=(32, 24))
+    boxes = parse_box_source(f"gt:{ann}")
+    cropper = DeviceCropper(root, boxes, meta, device, StageTimes())
+    files = sorted(p.name for p in root.iterdir())
+    diffs = []
+    for (_, item), name in zip(cropper.prepare([(0, read_bytes(root, f)) for f in files]), files):
+        image = read_image(root / name)
+        ref = make_crops(image, *boxes.boxes(name, image), (128, 96))
+        got = item.crops.crops.float().cpu().numpy().transpose(0, 2, 3, 1)
+        got = got * (np.array(meta.std) * 255) + np.array(meta.mean) * 255
+        np.testing.assert_allclose(item.crops.inverse, ref.inverse, atol=1e-9)
+        diffs.append(np.abs(got - ref.crops.astype(np.float32)).ravel())
+    return np.concatenate(diffs)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_crops_match_cv2_crops_on_the_same_pixels(tmp_path: Path, device: str) -> None:
+    """grid_sample warps against cv2.warpAffine (1/32-pixel fixed point): < 1 grey level."""
+    diffs = _crop_differences(png_copy(tmp_path, seed=5), torch.device(device))
+    assert diffs.mean() < 0.5 and np.percentile(diffs, 99) < 3, (diffs.mean(),
+                                                                 np.percentile(diffs, 99))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_jpeg_decode_is_close_to_cv2(tmp_path: Path, device: str) -> None:
+    """nvjpeg (or torchvision's CPU libjpeg) vs cv2 on JPEG crops: same orientation and
+    colours, differing only where chroma upsampling and IDCTs differ (sharp colour edges
+    of the synthetic people: 2.0 grey levels mean on an H100)."""
+    ann = generate_dataset(tmp_path / "syn", 6, seed=5, image_size=(200, 260))
+    diffs = _crop_differences(ann, torch.device(device))
+    assert diffs.mean() < 4.0, (diffs.mean(), np.percentile(diffs, 99))
 
 
 def test_quarter_decode_on_device_equals_codec() -> None:

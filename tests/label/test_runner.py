@@ -95,6 +95,38 @@ def test_batch_size_and_workers_do_not_change_results(tmp_path: Path, tiny_model
             np.testing.assert_allclose(pa["joint_scores"], pb["joint_scores"], atol=1e-4)
 
 
+def test_processes_write_the_same_shards_as_one_process(tmp_path: Path, tiny_model: Path) -> None:
+    """--processes 2: spawned labelers, each with its own model, take whole shards; the
+    shard files are byte for byte those of a one-process run, and a resume mixes both."""
+    write_images(tmp_path / "images", 7)
+    settings = LabelSettings(shard_size=2)
+    one, two = tmp_path / "one", tmp_path / "two"
+    label_folder(tiny_model, tmp_path / "images", one, settings, batch_size=3, backend="torch")
+    (one / "shard-00002.jsonl").unlink()
+    summary = label_folder(tiny_model, tmp_path / "images", two, settings, batch_size=3,
+                           backend="torch", processes=2)
+    assert (summary.images, summary.shards_written) == (7, 4)
+    shards = {p.name: p.read_bytes() for p in two.glob("shard-*.jsonl")}
+    assert len(shards) == 4
+    resumed = label_folder(tiny_model, tmp_path / "images", one, settings, batch_size=3,
+                           backend="torch", processes=2, resume=True)
+    assert resumed.shards_written == 1
+    assert {p.name: p.read_bytes() for p in one.glob("shard-*.jsonl")} == shards
+
+
+def test_processes_need_a_backend_name_and_report_load_errors(tmp_path: Path,
+                                                              tiny_model: Path) -> None:
+    from posemum_deploy.errors import ConfigError
+    from posemum_deploy.inference.torch_backend import TorchBackend
+
+    write_images(tmp_path / "images", 2)
+    with pytest.raises(ConfigError, match="--processes"):
+        label_folder(tiny_model, tmp_path / "images", tmp_path / "a", processes=2,
+                     backend=TorchBackend(tiny_model, device="cpu"))
+    with pytest.raises(ConfigError, match="unknown backend 'nope'"):  # raised in the labeler
+        label_folder(tiny_model, tmp_path / "images", tmp_path / "b", processes=2, backend="nope")
+
+
 def test_resume_redoes_only_missing_shards_and_refuses_changes(tmp_path: Path,
                                                                tiny_model: Path) -> None:
     write_images(tmp_path / "images", 5)
