@@ -17,7 +17,8 @@ def _cmd(labeled, unlabeled_dir, out):
             "--val-images", images, "--out", str(out), "--rounds", "2", "--backend", "torch",
             "--boxes", "full", "--input-size", "64x64", "--epochs", "1", "--batch-size", "8",
             "--max-steps", "2", "--workers", "0", "--min-joint-score", "0.0",
-            "--min-instance-score", "0.0", "--min-joints", "1"]
+            "--min-instance-score", "0.0", "--min-joints", "1", "--deconv-channels", "64",
+            "--lr", "2e-3"]
 
 
 def _wait_for(path, key, proc, timeout=600):

@@ -37,6 +37,9 @@ def rounds(
     input_size: str = typer.Option("256x192", "--input-size"),
     epochs: int = typer.Option(30, "--epochs"),
     batch_size: int = typer.Option(32, "--batch-size"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    deconv_channels: int = typer.Option(256, "--deconv-channels",
+                                        help="head width (the demo's recipe uses 128)"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
     workers: int = typer.Option(1, "--workers"),
     seed: int = typer.Option(0, "--seed"),
@@ -50,7 +53,8 @@ def rounds(
     tcfg.data.val_ann, tcfg.data.val_images = str(val_ann), str(val_images)
     tcfg.data.labeled, tcfg.data.images = str(labeled), str(images)
     tcfg.data.input_hw, tcfg.data.workers = parse_hw(input_size), workers
-    tcfg.model.backbone = backbone
+    tcfg.model.backbone, tcfg.model.deconv_channels = backbone, deconv_channels
+    tcfg.optim.lr = lr
     tcfg.optim.epochs, tcfg.optim.batch_size, tcfg.optim.max_steps = epochs, batch_size, max_steps
     tcfg.optim.milestones = (int(epochs * 2 / 3), int(epochs * 5 / 6))
     tcfg.runtime.seed = seed

@@ -13,11 +13,13 @@ def test_train_cli_end_to_end_then_evaluate(synthetic_small, tmp_path):
                             "--images", str(images), "--val-ann", str(synthetic_small),
                             "--val-images", str(images), "--out", str(out), "--input-size",
                             "64x64", "--epochs", "1", "--batch-size", "8", "--max-steps", "2",
-                            "--workers", "0", "--precision", "fp32"])
+                            "--workers", "0", "--precision", "fp32", "--deconv-channels", "64"])
     assert r.exit_code == 0, r.output
     assert "best val AP" in r.output
     ckpt = torch.load(out / "checkpoints/best.pt", weights_only=True)
     assert tuple(ckpt["config"]["data"]["input_hw"]) == (64, 64)
+    assert ckpt["config"]["model"]["deconv_channels"] == 64
+    assert ckpt["model"]["deconv.0.weight"].shape[1] == 64
     m = tmp_path / "m.json"
     r = runner.invoke(app, ["evaluate", "--model", str(out / "checkpoints/best.pt"), "--ann",
                             str(synthetic_small), "--images", str(images), "--json-out", str(m)])
