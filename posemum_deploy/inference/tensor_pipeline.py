@@ -12,11 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from posemum_deploy.data.coco import flip_permutation
 from posemum_deploy.data.codec import flip_back
 from posemum_deploy.data.transforms import transform_points
-from posemum_deploy.inference.backends import Backend
-from posemum_deploy.inference.pipeline import codec_for
+from posemum_deploy.inference.pipeline import PoseEstimator
 
 
 def decode_quarter_torch(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,22 +38,12 @@ def decode_quarter_torch(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return coords, scores
 
 
-class TensorPoseEstimator:
+class TensorPoseEstimator(PoseEstimator):
     """`PoseEstimator` for normalised NCHW crop tensors on the backend's device.
 
     Backends with `predict_tensor` (torch, fast torch) stay on the device; any other
     backend gets a host copy per batch, so the path works with every runtime.
     """
-
-    def __init__(self, backend: Backend, batch_size: int = 32, flip: bool = False,
-                 dark: bool = False) -> None:
-        self.backend = backend
-        self.meta = backend.metadata
-        self.codec = codec_for(self.meta)
-        self.batch_size = batch_size
-        self.flip = flip
-        self.dark = dark
-        self.flip_perm = flip_permutation(self.meta.num_joints, tuple(self.meta.flip_pairs))
 
     def _predict(self, batch: torch.Tensor) -> torch.Tensor:
         predict = getattr(self.backend, "predict_tensor", None)
