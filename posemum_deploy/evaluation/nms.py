@@ -64,16 +64,21 @@ def oks_nms(kpts: np.ndarray, scores: np.ndarray, areas: np.ndarray, thr: float 
     Kept indices come in descending score order. A pose is dropped when its OKS with an
     already kept, higher-scoring pose is above thr (ties in score keep the earlier one).
     """
-    kpts = np.asarray(kpts, dtype=np.float64)
+    kpts = np.asarray(kpts, dtype=np.float64).reshape(len(scores), -1, 3)
     areas = np.asarray(areas, dtype=np.float64)
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    # Every pair at once (the same element-wise arithmetic as `oks_iou`), then the greedy
+    # pass over the matrix: a labeler calls this for every image.
+    variances = (2.0 * np.asarray(sigmas, dtype=np.float64)) ** 2
+    sq_dist = ((kpts[None, :, :, :2] - kpts[:, None, :, :2]) ** 2).sum(axis=3)  # [g, d, K]
+    scale = (areas[:, None] + areas[None, :]) / 2.0 + np.spacing(1)
+    overlap = np.exp(-(sq_dist / variances / scale[:, :, None] / 2.0)).mean(axis=2)
     keep: list[int] = []
     while order.size > 0:
         i = int(order[0])
         keep.append(i)
         rest = order[1:]
-        overlap = oks_iou(kpts[i], kpts[rest], areas[i], areas[rest], sigmas)
-        order = rest[overlap <= thr]
+        order = rest[overlap[i, rest] <= thr]
     return keep
 
 

@@ -205,14 +205,19 @@ class ShardLabeler:
         if len(kpts):
             crops = item.crops
             scores = rescore(kpts[:, :, 2], crops.box_scores)
-            order = (oks_nms(kpts, scores, crops.areas, self.nms) if self.nms
+            order = (oks_nms(kpts, scores, crops.areas, self.nms) if self.nms and len(kpts) > 1
                      else range(len(kpts)))
+            # Rounded once per image (the same numbers as per person: a GPU labeler
+            # writes thousands of people a second, so this runs hot).
+            boxes = np.round(crops.boxes, 2).tolist()
+            xy = np.round(kpts[:, :, :2], 2).tolist()
+            joint_scores = np.round(kpts[:, :, 2], 5).tolist()
             for i in order:
                 persons.append({
-                    "box": np.round(crops.boxes[i], 2).tolist(),
+                    "box": boxes[i],
                     "box_score": round(float(crops.box_scores[i]), 5),
                     "score": round(float(scores[i]), 5),
-                    "keypoints": np.round(kpts[i, :, :2], 2).tolist(),
-                    "joint_scores": np.round(kpts[i, :, 2], 5).tolist(),
+                    "keypoints": xy[i],
+                    "joint_scores": joint_scores[i],
                     "area": round(float(crops.areas[i]), 2)})
         return {"file": item.rel, "width": item.width, "height": item.height, "persons": persons}
