@@ -79,3 +79,24 @@ def test_postprocess_needs_an_area() -> None:
     bad = [{"image_id": 7, "category_id": 1, "score": 1.0, "keypoints": [0.0] * 51}]
     with pytest.raises(AnnotationError, match="image 7"):
         postprocess_results(bad)
+
+
+def test_matrix_nms_equals_greedy_oks_iou_reference():
+    """oks_nms computes all pairs at once; it must keep exactly what the one-pose-at-a-time
+    greedy loop over oks_iou keeps (ties in score included)."""
+    def greedy(kpts, scores, areas, thr):
+        order, keep = np.argsort(-scores, kind="stable"), []
+        while order.size:
+            i, rest = int(order[0]), order[1:]
+            keep.append(i)
+            order = rest[oks_iou(kpts[i], kpts[rest], areas[i], areas[rest]) <= thr]
+        return keep
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        n = int(rng.integers(1, 9))
+        kpts = rng.random((1, 17, 3)) * 100 + rng.normal(0, rng.choice([0.5, 3, 20]), (n, 17, 3))
+        scores = np.round(rng.random(n), 1)  # ties
+        areas = rng.random(n) * 5000 + 10
+        thr = float(rng.choice([0.3, 0.9]))
+        assert oks_nms(kpts, scores, areas, thr) == greedy(kpts, scores, areas, thr)
