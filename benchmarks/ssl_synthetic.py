@@ -100,7 +100,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16, help="labeled and unlabeled batch size each")
     p.add_argument("--lr", type=float, default=1e-3, help="preset phase; the warm-up uses 2x")
     p.add_argument("--warmup-steps", type=int, default=400)
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=500)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="cpu")
     args = p.parse_args()

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from contextlib import nullcontext
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -38,11 +38,21 @@ log = logging.getLogger(__name__)
 SIZE_ONLY_SOURCES = (FullImageBoxes, TableBoxes)
 
 
+SIZE_ONLY_KINDS = ("gt", "det", "full")
+_WRONG_BOXES = ("--decode device works with --boxes gt:, det: or full; hog and detector: "
+                "boxes read the pixels on the host, so use --decode host")
+
+
+def check_box_spec(spec: str) -> None:
+    """Refuse a --boxes spec that device crops cannot serve, before anything loads."""
+    if spec.partition(":")[0] not in SIZE_ONLY_KINDS:
+        raise ConfigError(_WRONG_BOXES)
+
+
 def check_box_source(boxes: BoxSource) -> None:
     """Device crops know only each image's size on the host, not its pixels."""
     if not isinstance(boxes, SIZE_ONLY_SOURCES):
-        raise ConfigError("--decode device works with --boxes gt:, det: or full; hog and "
-                          "detector: boxes read the pixels on the host, so use --decode host")
+        raise ConfigError(_WRONG_BOXES)
 
 
 def backend_device(backend: Any) -> torch.device:

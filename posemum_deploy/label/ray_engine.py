@@ -20,6 +20,7 @@ import numpy as np
 from posemum_deploy.errors import BackendUnavailableError
 from posemum_deploy.label.shard import StageTimes
 from posemum_deploy.label.worker import ShardResult, ShardWorker, WorkerSpec
+from posemum_deploy.label.writer import EncodedShard
 
 if TYPE_CHECKING:
     from posemum_deploy.label.runner import LabelProgress, LabelSummary, ShardJob
@@ -38,7 +39,9 @@ class ShardActor:
         results = [self.worker.label(int(index), json.loads(files))
                    for index, files in zip(batch["shard"], batch["files"])]
         return {"shard": np.asarray([r.index for r in results]),
-                "records": np.array([json.dumps(r.records) for r in results], dtype=object),
+                "text": np.array([r.shard.text for r in results], dtype=object),
+                "counts": np.asarray([(r.shard.images, r.shard.errors, r.shard.persons)
+                                      for r in results]),
                 "times": np.array([json.dumps(r.seconds) for r in results], dtype=object),
                 "crops": np.asarray([r.crops for r in results])}
 
@@ -73,6 +76,7 @@ def run_ray(spec: WorkerSpec, todo: list["ShardJob"], store: "ShardStore",
     ds = ds.map_batches(ShardActor, batch_size=1, batch_format="numpy", concurrency=n,
                         fn_constructor_kwargs={"spec": spec}, **per_actor)
     for row in ds.iter_rows():
-        result = ShardResult(int(row["shard"]), json.loads(row["records"]),
-                             json.loads(row["times"]), int(row["crops"]))
+        images, errors, persons = (int(v) for v in row["counts"])
+        shard = EncodedShard(str(row["text"]), images, errors, persons)
+        result = ShardResult(int(row["shard"]), shard, json.loads(row["times"]), int(row["crops"]))
         record_shard(result, store, summary, times, progress)

@@ -129,9 +129,10 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
                           "each process loading its own model")
     root, model = Path(images_dir), Path(model)
     files = [p.relative_to(root).as_posix() for p in list_images(root)]
-    if settings.decode == "device" and settings.boxes.partition(":")[0] not in ("gt", "det", "full"):
-        raise ConfigError("--decode device works with --boxes gt:, det: or full; hog and "
-                          "detector: boxes read the pixels on the host, so use --decode host")
+    if settings.decode == "device":
+        from posemum_deploy.label.device_crops import check_box_spec
+
+        check_box_spec(settings.boxes)
     boxes = parse_box_source(settings.boxes, settings.box_score_threshold,
                              settings.max_people, settings.boxes_ann)
     # Checked before the model loads, so a refused resume fails in a second.
@@ -191,7 +192,7 @@ def record_shard(result: ShardResult, store: ShardStore, summary: LabelSummary,
                  times: StageTimes, progress: LabelProgress | None) -> None:
     """Write a shard labeled elsewhere (a process or a Ray actor) and count it."""
     t0 = time.perf_counter()
-    entry = store.write_shard(result.index, result.records)
+    entry = store.write_shard(result.index, result.shard)
     times.add("write", time.perf_counter() - t0)
     times.merge(result.seconds)
     summary.images += entry["images"]

@@ -10,6 +10,7 @@ processes, engines and resumes.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from posemum_deploy.inference.backends import Backend, load_backend
 from posemum_deploy.inference.pipeline import PoseEstimator
 from posemum_deploy.label.boxes import BoxSource
 from posemum_deploy.label.shard import ShardLabeler, StageTimes, host_stream
+from posemum_deploy.label.writer import EncodedShard, encode_shard
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ class ShardResult:
     """One labeled shard, as a worker hands it back to the writer."""
 
     index: int
-    records: list[dict[str, Any]]
+    shard: EncodedShard
     seconds: dict[str, float]
     crops: int
 
@@ -93,7 +95,10 @@ class ShardWorker:
 
         stream = self.stream(((index, rel) for rel in files), times)
         records = labeler.label((p for _, p in stream), count)
-        return ShardResult(index, records, dict(times.seconds), crops[0])
+        t0 = time.perf_counter()
+        shard = encode_shard(records)
+        times.add("encode", time.perf_counter() - t0)
+        return ShardResult(index, shard, dict(times.seconds), crops[0])
 
 
 # The pool's worker processes each hold one ShardWorker, built once by `init_process`.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,6 +28,24 @@ FORMAT_VERSION = 1
 
 class ResumeError(PosemumError, ValueError):
     """An output folder whose run cannot be continued with these inputs."""
+
+
+@dataclass
+class EncodedShard:
+    """A shard's JSONL text and counts, encoded where it was labeled (a labeling process
+    or a Ray actor), so the one writer only writes."""
+
+    text: str
+    images: int
+    errors: int
+    persons: int
+
+
+def encode_shard(records: list[dict[str, Any]]) -> EncodedShard:
+    """One compact JSON line per image record, and the counts for the manifest."""
+    return EncodedShard("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records),
+                        len(records), sum(1 for r in records if "error" in r),
+                        sum(len(r.get("persons", ())) for r in records))
 
 
 def shard_name(index: int) -> str:
@@ -100,14 +119,16 @@ class ShardStore:
         entry = self.manifest["shards"].get(str(index))
         return entry is not None and (self.out_dir / entry["file"]).is_file()
 
-    def write_shard(self, index: int, records: list[dict[str, Any]]) -> dict[str, Any]:
-        """Write one shard atomically, then record it in the manifest; returns its entry."""
+    def write_shard(self, index: int, shard: "list[dict[str, Any]] | EncodedShard"
+                    ) -> dict[str, Any]:
+        """Write one shard (its records, or their `encode_shard` text) atomically, then
+        record it in the manifest; returns its entry."""
+        if not isinstance(shard, EncodedShard):
+            shard = encode_shard(shard)
         name = shard_name(index)
-        atomic_write_text(self.out_dir / name,
-                          "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
-        errors = sum(1 for r in records if "error" in r)
-        entry = {"file": name, "images": len(records), "errors": errors,
-                 "persons": sum(len(r.get("persons", ())) for r in records)}
+        atomic_write_text(self.out_dir / name, shard.text)
+        entry = {"file": name, "images": shard.images, "errors": shard.errors,
+                 "persons": shard.persons}
         self.manifest["shards"][str(index)] = entry
         self._save_manifest()
         return entry
