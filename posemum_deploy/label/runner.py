@@ -137,26 +137,29 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
                              settings.max_people, settings.boxes_ann)
     # Checked before the model loads, so a refused resume fails in a second.
     store = ShardStore(out_dir, run_identity(model, files, settings, boxes), resume)
-    options = dict(backend_options or {})
+    workers = workers or min(4, os.cpu_count() or 1)
+    spec = WorkerSpec(str(model.resolve()), str(root.resolve()), boxes,
+                      backend if isinstance(backend, str) else "auto",
+                      dict(backend_options or {}), batch_size, workers, settings.flip,
+                      settings.dark, settings.oks_nms, settings.decode)
+    # One process loads its model here, before progress and the clock start (rates count
+    # labeling only); spawned labelers and Ray actors load their own.
+    worker = (ShardWorker(spec, None if isinstance(backend, str) else backend)
+              if engine == "local" and processes == 1 else None)
     jobs = plan_shards(files, settings.shard_size)
     todo = [job for job in jobs if not store.is_done(job.index)]
     summary = LabelSummary(shards_total=len(jobs), shards_resumed=len(jobs) - len(todo))
     if progress:
         progress.start(len(files), len(files) - sum(len(j.files) for j in todo))
     times = StageTimes()
-    workers = workers or min(4, os.cpu_count() or 1)
-    spec = WorkerSpec(str(model.resolve()), str(root.resolve()), boxes,
-                      backend if isinstance(backend, str) else "auto", options, batch_size,
-                      workers, settings.flip, settings.dark, settings.oks_nms, settings.decode)
     t0 = time.perf_counter()
     if engine == "ray":
         from posemum_deploy.label.ray_engine import run_ray
 
         run_ray(spec, todo, store, summary, times, progress, actors=ray_actors)
-    elif processes > 1:
+    elif worker is None:
         _run_processes(spec, todo, store, summary, times, progress, processes)
     else:
-        worker = ShardWorker(spec, None if isinstance(backend, str) else backend)
         _run_local(worker, todo, store, summary, times, progress)
     summary.seconds = time.perf_counter() - t0
     summary.stage_seconds = dict(times.seconds)
