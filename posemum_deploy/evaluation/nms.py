@@ -47,14 +47,19 @@ def oks_iou(g: np.ndarray, d: np.ndarray, area_g: float, areas_d: np.ndarray,
     As in SimpleBaseline's `oks_iou`: every joint counts (no visibility test) and the
     scale is the mean of the two areas, so the measure is symmetric.
     """
-    sigmas = np.asarray(sigmas, dtype=np.float64)
-    g = np.asarray(g, dtype=np.float64).reshape(-1, 3)
-    d = np.asarray(d, dtype=np.float64).reshape(-1, g.shape[0], 3)
-    variances = (2.0 * sigmas) ** 2
-    sq_dist = ((d[:, :, :2] - g[None, :, :2]) ** 2).sum(axis=2)  # [M, K]
-    scale = (area_g + np.asarray(areas_d, dtype=np.float64)) / 2.0 + np.spacing(1)
-    e = sq_dist / variances[None, :] / scale[:, None] / 2.0
-    return np.exp(-e).mean(axis=1)
+    g = np.asarray(g, dtype=np.float64).reshape(1, -1, 3)
+    d = np.asarray(d, dtype=np.float64).reshape(-1, g.shape[1], 3)
+    return oks_matrix(g, d, np.asarray([area_g], dtype=np.float64),
+                      np.asarray(areas_d, dtype=np.float64), sigmas)[0]
+
+
+def oks_matrix(g: np.ndarray, d: np.ndarray, areas_g: np.ndarray, areas_d: np.ndarray,
+               sigmas: np.ndarray = OKS_SIGMAS) -> np.ndarray:
+    """OKS of every pose in g [G, K, 3] with every pose in d [D, K, 3] -> [G, D]."""
+    variances = (2.0 * np.asarray(sigmas, dtype=np.float64)) ** 2
+    sq_dist = ((d[None, :, :, :2] - g[:, None, :, :2]) ** 2).sum(axis=3)  # [G, D, K]
+    scale = (areas_g[:, None] + areas_d[None, :]) / 2.0 + np.spacing(1)
+    return np.exp(-(sq_dist / variances / scale[:, :, None] / 2.0)).mean(axis=2)
 
 
 def oks_nms(kpts: np.ndarray, scores: np.ndarray, areas: np.ndarray, thr: float = 0.9,
@@ -67,12 +72,9 @@ def oks_nms(kpts: np.ndarray, scores: np.ndarray, areas: np.ndarray, thr: float 
     kpts = np.asarray(kpts, dtype=np.float64).reshape(len(scores), -1, 3)
     areas = np.asarray(areas, dtype=np.float64)
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    # Every pair at once (the same element-wise arithmetic as `oks_iou`), then the greedy
-    # pass over the matrix: a labeler calls this for every image.
-    variances = (2.0 * np.asarray(sigmas, dtype=np.float64)) ** 2
-    sq_dist = ((kpts[None, :, :, :2] - kpts[:, None, :, :2]) ** 2).sum(axis=3)  # [g, d, K]
-    scale = (areas[:, None] + areas[None, :]) / 2.0 + np.spacing(1)
-    overlap = np.exp(-(sq_dist / variances / scale[:, :, None] / 2.0)).mean(axis=2)
+    # Every pair at once, then the greedy pass over the matrix: a labeler calls this for
+    # every image.
+    overlap = oks_matrix(kpts, kpts, areas, areas, sigmas)
     keep: list[int] = []
     while order.size > 0:
         i = int(order[0])
