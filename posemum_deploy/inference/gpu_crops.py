@@ -50,8 +50,9 @@ def warp_crops_batched(images: list[torch.Tensor], image_index: np.ndarray | tor
         first, last = group[0], group[-1]
         pick = ((owner >= first) & (owner <= last)).nonzero()[:, 0]
         if len(pick):
-            out[pick.to(device)] = _warp_on_canvas(images[first:last + 1], owner[pick] - first,
-                                                   inv[pick.to(device)], output_hw)
+            on_device = pick.to(device)
+            out[on_device] = _warp_on_canvas(images[first:last + 1], owner[pick] - first,
+                                             inv[on_device], output_hw)
     return out
 
 

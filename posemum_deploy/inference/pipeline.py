@@ -37,12 +37,18 @@ def make_crops(image: np.ndarray, boxes: np.ndarray, box_scores: np.ndarray,
                input_hw: tuple[int, int]) -> CropBatch:
     """Affine crops of every box of one image (aspect-fixed, 1.25 padding, no rotation)."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    center, scale = box_to_center_scale(boxes, input_hw[1] / input_hw[0])
-    fwd = affine_matrices(center, scale, 0.0, input_hw)
-    inv = affine_matrices(center, scale, 0.0, input_hw, inverse=True)
-    crops = warp_crops(image, fwd, input_hw)
-    areas = np.prod(scale * 200.0, axis=1)
+    center, scale, inv, areas = crop_frames(boxes, input_hw)
+    crops = warp_crops(image, affine_matrices(center, scale, 0.0, input_hw), input_hw)
     return CropBatch(crops, inv, boxes, np.asarray(box_scores, dtype=np.float64).reshape(-1), areas)
+
+
+def crop_frames(boxes: np.ndarray, input_hw: tuple[int, int]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes [N, 4] xywh → centers, scales, crop → image affines [N, 2, 3] and the
+    (scale·200)² areas OKS-NMS uses: the crop geometry of host and device crops alike."""
+    center, scale = box_to_center_scale(boxes, input_hw[1] / input_hw[0])
+    inverse = affine_matrices(center, scale, 0.0, input_hw, inverse=True)
+    return center, scale, inverse, np.prod(scale * 200.0, axis=1)
 
 
 class PoseEstimator:

@@ -26,11 +26,10 @@ import torch
 
 from posemum_deploy.data.images import (check_image_bytes, decode_image, jpeg_exif_orientation,
                                         orient_chw, read_image_bytes)
-from posemum_deploy.data.transforms import affine_matrices, box_to_center_scale
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.export.metadata import ModelMetadata
 from posemum_deploy.inference.gpu_crops import normalize_crops, warp_crops_batched
-from posemum_deploy.inference.pipeline import CropBatch
+from posemum_deploy.inference.pipeline import CropBatch, crop_frames
 from posemum_deploy.label.boxes import BoxSource, FullImageBoxes, TableBoxes
 from posemum_deploy.label.shard import Prepared, StageTimes, prefetch
 
@@ -168,9 +167,7 @@ class DeviceCropper:
             decoded.append(image)
         boxes = np.concatenate(all_boxes) if all_boxes else np.zeros((0, 4))
         box_scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
-        center, scale = box_to_center_scale(boxes, w_in / h_in)  # every box of the chunk at once
-        inverse = affine_matrices(center, scale, 0.0, (h_in, w_in), inverse=True)
-        areas = np.prod(scale * 200.0, axis=1)
+        _, _, inverse, areas = crop_frames(boxes, (h_in, w_in))  # every box of the chunk at once
         t2 = time.perf_counter()
         crops = None
         if owners:
