@@ -63,14 +63,22 @@ def infer_rows(backbone: str, batches: list[int], device: torch.device, args) ->
     model = build_model(backbone).eval().to(device)
     meta = ModelMetadata(backbone=backbone)
     eager = TorchBackend(model, meta, device=str(device))
-    rows = Rows()
+    rows: list[dict] = []
+    eager_rate: dict[int, float] = {}  # batch → eager crops/s, measured first
+
+    def add(row: dict) -> None:
+        """Keep a row and print it now (flushed), so a run cut short by a time limit still
+        shows what it measured."""
+        rows.append(row)
+        print(format_row(row, eager_rate.get(row["batch"])), flush=True)
+
     for b in batches:
         x = torch.randn(b, 3, 256, 192, device=device)
         ref = eager.predict_tensor(x)
         reps = args.reps if b > 1 else args.reps * 5
-        rows.append({"model": backbone, "batch": b, "backend": "torch eager fp32",
-                     "crops_per_s": rate(lambda: eager.predict_tensor(x), b, device, reps),
-                     "max_diff": 0.0, "peak": float(ref.abs().max())})
+        eager_rate[b] = rate(lambda: eager.predict_tensor(x), b, device, reps)
+        add({"model": backbone, "batch": b, "backend": "torch eager fp32",
+             "crops_per_s": eager_rate[b], "max_diff": 0.0, "peak": float(ref.abs().max())})
         modes = [("fast fp16+CL+graphs", dict(compile=False))]
         if args.compile and (backbone == "resnet18" or args.compile_all) and \
                 b == max(batches):  # inductor compiles per batch size: the big one matters
@@ -83,28 +91,17 @@ def infer_rows(backbone: str, batches: list[int], device: torch.device, args) ->
                                         device=str(device), precision=args.half, batch_size=b,
                                         cuda_graphs=device.type == "cuda", **kw)
                 out = fast.predict_tensor(x)
-                rows.append({"model": backbone, "batch": b,
-                             "backend": label.replace("fp16", fast.metadata.precision),
-                             "crops_per_s": rate(lambda: fast.predict_tensor(x), b, device, reps),
-                             "max_diff": float((out - ref).abs().max()),
-                             "peak": float(ref.abs().max())})
+                add({"model": backbone, "batch": b,
+                     "backend": label.replace("fp16", fast.metadata.precision),
+                     "crops_per_s": rate(lambda: fast.predict_tensor(x), b, device, reps),
+                     "max_diff": float((out - ref).abs().max()),
+                     "peak": float(ref.abs().max())})
             except Exception as e:  # report, keep benchmarking the rest
-                rows.append({"model": backbone, "batch": b, "backend": label,
-                             "skipped": f"{type(e).__name__}: {str(e)[:120]}"})
+                add({"model": backbone, "batch": b, "backend": label,
+                     "skipped": f"{type(e).__name__}: {str(e)[:120]}"})
         for row in runtime_rows(model, backbone, b, x, ref, device, args):
-            rows.append(row)
-    return list(rows)
-
-
-class Rows(list):
-    """Inference rows, each printed (flushed) the moment it is measured, so a run cut
-    short by a time limit still shows what it measured."""
-
-    def append(self, row: dict) -> None:
-        super().append(row)
-        if row["backend"] == "torch eager fp32":
-            self.eager = row["crops_per_s"]
-        print(format_row(row, getattr(self, "eager", None)), flush=True)
+            add(row)
+    return rows
 
 
 def runtime_rows(model, backbone, b, x, ref, device, args) -> list[dict]:
@@ -206,7 +203,8 @@ def replicate(ann: Path, repeat: int, work: Path) -> Path:
     return out
 
 
-def label_rows(ann: Path, fast: FastTorchBackend, batch: int, device, args) -> dict:
+def label_rows(ann: Path, fast: FastTorchBackend, batch: int, model_only: float, device,
+               args) -> dict:
     """`label_folder` (what `posemum label` runs) with the fast backend: device decode in
     one process (the warm in-process backend) and in N spawned processes sharing the
     GPU (each loads the checkpoint), and host decode threads for comparison."""
@@ -230,7 +228,7 @@ def label_rows(ann: Path, fast: FastTorchBackend, batch: int, device, args) -> d
         results[name] = {"images": s.images, "crops": s.crops, "crops_per_s": s.crops_per_s,
                          "steady_crops_per_s": probe.steady(),
                          "stage_seconds": {k: round(v, 3) for k, v in s.stage_seconds.items()}}
-        print_label_row(name, results[name], args.model_only)
+        print_label_row(name, results[name], model_only)
 
     run("warm-up (device decode, 1 process)", ann, "device")
     if args.label_host:
@@ -343,12 +341,12 @@ def main() -> None:
                                 device=str(device), precision=args.half, batch_size=b,
                                 cuda_graphs=device.type == "cuda")
         x = torch.randn(b, 3, 256, 192, device=device)
-        args.model_only = rate(lambda: fast.predict_tensor(x), b, device, args.reps)
+        model_only = rate(lambda: fast.predict_tensor(x), b, device, args.reps)
         print(f"\n## end-to-end labeling (posemum label), 480x640 images, batch {b}: "
               f"overall and steady-state crops/s, steady / model-only")
-        print(f"{'model-only (fast R18)':44s} {args.model_only:8.0f} crops/s", flush=True)
-        report["labeling"] = {"model_only_crops_per_s": args.model_only,
-                              **label_rows(ann, fast, b, device, args)}
+        print(f"{'model-only (fast R18)':44s} {model_only:8.0f} crops/s", flush=True)
+        report["labeling"] = {"model_only_crops_per_s": model_only,
+                              **label_rows(ann, fast, b, model_only, device, args)}
     if "training" in args.sections:
         report["training"] = training_rows(ann, device, args)
         print("\n## training (ResNet-18, 256x192, 32 + 32 crops, bf16)")
