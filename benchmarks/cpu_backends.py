@@ -9,6 +9,11 @@ against torch eager fp32. With --val-ann/--val-images every backend is also scor
 Targets (issue 8): OpenVINO bf16 ≥ 4× torch with ≤ 0.5 AP point drop, OpenVINO INT8
 ≥ 7× torch with ≤ 1.0 point drop.
 
+Roofline columns: each backend's achieved GMAC/s (images/s × the network's MACs per
+crop) as a share of this CPU's measured GEMM peak in the arithmetic it runs (fp32,
+bf16 or int8; `roofline.py`), and the ceiling that peak puts on "× torch": a ratio
+target above the ceiling cannot be met on this CPU by any runtime of that arithmetic.
+
     python benchmarks/cpu_backends.py                                   # random weights
     python benchmarks/cpu_backends.py --ckpt runs/demo/checkpoints/best.pt \\
         --val-ann VAL.json --val-images VAL_DIR [--calib TRAIN.json] [--reps 5]
@@ -27,6 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from roofline import arithmetic, gemm_peaks
 
 from posemum_deploy.data.transforms import normalize_numpy
 from posemum_deploy.export.calibration import CropBatcher, calibration_crops
@@ -38,6 +44,7 @@ from posemum_deploy.inference.openvino_backend import OpenVinoBackend, cpu_preci
 from posemum_deploy.inference.ort_backend import OrtBackend
 from posemum_deploy.inference.torch_backend import TorchBackend
 from posemum_deploy.models.checkpoint import load_model
+from posemum_deploy.models.complexity import count_macs
 from posemum_deploy.models.simple_baseline import build_model
 
 COCO_MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco_mini"
@@ -134,15 +141,21 @@ def val_aps(backends: dict[str, Any], ann: Path, images: Path, batch: int) -> di
             for name, be in backends.items()}
 
 
-def table(rates: dict[str, list[float]], aps: dict[str, float]) -> list[dict[str, Any]]:
+def table(rates: dict[str, list[float]], aps: dict[str, float], gmacs_per_image: float,
+          peaks: dict[str, float]) -> list[dict[str, Any]]:
+    """One row per backend: speed, ratio to torch, AP, and where it sits under the roofline."""
     base = statistics.median(rates["torch eager fp32"])
     base_ap = aps.get("torch eager fp32")
     rows = []
     for name, values in rates.items():
         med = statistics.median(values)
+        peak = peaks.get(arithmetic(name))
         row = {"backend": name, "images_per_s": med, "vs_torch": med / base,
                "spread": (min(values), max(values)), "ap": aps.get(name),
-               "ap_drop_points": None if base_ap is None else 100 * (base_ap - aps[name])}
+               "ap_drop_points": None if base_ap is None else 100 * (base_ap - aps[name]),
+               "gmac_per_s": med * gmacs_per_image,
+               "peak_share": None if peak is None else med * gmacs_per_image / peak,
+               "ceiling_vs_torch": None if peak is None else peak / (base * gmacs_per_image)}
         if name in TARGETS:
             speed, drop = TARGETS[name]
             ok = row["vs_torch"] >= speed and (row["ap_drop_points"] is None
@@ -153,13 +166,16 @@ def table(rates: dict[str, list[float]], aps: dict[str, float]) -> list[dict[str
 
 
 def print_rows(rows: list[dict[str, Any]]) -> None:
-    print(f"{'backend':<26}{'img/s':>9}{'× torch':>9}{'min–max':>15}{'AP':>8}{'ΔAP pt':>8}  target")
+    print(f"{'backend':<26}{'img/s':>9}{'× torch':>9}{'min–max':>15}{'AP':>8}{'ΔAP pt':>8}"
+          f"{'GMAC/s':>8}{'% peak':>8}{'ceiling':>9}  target")
     for r in rows:
         ap = "" if r["ap"] is None else f"{r['ap']:.4f}"
         drop = "" if r["ap_drop_points"] is None else f"{r['ap_drop_points']:+.2f}"
         spread = f"{r['spread'][0]:.1f}–{r['spread'][1]:.1f}"
+        share = "" if r["peak_share"] is None else f"{100 * r['peak_share']:.0f}%"
+        ceiling = "" if r["ceiling_vs_torch"] is None else f"{r['ceiling_vs_torch']:.2f}×"
         print(f"{r['backend']:<26}{r['images_per_s']:>9.1f}{r['vs_torch']:>8.2f}×{spread:>15}"
-              f"{ap:>8}{drop:>8}  {r.get('target', '')}")
+              f"{ap:>8}{drop:>8}{r['gmac_per_s']:>8.0f}{share:>8}{ceiling:>9}  {r.get('target', '')}")
 
 
 def main() -> None:
@@ -184,10 +200,17 @@ def main() -> None:
                            args.reps, args.calls)
         aps = val_aps(backends, args.val_ann, args.val_images, args.batch) if args.val_ann else {}
     print(f"load average at end {os.getloadavg()[0]:.2f} (other processes share these cores)")
-    rows = table(rates, aps)
+    gmacs = count_macs(model, tuple(meta.input_hw)) / 1e9
+    peaks = gemm_peaks(args.threads)
+    print(f"network: {gmacs:.2f} GMAC per crop; GEMM peaks on {args.threads} threads: "
+          + ", ".join(f"{k} {v:.0f} GMAC/s" for k, v in peaks.items()))
+    rows = table(rates, aps, gmacs, peaks)
     print_rows(rows)
+    print("ceiling = that arithmetic's GEMM peak / torch eager's achieved GMAC/s: the most "
+          "\"× torch\" a runtime at 100 % of the peak could show here")
     if args.json:
-        args.json.write_text(json.dumps({"note": note, "cpu": cpu, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"note": note, "cpu": cpu, "gmac_per_image": gmacs,
+                                         "gemm_peaks": peaks, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from roofline import gemm_peaks
 
 from posemum_deploy.data.transforms import normalize_numpy
 from posemum_deploy.export.calibration import calibration_crops
@@ -26,6 +27,7 @@ from posemum_deploy.export.formats import ExportOptions, export_model
 from posemum_deploy.export.metadata import ModelMetadata
 from posemum_deploy.inference.ort_backend import OrtBackend
 from posemum_deploy.inference.torch_backend import TorchBackend
+from posemum_deploy.models.complexity import count_macs
 from posemum_deploy.models.simple_baseline import build_model
 
 COCO_MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco_mini"
@@ -51,6 +53,19 @@ def measure(backends: dict[str, object], batch: np.ndarray, reps: int) -> dict[s
             be.predict(batch)
             times[name].append(time.perf_counter() - t0)
     return times
+
+
+def print_roofline(model: torch.nn.Module, input_hw: tuple[int, int], ips: dict[str, float]) -> None:
+    """Achieved GMAC/s against this CPU's measured GEMM peaks (see roofline.py)."""
+    gmacs = count_macs(model, input_hw) / 1e9
+    peaks = gemm_peaks(torch.get_num_threads())
+    print(f"roofline: {gmacs:.2f} GMAC per crop; GEMM peaks " + ", ".join(
+        f"{k} {v:.0f}" for k, v in peaks.items()) + " GMAC/s")
+    for name, value in ips.items():
+        peak = peaks["int8" if "INT8" in name else "fp32"]
+        print(f"  {name:18s} {value * gmacs:6.0f} GMAC/s = {100 * value * gmacs / peak:3.0f}% of peak")
+    print(f"  ceiling for ORT fp32 / torch eager (fp32 peak / torch's GMAC/s): "
+          f"{peaks['fp32'] / (ips['torch eager fp32'] * gmacs):.2f}x")
 
 
 def val_ap(backend: object, ann: Path, images: Path, batch_size: int) -> float:
@@ -101,6 +116,7 @@ def main() -> None:
     r_int8 = ips["ORT INT8"] / ips["ORT fp32"]
     print(f"ORT fp32 / torch eager = {r_fp32:.2f}x (target ≥ 1.8x: {'met' if r_fp32 >= 1.8 else 'NOT met'})")
     print(f"ORT INT8 / ORT fp32    = {r_int8:.2f}x (target ≥ 1.5x: {'met' if r_int8 >= 1.5 else 'NOT met'})")
+    print_roofline(backends["torch eager fp32"].model, tuple(meta.input_hw), ips)
     if args.val_ann and args.val_images:
         ap32 = val_ap(backends["ORT fp32"], args.val_ann, args.val_images, args.batch)
         ap8 = val_ap(backends["ORT INT8"], args.val_ann, args.val_images, args.batch)
