@@ -58,6 +58,18 @@ def open_backend(spec: WorkerSpec) -> Backend:
     return load_backend(spec.model, spec.backend, **options)
 
 
+def host_crops_estimator(backend: Backend, spec: WorkerSpec) -> PoseEstimator:
+    """The estimator for crops cut on the host: a torch network on a GPU gets them as uint8
+    through a reused pinned buffer and keeps flip test and heatmap decode on the device
+    (`UploadingPoseEstimator`); every other backend takes the float NumPy batch."""
+    device = getattr(backend, "device", None)
+    if hasattr(backend, "predict_tensor") and getattr(device, "type", None) == "cuda":
+        from posemum_deploy.inference.tensor_pipeline import UploadingPoseEstimator
+
+        return UploadingPoseEstimator(backend, spec.batch_size, spec.flip, spec.dark)
+    return PoseEstimator(backend, spec.batch_size, spec.flip, spec.dark)
+
+
 class ShardWorker:
     """Holds one backend; `label(index, files)` labels one shard from its file list."""
 
@@ -71,7 +83,7 @@ class ShardWorker:
             self.estimator = TensorPoseEstimator(be, spec.batch_size, spec.flip, spec.dark)
             self.device = backend_device(be)
         else:
-            self.estimator = PoseEstimator(be, spec.batch_size, spec.flip, spec.dark)
+            self.estimator = host_crops_estimator(be, spec)
 
     def stream(self, items: Any, times: StageTimes) -> Any:
         """(key, Prepared) for (key, relative path) items, decoded on host or device."""
