@@ -34,7 +34,10 @@ class RichTrainCallbacks:
                                            info="")
 
     def on_step(self, step: int, logs: dict[str, float]) -> None:
-        info = f"loss {logs.get('loss', 0):.2e}  {logs.get('crops_per_s', 0):.0f} crops/s"
+        if "loss" not in logs:  # nothing logged yet (the first runtime.log_every steps)
+            self.progress.update(self.task, completed=step)
+            return
+        info = f"loss {logs['loss']:.2e}  {logs.get('crops_per_s', 0):.0f} crops/s"
         self.progress.update(self.task, completed=step, info=info)
 
     def on_eval(self, epoch: int, metrics: dict[str, float]) -> None:

@@ -161,7 +161,9 @@ class SemiSupervisedStep:
         n = labeled.shape[0]
         return joints_mse_loss(pred[:n], target, weight), joints_mse_loss(pred[n:], pseudo)
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, float]:
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """One step; the losses come back as device tensors (reading them would wait for
+        the GPU every step: the trainer reads them only on the steps it logs)."""
         labeled = self._images(batch)
         target = batch["target"].to(self.device, non_blocking=True)
         weight = batch["target_weight"].to(self.device, non_blocking=True)
@@ -169,7 +171,7 @@ class SemiSupervisedStep:
         students = [(self.model, self.optimizer)]
         if self.dual:
             students.append((self.teacher.trainable, self.teacher.optimizer))
-        logs: dict[str, float] = {}
+        logs: dict[str, Tensor] = {}
         for i, (model, opt) in enumerate(students):
             with self._autocast():
                 teacher_out = self._pseudo_labels(i, weak)
@@ -182,9 +184,8 @@ class SemiSupervisedStep:
                 opt.param_groups[0]["lr"] = self.optimizer.param_groups[0]["lr"]
             opt.step()
             suffix = f"_{i}" if i else ""
-            logs.update({f"loss{suffix}": float(loss.detach()),
-                         f"loss_sup{suffix}": float(sup.detach()),
-                         f"loss_unsup{suffix}": float(unsup.detach())})
+            logs.update({f"loss{suffix}": loss.detach(), f"loss_sup{suffix}": sup.detach(),
+                         f"loss_unsup{suffix}": unsup.detach()})
         if not self.dual:
             ddp.sync_buffers(unwrap(self.model), self.env)
             self.teacher.update(unwrap(self.model))

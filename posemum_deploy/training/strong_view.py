@@ -66,9 +66,14 @@ def affine_matrix(scale: Tensor, angle_deg: Tensor, size_hw: tuple[int, int]) ->
 
 
 def invert(theta: Tensor) -> Tensor:
-    """Inverse of affine maps [B, 2, 3] → [B, 2, 3]."""
-    full = torch.cat([theta, theta.new_tensor([0.0, 0.0, 1.0]).expand(theta.shape[0], 1, 3)], 1)
-    return torch.linalg.inv(full)[:, :2]
+    """Inverse of affine maps [B, 2, 3] → [B, 2, 3], in closed form: [A | t]⁻¹ = [A⁻¹ | −A⁻¹t]
+    with A⁻¹ = adj(A)/det(A). Elementwise ops only: `torch.linalg.inv` on a GPU checks for
+    singular matrices with a device→host sync, twice per training step here."""
+    a, b, c, d = theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1]
+    det = a * d - b * c
+    inv_a = torch.stack([torch.stack([d, -b], -1), torch.stack([-c, a], -1)], 1) / det[:, None, None]
+    shift = -(inv_a @ theta[:, :, 2:])
+    return torch.cat([inv_a, shift], dim=2)
 
 
 def warp(x: Tensor, theta: Tensor, mode: str = "bilinear") -> Tensor:

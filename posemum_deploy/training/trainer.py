@@ -35,6 +35,8 @@ class TrainCallbacks(Protocol):
     """Progress hooks the CLI implements with rich; the library never prints."""
 
     def on_start(self, total_steps: int, start_step: int) -> None: ...
+    # `logs`: the values of the last logged step (every runtime.log_every steps); losses
+    # are read from the GPU only then, so steps in between queue up without waiting.
     def on_step(self, step: int, logs: dict[str, float]) -> None: ...
     def on_eval(self, epoch: int, metrics: dict[str, float]) -> None: ...
 
@@ -150,7 +152,8 @@ class SupervisedStep:
         x = normalize_batch(batch["image"].to(self.device, non_blocking=True))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, float]:
+    def __call__(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """One step; the loss stays a device tensor until the trainer logs it."""
         x = self.inputs(batch)
         target = batch["target"].to(self.device, non_blocking=True)
         weight = batch["target_weight"].to(self.device, non_blocking=True)
@@ -161,7 +164,7 @@ class SupervisedStep:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"loss": float(loss.detach())}
+        return {"loss": loss.detach()}
 
 
 def build_step(cfg: TrainConfig, model, optimizer, device, amp) -> SupervisedStep:
@@ -208,6 +211,7 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
         total = min(total, cfg.optim.max_steps)
 
     start_epoch, step, best_ap, last_metrics = 0, 0, -1.0, {}
+    logs: dict[str, float] = {}  # the last logged step's losses, lr and rate
     if resume and (ckpt_dir / "last.pt").is_file():
         state = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
@@ -238,12 +242,13 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
         for batch in labeled_batches(loader, steps_per_epoch, cfg.runtime.seed, epoch):
             if step >= total:
                 break
-            logs = step_fn(batch)
+            losses = step_fn(batch)
             step += 1
             seen += len(batch["image"])
-            logs.update(lr=optimizer.param_groups[0]["lr"], epoch=epoch,
-                        crops_per_s=seen / (time.perf_counter() - t0))
             if step % cfg.runtime.log_every == 0 or step == total:
+                logs = {k: float(v) for k, v in losses.items()}  # the only wait for the GPU
+                logs.update(lr=optimizer.param_groups[0]["lr"], epoch=epoch,
+                            crops_per_s=seen / (time.perf_counter() - t0))
                 metrics.write("train", step=step, **logs)
             if callbacks:
                 callbacks.on_step(step, logs)

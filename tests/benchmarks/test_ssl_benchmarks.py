@@ -26,6 +26,8 @@ def test_step_overhead_runs_both_presets_on_the_same_batch():
         step = bench.make_step(preset, args, torch.device("cpu"))
         logs = step(batch)
         assert set(logs) >= {"loss", "loss_sup", "loss_unsup"}
+        assert all(isinstance(v, torch.Tensor) for v in logs.values())  # read only when logged
+        assert torch.isfinite(logs["loss"]) and logs["loss"] > 0
     assert step.mixer is not None and step.mixer.feature_level and step.affine is None
 
 

@@ -38,6 +38,12 @@ def test_invert_round_trip():
     assert torch.allclose(back, pts, atol=1e-3)
 
 
+def test_closed_form_inverse_equals_the_matrix_inverse():
+    theta = torch.randn(16, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    full = torch.cat([theta, theta.new_tensor([0.0, 0.0, 1.0]).expand(16, 1, 3)], 1)
+    assert torch.allclose(invert(theta), torch.linalg.inv(full)[:, :2], atol=1e-10)
+
+
 def test_rotation_about_centre_preserves_pixel_distances_on_non_square_crops():
     theta = affine_matrix(torch.ones(1), torch.full((1,), 37.0), INPUT_HW)
     c = torch.tensor([[[95.5, 127.5]]])  # the crop centre is fixed
