@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> dict[str, list[float]]:
     root = Path(args.out)
     train_json, val_json = make_data(root / "data", args.train_images, args.val_images)
     results: dict[str, list[float]] = {p: [] for p in args.presets}
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         warm = shared_config(args, "supervised", seed, root / f"warmup-s{seed}", train_json, val_json)
         warm.optim.steps_per_epoch, warm.runtime.val_every = max(1, args.warmup_steps // 3), 0
         warm.optim.lr = 2 * args.lr
@@ -91,6 +91,8 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench_ssl_synthetic")
     p.add_argument("--presets", nargs="+", default=list(COMPARED))
     p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seeds first-seed .. first-seed+seeds-1 (more seeds for a closer look)")
     p.add_argument("--labeled", type=int, default=100, help="labeled person instances")
     p.add_argument("--train-images", type=int, default=600, help="every person is unlabeled data")
     p.add_argument("--val-images", type=int, default=100)

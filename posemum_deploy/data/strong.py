@@ -17,24 +17,27 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from posemum_deploy.data.device import device_constant, host_to_device
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
     gen_device = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=gen_device).to(device)
+    return host_to_device(torch.rand(shape, generator=generator, device=gen_device), device)
 
 
 def _normal(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
     gen_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gen_device).to(device)
+    return host_to_device(torch.randn(shape, generator=generator, device=gen_device), device)
 
 
 def _randint(high: int, shape: tuple[int, ...], generator: torch.Generator | None,
              device: torch.device, low: int = 0) -> Tensor:
     gen_device = generator.device if generator is not None else device
-    return torch.randint(low, high, shape, generator=generator, device=gen_device).to(device)
+    return host_to_device(torch.randint(low, high, shape, generator=generator, device=gen_device),
+                          device)
 
 
 def heatmap_argmax(heatmaps: Tensor, input_hw: tuple[int, int]) -> Tensor:
@@ -45,7 +48,7 @@ def heatmap_argmax(heatmaps: Tensor, input_hw: tuple[int, int]) -> Tensor:
     b, k, h, w = heatmaps.shape
     flat = heatmaps.reshape(b, k, h * w).argmax(dim=-1)
     xy = torch.stack([flat % w, torch.div(flat, w, rounding_mode="floor")], dim=-1).float()
-    stride = torch.tensor([input_hw[1] / w, input_hw[0] / h], device=heatmaps.device)
+    stride = device_constant([input_hw[1] / w, input_hw[0] / h], heatmaps.device)
     return (xy + 0.5) * stride - 0.5
 
 
@@ -90,7 +93,7 @@ def _signed(v: Tensor, sign: Tensor) -> Tensor:
 
 
 def _sharpen_base(x: Tensor) -> Tensor:
-    kernel = torch.tensor([[1., 1., 1.], [1., 5., 1.], [1., 1., 1.]], device=x.device) / 13
+    kernel = device_constant([[1., 1., 1.], [1., 5., 1.], [1., 1., 1.]], x.device) / 13
     blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"),
                        kernel.expand(3, 1, 3, 3).to(x.dtype), groups=3)
     return blurred
@@ -146,8 +149,8 @@ def rand_augment(images: Tensor, generator: torch.Generator | None = None, n: in
     """
     b = images.shape[0]
     dev = images.device
-    m = torch.tensor(mean, device=dev, dtype=images.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=dev, dtype=images.dtype).view(1, 3, 1, 1)
+    m = device_constant(mean, dev, images.dtype).view(1, 3, 1, 1)
+    s = device_constant(std, dev, images.dtype).view(1, 3, 1, 1)
     x = (images * s + m).clamp(0, 1)
     level = torch.full((b, 1, 1, 1), magnitude / (num_bins - 1), device=dev, dtype=images.dtype)
     ops = list(_OPS.values())

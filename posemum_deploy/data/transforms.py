@@ -106,11 +106,12 @@ def flip_matrices(matrices: np.ndarray, output_w: int) -> np.ndarray:
 
 def normalize_batch(crops, mean: tuple[float, ...] = IMAGENET_MEAN,
                     std: tuple[float, ...] = IMAGENET_STD):
-    """uint8 crops [N, 3, H, W] (torch tensor, any device) → float32 normalised RGB."""
-    import torch
+    """0..255 crops [N, 3, H, W] (uint8 or float torch tensor, any device) → float32
+    normalised RGB, the same values as `normalize_numpy` gives on the host."""
+    from posemum_deploy.data.device import device_constant
 
-    m = torch.tensor(mean, device=crops.device, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
-    s = torch.tensor(std, device=crops.device, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+    m = device_constant(mean, crops.device).view(1, -1, 1, 1) * 255.0
+    s = device_constant(std, crops.device).view(1, -1, 1, 1) * 255.0
     return (crops.float() - m) / s
 
 

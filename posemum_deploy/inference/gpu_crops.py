@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from posemum_deploy.data.device import device_constant, host_to_device
+
 
 def decode_jpegs(paths: list[str | Path], device: str = "cuda") -> list[torch.Tensor]:
     """Decode JPEG files on the GPU (nvjpeg) → uint8 [3, H, W] tensors, EXIF applied."""
@@ -44,13 +46,13 @@ def warp_crops_batched(images: list[torch.Tensor], image_index: np.ndarray | tor
     device = images[0].device
     h, w = output_hw
     owner = torch.as_tensor(np.asarray(image_index), dtype=torch.long).cpu()
-    inv = torch.as_tensor(np.asarray(inverse), dtype=torch.float32, device=device)
+    inv = host_to_device(torch.as_tensor(np.asarray(inverse), dtype=torch.float32), device)
     out = torch.zeros(len(owner), 3, h, w, device=device)
     for group in _canvas_groups(images, max_canvas_pixels):
         first, last = group[0], group[-1]
         pick = ((owner >= first) & (owner <= last)).nonzero()[:, 0]
         if len(pick):
-            on_device = pick.to(device)
+            on_device = host_to_device(pick, device)
             out[on_device] = _warp_on_canvas(images[first:last + 1], owner[pick] - first,
                                              inv[on_device], output_hw)
     return out
@@ -77,9 +79,9 @@ def _warp_on_canvas(images: list[torch.Tensor], owner: torch.Tensor, inv: torch.
     device = images[0].device
     n = len(owner)
     h, w = output_hw
-    idx = owner.to(device)
-    heights = torch.tensor([im.shape[-2] for im in images], device=device, dtype=torch.float32)
-    widths = torch.tensor([im.shape[-1] for im in images], device=device, dtype=torch.float32)
+    idx = host_to_device(owner, device)
+    heights = device_constant([im.shape[-2] for im in images], device)
+    widths = device_constant([im.shape[-1] for im in images], device)
     canvas_h, stride = max(im.shape[-2] for im in images), max(im.shape[-1] for im in images) + 1
     if all(im.shape[-2:] == images[0].shape[-2:] for im in images):
         stacked = F.pad(torch.stack(images).float(), (0, 1))     # zero column on the right
@@ -99,11 +101,3 @@ def _warp_on_canvas(images: list[torch.Tensor], owner: torch.Tensor, inv: torch.
     out = F.grid_sample(canvas, norm.reshape(1, n * h, w, 2), mode="bilinear",
                         padding_mode="zeros", align_corners=False)   # [1, 3, N*h, w]
     return out.reshape(3, n, h, w).permute(1, 0, 2, 3) * inside.reshape(n, 1, h, w)
-
-
-def normalize_crops(crops: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
-                    ) -> torch.Tensor:
-    """0..255 float crops [N, 3, h, w] → normalised network input on the same device."""
-    m = torch.tensor(mean, device=crops.device).view(1, -1, 1, 1) * 255.0
-    s = torch.tensor(std, device=crops.device).view(1, -1, 1, 1) * 255.0
-    return (crops - m) / s

@@ -13,9 +13,8 @@ import numpy as np
 import torch
 
 from posemum_deploy.data.codec import flip_back
-from posemum_deploy.data.transforms import transform_points
+from posemum_deploy.data.transforms import normalize_batch, transform_points
 from posemum_deploy.inference.backends import Backend
-from posemum_deploy.inference.gpu_crops import normalize_crops
 from posemum_deploy.inference.pipeline import PoseEstimator
 
 
@@ -120,7 +119,7 @@ class CropUploader:
             self._copied.record()
         else:
             x = torch.from_numpy(np.ascontiguousarray(crops))
-        return normalize_crops(x.permute(0, 3, 1, 2).contiguous().float(), self.mean, self.std)
+        return normalize_batch(x.permute(0, 3, 1, 2).contiguous(), self.mean, self.std)
 
 
 class UploadingPoseEstimator(TensorPoseEstimator):

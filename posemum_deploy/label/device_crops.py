@@ -26,9 +26,10 @@ import torch
 
 from posemum_deploy.data.images import (check_image_bytes, decode_image, jpeg_exif_orientation,
                                         orient_chw, read_image_bytes)
+from posemum_deploy.data.transforms import normalize_batch
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.export.metadata import ModelMetadata
-from posemum_deploy.inference.gpu_crops import normalize_crops, warp_crops_batched
+from posemum_deploy.inference.gpu_crops import warp_crops_batched
 from posemum_deploy.inference.pipeline import CropBatch, crop_frames
 from posemum_deploy.label.boxes import BoxSource, FullImageBoxes, TableBoxes
 from posemum_deploy.label.shard import Prepared, StageTimes, prefetch
@@ -172,7 +173,7 @@ class DeviceCropper:
         crops = None
         if owners:
             crops = warp_crops_batched(decoded, np.asarray(owners), inverse, (h_in, w_in))
-            crops = normalize_crops(crops, self.meta.mean, self.meta.std)
+            crops = normalize_batch(crops, self.meta.mean, self.meta.std)
             if self.device.type == "cuda":  # consumed on the default stream
                 crops.record_stream(torch.cuda.default_stream(self.device))
         start = 0

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from posemum_deploy.data.device import host_to_device
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.models.simple_baseline import STAGE_NAMES
 
@@ -72,7 +73,7 @@ def make_mask(batch: int, group_size: int, tiles_hw: tuple[int, int],
     noise = torch.rand(batch // group_size, group_size, *tiles_hw, generator=generator,
                        device=gen_device)
     mask = noise.argsort(dim=1)
-    return mask if device is None else mask.to(device, non_blocking=True)
+    return host_to_device(mask, device)
 
 
 def _tile_gather(x: Tensor, index: Tensor, tiles_hw: tuple[int, int]) -> Tensor:

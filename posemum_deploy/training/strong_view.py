@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from posemum_deploy.data.device import host_to_device
+
 
 @dataclass(frozen=True)
 class StrongAffine:
@@ -46,7 +48,7 @@ class StrongAffine:
         scale = (1.0 + noise[:, 0] * self.scale_sigma).clamp(*self.scale_clip)
         angle = (noise[:, 1] * self.rotation_sigma).clamp(-self.rotation_clip, self.rotation_clip)
         angle = torch.where(use_rot, angle, torch.zeros_like(angle))
-        return affine_matrix(scale, angle, size_hw).to(device)
+        return host_to_device(affine_matrix(scale, angle, size_hw), device)
 
 
 def affine_matrix(scale: Tensor, angle_deg: Tensor, size_hw: tuple[int, int]) -> Tensor:
