@@ -5,6 +5,7 @@ import argparse
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -40,3 +41,24 @@ def test_ssl_synthetic_shares_one_config_across_presets(tmp_path):
     for cfg in cfgs.values():
         assert (cfg.data, cfg.optim) == (cfgs["supervised"].data, cfgs["supervised"].optim)
     assert cfgs["pose-mum-plus"].ssl.teacher == "eman" and cfgs["supervised"].ssl.teacher == "none"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("preset", ["pose-mum-plus", "jc-s", "mum-ra", "ema"])
+def test_a_cuda_ssl_step_never_makes_the_host_wait(preset):
+    """Each sync inside a step idles the GPU while Python launches the next kernels; the
+    trainer reads the losses only on the steps it logs, so a step itself must have none."""
+    bench = _load("step_overhead")
+    args = argparse.Namespace(input=(128, 96), tiles=(4, 3), batch=8, backbone="resnet18",
+                              precision="bf16")
+    batch = {k: v.pin_memory() for k, v in bench.labeled_batch(args).items()}  # as the loader gives it
+    step = bench.make_step(preset, args, torch.device("cuda"))
+    step.stream.batch = {k: v.pin_memory() for k, v in step.stream.batch.items()}
+    step(batch)  # warm-up: cuDNN autotuning, allocator growth
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        logs = step(batch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(logs["loss"])
