@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from posemum_deploy.data.coco import load_coco_keypoints, person_category, save_json
 from posemum_deploy.errors import ConfigError
-from posemum_deploy.training.config import TrainConfig
+from posemum_deploy.training.config import OptimConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 STAGES = ("export", "label", "merge", "train", "evaluate")
@@ -105,6 +105,26 @@ def combine_labeled_and_pseudo(labeled: str | Path, labeled_images: str | Path,
                       "categories": [person_category()]}, out)
 
 
+def fit_schedule(optim: OptimConfig, max_steps: int) -> OptimConfig:
+    """A copy of `optim` that trains exactly `max_steps` steps over its schedule.
+
+    Retraining passes see far more crops per epoch than the labeled-only round 0, so they
+    are bounded by steps. Epochs of ceil(max_steps / epochs) steps, and as many of them
+    as `max_steps` needs (the last one may be partial), with the milestones scaled to the
+    new epoch count: the step or cosine schedule keeps its shape and ends on time. An
+    explicit `steps_per_epoch` is kept as given (then `max_steps` only stops training).
+    """
+    optim = copy.deepcopy(optim)
+    optim.max_steps = max_steps
+    if optim.steps_per_epoch:
+        return optim
+    per_epoch = -(-max_steps // optim.epochs)
+    epochs = -(-max_steps // per_epoch)
+    optim.milestones = tuple(max(1, round(m * epochs / optim.epochs)) for m in optim.milestones)
+    optim.epochs, optim.steps_per_epoch = epochs, per_epoch
+    return optim
+
+
 def train_stage(cfg: RoundsConfig, round_dir: Path, labeled: str, images: str,
                 init_from: str | None, max_steps: int | None = None) -> dict[str, Any]:
     """Train cfg.train on `labeled` into round_dir/train (resuming a killed run there),
@@ -113,9 +133,7 @@ def train_stage(cfg: RoundsConfig, round_dir: Path, labeled: str, images: str,
 
     tcfg = copy.deepcopy(cfg.train)
     if max_steps:
-        tcfg.optim.max_steps = max_steps
-        epoch_steps = tcfg.optim.steps_per_epoch or max(1, max_steps // tcfg.optim.epochs)
-        tcfg.optim.steps_per_epoch = epoch_steps  # the schedule spans exactly max_steps
+        tcfg.optim = fit_schedule(tcfg.optim, max_steps)
     tcfg.out = str(round_dir / "train")
     tcfg.data.labeled, tcfg.data.images = labeled, images
     tcfg.ssl.init_from = init_from

@@ -99,3 +99,21 @@ def test_combined_set_repeats_labeled_persons(tmp_path, repeat, expected_labeled
     assert len(coco["annotations"]) == expected_labeled + 6
     assert len({a["id"] for a in coco["annotations"]}) == len(coco["annotations"])
     assert len(coco["images"]) == 5
+
+
+@pytest.mark.parametrize("max_steps,epochs", [(700, 120), (700, 40), (2040, 120), (5, 30), (701, 7)])
+def test_retraining_schedule_trains_exactly_max_steps(max_steps, epochs):
+    from posemum_deploy.rounds import fit_schedule
+    from posemum_deploy.training.config import OptimConfig
+
+    base = OptimConfig(epochs=epochs, milestones=(round(epochs * 0.75), round(epochs * 0.92)))
+    fit = fit_schedule(base, max_steps)
+    per, n = fit.steps_per_epoch, fit.epochs
+    # the trainer runs min(epochs × steps/epoch, max_steps) steps: exactly max_steps, with
+    # only the last epoch partial, and the milestones at the same fractions of the run
+    assert fit.max_steps == max_steps and n * per >= max_steps > (n - 1) * per
+    for old, new in zip(base.milestones, fit.milestones):
+        assert abs(new / n - old / epochs) <= 0.5 / n + 1e-9 or new == 1
+    assert base.steps_per_epoch is None and base.max_steps is None  # the input is untouched
+    kept = fit_schedule(OptimConfig(steps_per_epoch=3), 100)
+    assert (kept.steps_per_epoch, kept.epochs, kept.max_steps) == (3, 30, 100)
