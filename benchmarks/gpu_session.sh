@@ -1,0 +1,31 @@
+#!/bin/bash
+# One call for a lent GPU machine: the CUDA tests, then what is still unmeasured there.
+#
+#   bash benchmarks/gpu_session.sh OUT_DIR [WHEELS_DIR]
+#
+# The lent machines reach no package registry: WHEELS_DIR may hold wheels they lack
+# (pycocotools, for the evaluation in gpu_bench), installed with --no-index into /tmp/site.
+# ../shared/data must exist (tests read the COCO sample there). Writes gpu_tests.txt,
+# gpu_bench.txt and gpu_bench.json to OUT_DIR; sized for about 6 minutes on an H100.
+set -u
+out=${1:?usage: gpu_session.sh OUT_DIR [WHEELS_DIR]}
+cd "$(dirname "$0")/.."
+mkdir -p "$out"
+if [ -n "${2:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$2"/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+# Every test that needs CUDA (they skip elsewhere), and their CPU neighbours.
+timeout 150 python3 -m pytest -q -p no:cacheprovider -rfEs --tb=short \
+  tests/benchmarks/test_ssl_benchmarks.py tests/data/test_device.py \
+  tests/label/test_crop_upload.py tests/label/test_device_crops.py \
+  tests/inference/test_fast_torch.py tests/training/test_ssl_train.py \
+  > "$out/gpu_tests.txt" 2>&1
+tail -20 "$out/gpu_tests.txt"
+# The host-decode upload path and the sync-free training step have not been measured on
+# a GPU yet; device decode with processes is the labeling target's best path.
+timeout 200 python3 benchmarks/gpu_bench.py --images 2000 --label-repeat 5 \
+  --label-processes 4 --sections labeling,training --reps 10 \
+  --json-out "$out/gpu_bench.json" 2>&1 | grep -v Warning | tee "$out/gpu_bench.txt"
