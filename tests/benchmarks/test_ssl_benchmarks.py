@@ -62,3 +62,16 @@ def test_a_cuda_ssl_step_never_makes_the_host_wait(preset):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(logs["loss"])
+
+
+def test_roofline_measures_every_arithmetic_the_cpu_tables_use():
+    roofline = _load("roofline")
+    assert [roofline.arithmetic(n) for n in ("torch eager fp32", "openvino bf16",
+                                             "openvino int8 (nncf)", "onnxruntime int8 (qdq)",
+                                             "onnxruntime fp32")] == ["fp32", "bf16", "int8", "int8", "fp32"]
+    for dtype in ("fp32", "bf16", "int8"):
+        try:
+            rate = roofline.gemm_gmacs(dtype, threads=1, n=128, reps=2)
+        except RuntimeError:  # a torch without that CPU kernel: gemm_peaks leaves it out
+            continue
+        assert 0.01 < rate < 10_000  # GMAC/s of a real product, not a placeholder
