@@ -20,8 +20,17 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
 
 
 def gemm_gmacs(dtype: str, threads: int, n: int = 2048, reps: int = 8) -> float:
-    """Best GMAC/s of an n×n×n matrix product in `dtype` on `threads` threads."""
+    """Best GMAC/s of an n×n×n matrix product in `dtype` on `threads` threads (the
+    process's thread count is restored afterwards)."""
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        return _best_rate(dtype, n, reps)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _best_rate(dtype: str, n: int, reps: int) -> float:
     gen = torch.Generator().manual_seed(0)
     if dtype == "int8":
         a = torch.randint(-128, 128, (n, n), dtype=torch.int8, generator=gen)

@@ -66,6 +66,7 @@ def test_a_cuda_ssl_step_never_makes_the_host_wait(preset):
 
 def test_roofline_measures_every_arithmetic_the_cpu_tables_use():
     roofline = _load("roofline")
+    threads_before = torch.get_num_threads()
     assert [roofline.arithmetic(n) for n in ("torch eager fp32", "openvino bf16",
                                              "openvino int8 (nncf)", "onnxruntime int8 (qdq)",
                                              "onnxruntime fp32")] == ["fp32", "bf16", "int8", "int8", "fp32"]
@@ -75,3 +76,4 @@ def test_roofline_measures_every_arithmetic_the_cpu_tables_use():
         except RuntimeError:  # a torch without that CPU kernel: gemm_peaks leaves it out
             continue
         assert 0.01 < rate < 10_000  # GMAC/s of a real product, not a placeholder
+    assert torch.get_num_threads() == threads_before  # the suite's thread count is left alone
