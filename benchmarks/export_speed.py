@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from roofline import gemm_peaks
+from roofline import arithmetic, gemm_peaks
 
 from posemum_deploy.data.transforms import normalize_numpy
 from posemum_deploy.export.calibration import calibration_crops
@@ -62,7 +62,7 @@ def print_roofline(model: torch.nn.Module, input_hw: tuple[int, int], ips: dict[
     print(f"roofline: {gmacs:.2f} GMAC per crop; GEMM peaks " + ", ".join(
         f"{k} {v:.0f}" for k, v in peaks.items()) + " GMAC/s")
     for name, value in ips.items():
-        peak = peaks["int8" if "INT8" in name else "fp32"]
+        peak = peaks[arithmetic(name.lower())]
         print(f"  {name:18s} {value * gmacs:6.0f} GMAC/s = {100 * value * gmacs / peak:3.0f}% of peak")
     print(f"  ceiling for ORT fp32 / torch eager (fp32 peak / torch's GMAC/s): "
           f"{peaks['fp32'] / (ips['torch eager fp32'] * gmacs):.2f}x")

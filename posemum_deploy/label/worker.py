@@ -60,7 +60,7 @@ def open_backend(spec: WorkerSpec) -> Backend:
 
 def host_crops_estimator(backend: Backend, spec: WorkerSpec) -> PoseEstimator:
     """The estimator for crops cut on the host: a torch network on a GPU gets them as uint8
-    through a reused pinned buffer and keeps flip test and heatmap decode on the device
+    through pinned memory and keeps flip test and heatmap decode on the device
     (`UploadingPoseEstimator`); every other backend takes the float NumPy batch."""
     device = getattr(backend, "device", None)
     if hasattr(backend, "predict_tensor") and getattr(device, "type", None) == "cuda":

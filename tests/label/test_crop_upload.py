@@ -1,8 +1,8 @@
-"""Host crops for a torch network on a GPU: uint8 upload through a reused pinned buffer,
+"""Host crops for a torch network on a GPU: uint8 upload through pinned memory,
 normalised, flipped and decoded on the device, must give the host path's labels.
 
 On this CPU machine the upload target is the CPU, which runs every step but the pinned
-staging; the CUDA test (skipped without a GPU) covers that."""
+copy; the CUDA test (skipped without a GPU) covers that."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -62,14 +62,17 @@ def test_shard_labels_are_identical_through_the_upload_path(tiny_model: Path, tm
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_upload_reuses_pinned_staging(tiny_model: Path) -> None:
+def test_cuda_upload_goes_through_pinned_memory_without_a_sync(tiny_model: Path) -> None:
     up = CropUploader(torch.device("cuda"), MEAN, STD)
-    for n, seed in ((9, 0), (4, 1), (12, 2)):  # shrink, then grow past the buffer
+    for n, seed in ((9, 0), (4, 1), (12, 2)):  # varying batch sizes
         crops = _crops(n, seed)
-        out = up(crops)
+        torch.cuda.set_sync_debug_mode("error")  # a pageable copy would have to sync
+        try:
+            out = up(crops)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
         assert out.device.type == "cuda"
         np.testing.assert_array_equal(out.cpu().numpy(), normalize_numpy(crops, MEAN, STD))
-    assert up._staging is not None and up._staging.is_pinned()
     backend = TorchBackend(tiny_model, device="cuda")
     spec = WorkerSpec(model=str(tiny_model), root=".", boxes=parse_box_source("full"))
     assert isinstance(host_crops_estimator(backend, spec), UploadingPoseEstimator)
