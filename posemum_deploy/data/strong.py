@@ -18,9 +18,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from posemum_deploy.data.device import device_constant, host_to_device
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from posemum_deploy.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
