@@ -19,6 +19,7 @@ import torch
 from posemum_deploy.models.simple_baseline import build_model
 from posemum_deploy.training import distributed as ddp
 from posemum_deploy.training.config import TrainConfig
+from posemum_deploy.training.optimizer import make_adam
 from posemum_deploy.training.presets import apply_preset
 from posemum_deploy.training.ssl_step import SemiSupervisedStep, resolve_decay
 from posemum_deploy.training.teachers import build_teacher
@@ -55,7 +56,7 @@ def make_step(preset: str, args: argparse.Namespace, device: torch.device) -> Se
     model = build_model(args.backbone).to(device)
     if cfg.runtime.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = make_adam(model.parameters(), 1e-3, device)
     teacher = build_teacher(cfg.ssl.teacher, model, resolve_decay(cfg)).to(device)
     amp = autocast_dtype(args.precision, device)
     return SemiSupervisedStep(cfg, model, optimizer, device, amp, teacher,

@@ -152,13 +152,18 @@ def rand_augment(images: Tensor, generator: torch.Generator | None = None, n: in
     x = (images * s + m).clamp(0, 1)
     level = torch.full((b, 1, 1, 1), magnitude / (num_bins - 1), device=dev, dtype=images.dtype)
     ops = list(_OPS.values())
+    gen_device = generator.device if generator is not None else dev
     for _ in range(n):
-        choice = _randint(len(ops), (b,), generator, dev)
+        # The per-op index lists are built where the draw lives: on a CPU generator that
+        # costs no host sync (nonzero() on a CUDA tensor waits for the GPU).
+        choice = torch.randint(0, len(ops), (b,), generator=generator, device=gen_device)
         sign = torch.where(_uniform((b, 1, 1, 1), generator, dev) < 0.5, -1.0, 1.0).to(images.dtype)
         out = x.clone()
         for k, op in enumerate(ops):
-            idx = (choice == k).nonzero().flatten()
-            if idx.numel():
-                out[idx] = op(x[idx], level[idx], sign[idx])
+            picked = (choice == k).nonzero().flatten()
+            if picked.numel():
+                idx = host_to_device(picked, dev)
+                out.index_copy_(0, idx, op(x.index_select(0, idx), level.index_select(0, idx),
+                                           sign.index_select(0, idx)))
         x = out
     return (x - m) / s

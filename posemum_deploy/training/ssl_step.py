@@ -29,6 +29,7 @@ from posemum_deploy.models.simple_baseline import build_model
 from posemum_deploy.training import distributed as ddp
 from posemum_deploy.training.config import TrainConfig
 from posemum_deploy.training.losses import joints_mse_loss
+from posemum_deploy.training.optimizer import load_adam_state, make_adam
 from posemum_deploy.training.mum import MixHook, PoseMumMixer, check_group
 from posemum_deploy.training.strong_view import StrongAffine, warp
 from posemum_deploy.training.teachers import PAPER_DECAY, Teacher, build_teacher, unwrap
@@ -103,7 +104,7 @@ class DualPartner(nn.Module):
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:  # type: ignore[override]
         self.model.load_state_dict(state["model"], strict=strict)
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_adam_state(self.optimizer, state["optimizer"])
 
 
 class SemiSupervisedStep:
@@ -249,4 +250,4 @@ def _dual_partner(cfg: TrainConfig, model: nn.Module, device: torch.device,
     if cfg.runtime.channels_last:
         net.to(memory_format=torch.channels_last)
     wrapped = ddp.wrap_model(net, env, device)
-    return DualPartner(net, wrapped, torch.optim.Adam(net.parameters(), lr=cfg.optim.lr))
+    return DualPartner(net, wrapped, make_adam(net.parameters(), cfg.optim.lr, device))

@@ -25,6 +25,7 @@ from posemum_deploy.models.simple_baseline import build_model
 from posemum_deploy.training import distributed as ddp
 from posemum_deploy.training.config import TrainConfig
 from posemum_deploy.training.losses import joints_mse_loss
+from posemum_deploy.training.optimizer import load_adam_state, make_adam
 from posemum_deploy.training.run_files import (MetricsLog, rng_state, save_checkpoint,
                                                seed_everything, set_rng_state)
 
@@ -202,7 +203,7 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
 
         model.load_state_dict(read_checkpoint(cfg.ssl.init_from)["model"])
     student = ddp.wrap_model(model, env, device)  # DDP under torchrun, else `model`
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
+    optimizer = make_adam(model.parameters(), cfg.optim.lr, device)
     scheduler = make_scheduler(optimizer, cfg)
     step_fn = build_step(cfg, student, optimizer, device, amp)
     steps_per_epoch = epoch_length(cfg, loader, step_fn)
@@ -215,7 +216,7 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
     if resume and (ckpt_dir / "last.pt").is_file():
         state = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_adam_state(optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if step_fn.teacher is not None and state.get("teacher_state"):
             step_fn.teacher.load_state_dict(state["teacher_state"])
