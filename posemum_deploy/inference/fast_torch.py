@@ -17,6 +17,7 @@ from torch import nn
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.export.metadata import ModelMetadata
 from posemum_deploy.inference.torch_backend import PRECISIONS, TorchBackend
+from posemum_deploy.models.cuda_graph import GraphedForward
 
 log = logging.getLogger(__name__)
 
@@ -65,28 +66,11 @@ class FastTorchBackend(TorchBackend):
         self.forward = torch.compile(self.model, mode=compile_mode, dynamic=False) \
             if compile else self.model
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self._graphed = GraphedForward(self._infer)
 
-    def _graph(self, n: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
-        """Capture (once per batch size) a graph reading a static input buffer."""
-        if n not in self._graphs:
-            h, w = self.metadata.input_hw
-            static_in = torch.zeros(n, 3, h, w, device=self.device, dtype=self.dtype
-                                    ).contiguous(memory_format=torch.channels_last)
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side), torch.inference_mode():
-                for _ in range(3):  # warm up cuDNN autotuning outside the capture
-                    self.forward(static_in)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph), torch.inference_mode():
-                static_out = self.forward(static_in)
-            self._graphs[n] = (graph, static_in, static_out)
-            # The warm-up's activations sit in the cache, outside the graph's own pool:
-            # give them back, so several labeling processes fit on one GPU.
-            torch.cuda.empty_cache()
-        return self._graphs[n]
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.forward(x)
 
     @torch.inference_mode()
     def predict_tensor(self, batch: torch.Tensor) -> torch.Tensor:
@@ -94,15 +78,12 @@ class FastTorchBackend(TorchBackend):
         x = x.contiguous(memory_format=torch.channels_last)
         if not self.use_graphs:
             return self.forward(x).float()
-        graph, static_in, static_out = self._graph(x.shape[0])
-        static_in.copy_(x)
-        graph.replay()
-        return static_out.float().clone()
+        return self._graphed(x).float()  # a new tensor: the graph's buffer is reused
 
     def close(self) -> None:
         """Give back the GPU memory this backend holds (graphs, weights, cache), e.g.
         before spawning labeling processes; it cannot predict afterwards."""
-        self._graphs.clear()
+        self._graphed.reset()
         self.model.to("cpu")
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -86,6 +86,7 @@ class RuntimeConfig:
     precision: str = "auto"           # auto | fp32 | bf16 | fp16
     channels_last: bool = True
     cudnn_benchmark: bool = True      # CUDA: autotune conv algorithms for the fixed crop shapes
+    teacher_cuda_graph: bool = True   # CUDA: replay the eval-mode teacher's forward from a graph
     seed: int = 0
     val_every: int = 1                # epochs between validations (0: never)
     val_flip: bool = False

@@ -41,6 +41,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 class Teacher(nn.Module):
     """A frozen, always-eval copy of the student; subclasses define `update`."""
 
+    # predict() runs the network in eval mode and changes no state, so its forward can be
+    # replayed from a CUDA graph (models/cuda_graph.py); EmaTeacher's uses batch statistics.
+    eval_mode_predict = True
+
     def __init__(self, student: nn.Module) -> None:
         super().__init__()
         self.model = copy.deepcopy(unwrap(student))
@@ -84,12 +88,14 @@ class SingleTeacher(Teacher):
 
     @torch.no_grad()
     def update(self, student: nn.Module) -> None:
-        for t, s in self._pairs(student, params_only=False):
-            t.copy_(s)
+        pairs = list(self._pairs(student, params_only=False))
+        torch._foreach_copy_([t for t, _ in pairs], [s for _, s in pairs])
 
 
 class EmaTeacher(Teacher):
     """Eq. 2 over parameters only; BN uses the teacher's own batch statistics."""
+
+    eval_mode_predict = False
 
     def __init__(self, student: nn.Module, decay: float) -> None:
         super().__init__(student)
@@ -125,9 +131,9 @@ class EmanTeacher(Teacher):
         pairs = list(self._pairs(student, params_only=False))
         floats = [(t, s) for t, s in pairs if t.is_floating_point()]
         torch._foreach_lerp_([t for t, _ in floats], [s for _, s in floats], 1.0 - self.decay)
-        for t, s in pairs:
-            if not t.is_floating_point():
-                t.copy_(s)
+        counters = [(t, s) for t, s in pairs if not t.is_floating_point()]
+        if counters:  # num_batches_tracked: one multi-tensor copy, not one launch per BN
+            torch._foreach_copy_([t for t, _ in counters], [s for _, s in counters])
 
 
 class DualTeachers:

@@ -77,3 +77,40 @@ def test_roofline_measures_every_arithmetic_the_cpu_tables_use():
             continue
         assert 0.01 < rate < 10_000  # GMAC/s of a real product, not a placeholder
     assert torch.get_num_threads() == threads_before  # the suite's thread count is left alone
+
+
+def test_only_eval_mode_teachers_are_replayed_from_a_graph():
+    from posemum_deploy.training.teachers import EmaTeacher, EmanTeacher, SingleTeacher
+
+    assert SingleTeacher.eval_mode_predict and EmanTeacher.eval_mode_predict
+    assert not EmaTeacher.eval_mode_predict  # BN in batch-statistics mode while predicting
+    bench = _load("step_overhead")
+    args = argparse.Namespace(input=(64, 64), tiles=(2, 2), batch=4, backbone="resnet18",
+                              precision="fp32")
+    assert bench.make_step("pose-mum-plus", args, torch.device("cpu"))._teacher_graph is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("preset", ["pose-mum-plus", "jc-s", "ema"])
+def test_a_graphed_teacher_labels_as_the_eager_one_after_updates(preset):
+    """After training steps (each updating the teacher in place), the replayed graph's
+    pseudo-labels equal the eager teacher's on the same weak batch."""
+    bench = _load("step_overhead")
+    args = argparse.Namespace(input=(128, 96), tiles=(4, 3), batch=8, backbone="resnet18",
+                              precision="bf16")
+    step = bench.make_step(preset, args, torch.device("cuda"))
+    if preset == "ema":  # BN in batch-statistics mode: stays eager
+        assert step._teacher_graph is None
+        return
+    batch = bench.labeled_batch(args)
+    weak = step._images(step.stream.next())
+    with step._autocast():
+        before = step._pseudo_labels(0, weak).float()
+    for _ in range(3):
+        assert torch.isfinite(step(batch)["loss"])
+    with step._autocast():
+        replayed = step._pseudo_labels(0, weak).float()
+        eager = step.teacher.predict(weak).float()
+    scale = eager.abs().max().item()
+    assert (replayed - before).abs().max().item() > 1e-3 * scale  # the updates are seen
+    torch.testing.assert_close(replayed, eager, rtol=0, atol=1e-3 * scale)

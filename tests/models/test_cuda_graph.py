@@ -1,0 +1,43 @@
+import pytest
+import torch
+from torch import nn
+
+from posemum_deploy.models.cuda_graph import GraphedForward
+from posemum_deploy.models.simple_baseline import build_model
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+def test_replay_equals_eager_and_sees_in_place_weight_updates():
+    torch.manual_seed(0)
+    net = build_model("resnet18").cuda().eval().to(memory_format=torch.channels_last)
+    graphed = GraphedForward(torch.no_grad()(net))
+    x = torch.randn(4, 3, 128, 96, device="cuda").contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        eager = net(x).float()
+        replay = graphed(x).float()
+    torch.testing.assert_close(replay, eager, rtol=0, atol=1e-2 * eager.abs().max().item())
+
+    with torch.no_grad():  # an EMAN-style update: in place, as the teacher does it
+        params = list(net.parameters())
+        torch._foreach_lerp_(params, [torch.randn_like(p) for p in params], 0.5)
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.mul_(2.0)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        eager2 = net(x).float()
+        replay2 = graphed(x).float()
+    assert not torch.allclose(eager2, eager, atol=1e-3)
+    torch.testing.assert_close(replay2, eager2, rtol=0, atol=1e-2 * eager2.abs().max().item())
+
+
+@cuda
+def test_a_new_input_shape_gets_its_own_graph():
+    net = nn.Conv2d(3, 2, 3, padding=1).cuda()
+    graphed = GraphedForward(torch.no_grad()(net))
+    for n in (2, 5, 2):
+        x = torch.randn(n, 3, 8, 8, device="cuda")
+        with torch.no_grad():
+            torch.testing.assert_close(graphed(x), net(x))
+    assert len(graphed._graphs) == 2
