@@ -286,15 +286,17 @@ def time_steps(steps: dict, batch: dict, device: torch.device, n: int) -> dict[s
             sync(device)
             if i >= 3:
                 latency[preset].append(time.perf_counter() - t0)
-    pipelined = {}
-    for preset, step in steps.items():
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            step(batch)
-        sync(device)
-        pipelined[preset] = (time.perf_counter() - t0) / n
-    return {p: (statistics.median(latency[p]) * 1e3, pipelined[p] * 1e3) for p in steps}
+    pipelined = {p: [] for p in steps}
+    for _ in range(3):  # median of three windows: one GC pause or allocator growth is not the rate
+        for preset, step in steps.items():
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                step(batch)
+            sync(device)
+            pipelined[preset].append((time.perf_counter() - t0) / n)
+    return {p: (statistics.median(latency[p]) * 1e3, statistics.median(pipelined[p]) * 1e3)
+            for p in steps}
 
 
 def loader_crops_per_s(ann: Path, batches: int) -> float:
@@ -323,9 +325,9 @@ def loader_crops_per_s(ann: Path, batches: int) -> float:
 
 
 def training_rows(ann: Path, device: torch.device, args) -> list[dict]:
-    """pose-mum-plus step vs a plain semi-supervised step (fused Adam, and the plain step
-    once more with PyTorch's default multi-tensor Adam), GPU kernel time per step, and
-    the loader's crop rate."""
+    """pose-mum-plus step vs a plain semi-supervised step (fused Adam, teacher forward
+    from a CUDA graph), the plain step once with PyTorch's default multi-tensor Adam and
+    once with an eager teacher, GPU kernel time per step, and the loader's crop rate."""
     from step_overhead import labeled_batch, make_step
 
     ns = argparse.Namespace(input=(256, 192), tiles=(4, 3), batch=32, backbone="resnet18",
@@ -334,6 +336,8 @@ def training_rows(ann: Path, device: torch.device, args) -> list[dict]:
     steps["eman, default Adam"] = make_step("eman", ns, device)
     plain = steps["eman, default Adam"]
     plain.optimizer = torch.optim.Adam(plain.model.parameters(), lr=1e-3)
+    steps["eman, eager teacher"] = make_step("eman", ns, device)
+    steps["eman, eager teacher"]._teacher_graph = None
     lab = labeled_batch(ns)
     if device.type == "cuda":  # as the loader hands batches over (pin_memory=True)
         lab = {k: v.pin_memory() for k, v in lab.items()}
