@@ -28,7 +28,8 @@ def test_replay_equals_eager_and_sees_in_place_weight_updates():
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         eager2 = net(x).float()
         replay2 = graphed(x).float()
-    assert not torch.allclose(eager2, eager, atol=1e-3)
+    # random-weight heatmaps are tiny (~1e-7): compare against their own scale
+    assert (eager2 - eager).abs().max() > 0.1 * eager.abs().max()
     torch.testing.assert_close(replay2, eager2, rtol=0, atol=1e-2 * eager2.abs().max().item())
 
 
