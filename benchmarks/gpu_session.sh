@@ -22,7 +22,7 @@ timeout 150 python3 -m pytest -q -p no:cacheprovider -rfEs --tb=short \
   tests/benchmarks/test_ssl_benchmarks.py tests/data/test_device.py \
   tests/label/test_crop_upload.py tests/label/test_device_crops.py \
   tests/inference/test_fast_torch.py tests/training/test_ssl_train.py \
-  tests/training/test_optimizer.py tests/data/test_strong.py \
+  tests/training/test_optimizer.py tests/data/test_strong.py tests/models/test_cuda_graph.py \
   > "$out/gpu_tests.txt" 2>&1
 tail -20 "$out/gpu_tests.txt"
 # The host-decode upload path and the sync-free training step have not been measured on
