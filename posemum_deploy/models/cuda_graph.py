@@ -30,7 +30,12 @@ def capture(fn: Callable[[Tensor], Tensor], static_in: Tensor,
             fn(static_in)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # "thread_local": the capture is lazy (first call), so other threads may be mid-work:
+    # a DataLoader's pin-memory thread allocating pinned memory, or the labeler's decode
+    # thread running nvjpeg on its own stream. Under the default "global" mode their CUDA
+    # calls would invalidate the capture (and poison the pin-memory thread); none of them
+    # touch the capturing stream, so none belongs in the graph.
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         static_out = fn(static_in)
     # The warm-up's activations sit in the cache, outside the graph's own pool: give them
     # back, so several labeling processes fit on one GPU.

@@ -42,3 +42,33 @@ def test_a_new_input_shape_gets_its_own_graph():
         with torch.no_grad():
             torch.testing.assert_close(graphed(x), net(x))
     assert len(graphed._graphs) == 2
+
+
+@cuda
+def test_capture_survives_another_thread_pinning_memory():
+    """The trainer captures the teacher lazily while the DataLoader's pin-memory thread
+    allocates pinned memory; that must neither break the capture nor the other thread."""
+    import threading
+
+    net = nn.Conv2d(3, 4, 3, padding=1).cuda().eval()
+    graphed = GraphedForward(torch.no_grad()(net))
+    stop, errors = threading.Event(), []
+
+    def pin_forever() -> None:
+        try:
+            while not stop.is_set():
+                torch.empty(1 << 20, dtype=torch.uint8).pin_memory()
+        except Exception as e:  # noqa: BLE001 - reported to the test thread
+            errors.append(e)
+
+    worker = threading.Thread(target=pin_forever)
+    worker.start()
+    try:
+        for n in range(1, 6):  # several captures while the other thread pins
+            x = torch.randn(n, 3, 16, 16, device="cuda")
+            with torch.no_grad():
+                torch.testing.assert_close(graphed(x), net(x))
+    finally:
+        stop.set()
+        worker.join()
+    assert not errors
