@@ -30,8 +30,8 @@ from posemum_deploy.models.simple_baseline import build_model
 from posemum_deploy.training import distributed as ddp
 from posemum_deploy.training.config import TrainConfig
 from posemum_deploy.training.losses import joints_mse_loss
-from posemum_deploy.training.optimizer import load_adam_state, make_adam
 from posemum_deploy.training.mum import MixHook, PoseMumMixer, check_group
+from posemum_deploy.training.optimizer import load_adam_state, make_adam
 from posemum_deploy.training.strong_view import StrongAffine, warp
 from posemum_deploy.training.teachers import PAPER_DECAY, Teacher, build_teacher, unwrap
 
