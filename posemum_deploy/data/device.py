@@ -16,6 +16,14 @@ from typing import Sequence
 import torch
 
 
+def generator_device(generator: torch.Generator | None,
+                     device: torch.device | str | None) -> torch.device | str | None:
+    """Where random draws happen: on the generator's own device (a CPU generator keeps a
+    run reproducible for any model device, and its draws are read on the host without a
+    sync), else on `device`. Draws then go to `device` with `host_to_device`."""
+    return generator.device if generator is not None else device
+
+
 def host_to_device(tensor: torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
     """`tensor.to(device)`, without a host sync when a CPU tensor goes to a CUDA device."""
     if device is None:

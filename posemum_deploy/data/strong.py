@@ -17,25 +17,24 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from posemum_deploy.data.device import device_constant, host_to_device
+from posemum_deploy.data.device import device_constant, generator_device, host_to_device
 from posemum_deploy.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
-    gen_device = generator.device if generator is not None else device
-    return host_to_device(torch.rand(shape, generator=generator, device=gen_device), device)
+    return host_to_device(torch.rand(shape, generator=generator,
+                                     device=generator_device(generator, device)), device)
 
 
 def _normal(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
-    gen_device = generator.device if generator is not None else device
-    return host_to_device(torch.randn(shape, generator=generator, device=gen_device), device)
+    return host_to_device(torch.randn(shape, generator=generator,
+                                      device=generator_device(generator, device)), device)
 
 
 def _randint(high: int, shape: tuple[int, ...], generator: torch.Generator | None,
              device: torch.device, low: int = 0) -> Tensor:
-    gen_device = generator.device if generator is not None else device
-    return host_to_device(torch.randint(low, high, shape, generator=generator, device=gen_device),
-                          device)
+    return host_to_device(torch.randint(low, high, shape, generator=generator,
+                                        device=generator_device(generator, device)), device)
 
 
 def heatmap_argmax(heatmaps: Tensor, input_hw: tuple[int, int]) -> Tensor:
@@ -152,7 +151,7 @@ def rand_augment(images: Tensor, generator: torch.Generator | None = None, n: in
     x = (images * s + m).clamp(0, 1)
     level = torch.full((b, 1, 1, 1), magnitude / (num_bins - 1), device=dev, dtype=images.dtype)
     ops = list(_OPS.values())
-    gen_device = generator.device if generator is not None else dev
+    gen_device = generator_device(generator, dev)
     for _ in range(n):
         # The per-op index lists are built where the draw lives: on a CPU generator that
         # costs no host sync (nonzero() on a CUDA tensor waits for the GPU).

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from posemum_deploy.data.device import host_to_device
+from posemum_deploy.data.device import generator_device, host_to_device
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.models.simple_baseline import STAGE_NAMES
 
@@ -69,9 +69,8 @@ def make_mask(batch: int, group_size: int, tiles_hw: tuple[int, int],
     (so a CPU generator stays reproducible for any model device), then moved to `device`.
     """
     check_group(batch, group_size)
-    gen_device = generator.device if generator is not None else device
     noise = torch.rand(batch // group_size, group_size, *tiles_hw, generator=generator,
-                       device=gen_device)
+                       device=generator_device(generator, device))
     mask = noise.argsort(dim=1)
     return host_to_device(mask, device)
 
@@ -139,7 +138,7 @@ class MixHook:
         if name in m.active_stages:
             check_tiles(x.shape, m.tiles, name)  # validate even when this draw does not mix
             u = torch.rand((), generator=self.generator,
-                           device=self.generator.device if self.generator else None)
+                           device=generator_device(self.generator, None))
             if float(u) < m.p:
                 mask = make_mask(x.shape[0], m.group_size, m.tiles, self.generator, x.device)
                 x = mix(x, mask, m.tiles, name)

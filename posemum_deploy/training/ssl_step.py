@@ -204,7 +204,8 @@ class SemiSupervisedStep:
     def _pseudo_labels(self, student_index: int, weak: Tensor) -> Tensor:
         if not self.dual:
             if self._teacher_graph is not None:
-                return self._teacher_graph(weak).clone()  # the graph's buffer is reused
+                # a copy (the graph's buffer is reused), made as the float32 the caller takes
+                return self._teacher_graph(weak).to(torch.float32, copy=True)
             return self.teacher.predict(weak)
         partner = unwrap(self.teacher.model if student_index == 0 else self.model)
         was_training = partner.training

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from posemum_deploy.data.device import host_to_device
+from posemum_deploy.data.device import generator_device, host_to_device
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class StrongAffine:
     def sample(self, batch: int, size_hw: tuple[int, int], generator: torch.Generator | None = None,
                device: torch.device | str | None = None) -> Tensor:
         """Forward maps θ [B, 2, 3] (weak-view → strong-view, normalised coordinates)."""
-        gen_device = generator.device if generator is not None else device
+        gen_device = generator_device(generator, device)
         noise = torch.randn(batch, 2, generator=generator, device=gen_device)
         use_rot = torch.rand(batch, generator=generator, device=gen_device) < self.rotation_prob
         scale = (1.0 + noise[:, 0] * self.scale_sigma).clamp(*self.scale_clip)
