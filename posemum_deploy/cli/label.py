@@ -62,8 +62,12 @@ def label(
     oks_nms: Annotated[float, typer.Option(
         "--oks-nms", min=0.0, max=1.0, help="Per-image OKS-NMS threshold; 0 turns it off.")] = 0.9,
     decode: Annotated[str, typer.Option(
-        "--decode", help="host: CPU threads decode and crop | device: nvjpeg decode and "
+        "--decode", help="host: CPU threads decode and crop | device: JPEG decode and "
         "grid_sample crops on the model's GPU (gt:/det:/full boxes)")] = "host",
+    jpeg_decoder: Annotated[str, typer.Option(
+        "--jpeg-decoder", help="--decode device: nvimgcodec (hardware JPEG engines; pip "
+        "install nvidia-nvimgcodec-cu13[nvjpeg]) | torchvision (nvjpeg) | auto (nvimgcodec "
+        "when installed)")] = "auto",
     processes: Annotated[int, typer.Option(
         "--processes", min=1, help="Labeling processes, each with its own model (several "
         "share one GPU: a GPU outruns one Python process)")] = 1,
@@ -78,7 +82,8 @@ def label(
 
     settings = LabelSettings(boxes=boxes, boxes_ann=str(boxes_ann) if boxes_ann else None,
                              box_score_threshold=box_score, max_people=max_people, flip=flip,
-                             oks_nms=oks_nms or None, shard_size=shard_size, decode=decode)
+                             oks_nms=oks_nms or None, shard_size=shard_size, decode=decode,
+                             jpeg_decoder=jpeg_decoder)
     progress = RichLabelProgress()
     with progress.bar:
         summary = label_folder(model, images_dir, out, settings, backend=backend,

@@ -2,14 +2,15 @@
 
 On a GPU the network labels tens of thousands of crops a second, far more than CPU
 threads decode JPEGs and warp crops (DESIGN: labeling must run at ≥ 0.8× model-only).
-Here threads only read file bytes; chunks of images are decoded together by nvjpeg
-(`torchvision.io.decode_jpeg(device=...)`), warped by one `grid_sample` per chunk and
+Here threads only read file bytes; chunks of images are decoded together on the device
+(nvImageCodec's hardware JPEG engines or torchvision's nvjpeg: `jpeg_decoders`), warped by
+one `grid_sample` per chunk and
 normalised on the device, in a background thread on its own CUDA stream, so the next
 chunk is decoded while the current one is inferred. Only keypoints return to the host.
 
 Box sources that need only the image size (gt:, det:, full) work here; pixel-reading
-detectors (hog, detector:) need host images and use the host path. Files nvjpeg cannot
-decode (PNG, CMYK JPEG, ...) are decoded by cv2 and uploaded; unreadable ones become
+detectors (hog, detector:) need host images and use the host path. Files the device
+decoder cannot decode (PNG, CMYK JPEG, ...) are decoded by cv2 and uploaded; unreadable ones become
 error records exactly as on the host path.
 """
 from __future__ import annotations
@@ -24,14 +25,14 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from posemum_deploy.data.images import (check_image_bytes, decode_image, jpeg_exif_orientation,
-                                        orient_chw, read_image_bytes)
+from posemum_deploy.data.images import check_image_bytes, decode_image, read_image_bytes
 from posemum_deploy.data.transforms import normalize_batch
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.export.metadata import ModelMetadata
 from posemum_deploy.inference.gpu_crops import warp_crops_batched
 from posemum_deploy.inference.pipeline import CropBatch, crop_frames
 from posemum_deploy.label.boxes import BoxSource, FullImageBoxes, TableBoxes
+from posemum_deploy.label.jpeg_decoders import JpegDecoder, make_jpeg_decoder
 from posemum_deploy.label.shard import Prepared, StageTimes, prefetch
 
 log = logging.getLogger(__name__)
@@ -87,9 +88,10 @@ class DeviceCropper:
     """Turns chunks of (shard index, rel, bytes) into Prepared images with device crops."""
 
     def __init__(self, root: Path, boxes: BoxSource, meta: ModelMetadata,
-                 device: torch.device, times: StageTimes) -> None:
+                 device: torch.device, times: StageTimes, jpeg: JpegDecoder | None = None) -> None:
         check_box_source(boxes)
         self.root, self.boxes, self.meta, self.device, self.times = root, boxes, meta, device, times
+        self.jpeg = jpeg or make_jpeg_decoder("auto", device)
         self._local = threading.local()
 
     def _stream(self) -> torch.cuda.Stream | None:
@@ -100,23 +102,15 @@ class DeviceCropper:
         return self._local.stream
 
     def decode(self, chunk: list[tuple[str, bytes]]) -> list[torch.Tensor | str]:
-        """uint8 [3, H, W] device tensors (or error text), nvjpeg for JPEGs in one call."""
-        from torchvision.io import ImageReadMode, decode_jpeg
-
+        """uint8 [3, H, W] device tensors (or error text): JPEGs by the device decoder in
+        one call, anything it cannot decode (PNG, CMYK JPEG, ...) by cv2 and uploaded."""
         out: list[torch.Tensor | str | None] = [None] * len(chunk)
         jpeg = [i for i, (_, data) in enumerate(chunk) if data[:2] == b"\xff\xd8"]
         if jpeg:
-            tensors = [torch.frombuffer(bytearray(chunk[i][1]), dtype=torch.uint8) for i in jpeg]
-            try:
-                decoded = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device)
-            except RuntimeError:  # one bad file fails the batch: retry alone to find it
-                decoded = [self._decode_one(t) for t in tensors]
-            for i, image in zip(jpeg, decoded):
-                # nvjpeg ignores EXIF (torchvision applies it on the CPU only): do it here
-                out[i] = None if image is None else orient_chw(
-                    image, jpeg_exif_orientation(chunk[i][1]))
+            for i, image in zip(jpeg, self.jpeg([chunk[i][1] for i in jpeg])):
+                out[i] = image
         for i, (rel, data) in enumerate(chunk):
-            if out[i] is None:  # not a JPEG, or one nvjpeg refused: the host decoder decides
+            if out[i] is None:  # not a JPEG, or one the device decoder refused
                 try:
                     image = decode_image(data, self.root / rel)
                     out[i] = torch.from_numpy(image).permute(2, 0, 1).to(self.device)
@@ -124,14 +118,6 @@ class DeviceCropper:
                     log.warning("skipped %s: %s", rel, e)
                     out[i] = str(e)
         return out  # type: ignore[return-value]
-
-    def _decode_one(self, data: torch.Tensor) -> torch.Tensor | None:
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        try:
-            return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
-        except RuntimeError:
-            return None
 
     def prepare(self, chunk: list[tuple[int, tuple[str, bytes | str]]]
                 ) -> list[tuple[int, Prepared]]:

@@ -14,7 +14,6 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from itertools import groupby
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +22,7 @@ from posemum_deploy.errors import ConfigError
 from posemum_deploy.export.metadata import sha256_file
 from posemum_deploy.inference.backends import Backend
 from posemum_deploy.label.boxes import BoxSource, parse_box_source
+from posemum_deploy.label.jpeg_decoders import JPEG_DECODERS
 from posemum_deploy.label.shard import ShardLabeler, StageTimes
 from posemum_deploy.label.worker import ShardResult, ShardWorker, WorkerSpec
 from posemum_deploy.label.writer import ShardStore
@@ -44,7 +44,8 @@ class LabelSettings:
     dark: bool = False
     oks_nms: float | None = 0.9
     shard_size: int = 1000
-    decode: str = "host"  # "device": nvjpeg decode + grid_sample crops on the model's device
+    decode: str = "host"  # "device": JPEG decode + grid_sample crops on the model's device
+    jpeg_decoder: str = "auto"  # --decode device: auto | nvimgcodec | torchvision
 
 
 @dataclass
@@ -129,6 +130,9 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
                           "each process loading its own model")
     root, model = Path(images_dir), Path(model)
     files = [p.relative_to(root).as_posix() for p in list_images(root)]
+    if settings.jpeg_decoder not in JPEG_DECODERS:
+        raise ConfigError(f"--jpeg-decoder {settings.jpeg_decoder!r}: choose "
+                          f"{', '.join(JPEG_DECODERS)}")
     if settings.decode == "device":
         from posemum_deploy.label.device_crops import check_box_spec
 
@@ -141,7 +145,7 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
     spec = WorkerSpec(str(model.resolve()), str(root.resolve()), boxes,
                       backend if isinstance(backend, str) else "auto",
                       dict(backend_options or {}), batch_size, workers, settings.flip,
-                      settings.dark, settings.oks_nms, settings.decode)
+                      settings.dark, settings.oks_nms, settings.decode, settings.jpeg_decoder)
     # One process loads its model here, before progress and the clock start (rates count
     # labeling only); spawned labelers and Ray actors load their own.
     worker = (ShardWorker(spec, None if isinstance(backend, str) else backend)
@@ -172,8 +176,6 @@ def _run_local(worker: ShardWorker, todo: list[ShardJob], store: ShardStore,
                summary: LabelSummary, times: StageTimes, progress: LabelProgress | None) -> None:
     """One process: decoding runs ahead (across shard ends) of batched inference, and
     each shard is written as soon as its last image is labeled."""
-    labeler = ShardLabeler(worker.estimator, worker.spec.oks_nms, times)
-    prepared = worker.stream(((job.index, rel) for job in todo for rel in job.files), times)
 
     def on_image(crops: int, skipped: int) -> None:
         summary.images += 1
@@ -182,8 +184,7 @@ def _run_local(worker: ShardWorker, todo: list[ShardJob], store: ShardStore,
         if progress:
             progress.advance(1, crops, skipped)
 
-    for index, group in groupby(prepared, key=lambda x: x[0]):
-        records = labeler.label((p for _, p in group), on_image)
+    for index, records in worker.label_shards(((j.index, j.files) for j in todo), times, on_image):
         t0 = time.perf_counter()
         entry = store.write_shard(index, records)
         times.add("write", time.perf_counter() - t0)
@@ -207,34 +208,48 @@ def record_shard(result: ShardResult, store: ShardStore, summary: LabelSummary,
         progress.advance(entry["images"], result.crops, entry["errors"])
 
 
+def process_tasks(todo: list[ShardJob], processes: int, max_shards: int = 64
+                  ) -> list[list[ShardJob]]:
+    """Consecutive runs of shards, one task each. A task is one decode stream (a stream
+    stalls as it starts), so tasks are long: about four per labeler, which still evens
+    out the end of the run, and at most `max_shards` shards."""
+    size = max(1, min(max_shards, -(-len(todo) // (4 * processes))))
+    return [todo[i:i + size] for i in range(0, len(todo), size)]
+
+
 def _run_processes(spec: WorkerSpec, todo: list[ShardJob], store: ShardStore,
                    summary: LabelSummary, times: StageTimes, progress: LabelProgress | None,
                    processes: int) -> None:
     """`processes` spawned labelers (each with its own model, on the same GPU or CPU) take
-    whole shards; this process writes them as they finish, at most 2 per labeler queued."""
+    runs of shards (`process_tasks`) and put every finished shard on a queue; this
+    process writes each shard as it arrives."""
     import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    import queue
+    from concurrent.futures import ProcessPoolExecutor
 
     from posemum_deploy.label.worker import init_process, label_in_process
 
-    jobs = iter(todo)
-    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=init_process, initargs=(spec,)) as pool:
-        pending = set()
-
-        def submit() -> None:
-            job = next(jobs, None)
-            if job is not None:
-                pending.add(pool.submit(label_in_process, job.index, job.files))
-
-        for _ in range(2 * processes):
-            submit()
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                pending.remove(future)
-                record_shard(future.result(), store, summary, times, progress)
-                submit()
+    context = multiprocessing.get_context("spawn")
+    finished = context.Queue()
+    pool = ProcessPoolExecutor(processes, mp_context=context, initializer=init_process,
+                               initargs=(spec, finished))
+    try:
+        futures = [pool.submit(label_in_process, [(j.index, j.files) for j in task])
+                   for task in process_tasks(todo, processes)]
+        for _ in range(len(todo)):
+            while True:
+                try:
+                    result = finished.get(timeout=0.5)
+                    break
+                except queue.Empty:  # a labeler that failed (or died) says so here
+                    for future in futures:
+                        if future.done() and future.exception() is not None:
+                            raise future.exception()  # type: ignore[misc]
+            record_shard(result, store, summary, times, progress)
+    except BaseException:  # written shards stay; queued runs must not start
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def summary_json(summary: LabelSummary) -> str:

@@ -152,6 +152,7 @@ class ShardLabeler:
         buf_crops: list[np.ndarray] = []
         buf_inv: list[np.ndarray] = []
         batch = self.estimator.batch_size
+        buffered = 0  # crops in buf_crops (counted, not summed: this loop runs per image)
 
         def finish(slot: int, item: Prepared, kpts: np.ndarray) -> None:
             t0 = time.perf_counter()
@@ -169,10 +170,12 @@ class ShardLabeler:
             queue.append(_Waiting(len(records) - 1, item))
             buf_crops.append(item.crops.crops)
             buf_inv.append(item.crops.inverse)
-            while sum(len(c) for c in buf_crops) >= batch:
+            buffered += n
+            while buffered >= batch:
                 self._run(batch, buf_crops, buf_inv, queue, finish)
-        if buf_crops:
-            self._run(sum(len(c) for c in buf_crops), buf_crops, buf_inv, queue, finish)
+                buffered -= batch
+        if buffered:
+            self._run(buffered, buf_crops, buf_inv, queue, finish)
         return records  # type: ignore[return-value]
 
     def _run(self, k: int, buf_crops: list[np.ndarray], buf_inv: list[np.ndarray],
@@ -207,17 +210,15 @@ class ShardLabeler:
             scores = rescore(kpts[:, :, 2], crops.box_scores)
             order = (oks_nms(kpts, scores, crops.areas, self.nms) if self.nms and len(kpts) > 1
                      else range(len(kpts)))
-            # Rounded once per image (the same numbers as per person: a GPU labeler
-            # writes thousands of people a second, so this runs hot).
+            # Rounded once per image, as arrays (a GPU labeler writes thousands of people
+            # a second, so this runs hot).
             boxes = np.round(crops.boxes, 2).tolist()
             xy = np.round(kpts[:, :, :2], 2).tolist()
             joint_scores = np.round(kpts[:, :, 2], 5).tolist()
-            for i in order:
-                persons.append({
-                    "box": boxes[i],
-                    "box_score": round(float(crops.box_scores[i]), 5),
-                    "score": round(float(scores[i]), 5),
-                    "keypoints": xy[i],
-                    "joint_scores": joint_scores[i],
-                    "area": round(float(crops.areas[i]), 2)})
+            box_scores = np.round(crops.box_scores, 5).tolist()
+            instance = np.round(scores, 5).tolist()
+            areas = np.round(crops.areas, 2).tolist()
+            persons = [{"box": boxes[i], "box_score": box_scores[i], "score": instance[i],
+                        "keypoints": xy[i], "joint_scores": joint_scores[i], "area": areas[i]}
+                       for i in order]
         return {"file": item.rel, "width": item.width, "height": item.height, "persons": persons}

@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from posemum_deploy.inference.backends import Backend, load_backend
 from posemum_deploy.inference.pipeline import PoseEstimator
 from posemum_deploy.label.boxes import BoxSource
-from posemum_deploy.label.shard import ShardLabeler, StageTimes, host_stream
+from posemum_deploy.label.shard import ImageDone, ShardLabeler, StageTimes, host_stream
 from posemum_deploy.label.writer import EncodedShard, encode_shard
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class WorkerSpec:
     dark: bool = False
     oks_nms: float | None = 0.9
     decode: str = "host"
+    jpeg_decoder: str = "auto"
 
 
 @dataclass
@@ -80,8 +82,12 @@ class ShardWorker:
             from posemum_deploy.inference.tensor_pipeline import TensorPoseEstimator
             from posemum_deploy.label.device_crops import backend_device
 
+            from posemum_deploy.label.jpeg_decoders import make_jpeg_decoder
+
             self.estimator = TensorPoseEstimator(be, spec.batch_size, spec.flip, spec.dark)
             self.device = backend_device(be)
+            self.jpeg = make_jpeg_decoder(spec.jpeg_decoder, self.device, spec.workers)
+            log.info("device crops on %s, JPEG decoder: %s", self.device, self.jpeg.name)
         else:
             self.estimator = host_crops_estimator(be, spec)
 
@@ -91,41 +97,71 @@ class ShardWorker:
         if self.spec.decode == "device":
             from posemum_deploy.label.device_crops import DeviceCropper, device_stream
 
-            cropper = DeviceCropper(root, self.spec.boxes, self.estimator.meta, self.device, times)
+            cropper = DeviceCropper(root, self.spec.boxes, self.estimator.meta, self.device,
+                                    times, self.jpeg)
             return device_stream(cropper, items, self.spec.workers, times)
         depth = max(4 * self.spec.workers, 2 * self.spec.batch_size)
         return host_stream(root, items, self.spec.boxes, tuple(self.estimator.meta.input_hw),
                            self.spec.workers, depth, times)
 
-    def label(self, index: int, files: list[str]) -> ShardResult:
-        times = StageTimes()
+    def label_shards(self, jobs: Iterable[tuple[int, list[str]]], times: StageTimes,
+                     on_image: ImageDone | None = None) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        """(shard index, records) for each (index, files) job, in order. One stream feeds
+        them all, so decoding runs ahead across shard ends (a stream per shard would stall
+        at every start and idle while the finished shard is encoded); each shard still
+        starts its own batches, so numbers match a shard labeled alone."""
         labeler = ShardLabeler(self.estimator, self.spec.oks_nms, times)
+        prepared = self.stream(((index, rel) for index, files in jobs for rel in files), times)
+        for index, group in groupby(prepared, key=lambda x: x[0]):
+            yield index, labeler.label((p for _, p in group), on_image)
+
+    def label_many(self, jobs: list[tuple[int, list[str]]]) -> Iterator[ShardResult]:
+        """Label several shards as one stream; yield each, encoded, as it finishes, with
+        its crop count and the stage seconds spent since the previous one."""
+        times = StageTimes()
         crops = [0]
+        reported: dict[str, float] = {}
 
         def count(n: int, _skipped: int) -> None:
             crops[0] += n
 
-        stream = self.stream(((index, rel) for rel in files), times)
-        records = labeler.label((p for _, p in stream), count)
-        t0 = time.perf_counter()
-        shard = encode_shard(records)
-        times.add("encode", time.perf_counter() - t0)
-        return ShardResult(index, shard, dict(times.seconds), crops[0])
+        for index, records in self.label_shards(jobs, times, count):
+            t0 = time.perf_counter()
+            shard = encode_shard(records)
+            times.add("encode", time.perf_counter() - t0)
+            now = dict(times.seconds)
+            seconds = {k: v - reported.get(k, 0.0) for k, v in now.items()}
+            reported = now
+            yield ShardResult(index, shard, seconds, crops[0])
+            crops[0] = 0
+
+    def label(self, index: int, files: list[str]) -> ShardResult:
+        """One shard (Ray actors take shards one at a time)."""
+        return next(self.label_many([(index, files)]))
 
 
-# The pool's worker processes each hold one ShardWorker, built once by `init_process`.
+# The pool's worker processes each hold one ShardWorker, built once by `init_process`, and
+# the queue that carries each finished shard back to the writer.
 _PROCESS_WORKER: dict[str, Any] = {}
 
 
-def init_process(spec: WorkerSpec) -> None:
+def init_process(spec: WorkerSpec, finished: Any) -> None:
     """Pool initializer: build this process's model; keep a failure to report per task."""
+    _PROCESS_WORKER["finished"] = finished
     try:
         _PROCESS_WORKER["worker"] = ShardWorker(spec)
     except Exception as e:  # raised again, with its message, by the first task
         _PROCESS_WORKER["error"] = e
 
 
-def label_in_process(index: int, files: list[str]) -> ShardResult:
+def label_in_process(jobs: list[tuple[int, list[str]]]) -> int:
+    """Label a run of shards as one stream, putting each ShardResult on the `finished`
+    queue as soon as it is done (the writer, progress and resume see every shard, not
+    every run); returns how many were put."""
     if "error" in _PROCESS_WORKER:
         raise _PROCESS_WORKER["error"]
-    return _PROCESS_WORKER["worker"].label(index, files)
+    done = 0
+    for result in _PROCESS_WORKER["worker"].label_many(jobs):
+        _PROCESS_WORKER["finished"].put(result)
+        done += 1
+    return done

@@ -156,3 +156,34 @@ def test_real_photos_full_boxes(tmp_path: Path, tiny_model: Path) -> None:
     assert len(records) == 4 and summary.skipped == 0
     assert all(len(r["persons"]) == 1 for r in records)
     assert {(r["width"], r["height"]) for r in records} >= {(1920, 1080), (298, 299)}
+
+
+def test_one_stream_over_several_shards_matches_shards_labeled_alone(tmp_path: Path,
+                                                                     tiny_model: Path) -> None:
+    """A labeling process runs several shards as one decode stream (`label_many`); each
+    shard must still come out byte for byte as if labeled alone, with its own counts."""
+    from posemum_deploy.label.boxes import parse_box_source
+    from posemum_deploy.label.worker import ShardWorker, WorkerSpec
+
+    root = tmp_path / "images"
+    files = sorted(p.relative_to(root).as_posix() for p in write_images(root, 7))
+    worker = ShardWorker(WorkerSpec(str(tiny_model), str(tmp_path / "images"),
+                                    parse_box_source("full"), backend="torch", batch_size=3))
+    jobs = [(4, files[:3]), (5, files[3:5]), (6, files[5:])]
+    together = list(worker.label_many(jobs))
+    alone = [worker.label(index, names) for index, names in jobs]
+    assert [r.index for r in together] == [4, 5, 6]
+    assert [r.shard.text for r in together] == [r.shard.text for r in alone]
+    assert [r.crops for r in together] == [r.crops for r in alone] == [3, 2, 2]
+    assert all("infer" in r.seconds for r in together)  # each carries its own stage times
+
+
+def test_process_tasks_are_long_runs_that_still_balance() -> None:
+    from posemum_deploy.label.runner import ShardJob, process_tasks
+
+    todo = [ShardJob(i, [f"{i}.jpg"]) for i in range(100)]
+    tasks = process_tasks(todo, processes=4)
+    assert [j.index for t in tasks for j in t] == list(range(100))  # in order, each once
+    assert len(tasks) == 15 and max(len(t) for t in tasks) == 7  # ~4 runs per labeler
+    assert max(len(t) for t in process_tasks(todo * 100, 2)) == 64  # capped
+    assert process_tasks([], 3) == []

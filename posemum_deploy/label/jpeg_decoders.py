@@ -1,0 +1,162 @@
+"""JPEG decoders for `--decode device`: a chunk of file bytes in, [3, H, W] uint8 images
+on the device out (None where one cannot decode a file; the caller falls back to cv2).
+
+- `torchvision`: `torchvision.io.decode_jpeg(device=...)`, nvjpeg's hybrid backend. It
+  runs the Huffman stage on the CPU, under a process-wide lock, and ignores EXIF (applied
+  here). On an H200 it was the largest host cost of GPU labeling (0.4 ms per 640×480
+  image) and capped each labeling process at one decode thread. On a CPU device it is
+  torchvision's libjpeg decode, which is how the device path is tested without a GPU.
+- `nvimgcodec`: NVIDIA nvImageCodec (`pip install nvidia-nvimgcodec-cu13[nvjpeg]`, or
+  `-cu12`), which uses the hardware JPEG engines of A100/H100/H200-class GPUs and its own
+  thread pool, releases the GIL while it decodes, and applies EXIF itself.
+- `auto`: nvimgcodec when it is installed and the device is a GPU, else torchvision.
+
+The two can differ by a grey level or two (IDCT and chroma upsampling), so the chosen
+name is part of a labeling run's settings, and a resume refuses a different one.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import TYPE_CHECKING, Any, Protocol
+
+from posemum_deploy.data.images import jpeg_exif_orientation, orient_chw
+from posemum_deploy.errors import BackendUnavailableError, ConfigError, import_optional
+
+if TYPE_CHECKING:  # torch loads with the decoders, not with the runner that names them
+    import torch
+
+log = logging.getLogger(__name__)
+JPEG_DECODERS = ("auto", "nvimgcodec", "torchvision")
+NVIMGCODEC_HINT = ("--jpeg-decoder nvimgcodec needs NVIDIA nvImageCodec: pip install "
+                   "'nvidia-nvimgcodec-cu13[nvjpeg]' (or -cu12 for CUDA 12)")
+
+
+class JpegDecoder(Protocol):
+    """Decodes a chunk of JPEG files' bytes on one device."""
+
+    name: str
+
+    def __call__(self, chunk: list[bytes]) -> list[torch.Tensor | None]: ...
+
+
+def nvimgcodec_installed() -> bool:
+    """Whether nvImageCodec's Python package is importable (without importing it)."""
+    try:
+        return importlib.util.find_spec("nvidia.nvimgcodec") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def resolve_jpeg_decoder(name: str, device: torch.device) -> str:
+    """The concrete decoder for a `--jpeg-decoder` choice on `device`."""
+    if name not in JPEG_DECODERS:
+        raise ConfigError(f"--jpeg-decoder {name!r}: choose {', '.join(JPEG_DECODERS)}")
+    if name == "auto":
+        return "nvimgcodec" if device.type == "cuda" and nvimgcodec_installed() else "torchvision"
+    if name == "nvimgcodec" and device.type != "cuda":
+        raise ConfigError(f"--jpeg-decoder nvimgcodec decodes on a GPU, but the model runs on "
+                          f"{device}; use --jpeg-decoder torchvision (or auto)")
+    return name
+
+
+def make_jpeg_decoder(name: str, device: torch.device, threads: int = 4) -> JpegDecoder:
+    """A decoder for `resolve_jpeg_decoder(name, device)`; `threads` sizes nvImageCodec's
+    CPU pool (several labeling processes share the machine's cores)."""
+    resolved = resolve_jpeg_decoder(name, device)
+    if resolved == "nvimgcodec":
+        return NvImageCodecJpeg(device, threads)
+    return TorchvisionJpeg(device)
+
+
+class TorchvisionJpeg:
+    """nvjpeg through torchvision (one batched call), EXIF orientation applied by hand."""
+
+    name = "torchvision"
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __call__(self, chunk: list[bytes]) -> list[torch.Tensor | None]:
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        tensors = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in chunk]
+        try:
+            decoded: list[torch.Tensor | None] = list(
+                decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.device))
+        except RuntimeError:  # one bad file fails the batch: retry alone to find it
+            decoded = [self._one(t) for t in tensors]
+        # nvjpeg ignores EXIF (torchvision applies it on the CPU only): do it here
+        return [None if image is None else orient_chw(image, jpeg_exif_orientation(data))
+                for image, data in zip(decoded, chunk)]
+
+    def _one(self, data: torch.Tensor) -> torch.Tensor | None:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+        except RuntimeError:
+            return None
+
+
+class NvImageCodecJpeg:
+    """nvImageCodec's batched decode (hardware JPEG engines where the GPU has them).
+
+    Decodes onto the caller's current CUDA stream: the images are allocated, written and
+    (when their tensors die) freed in that stream's order, so no extra synchronisation
+    is needed. A file it cannot parse or decode comes back as None.
+    """
+
+    name = "nvimgcodec"
+
+    def __init__(self, device: torch.device, threads: int = 4) -> None:
+        import torch
+
+        if device.type != "cuda":
+            raise ConfigError("nvImageCodec decodes on a CUDA device; use the torchvision decoder")
+        self.nv = import_optional("nvidia.nvimgcodec", NVIMGCODEC_HINT)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        self.device = torch.device("cuda", index)
+        try:
+            self.decoder = self.nv.Decoder(device_id=index, max_num_cpu_threads=threads)
+        except Exception as e:  # a wheel built for another CUDA major, no nvjpeg, ...
+            raise BackendUnavailableError(f"nvImageCodec could not start on {self.device}: {e}; "
+                                          "use --jpeg-decoder torchvision") from e
+        self.params = self.nv.DecodeParams(apply_exif_orientation=True,
+                                           color_spec=self.nv.ColorSpec.RGB)
+
+    def _stream(self, data: bytes) -> Any:
+        try:
+            return self.nv.CodeStream(data)
+        except Exception:  # not parseable: the host decoder decides (and names the file)
+            return None
+
+    def _decode(self, streams: list[Any]) -> list[Any]:
+        import torch
+
+        stream = torch.cuda.current_stream(self.device).cuda_stream
+        out = self.decoder.decode(streams, params=self.params, cuda_stream=stream)
+        if len(out) == len(streams):
+            return list(out)
+        # Older releases drop failed images from the list: find them one at a time.
+        return [self.decoder.decode(s, params=self.params, cuda_stream=stream) for s in streams]
+
+    def _tensor(self, image: Any) -> torch.Tensor | None:
+        import torch
+
+        if image is None:
+            return None
+        if image.buffer_kind != self.nv.ImageBufferKind.STRIDED_DEVICE:
+            image = image.cuda()
+        hwc = torch.as_tensor(image, device=self.device)  # keeps `image` alive
+        return hwc.permute(2, 0, 1) if hwc.ndim == 3 and hwc.shape[2] == 3 else None
+
+    def __call__(self, chunk: list[bytes]) -> list[torch.Tensor | None]:
+        streams = [self._stream(data) for data in chunk]
+        ok = [i for i, s in enumerate(streams) if s is not None]
+        out: list[torch.Tensor | None] = [None] * len(chunk)
+        if ok:
+            for i, image in zip(ok, self._decode([streams[i] for i in ok])):
+                out[i] = self._tensor(image)
+        return out

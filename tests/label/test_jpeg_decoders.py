@@ -1,0 +1,114 @@
+"""--jpeg-decoder: which decoder a run gets, clear refusals, and (on a GPU with
+nvImageCodec installed) hardware-decoded pixels that match cv2 with EXIF applied."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from posemum_deploy.errors import BackendUnavailableError, ConfigError
+from posemum_deploy.label.jpeg_decoders import (TorchvisionJpeg, make_jpeg_decoder,
+                                                nvimgcodec_installed, resolve_jpeg_decoder)
+from posemum_deploy.label.runner import LabelSettings, label_folder
+from posemum_deploy.label.writer import load_manifest
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+NVIMGCODEC_GPU = torch.cuda.is_available() and nvimgcodec_installed()
+
+
+def test_auto_picks_nvimgcodec_only_for_a_gpu_that_has_it(monkeypatch) -> None:
+    import posemum_deploy.label.jpeg_decoders as jd
+
+    assert resolve_jpeg_decoder("auto", CPU) == "torchvision"
+    assert resolve_jpeg_decoder("torchvision", CUDA) == "torchvision"
+    monkeypatch.setattr(jd, "nvimgcodec_installed", lambda: True)
+    assert resolve_jpeg_decoder("auto", CUDA) == "nvimgcodec"
+    assert resolve_jpeg_decoder("auto", CPU) == "torchvision"
+    monkeypatch.setattr(jd, "nvimgcodec_installed", lambda: False)
+    assert resolve_jpeg_decoder("auto", CUDA) == "torchvision"
+
+
+def test_refusals_name_the_option_and_the_fix() -> None:
+    with pytest.raises(ConfigError, match="--jpeg-decoder 'pillow'"):
+        resolve_jpeg_decoder("pillow", CPU)
+    with pytest.raises(ConfigError, match="on a GPU.*torchvision"):
+        make_jpeg_decoder("nvimgcodec", CPU)
+
+
+@pytest.mark.skipif(nvimgcodec_installed(), reason="checks the message when it is absent")
+def test_missing_nvimgcodec_says_how_to_install_it() -> None:
+    with pytest.raises(BackendUnavailableError, match="pip install 'nvidia-nvimgcodec"):
+        make_jpeg_decoder("nvimgcodec", CUDA)
+
+
+def test_the_choice_is_checked_before_work_and_recorded_for_resume(tmp_path: Path,
+                                                                   tiny_model: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.jpg"), np.full((40, 30, 3), 128, np.uint8))
+    with pytest.raises(ConfigError, match="--jpeg-decoder"):
+        label_folder(tiny_model, images, tmp_path / "bad",
+                     LabelSettings(decode="device", jpeg_decoder="libjpeg"), backend="torch")
+    label_folder(tiny_model, images, tmp_path / "out",
+                 LabelSettings(decode="device", jpeg_decoder="torchvision"), backend="torch")
+    assert load_manifest(tmp_path / "out")["settings"]["jpeg_decoder"] == "torchvision"
+
+
+def _jpeg_with_orientation(path: Path, orientation: int) -> np.ndarray:
+    """A photo-like JPEG tagged with an EXIF orientation; returns what cv2 shows."""
+    from PIL import Image
+
+    rng = np.random.default_rng(orientation)
+    base = cv2.GaussianBlur(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), (9, 9), 3)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(base).save(path, exif=exif.tobytes(), quality=95)
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def _check_decoder(decoder, tmp_path: Path) -> None:
+    expected, chunk = [], []
+    for orientation in (1, 3, 6, 8):
+        path = tmp_path / f"o{orientation}.jpg"
+        expected.append(_jpeg_with_orientation(path, orientation))
+        chunk.append(path.read_bytes())
+    corrupt = chunk[0][:200] + b"\x00" * 300 + chunk[0][-2:]
+    out = decoder(chunk + [b"\xff\xd8not a jpeg\xff\xd9", corrupt])
+    assert len(out) == 6
+    for image, ref in zip(out[:4], expected):
+        assert image is not None and image.dtype == torch.uint8
+        got = image.permute(1, 2, 0).cpu().numpy()
+        assert got.shape == ref.shape  # orientations 6 and 8 swap height and width
+        assert np.abs(got.astype(int) - ref).mean() < 3.0
+    assert out[4] is None  # the caller hands it to cv2, which names the file
+
+
+def test_torchvision_decoder_applies_exif_like_cv2(tmp_path: Path) -> None:
+    _check_decoder(TorchvisionJpeg(CPU), tmp_path)
+
+
+@pytest.mark.skipif(not NVIMGCODEC_GPU, reason="needs a CUDA GPU and nvImageCodec")
+def test_nvimgcodec_decoder_applies_exif_like_cv2(tmp_path: Path) -> None:
+    decoder = make_jpeg_decoder("nvimgcodec", CUDA)
+    assert decoder.name == "nvimgcodec"
+    _check_decoder(decoder, tmp_path)
+
+
+@pytest.mark.skipif(not NVIMGCODEC_GPU, reason="needs a CUDA GPU and nvImageCodec")
+def test_nvimgcodec_images_survive_on_a_side_stream(tmp_path: Path) -> None:
+    """Decoded on the labeler's own stream, read on the default one after a sync: the
+    buffers (stream-ordered allocations) must hold the pixels until their tensors die."""
+    decoder = make_jpeg_decoder("nvimgcodec", CUDA)
+    refs = [_jpeg_with_orientation(tmp_path / f"s{i}.jpg", 1) for i in range(2)]
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        images = decoder([(tmp_path / f"s{i}.jpg").read_bytes() for i in range(2)])
+        stacked = torch.stack([im.float() for im in images])
+    side.synchronize()
+    del images
+    torch.cuda.synchronize()
+    for got, ref in zip(stacked.permute(0, 2, 3, 1).cpu().numpy(), refs):
+        assert np.abs(got - ref).mean() < 3.0
