@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from posemum_deploy.export.metadata import ModelMetadata  # noqa: E402
 from posemum_deploy.inference.fast_torch import FastTorchBackend  # noqa: E402
 from posemum_deploy.inference.torch_backend import TorchBackend  # noqa: E402
+from posemum_deploy.label.jpeg_decoders import nvimgcodec_installed  # noqa: E402
 from posemum_deploy.models import build_model  # noqa: E402
 
 
@@ -216,13 +217,14 @@ def label_rows(ann: Path, fast: FastTorchBackend, batch: int, model_only: float,
     big = replicate(ann, args.label_repeat, Path(args.work))
     results = {}
 
-    def run(name: str, gt: Path, decode: str, processes: int = 1) -> None:
+    def run(name: str, gt: Path, decode: str, processes: int = 1, jpeg: str = "torchvision"
+            ) -> None:
         probe = RateProbe()
         backend = fast if processes == 1 else "torch-fast"
         options = {} if processes == 1 else {"precision": args.half, "device": str(device)}
         s = label_folder(ckpt, gt.parent / "images", Path(tempfile.mkdtemp(dir=args.work)),
                          LabelSettings(boxes=f"gt:{gt}", shard_size=args.label_shard,
-                                       decode=decode),
+                                       decode=decode, jpeg_decoder=jpeg),
                          backend=backend, batch_size=batch, workers=args.label_workers,
                          progress=probe, processes=processes, backend_options=options)
         results[name] = {"images": s.images, "crops": s.crops, "crops_per_s": s.crops_per_s,
@@ -230,14 +232,19 @@ def label_rows(ann: Path, fast: FastTorchBackend, batch: int, model_only: float,
                          "stage_seconds": {k: round(v, 3) for k, v in s.stage_seconds.items()}}
         print_label_row(name, results[name], model_only)
 
-    run("warm-up (device decode, 1 process)", ann, "device")
+    jpegs = [j for j in args.label_jpeg if j != "nvimgcodec" or nvimgcodec_installed()]
+    if jpegs != args.label_jpeg:
+        print("(nvImageCodec is not installed: its rows are skipped)", flush=True)
+    for jpeg in jpegs:
+        run(f"1 process, {args.images} img, {jpeg}", ann, "device", jpeg=jpeg)
     if args.label_host:
         run(f"--decode host --processes 1 ({args.images} img)", ann, "host")
     for n in args.label_processes:
         if n > 1 and device.type == "cuda":  # spawned labelers need the GPU memory
             fast.close()
-        run(f"--decode device --processes {n} ({args.images * args.label_repeat} img)", big,
-            "device", n)
+        for jpeg in jpegs if n > 1 else []:
+            run(f"{n} processes, {args.images * args.label_repeat} img, {jpeg}", big,
+                "device", n, jpeg)
     return results
 
 
@@ -378,6 +385,8 @@ def main() -> None:
     p.add_argument("--no-label-host", dest="label_host", action="store_false",
                    help="skip the host-decode labeling run")
     p.add_argument("--label-workers", type=int, default=4, help="read/decode threads per process")
+    p.add_argument("--label-jpeg", default="nvimgcodec,torchvision",
+                   type=lambda v: v.split(","), help="--jpeg-decoder values to compare")
     p.add_argument("--sections", default="inference,labeling,training",
                    type=lambda v: set(v.split(",")))
     p.add_argument("--work", default=tempfile.mkdtemp(prefix="posemum_gpu_bench_"))
