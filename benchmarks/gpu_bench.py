@@ -163,26 +163,6 @@ def synthetic_folder(args) -> Path:
     return ann
 
 
-class RateProbe:
-    """A LabelProgress that timestamps every update, so the steady-state rate (after the
-    processes have started and the first images are through) can be read off."""
-
-    def start(self, total_images: int, done_images: int) -> None:
-        self.total = total_images
-        self.marks = [(time.perf_counter(), 0, 0)]
-
-    def advance(self, images: int, crops: int, skipped: int) -> None:
-        _, done, crops_done = self.marks[-1]
-        self.marks.append((time.perf_counter(), done + images, crops_done + crops))
-
-    def steady(self, skip: float = 0.2) -> float:
-        t_end, _, crops_end = self.marks[-1]
-        for t, done, crops_done in self.marks:
-            if done >= skip * self.total and t < t_end:
-                return (crops_end - crops_done) / (t_end - t)
-        return float("nan")
-
-
 def replicate(ann: Path, repeat: int, work: Path) -> Path:
     """`repeat` hard-linked copies of the synthetic folder (rNN/name) and their GT json,
     so a long labeling run needs no long generation."""
@@ -219,18 +199,30 @@ def label_rows(ann: Path, fast: FastTorchBackend, batch: int, model_only: float,
 
     def run(name: str, gt: Path, decode: str, processes: int = 1, jpeg: str = "torchvision"
             ) -> None:
-        probe = RateProbe()
         backend = fast if processes == 1 else "torch-fast"
         options = {} if processes == 1 else {"precision": args.half, "device": str(device)}
+        start = time.time()
         s = label_folder(ckpt, gt.parent / "images", Path(tempfile.mkdtemp(dir=args.work)),
                          LabelSettings(boxes=f"gt:{gt}", shard_size=args.label_shard,
                                        decode=decode, jpeg_decoder=jpeg),
                          backend=backend, batch_size=batch, workers=args.label_workers,
-                         progress=probe, processes=processes, backend_options=options)
+                         processes=processes, backend_options=options)
         results[name] = {"images": s.images, "crops": s.crops, "crops_per_s": s.crops_per_s,
-                         "steady_crops_per_s": probe.steady(),
+                         "steady_crops_per_s": s.steady_crops_per_s(),
+                         "labeling_window_s": (max(m[0] for m in s.shard_marks)
+                                               - min(m[0] for m in s.shard_marks)),
                          "stage_seconds": {k: round(v, 3) for k, v in s.stage_seconds.items()}}
+        # When each labeler's model was ready and when its first and last shards were
+        # done, in seconds from the call (processes that never overlap show up here).
+        results[name]["labelers"] = [
+            {"ready_s": round(v["ready_at"] - start, 1), "shards": len(v["shards"]),
+             "first_s": round(min(v["shards"]) - start, 1),
+             "last_s": round(max(v["shards"]) - start, 1)} for v in s.labelers.values()]
         print_label_row(name, results[name], model_only)
+        if processes > 1:
+            print("   labelers (ready / first / last shard s, shards): " + ", ".join(
+                f"{x['ready_s']}/{x['first_s']}/{x['last_s']} ({x['shards']})"
+                for x in results[name]["labelers"]), flush=True)
 
     jpegs = [j for j in args.label_jpeg if j != "nvimgcodec" or nvimgcodec_installed()]
     if jpegs != args.label_jpeg:
@@ -251,7 +243,8 @@ def label_rows(ann: Path, fast: FastTorchBackend, batch: int, model_only: float,
 def print_label_row(name: str, row: dict, model_only: float) -> None:
     steady = row["steady_crops_per_s"]
     print(f"{name:44s} {row['crops_per_s']:8.0f} {steady:8.0f} crops/s  steady "
-          f"{steady / model_only:5.2f}x  stages(s): {json.dumps(row['stage_seconds'])}", flush=True)
+          f"{steady / model_only:5.2f}x  first→last shard {row['labeling_window_s']:.1f} s  "
+          f"stages(s): {json.dumps(row['stage_seconds'])}", flush=True)
 
 
 def kernel_time_per_step(step, batch: dict, device: torch.device, n: int = 5) -> tuple[float, float]:

@@ -65,9 +65,8 @@ def label(
         "--decode", help="host: CPU threads decode and crop | device: JPEG decode and "
         "grid_sample crops on the model's GPU (gt:/det:/full boxes)")] = "host",
     jpeg_decoder: Annotated[str, typer.Option(
-        "--jpeg-decoder", help="--decode device: nvimgcodec (hardware JPEG engines; pip "
-        "install nvidia-nvimgcodec-cu13[nvjpeg]) | torchvision (nvjpeg) | auto (nvimgcodec "
-        "when installed)")] = "auto",
+        "--jpeg-decoder", help="--decode device: torchvision (nvjpeg) | nvimgcodec "
+        "(hardware JPEG engines; pip install nvidia-nvimgcodec-cu13[nvjpeg])")] = "torchvision",
     processes: Annotated[int, typer.Option(
         "--processes", min=1, help="Labeling processes, each with its own model (several "
         "share one GPU: a GPU outruns one Python process)")] = 1,

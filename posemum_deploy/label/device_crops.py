@@ -91,7 +91,7 @@ class DeviceCropper:
                  device: torch.device, times: StageTimes, jpeg: JpegDecoder | None = None) -> None:
         check_box_source(boxes)
         self.root, self.boxes, self.meta, self.device, self.times = root, boxes, meta, device, times
-        self.jpeg = jpeg or make_jpeg_decoder("auto", device)
+        self.jpeg = jpeg or make_jpeg_decoder("torchvision", device)
         self._local = threading.local()
 
     def _stream(self) -> torch.cuda.Stream | None:
@@ -127,7 +127,9 @@ class DeviceCropper:
         with ctx:
             result = self._prepare(chunk)
         if stream is not None:
+            t0 = time.perf_counter()
             stream.synchronize()  # the consumer's stream may use the crops from here on
+            self.times.add("sync", time.perf_counter() - t0)
         return result
 
     def _prepare(self, chunk: list[tuple[int, tuple[str, bytes | str]]]
@@ -197,7 +199,8 @@ def device_stream(cropper: DeviceCropper, items: Iterable[tuple[Any, str]], work
     thread decodes and crops chunks of `chunk_images` on the device (its own stream)
     while the consumer infers the previous chunk."""
     root = cropper.root
+    # Chunks are gathered (and so reads waited for) on the thread that submits decodes.
     reads = prefetch(lambda item: (item[0], read_bytes(root, item[1])), items, workers,
-                     3 * chunk_images)
+                     3 * chunk_images, times, "wait_for_read")
     for chunk in prefetch(cropper.prepare, chunked(reads, chunk_images), 1, 2, times):
         yield from chunk

@@ -45,7 +45,7 @@ class LabelSettings:
     oks_nms: float | None = 0.9
     shard_size: int = 1000
     decode: str = "host"  # "device": JPEG decode + grid_sample crops on the model's device
-    jpeg_decoder: str = "auto"  # --decode device: auto | nvimgcodec | torchvision
+    jpeg_decoder: str = "torchvision"  # --decode device: torchvision | nvimgcodec
 
 
 @dataclass
@@ -61,6 +61,10 @@ class LabelSummary:
     shards_resumed: int = 0
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    # (time.time() when labeled, images, crops) per shard, stamped where it was labeled
+    shard_marks: list[tuple[float, int, int]] = field(default_factory=list)
+    # per labeler (process id): when its model was ready, and its shards' times
+    labelers: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def images_per_s(self) -> float:
@@ -69,6 +73,19 @@ class LabelSummary:
     @property
     def crops_per_s(self) -> float:
         return self.crops / self.seconds if self.seconds else 0.0
+
+    def steady_crops_per_s(self, skip: float = 0.2) -> float:
+        """Crops/s once the first `skip` of the images are labeled: the rate without
+        start-up (spawning labelers, loading models, capturing graphs), which a long job
+        pays once. Timed where shards were labeled, so late delivery cannot skew it."""
+        marks = sorted(self.shard_marks)
+        done = 0
+        for i, (t, images, _) in enumerate(marks[:-1]):
+            done += images
+            if done >= skip * self.images:
+                crops = sum(c for _, _, c in marks[i + 1:])
+                return crops / (marks[-1][0] - t) if marks[-1][0] > t else 0.0
+        return 0.0
 
 
 class LabelProgress(Protocol):
@@ -184,7 +201,13 @@ def _run_local(worker: ShardWorker, todo: list[ShardJob], store: ShardStore,
         if progress:
             progress.advance(1, crops, skipped)
 
+    before = (0, 0)
     for index, records in worker.label_shards(((j.index, j.files) for j in todo), times, on_image):
+        summary.shard_marks.append((time.time(), summary.images - before[0],
+                                    summary.crops - before[1]))
+        summary.labelers.setdefault(os.getpid(), {"ready_at": worker.ready_at, "shards": []}
+                                    )["shards"].append(summary.shard_marks[-1][0])
+        before = (summary.images, summary.crops)
         t0 = time.perf_counter()
         entry = store.write_shard(index, records)
         times.add("write", time.perf_counter() - t0)
@@ -204,6 +227,10 @@ def record_shard(result: ShardResult, store: ShardStore, summary: LabelSummary,
     summary.skipped += entry["errors"]
     summary.crops += result.crops
     summary.shards_written += 1
+    summary.shard_marks.append((result.finished_at, entry["images"], result.crops))
+    pid, ready_at = result.labeler
+    summary.labelers.setdefault(pid, {"ready_at": ready_at, "shards": []})["shards"].append(
+        result.finished_at)
     if progress:
         progress.advance(entry["images"], result.crops, entry["errors"])
 
@@ -255,5 +282,8 @@ def _run_processes(spec: WorkerSpec, todo: list[ShardJob], store: ShardStore,
 def summary_json(summary: LabelSummary) -> str:
     """The summary as one json object (benchmarks and logs)."""
     data = asdict(summary)
-    data.update(images_per_s=summary.images_per_s, crops_per_s=summary.crops_per_s)
+    data.pop("shard_marks")
+    data.pop("labelers")
+    data.update(images_per_s=summary.images_per_s, crops_per_s=summary.crops_per_s,
+                steady_crops_per_s=summary.steady_crops_per_s())
     return json.dumps(data)

@@ -81,11 +81,12 @@ def prepare_image(root: Path, rel: str, boxes: BoxSource, input_hw: tuple[int, i
 
 
 def prefetch(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: int,
-             times: StageTimes | None = None) -> Iterator[R]:
+             times: StageTimes | None = None, wait_stage: str = "wait_for_decode"
+             ) -> Iterator[R]:
     """`map(fn, items)` on `workers` threads, in order, at most `depth` results ahead.
 
-    Time the consumer spends blocked on a result goes to `times["wait_for_decode"]`: near
-    zero when decoding keeps ahead of inference.
+    Time the consumer spends blocked on a result goes to `times[wait_stage]`: near zero
+    when the threads keep ahead of it.
     """
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="label-decode")
     futures: deque[Future] = deque()
@@ -100,7 +101,7 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: int,
             t0 = time.perf_counter()
             result = done.result()
             if times is not None:
-                times.add("wait_for_decode", time.perf_counter() - t0)
+                times.add(wait_stage, time.perf_counter() - t0)
             yield result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

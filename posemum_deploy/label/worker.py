@@ -10,6 +10,7 @@ processes, engines and resumes.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -40,7 +41,7 @@ class WorkerSpec:
     dark: bool = False
     oks_nms: float | None = 0.9
     decode: str = "host"
-    jpeg_decoder: str = "auto"
+    jpeg_decoder: str = "torchvision"
 
 
 @dataclass
@@ -51,6 +52,8 @@ class ShardResult:
     shard: EncodedShard
     seconds: dict[str, float]
     crops: int
+    finished_at: float = 0.0  # time.time() when labeled (the writer may see it later)
+    labeler: tuple[int, float] = (0, 0.0)  # (process id, time.time() its model was ready)
 
 
 def open_backend(spec: WorkerSpec) -> Backend:
@@ -90,6 +93,7 @@ class ShardWorker:
             log.info("device crops on %s, JPEG decoder: %s", self.device, self.jpeg.name)
         else:
             self.estimator = host_crops_estimator(be, spec)
+        self.ready_at = time.time()
 
     def stream(self, items: Any, times: StageTimes) -> Any:
         """(key, Prepared) for (key, relative path) items, decoded on host or device."""
@@ -132,7 +136,8 @@ class ShardWorker:
             now = dict(times.seconds)
             seconds = {k: v - reported.get(k, 0.0) for k, v in now.items()}
             reported = now
-            yield ShardResult(index, shard, seconds, crops[0])
+            yield ShardResult(index, shard, seconds, crops[0], time.time(),
+                              (os.getpid(), self.ready_at))
             crops[0] = 0
 
     def label(self, index: int, files: list[str]) -> ShardResult:

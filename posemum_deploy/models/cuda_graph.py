@@ -8,7 +8,8 @@ teacher.
 
 The graph reads the module's parameters and buffers at the addresses they had at
 capture: in-place updates (EMA/EMAN `lerp_`, `load_state_dict`) are seen by the next
-replay, replaced tensors (`.to(...)`, a new Parameter) are not: `reset()` after those.
+replay (autocast re-casts them inside the graph), replaced tensors (`.to(...)`, a new
+Parameter) are not: `reset()` after those.
 """
 from __future__ import annotations
 
@@ -23,20 +24,28 @@ def capture(fn: Callable[[Tensor], Tensor], static_in: Tensor,
     """(graph, its output buffer) for `fn(static_in)`; callers write inputs into
     `static_in` and call `graph.replay()`. Grad mode and autocast are taken from the
     caller's context, as for an eager call."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):  # cuDNN autotuning and lazy init stay outside the capture
-            fn(static_in)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    # "thread_local": the capture is lazy (first call), so other threads may be mid-work:
-    # a DataLoader's pin-memory thread allocating pinned memory, or the labeler's decode
-    # thread running nvjpeg on its own stream. Under the default "global" mode their CUDA
-    # calls would invalidate the capture (and poison the pin-memory thread); none of them
-    # touch the capturing stream, so none belongs in the graph.
-    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-        static_out = fn(static_in)
+    # Autocast caches the low-precision copy of each trainable weight for the rest of
+    # its region; a graph captured on cached copies would never re-cast, and so miss
+    # in-place weight updates. With the cache off the casts are part of the graph.
+    cache = torch.is_autocast_cache_enabled()
+    torch.set_autocast_cache_enabled(False)
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):  # cuDNN autotuning and lazy init stay outside the capture
+                fn(static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # "thread_local": the capture is lazy (first call), so other threads may be
+        # mid-work: a DataLoader's pin-memory thread allocating pinned memory, or the
+        # labeler's decode thread on its own stream. Under the default "global" mode their
+        # CUDA calls would invalidate the capture (and poison the pin-memory thread); none
+        # of them touch the capturing stream, so none belongs in the graph.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            static_out = fn(static_in)
+    finally:
+        torch.set_autocast_cache_enabled(cache)
     # The warm-up's activations sit in the cache, outside the graph's own pool: give them
     # back, so several labeling processes fit on one GPU.
     torch.cuda.empty_cache()

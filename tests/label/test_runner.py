@@ -187,3 +187,14 @@ def test_process_tasks_are_long_runs_that_still_balance() -> None:
     assert len(tasks) == 15 and max(len(t) for t in tasks) == 7  # ~4 runs per labeler
     assert max(len(t) for t in process_tasks(todo * 100, 2)) == 64  # capped
     assert process_tasks([], 3) == []
+
+
+def test_steady_rate_skips_start_up_and_uses_labeling_time() -> None:
+    from posemum_deploy.label.runner import LabelSummary
+
+    # 10 shards of 100 images / 200 crops: the first after a 60 s start-up, then one a
+    # second, delivered in any order.
+    marks = [(1000.0 + 60 + i, 100, 200) for i in range(10)]
+    summary = LabelSummary(images=1000, crops=2000, shard_marks=marks[::-1])
+    assert summary.steady_crops_per_s() == pytest.approx(200.0)  # 8 shards in 8 s
+    assert LabelSummary(images=100, shard_marks=marks[:1]).steady_crops_per_s() == 0.0
