@@ -205,7 +205,8 @@ def _run_local(worker: ShardWorker, todo: list[ShardJob], store: ShardStore,
     for index, records in worker.label_shards(((j.index, j.files) for j in todo), times, on_image):
         summary.shard_marks.append((time.time(), summary.images - before[0],
                                     summary.crops - before[1]))
-        summary.labelers.setdefault(os.getpid(), {"ready_at": worker.ready_at, "shards": []}
+        summary.labelers.setdefault(os.getpid(), {"ready_at": worker.ready_at, "shards": [],
+                                                  "stage_s": 0.0}
                                     )["shards"].append(summary.shard_marks[-1][0])
         before = (summary.images, summary.crops)
         t0 = time.perf_counter()
@@ -229,8 +230,10 @@ def record_shard(result: ShardResult, store: ShardStore, summary: LabelSummary,
     summary.shards_written += 1
     summary.shard_marks.append((result.finished_at, entry["images"], result.crops))
     pid, ready_at = result.labeler
-    summary.labelers.setdefault(pid, {"ready_at": ready_at, "shards": []})["shards"].append(
-        result.finished_at)
+    labeler = summary.labelers.setdefault(pid, {"ready_at": ready_at, "shards": [],
+                                                "stage_s": 0.0})
+    labeler["shards"].append(result.finished_at)
+    labeler["stage_s"] += sum(result.seconds.values())
     if progress:
         progress.advance(entry["images"], result.crops, entry["errors"])
 
