@@ -58,6 +58,31 @@ class BoxLimits:
         order = np.argsort(-scores, kind="stable")[: self.max_people]
         return clipped[order], scores[order]
 
+    def apply_many(self, boxes: np.ndarray, scores: np.ndarray, owner: np.ndarray,
+                   widths: np.ndarray, heights: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`apply` for the boxes of many images at once (box i belongs to image
+        `owner[i]`, of size widths/heights[owner[i]]): (boxes, scores, owner) grouped by
+        image in owner order, each image's exactly as `apply` gives them. The GPU
+        labeler calls it once per chunk instead of a dozen NumPy calls per image."""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        owner = np.asarray(owner, dtype=np.int64).reshape(-1)
+        w = np.asarray(widths, dtype=np.float64)[owner]
+        h = np.asarray(heights, dtype=np.float64)[owner]
+        x1 = np.clip(boxes[:, 0], 0, w - 1)
+        y1 = np.clip(boxes[:, 1], 0, h - 1)
+        x2 = np.clip(boxes[:, 0] + boxes[:, 2], 0, w)
+        y2 = np.clip(boxes[:, 1] + boxes[:, 3], 0, h)
+        clipped = np.stack([x1, y1, x2 - x1, y2 - y1], axis=1)
+        ok = (clipped[:, 2] > 0) & (clipped[:, 3] > 0) & (scores >= self.score_threshold)
+        clipped, scores, owner = clipped[ok], scores[ok], owner[ok]
+        order = np.lexsort((-scores, owner))  # by image, then score; stable like `apply`
+        grouped = owner[order]
+        rank = np.arange(len(order)) - np.searchsorted(grouped, grouped, side="left")
+        order = order[rank < self.max_people]
+        return clipped[order], scores[order], owner[order]
+
 
 @dataclass
 class FullImageBoxes:
@@ -67,7 +92,11 @@ class FullImageBoxes:
 
     def boxes(self, rel_path: str, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, w = image.shape[:2]
-        return self.limits.apply(np.array([[0.0, 0.0, w, h]]), np.ones(1), w, h)
+        return self.limits.apply(*self.raw(rel_path, w, h), w, h)
+
+    def raw(self, rel_path: str, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        """The boxes before `limits` (see `sized_boxes`)."""
+        return np.array([[0.0, 0.0, width, height]]), np.ones(1)
 
     def identity(self) -> dict[str, Any]:
         return {"kind": "full", **vars(self.limits)}
@@ -99,8 +128,36 @@ class TableBoxes:
             return np.zeros((0, 4)), np.zeros(0)
         return self.limits.apply(*self.table[image_id], w, h)
 
+    def raw(self, rel_path: str, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        """The boxes before `limits` (see `sized_boxes`)."""
+        image_id = self.image_id(rel_path)
+        if image_id is None or image_id not in self.table:
+            return _NO_BOXES
+        return self.table[image_id]
+
     def identity(self) -> dict[str, Any]:
         return {"kind": self.kind, "file_sha256": self.sha256, **vars(self.limits)}
+
+
+_NO_BOXES = (np.zeros((0, 4)), np.zeros(0))
+
+
+def sized_boxes(source: FullImageBoxes | TableBoxes, images: list[tuple[str, int, int]]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes of many images from a source that needs only their sizes: (boxes [M, 4],
+    scores [M], boxes per image [len(images)]), grouped by image in order, each image's
+    exactly what `source.boxes` gives it. One vectorised pass over a chunk."""
+    raws = [source.raw(rel, width, height) for rel, width, height in images]
+    counts = [len(b) for b, _ in raws]
+    owner = np.repeat(np.arange(len(images)), counts)
+    boxes = np.concatenate([np.asarray(b, dtype=np.float64).reshape(-1, 4) for b, _ in raws]) \
+        if raws else np.zeros((0, 4))
+    scores = np.concatenate([np.asarray(s, dtype=np.float64).reshape(-1) for _, s in raws]) \
+        if raws else np.zeros(0)
+    sizes = np.asarray([(w, h) for _, w, h in images], dtype=np.float64).reshape(-1, 2)
+    boxes, scores, owner = source.limits.apply_many(boxes, scores, owner, sizes[:, 0],
+                                                    sizes[:, 1])
+    return boxes, scores, np.bincount(owner, minlength=len(images))
 
 
 def file_name_ids(coco: dict[str, Any]) -> dict[str, int]:

@@ -31,7 +31,7 @@ from posemum_deploy.errors import ConfigError
 from posemum_deploy.export.metadata import ModelMetadata
 from posemum_deploy.inference.gpu_crops import warp_crops_batched
 from posemum_deploy.inference.pipeline import CropBatch, crop_frames
-from posemum_deploy.label.boxes import BoxSource, FullImageBoxes, TableBoxes
+from posemum_deploy.label.boxes import BoxSource, FullImageBoxes, TableBoxes, sized_boxes
 from posemum_deploy.label.jpeg_decoders import JpegDecoder, make_jpeg_decoder
 from posemum_deploy.label.shard import Prepared, StageTimes, prefetch
 
@@ -63,13 +63,6 @@ def backend_device(backend: Any) -> torch.device:
     if isinstance(device, torch.device):
         return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-class _Shape:
-    """Stands in for an image where a box source asks only for `.shape`."""
-
-    def __init__(self, height: int, width: int) -> None:
-        self.shape = (height, width, 3)
 
 
 def read_bytes(root: Path, rel: str) -> tuple[str, bytes | str]:
@@ -141,31 +134,27 @@ class DeviceCropper:
         t1 = time.perf_counter()
         prepared: dict[int, Prepared] = {}
         decoded: list[torch.Tensor] = []
-        per_image, owners, all_boxes, all_scores = [], [], [], []
+        sized: list[tuple[int, str, int, int]] = []  # (k, rel, width, height)
         h_in, w_in = self.meta.input_hw
         for (k, rel, _), image in zip(readable, images):
             if isinstance(image, str):
                 prepared[k] = Prepared(rel, error=image)
                 continue
-            height, width = image.shape[-2:]
-            box_xywh, scores = self.boxes.boxes(rel, _Shape(height, width))
-            per_image.append((k, rel, width, height, len(box_xywh)))
-            owners += [len(decoded)] * len(box_xywh)
-            all_boxes.append(np.asarray(box_xywh, dtype=np.float64).reshape(-1, 4))
-            all_scores.append(np.asarray(scores, dtype=np.float64).reshape(-1))
+            sized.append((k, rel, int(image.shape[-1]), int(image.shape[-2])))
             decoded.append(image)
-        boxes = np.concatenate(all_boxes) if all_boxes else np.zeros((0, 4))
-        box_scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
-        _, _, inverse, areas = crop_frames(boxes, (h_in, w_in))  # every box of the chunk at once
+        # Every box of the chunk at once: limits, then crop geometry.
+        boxes, box_scores, counts = sized_boxes(self.boxes, [x[1:] for x in sized])
+        owners = np.repeat(np.arange(len(sized)), counts)
+        _, _, inverse, areas = crop_frames(boxes, (h_in, w_in))
         t2 = time.perf_counter()
         crops = None
-        if owners:
-            crops = warp_crops_batched(decoded, np.asarray(owners), inverse, (h_in, w_in))
+        if len(owners):
+            crops = warp_crops_batched(decoded, owners, inverse, (h_in, w_in))
             crops = normalize_batch(crops, self.meta.mean, self.meta.std)
             if self.device.type == "cuda":  # consumed on the default stream
                 crops.record_stream(torch.cuda.default_stream(self.device))
         start = 0
-        for k, rel, width, height, n in per_image:
+        for (k, rel, width, height), n in zip(sized, counts.tolist()):
             part = slice(start, start + n)
             batch = CropBatch(crops[part] if n else None, inverse[part], boxes[part],
                               box_scores[part], areas[part])

@@ -35,6 +35,44 @@ def test_limits_clip_sort_threshold_cap() -> None:
     assert out.tolist() == [[10, 10, 5, 5], [0, 0, 15, 15]]
 
 
+def test_limits_of_a_whole_chunk_equal_limits_image_by_image() -> None:
+    """`apply_many` (the GPU labeler's one pass per chunk) must give every image exactly
+    the boxes, scores and order of `apply`: clipping to its own size, threshold, ties
+    kept in input order, the cap per image, images with none."""
+    rng = np.random.default_rng(3)
+    limits = BoxLimits(score_threshold=0.2, max_people=3)
+    sizes = rng.integers(20, 200, (12, 2))
+    counts = rng.integers(0, 7, 12)
+    owner = np.repeat(np.arange(12), counts)
+    boxes = np.concatenate([rng.uniform(-30, 220, (len(owner), 2)),
+                            rng.uniform(-5, 90, (len(owner), 2))], axis=1)
+    scores = rng.choice([0.1, 0.5, 0.5, 0.9, 0.3], len(owner))  # many ties
+    got_boxes, got_scores, got_owner = limits.apply_many(boxes, scores, owner,
+                                                         sizes[:, 0], sizes[:, 1])
+    for i, (w, h) in enumerate(sizes):
+        want_boxes, want_scores = limits.apply(boxes[owner == i], scores[owner == i], w, h)
+        np.testing.assert_array_equal(got_boxes[got_owner == i], want_boxes)
+        np.testing.assert_array_equal(got_scores[got_owner == i], want_scores)
+    assert (np.diff(got_owner) >= 0).all()  # grouped by image, in order
+
+
+def test_sized_boxes_equal_each_sources_boxes(tmp_path: Path) -> None:
+    from posemum_deploy.label.boxes import sized_boxes
+
+    images = [("a/one.jpg", 100, 80), ("three.jpg", 60, 50), ("two.jpg", 100, 80)]
+    for source in (parse_box_source(f"gt:{_coco(tmp_path)}", max_people=1),
+                   parse_box_source("full")):
+        boxes, scores, counts = sized_boxes(source, images)
+        assert counts.sum() == len(boxes) == len(scores)
+        start = 0
+        for (rel, w, h), n in zip(images, counts):
+            want = source.boxes(rel, np.zeros((h, w, 3), np.uint8))
+            np.testing.assert_array_equal(boxes[start:start + n], want[0])
+            np.testing.assert_array_equal(scores[start:start + n], want[1])
+            start += n
+    assert sized_boxes(parse_box_source("full"), [])[2].tolist() == []
+
+
 def test_gt_boxes_match_relative_path_and_basename(tmp_path: Path) -> None:
     src = parse_box_source(f"gt:{_coco(tmp_path)}")
     image = np.zeros((80, 100, 3), np.uint8)
