@@ -197,8 +197,8 @@ def label_rows(ann: Path, fast: FastTorchBackend, batch: int, model_only: float,
     big = replicate(ann, args.label_repeat, Path(args.work))
     results = {}
 
-    def run(name: str, gt: Path, decode: str, processes: int = 1, jpeg: str = "torchvision"
-            ) -> None:
+    def run(name: str, gt: Path, decode: str, processes: int = 1, jpeg: str = "torchvision",
+            shards_per_task: int | None = None) -> None:
         backend = fast if processes == 1 else "torch-fast"
         options = {} if processes == 1 else {"precision": args.half, "device": str(device)}
         start = time.time()
@@ -206,7 +206,8 @@ def label_rows(ann: Path, fast: FastTorchBackend, batch: int, model_only: float,
                          LabelSettings(boxes=f"gt:{gt}", shard_size=args.label_shard,
                                        decode=decode, jpeg_decoder=jpeg),
                          backend=backend, batch_size=batch, workers=args.label_workers,
-                         processes=processes, backend_options=options)
+                         processes=processes, backend_options=options,
+                         shards_per_task=shards_per_task)
         results[name] = {"images": s.images, "crops": s.crops, "crops_per_s": s.crops_per_s,
                          "steady_crops_per_s": s.steady_crops_per_s(),
                          "labeling_window_s": (max(m[0] for m in s.shard_marks)
@@ -237,8 +238,10 @@ def label_rows(ann: Path, fast: FastTorchBackend, batch: int, model_only: float,
         if n > 1 and device.type == "cuda":  # spawned labelers need the GPU memory
             fast.close()
         for jpeg in jpegs if n > 1 else []:
-            run(f"{n} processes, {args.images * args.label_repeat} img, {jpeg}", big,
-                "device", n, jpeg)
+            for per_task in args.label_shards_per_task:
+                run(f"{n} processes, {args.images * args.label_repeat} img, {jpeg}"
+                    + (f", {per_task} shard/task" if per_task else ""), big, "device", n,
+                    jpeg, per_task)
     return results
 
 
@@ -380,6 +383,9 @@ def main() -> None:
     p.add_argument("--no-label-host", dest="label_host", action="store_false",
                    help="skip the host-decode labeling run")
     p.add_argument("--label-workers", type=int, default=4, help="read/decode threads per process")
+    p.add_argument("--label-shards-per-task", default=[None],
+                   type=lambda v: [None if x == "auto" else int(x) for x in v.split(",")],
+                   help="runs of shards per labeling task to compare (auto, 1, ...)")
     p.add_argument("--label-jpeg", default="nvimgcodec,torchvision",
                    type=lambda v: v.split(","), help="--jpeg-decoder values to compare")
     p.add_argument("--sections", default="inference,labeling,training",

@@ -37,10 +37,12 @@ if [[ $sections == *training* ]]; then  # host-bound step: compare runs within o
     --json-out "$out/gpu_train.json" 2>&1 | grep -v Warning | tee "$out/gpu_train.txt"
 fi
 if [[ $sections == *labeling* ]]; then
-  # Device-decode labeling, 80,000 images (hard links), 2, 4 and 8 processes: how it
-  # scales (session 5: 8 processes ran no faster than one, their shards did not overlap;
-  # the per-labeler ready/first/last times and wait_for_read / sync stages say why).
+  # Device-decode labeling, 80,000 images (hard links), 4 and 8 processes, tasks of runs
+  # of shards (default) and of one shard each (session 4's design). Session 5: 8 processes
+  # ran no faster than one, their shards did not overlap; the per-labeler ready / first /
+  # last times, stage clocks and the wait_for_read / sync stages say why.
   timeout 330 python3 benchmarks/gpu_bench.py --images 2000 --label-repeat 40 \
-    --label-processes 2,4,8 --label-jpeg torchvision --no-label-host --sections labeling \
-    --reps 10 --json-out "$out/gpu_label.json" 2>&1 | grep -v Warning | tee "$out/gpu_label.txt"
+    --label-processes 8,4 --label-shards-per-task auto,1 --label-jpeg torchvision \
+    --no-label-host --sections labeling --reps 10 \
+    --json-out "$out/gpu_label.json" 2>&1 | grep -v Warning | tee "$out/gpu_label.txt"
 fi

@@ -131,11 +131,14 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
                  batch_size: int = 64, workers: int | None = None, resume: bool = False,
                  engine: str = "local", progress: LabelProgress | None = None,
                  backend_options: dict[str, Any] | None = None,
-                 ray_actors: int | None = None, processes: int = 1) -> LabelSummary:
+                 ray_actors: int | None = None, processes: int = 1,
+                 shards_per_task: int | None = None) -> LabelSummary:
     """Pseudo-label every image under `images_dir` into `out_dir` (see module docstring).
 
     `backend` is a kind name for `load_backend` or an already open Backend for `model`;
-    `processes` > 1 (local engine) spawns that many labelers, each loading `backend`.
+    `processes` > 1 (local engine) spawns that many labelers, each loading `backend` and
+    taking runs of at most `shards_per_task` shards (default: `process_tasks`' choice);
+    the output does not depend on it.
     """
     settings = settings or LabelSettings()
     if engine not in ENGINES:
@@ -179,7 +182,8 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
 
         run_ray(spec, todo, store, summary, times, progress, actors=ray_actors)
     elif worker is None:
-        _run_processes(spec, todo, store, summary, times, progress, processes)
+        _run_processes(spec, todo, store, summary, times, progress, processes,
+                       shards_per_task or 64)
     else:
         _run_local(worker, todo, store, summary, times, progress)
     summary.seconds = time.perf_counter() - t0
@@ -249,7 +253,7 @@ def process_tasks(todo: list[ShardJob], processes: int, max_shards: int = 64
 
 def _run_processes(spec: WorkerSpec, todo: list[ShardJob], store: ShardStore,
                    summary: LabelSummary, times: StageTimes, progress: LabelProgress | None,
-                   processes: int) -> None:
+                   processes: int, shards_per_task: int = 64) -> None:
     """`processes` spawned labelers (each with its own model, on the same GPU or CPU) take
     runs of shards (`process_tasks`) and put every finished shard on a queue; this
     process writes each shard as it arrives."""
@@ -265,7 +269,7 @@ def _run_processes(spec: WorkerSpec, todo: list[ShardJob], store: ShardStore,
                                initargs=(spec, finished))
     try:
         futures = [pool.submit(label_in_process, [(j.index, j.files) for j in task])
-                   for task in process_tasks(todo, processes)]
+                   for task in process_tasks(todo, processes, shards_per_task)]
         for _ in range(len(todo)):
             while True:
                 try:
