@@ -81,10 +81,12 @@ class DeviceCropper:
     """Turns chunks of (shard index, rel, bytes) into Prepared images with device crops."""
 
     def __init__(self, root: Path, boxes: BoxSource, meta: ModelMetadata,
-                 device: torch.device, times: StageTimes, jpeg: JpegDecoder | None = None) -> None:
+                 device: torch.device, times: StageTimes, jpeg: JpegDecoder | None = None,
+                 consumer: torch.cuda.Stream | None = None) -> None:
         check_box_source(boxes)
         self.root, self.boxes, self.meta, self.device, self.times = root, boxes, meta, device, times
         self.jpeg = jpeg or make_jpeg_decoder("torchvision", device)
+        self.consumer = consumer  # the stream that reads the crops (None: the default one)
         self._local = threading.local()
 
     def _stream(self) -> torch.cuda.Stream | None:
@@ -151,8 +153,8 @@ class DeviceCropper:
         if len(owners):
             crops = warp_crops_batched(decoded, owners, inverse, (h_in, w_in))
             crops = normalize_batch(crops, self.meta.mean, self.meta.std)
-            if self.device.type == "cuda":  # consumed on the default stream
-                crops.record_stream(torch.cuda.default_stream(self.device))
+            if self.device.type == "cuda":  # read on the consumer's stream
+                crops.record_stream(self.consumer or torch.cuda.default_stream(self.device))
         start = 0
         for (k, rel, width, height), n in zip(sized, counts.tolist()):
             part = slice(start, start + n)

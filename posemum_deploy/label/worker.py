@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
@@ -75,6 +76,21 @@ def host_crops_estimator(backend: Backend, spec: WorkerSpec) -> PoseEstimator:
     return PoseEstimator(backend, spec.batch_size, spec.flip, spec.dark)
 
 
+def inference_stream(backend: Backend) -> Any:
+    """A CUDA stream of its own for a torch backend on a GPU (None otherwise).
+
+    torchvision's nvjpeg decoder runs on a blocking stream and syncs it with the legacy
+    default stream: inference on the default stream would wait for every decode and every
+    decode for the inference queued before it, so the decode thread could not run ahead.
+    On a non-blocking stream of its own the network never meets the decoder's stream."""
+    device = getattr(backend, "device", None)
+    if not hasattr(backend, "predict_tensor") or getattr(device, "type", None) != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.Stream(device)
+
+
 class ShardWorker:
     """Holds one backend; `label(index, files)` labels one shard from its file list."""
 
@@ -84,7 +100,6 @@ class ShardWorker:
         if spec.decode == "device":
             from posemum_deploy.inference.tensor_pipeline import TensorPoseEstimator
             from posemum_deploy.label.device_crops import backend_device
-
             from posemum_deploy.label.jpeg_decoders import make_jpeg_decoder
 
             self.estimator = TensorPoseEstimator(be, spec.batch_size, spec.flip, spec.dark)
@@ -93,6 +108,7 @@ class ShardWorker:
             log.info("device crops on %s, JPEG decoder: %s", self.device, self.jpeg.name)
         else:
             self.estimator = host_crops_estimator(be, spec)
+        self.infer_stream = inference_stream(be)
         self.ready_at = time.time()
 
     def stream(self, items: Any, times: StageTimes) -> Any:
@@ -102,7 +118,7 @@ class ShardWorker:
             from posemum_deploy.label.device_crops import DeviceCropper, device_stream
 
             cropper = DeviceCropper(root, self.spec.boxes, self.estimator.meta, self.device,
-                                    times, self.jpeg)
+                                    times, self.jpeg, self.infer_stream)
             return device_stream(cropper, items, self.spec.workers, times)
         depth = max(4 * self.spec.workers, 2 * self.spec.batch_size)
         return host_stream(root, items, self.spec.boxes, tuple(self.estimator.meta.input_hw),
@@ -117,7 +133,17 @@ class ShardWorker:
         labeler = ShardLabeler(self.estimator, self.spec.oks_nms, times)
         prepared = self.stream(((index, rel) for index, files in jobs for rel in files), times)
         for index, group in groupby(prepared, key=lambda x: x[0]):
-            yield index, labeler.label((p for _, p in group), on_image)
+            with self._on_inference_stream():
+                records = labeler.label((p for _, p in group), on_image)
+            yield index, records
+
+    def _on_inference_stream(self) -> Any:
+        """This thread's CUDA work on the labeler's own stream (see `inference_stream`)."""
+        if self.infer_stream is None:
+            return nullcontext()
+        import torch
+
+        return torch.cuda.stream(self.infer_stream)
 
     def label_many(self, jobs: list[tuple[int, list[str]]]) -> Iterator[ShardResult]:
         """Label several shards as one stream; yield each, encoded, as it finishes, with

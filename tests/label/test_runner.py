@@ -198,3 +198,17 @@ def test_steady_rate_skips_start_up_and_uses_labeling_time() -> None:
     summary = LabelSummary(images=1000, crops=2000, shard_marks=marks[::-1])
     assert summary.steady_crops_per_s() == pytest.approx(200.0)  # 8 shards in 8 s
     assert LabelSummary(images=100, shard_marks=marks[:1]).steady_crops_per_s() == 0.0
+
+
+def test_a_gpu_labeler_infers_on_its_own_stream(tiny_model: Path) -> None:
+    """Off the default stream, where torchvision's nvjpeg would serialise decode and
+    inference; CPU backends need no stream."""
+    import torch
+
+    from posemum_deploy.inference.torch_backend import TorchBackend
+    from posemum_deploy.label.worker import inference_stream
+
+    assert inference_stream(TorchBackend(tiny_model, device="cpu")) is None
+    if torch.cuda.is_available():
+        stream = inference_stream(TorchBackend(tiny_model, device="cuda"))
+        assert stream is not None and stream != torch.cuda.default_stream()
