@@ -1,18 +1,18 @@
 """JPEG decoders for `--decode device`: a chunk of file bytes in, [3, H, W] uint8 images
 on the device out (None where one cannot decode a file; the caller falls back to cv2).
 
-- `torchvision`: `torchvision.io.decode_jpeg(device=...)`, nvjpeg's hybrid backend. It
-  runs the Huffman stage on the CPU, under a process-wide lock, and ignores EXIF (applied
-  here). On an H200 it was the largest host cost of GPU labeling (0.4 ms per 640×480
-  image) and capped each labeling process at one decode thread. On a CPU device it is
-  torchvision's libjpeg decode, which is how the device path is tested without a GPU.
+- `torchvision`: `torchvision.io.decode_jpeg(device=...)`: nvjpeg's batched hardware
+  backend on GPUs with JPEG engines (A100, H100, H200; the hybrid backend elsewhere),
+  one call at a time per process (a global lock), on a blocking stream synced with the
+  default stream (labelers therefore infer on a stream of their own), EXIF ignored
+  (applied here). On a CPU device it is torchvision's libjpeg decode, which is how the
+  device path is tested without a GPU.
 - `nvimgcodec`: NVIDIA nvImageCodec (`pip install nvidia-nvimgcodec-cu13[nvjpeg]`, or
-  `-cu12`), which uses the hardware JPEG engines of A100/H100/H200-class GPUs and its own
-  thread pool, releases the GIL while it decodes, and applies EXIF itself.
+  `-cu12`): the same hardware engines, its own CPU thread pool, decoding onto the
+  caller's stream with the GIL released, EXIF applied itself.
 
 Measured on an H200 with 640×480 photos (README), nvimgcodec decoded at half
-torchvision's rate: the hardware engines do not pay at that size, so torchvision is the
-default and nvimgcodec an opt-in until larger images say otherwise.
+torchvision's rate, so torchvision is the default and nvimgcodec an opt-in.
 
 The two can differ by a grey level or two (IDCT and chroma upsampling), so the chosen
 name is part of a labeling run's settings, and a resume refuses a different one.
