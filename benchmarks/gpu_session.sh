@@ -19,7 +19,8 @@ if [ -n "${2:-}" ]; then
   export PYTHONPATH=/tmp/site:$PWD
 fi
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total,compute_mode,mig.mode.current \
+  --format=csv | tee "$out/gpu.txt"
 python3 -c "from posemum_deploy.label.jpeg_decoders import nvimgcodec_installed as i; print('nvimgcodec installed:', i())"
 if [[ $sections == *tests* ]]; then
   # Every test that needs CUDA (they skip elsewhere), and their CPU neighbours.
@@ -37,6 +38,12 @@ if [[ $sections == *training* ]]; then  # host-bound step: compare runs within o
     --json-out "$out/gpu_train.json" 2>&1 | grep -v Warning | tee "$out/gpu_train.txt"
 fi
 if [[ $sections == *labeling* ]]; then
+  # Which processes hold a CUDA context, every 5 s, while the labelers run.
+  (while true; do date +%s; nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader
+     nvidia-smi --query-gpu=utilization.gpu,utilization.jpeg --format=csv,noheader 2>/dev/null \
+       || nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader
+     sleep 5; done) > "$out/gpu_apps.txt" 2>&1 &
+  watcher=$!
   # Device-decode labeling, 80,000 images (hard links), 4 and 8 processes, tasks of runs
   # of shards (default) and of one shard each (session 4's design). Session 5: 8 processes
   # ran no faster than one, their shards did not overlap; the per-labeler ready / first /
@@ -45,4 +52,5 @@ if [[ $sections == *labeling* ]]; then
     --label-processes 8,4 --label-shards-per-task auto,1 --label-jpeg torchvision \
     --no-label-host --sections labeling --reps 10 \
     --json-out "$out/gpu_label.json" 2>&1 | grep -v Warning | tee "$out/gpu_label.txt"
+  kill $watcher 2>/dev/null
 fi
