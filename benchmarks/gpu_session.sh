@@ -40,9 +40,8 @@ fi
 if [[ $sections == *labeling* ]]; then
   # Which processes hold a CUDA context, every 5 s, while the labelers run.
   (while true; do date +%s; nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader
-     nvidia-smi --query-gpu=utilization.gpu,utilization.jpeg --format=csv,noheader 2>/dev/null \
-       || nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader
-     sleep 5; done) > "$out/gpu_apps.txt" 2>&1 &
+     nvidia-smi dmon -c 1 -s u | tail -2   # sm, mem, enc, dec, jpg (JPEG engines), ofa %
+     sleep 4; done) > "$out/gpu_apps.txt" 2>&1 &
   watcher=$!
   # Device-decode labeling, 80,000 images (hard links), 4 and 8 processes, tasks of runs
   # of shards (default) and of one shard each (session 4's design). Session 5: 8 processes
