@@ -80,8 +80,8 @@ class TensorPoseEstimator(PoseEstimator):
             coords, scores = self.codec.decode(heatmaps.cpu().numpy(), dark=True)
         else:
             hm_coords, t_scores = decode_quarter_torch(heatmaps)
-            coords = self.codec.to_input(hm_coords.cpu().numpy())
-            scores = t_scores.cpu().numpy()
+            host = torch.cat([hm_coords, t_scores.unsqueeze(-1)], dim=-1).cpu().numpy()
+            coords, scores = self.codec.to_input(host[..., :2]), host[..., 2]  # one copy, one sync
         xy = transform_points(coords, inverse)
         return np.concatenate([xy, scores[..., None]], axis=-1)
 
