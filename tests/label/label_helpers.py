@@ -37,3 +37,23 @@ def write_images(folder: Path, n: int, seed: int = 0, size: tuple[int, int] = (1
         cv2.imwrite(str(path), image)
         paths.append(path)
     return paths
+
+
+class DyingBoxes:
+    """Whole-image boxes whose labeling process dies (os._exit, like an OOM kill) when it
+    reaches `fatal`: a box source that spawned labelers unpickle from this module."""
+
+    def __init__(self, fatal: str) -> None:
+        from posemum_deploy.label.boxes import FullImageBoxes
+
+        self.fatal, self.inner = fatal, FullImageBoxes()
+
+    def boxes(self, rel_path: str, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if rel_path == self.fatal:
+            import os
+
+            os._exit(3)
+        return self.inner.boxes(rel_path, image)
+
+    def identity(self) -> dict:
+        return {"kind": "full"}  # the output does not depend on which file kills

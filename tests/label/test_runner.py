@@ -212,3 +212,26 @@ def test_a_gpu_labeler_infers_on_its_own_stream(tiny_model: Path) -> None:
     if torch.cuda.is_available():
         stream = inference_stream(TorchBackend(tiny_model, device="cuda"))
         assert stream is not None and stream != torch.cuda.default_stream()
+
+
+def test_a_labeler_that_dies_ends_the_run_with_an_error_and_keeps_finished_shards(
+        tmp_path: Path, tiny_model: Path, monkeypatch) -> None:
+    """A spawned labeler killed mid-run (OOM, segfault) must end `label_folder` with an
+    error, not a hang; shards written before stay, and a resume redoes only the rest."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    import posemum_deploy.label.runner as runner
+    from label_helpers import DyingBoxes
+
+    root = tmp_path / "images"
+    files = sorted(p.relative_to(root).as_posix() for p in write_images(root, 8))
+    monkeypatch.setattr(runner, "parse_box_source", lambda *a, **k: DyingBoxes(files[6]))
+    out = tmp_path / "out"
+    with pytest.raises(BrokenProcessPool):
+        label_folder(tiny_model, root, out, LabelSettings(shard_size=2), backend="torch",
+                     processes=2, shards_per_task=1)
+    monkeypatch.setattr(runner, "parse_box_source", lambda *a, **k: DyingBoxes("none"))
+    resumed = label_folder(tiny_model, root, out, LabelSettings(shard_size=2),
+                           backend="torch", processes=2, resume=True)
+    assert resumed.shards_written + resumed.shards_resumed == 4
+    assert len(list(iter_indexed(out))) == 8
