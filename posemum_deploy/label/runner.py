@@ -258,7 +258,6 @@ def _run_processes(spec: WorkerSpec, todo: list[ShardJob], store: ShardStore,
     runs of shards (`process_tasks`) and put every finished shard on a queue; this
     process writes each shard as it arrives."""
     import multiprocessing
-    import queue
     from concurrent.futures import ProcessPoolExecutor
 
     from posemum_deploy.label.worker import init_process, label_in_process
@@ -267,23 +266,67 @@ def _run_processes(spec: WorkerSpec, todo: list[ShardJob], store: ShardStore,
     finished = context.Queue()
     pool = ProcessPoolExecutor(processes, mp_context=context, initializer=init_process,
                                initargs=(spec, finished))
+
+    def write(result: ShardResult) -> None:
+        record_shard(result, store, summary, times, progress)
+
     try:
         futures = [pool.submit(label_in_process, [(j.index, j.files) for j in task])
                    for task in process_tasks(todo, processes, shards_per_task)]
         for _ in range(len(todo)):
-            while True:
-                try:
-                    result = finished.get(timeout=0.5)
-                    break
-                except queue.Empty:  # a labeler that failed (or died) says so here
-                    for future in futures:
-                        if future.done() and future.exception() is not None:
-                            raise future.exception()  # type: ignore[misc]
-            record_shard(result, store, summary, times, progress)
-    except BaseException:  # written shards stay; queued runs must not start
-        pool.shutdown(wait=True, cancel_futures=True)
+            write(_next_shard(finished, futures))
+    except BaseException:
+        # Labelers still running put their shards on the queue; a queue nobody reads
+        # blocks their exit (and so this shutdown). Keep writing what arrives: finished
+        # shards are never thrown away, and queued runs do not start.
+        _drain_while(lambda: pool.shutdown(wait=True, cancel_futures=True), finished, write)
         raise
     pool.shutdown(wait=True)
+
+
+def _next_shard(finished: Any, futures: list[Any], patience_s: float = 30.0) -> ShardResult:
+    """The next shard from the labelers' queue; a labeler that failed or died raises its
+    error here, and so does a queue that stays empty after every labeler has returned."""
+    import queue
+
+    idle_since = None
+    while True:
+        try:
+            return finished.get(timeout=0.5)
+        except queue.Empty:
+            for future in futures:
+                if future.done() and future.exception() is not None:
+                    raise future.exception()  # type: ignore[misc]
+            if all(future.done() for future in futures):
+                idle_since = idle_since or time.perf_counter()
+                if time.perf_counter() - idle_since > patience_s:
+                    raise RuntimeError("every labeling process returned, but some shards "
+                                       "never arrived; rerun with --resume to label them")
+
+
+def _drain_while(shutdown: Any, finished: Any, write: Any) -> None:
+    """Run `shutdown()` while a thread writes whatever still arrives on `finished`."""
+    import queue
+    import threading
+
+    done = threading.Event()
+
+    def drain() -> None:
+        while not done.is_set():
+            try:
+                write(finished.get(timeout=0.2))
+            except queue.Empty:
+                continue
+            except Exception as e:  # the run is already failing: report, keep draining
+                log.warning("could not write a shard while stopping: %s", e)
+
+    thread = threading.Thread(target=drain, name="label-drain", daemon=True)
+    thread.start()
+    try:
+        shutdown()
+    finally:
+        done.set()
+        thread.join()
 
 
 def summary_json(summary: LabelSummary) -> str:

@@ -1,6 +1,7 @@
 """Helpers for labeling tests: a tiny random checkpoint and small image folders."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -8,6 +9,7 @@ import numpy as np
 import torch
 
 from posemum_deploy.export.metadata import ModelMetadata
+from posemum_deploy.label.boxes import FullImageBoxes
 from posemum_deploy.models.simple_baseline import build_model
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -57,3 +59,16 @@ class DyingBoxes:
 
     def identity(self) -> dict:
         return {"kind": "full"}  # the output does not depend on which file kills
+
+
+@dataclass
+class FailingBoxes(FullImageBoxes):
+    """Whole-image boxes for the device path that raise (a bug, not a bad file) at
+    `fatal`: the error must reach the caller of a multi-process run."""
+
+    fatal: str = ""
+
+    def raw(self, rel_path: str, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        if rel_path == self.fatal:
+            raise RuntimeError(f"box source failed at {rel_path}")
+        return super().raw(rel_path, width, height)

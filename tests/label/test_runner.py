@@ -235,3 +235,25 @@ def test_a_labeler_that_dies_ends_the_run_with_an_error_and_keeps_finished_shard
                            backend="torch", processes=2, resume=True)
     assert resumed.shards_written + resumed.shards_resumed == 4
     assert len(list(iter_indexed(out))) == 8
+
+
+def test_a_labeler_error_reaches_the_caller_while_the_others_finish(
+        tmp_path: Path, tiny_model: Path, monkeypatch) -> None:
+    """An exception in one labeling process (not a bad file: those become error records)
+    is raised by `label_folder`; the other processes' shards are still written while it
+    stops, and a resume finishes the run."""
+    import posemum_deploy.label.runner as runner
+    from label_helpers import FailingBoxes
+
+    root = tmp_path / "images"
+    files = sorted(p.relative_to(root).as_posix() for p in write_images(root, 12))
+    out = tmp_path / "out"
+    monkeypatch.setattr(runner, "parse_box_source", lambda *a, **k: FailingBoxes(fatal=files[9]))
+    settings = LabelSettings(shard_size=1, decode="device")
+    with pytest.raises(RuntimeError, match="box source failed"):
+        label_folder(tiny_model, root, out, settings, backend="torch", processes=2,
+                     shards_per_task=1)
+    monkeypatch.setattr(runner, "parse_box_source", lambda *a, **k: FailingBoxes())
+    resumed = label_folder(tiny_model, root, out, settings, backend="torch", processes=2,
+                           resume=True)
+    assert resumed.shards_resumed >= 1 and len(list(iter_indexed(out))) == 12
