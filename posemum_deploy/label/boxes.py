@@ -45,18 +45,12 @@ class BoxLimits:
 
     def apply(self, boxes: np.ndarray, scores: np.ndarray, width: int, height: int
               ) -> tuple[np.ndarray, np.ndarray]:
-        """Clip boxes to the image, drop degenerate/low boxes, sort by score, cap the count."""
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        x1 = np.clip(boxes[:, 0], 0, width - 1)
-        y1 = np.clip(boxes[:, 1], 0, height - 1)
-        x2 = np.clip(boxes[:, 0] + boxes[:, 2], 0, width)
-        y2 = np.clip(boxes[:, 1] + boxes[:, 3], 0, height)
-        clipped = np.stack([x1, y1, x2 - x1, y2 - y1], axis=1)
-        ok = (clipped[:, 2] > 0) & (clipped[:, 3] > 0) & (scores >= self.score_threshold)
-        clipped, scores = clipped[ok], scores[ok]
-        order = np.argsort(-scores, kind="stable")[: self.max_people]
-        return clipped[order], scores[order]
+        """Clip boxes to the image, drop degenerate/low boxes, sort by score (ties keep
+        their order), cap the count."""
+        n = len(np.asarray(scores).reshape(-1))
+        clipped, kept, _ = self.apply_many(boxes, scores, np.zeros(n, dtype=np.int64),
+                                           np.array([width]), np.array([height]))
+        return clipped, kept
 
     def apply_many(self, boxes: np.ndarray, scores: np.ndarray, owner: np.ndarray,
                    widths: np.ndarray, heights: np.ndarray

@@ -35,10 +35,22 @@ def test_limits_clip_sort_threshold_cap() -> None:
     assert out.tolist() == [[10, 10, 5, 5], [0, 0, 15, 15]]
 
 
+def _limits_of_one_image(limits: BoxLimits, boxes, scores, width, height):
+    """The per-image rule written out plainly: clip, drop, sort by score (stable), cap."""
+    x1, y1 = np.clip(boxes[:, 0], 0, width - 1), np.clip(boxes[:, 1], 0, height - 1)
+    x2 = np.clip(boxes[:, 0] + boxes[:, 2], 0, width)
+    y2 = np.clip(boxes[:, 1] + boxes[:, 3], 0, height)
+    out = np.stack([x1, y1, x2 - x1, y2 - y1], axis=1)
+    ok = (out[:, 2] > 0) & (out[:, 3] > 0) & (scores >= limits.score_threshold)
+    out, scores = out[ok], scores[ok]
+    order = np.argsort(-scores, kind="stable")[: limits.max_people]
+    return out[order], scores[order]
+
+
 def test_limits_of_a_whole_chunk_equal_limits_image_by_image() -> None:
     """`apply_many` (the GPU labeler's one pass per chunk) must give every image exactly
-    the boxes, scores and order of `apply`: clipping to its own size, threshold, ties
-    kept in input order, the cap per image, images with none."""
+    the boxes, scores and order of the per-image rule: clipping to its own size,
+    threshold, ties kept in input order, the cap per image, images with none."""
     rng = np.random.default_rng(3)
     limits = BoxLimits(score_threshold=0.2, max_people=3)
     sizes = rng.integers(20, 200, (12, 2))
@@ -50,7 +62,10 @@ def test_limits_of_a_whole_chunk_equal_limits_image_by_image() -> None:
     got_boxes, got_scores, got_owner = limits.apply_many(boxes, scores, owner,
                                                          sizes[:, 0], sizes[:, 1])
     for i, (w, h) in enumerate(sizes):
-        want_boxes, want_scores = limits.apply(boxes[owner == i], scores[owner == i], w, h)
+        want_boxes, want_scores = _limits_of_one_image(limits, boxes[owner == i],
+                                                       scores[owner == i], w, h)
+        got_one = limits.apply(boxes[owner == i], scores[owner == i], w, h)
+        np.testing.assert_array_equal(got_one[0], want_boxes)
         np.testing.assert_array_equal(got_boxes[got_owner == i], want_boxes)
         np.testing.assert_array_equal(got_scores[got_owner == i], want_scores)
     assert (np.diff(got_owner) >= 0).all()  # grouped by image, in order
