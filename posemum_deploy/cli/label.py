@@ -98,6 +98,9 @@ def label(
              f"{summary.shards_written} / {summary.shards_resumed} / {summary.shards_total}"),
             ("time", f"{summary.seconds:.1f} s"), ("images/s", f"{summary.images_per_s:.1f}"),
             ("crops/s", f"{summary.crops_per_s:.1f}")]
+    steady = summary.steady_crops_per_s()
+    if steady:  # without the start-up (labelers loading models), which a long job pays once
+        rows.append(("crops/s after the first 20 % of images", f"{steady:.1f}"))
     rows += [(f"  {k} (s, summed over threads)", f"{v:.2f}")
              for k, v in sorted(summary.stage_seconds.items())]
     for row in rows:
