@@ -3,15 +3,14 @@
 On a GPU the network labels tens of thousands of crops a second, far more than CPU
 threads decode JPEGs and warp crops (DESIGN: labeling must run at ≥ 0.8× model-only).
 Here threads only read file bytes; chunks of images are decoded together on the device
-(nvImageCodec's hardware JPEG engines or torchvision's nvjpeg: `jpeg_decoders`), warped by
-one `grid_sample` per chunk and
-normalised on the device, in a background thread on its own CUDA stream, so the next
-chunk is decoded while the current one is inferred. Only keypoints return to the host.
+(`jpeg_decoders`), warped by one `grid_sample` per chunk and normalised on the device,
+in a background thread on its own CUDA stream, so the next chunk is decoded while the
+current one is inferred (on the labeler's own stream). Only keypoints return to the host.
 
 Box sources that need only the image size (gt:, det:, full) work here; pixel-reading
 detectors (hog, detector:) need host images and use the host path. Files the device
-decoder cannot decode (PNG, CMYK JPEG, ...) are decoded by cv2 and uploaded; unreadable ones become
-error records exactly as on the host path.
+decoder cannot decode (PNG, CMYK JPEG, ...) are decoded by cv2 and uploaded; unreadable
+ones become error records exactly as on the host path.
 """
 from __future__ import annotations
 
