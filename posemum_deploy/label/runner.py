@@ -23,7 +23,7 @@ from posemum_deploy.export.metadata import sha256_file
 from posemum_deploy.inference.backends import Backend
 from posemum_deploy.label.boxes import BoxSource, parse_box_source
 from posemum_deploy.label.jpeg_decoders import JPEG_DECODERS
-from posemum_deploy.label.shard import ShardLabeler, StageTimes
+from posemum_deploy.label.shard import StageTimes
 from posemum_deploy.label.worker import ShardResult, ShardWorker, WorkerSpec
 from posemum_deploy.label.writer import ShardStore
 
@@ -73,6 +73,17 @@ class LabelSummary:
     @property
     def crops_per_s(self) -> float:
         return self.crops / self.seconds if self.seconds else 0.0
+
+    def mark_shard(self, finished_at: float, images: int, crops: int,
+                   labeler: tuple[int, float], stage_s: float = 0.0) -> None:
+        """Note when a shard was labeled (worker-side clock) and by which labeler
+        (process id, when its model was ready), for the rates and per-labeler timings."""
+        self.shard_marks.append((finished_at, images, crops))
+        pid, ready_at = labeler
+        entry = self.labelers.setdefault(pid, {"ready_at": ready_at, "shards": [],
+                                               "stage_s": 0.0})
+        entry["shards"].append(finished_at)
+        entry["stage_s"] += stage_s
 
     def steady_crops_per_s(self, skip: float = 0.2) -> float:
         """Crops/s once the first `skip` of the images are labeled: the rate without
@@ -207,11 +218,8 @@ def _run_local(worker: ShardWorker, todo: list[ShardJob], store: ShardStore,
 
     before = (0, 0)
     for index, records in worker.label_shards(((j.index, j.files) for j in todo), times, on_image):
-        summary.shard_marks.append((time.time(), summary.images - before[0],
-                                    summary.crops - before[1]))
-        summary.labelers.setdefault(os.getpid(), {"ready_at": worker.ready_at, "shards": [],
-                                                  "stage_s": 0.0}
-                                    )["shards"].append(summary.shard_marks[-1][0])
+        summary.mark_shard(time.time(), summary.images - before[0], summary.crops - before[1],
+                           (os.getpid(), worker.ready_at))
         before = (summary.images, summary.crops)
         t0 = time.perf_counter()
         entry = store.write_shard(index, records)
@@ -232,12 +240,8 @@ def record_shard(result: ShardResult, store: ShardStore, summary: LabelSummary,
     summary.skipped += entry["errors"]
     summary.crops += result.crops
     summary.shards_written += 1
-    summary.shard_marks.append((result.finished_at, entry["images"], result.crops))
-    pid, ready_at = result.labeler
-    labeler = summary.labelers.setdefault(pid, {"ready_at": ready_at, "shards": [],
-                                                "stage_s": 0.0})
-    labeler["shards"].append(result.finished_at)
-    labeler["stage_s"] += sum(result.seconds.values())
+    summary.mark_shard(result.finished_at, entry["images"], result.crops, result.labeler,
+                       sum(result.seconds.values()))
     if progress:
         progress.advance(entry["images"], result.crops, entry["errors"])
 
