@@ -234,15 +234,24 @@ def label_rows(ann: Path, fast: FastTorchBackend, batch: int, model_only: float,
         run(f"1 process, {args.images} img, {jpeg}", ann, "device", jpeg=jpeg)
     if args.label_host:
         run(f"--decode host --processes 1 ({args.images} img)", ann, "host")
-    for n in args.label_processes:
-        if n > 1 and device.type == "cuda":  # spawned labelers need the GPU memory
-            fast.close()
-        for jpeg in jpegs if n > 1 else []:
-            for per_task in args.label_shards_per_task:
-                run(f"{n} processes, {args.images * args.label_repeat} img, {jpeg}"
-                    + (f", {per_task} shard/task" if per_task else ""), big, "device", n,
-                    jpeg, per_task)
+    if args.label_runs and device.type == "cuda":  # spawned labelers need the GPU memory
+        fast.close()
+    for n, decode, per_task in args.label_runs:
+        for jpeg in jpegs if decode == "device" else ["-"]:
+            run(f"{n} processes, {args.images * args.label_repeat} img, {decode}"
+                + (f", {jpeg}" if decode == "device" else "")
+                + (f", {per_task} shard/task" if per_task else ""), big, decode, n,
+                jpeg if decode == "device" else "torchvision", per_task)
     return results
+
+
+def parse_label_runs(value: str) -> list[tuple[int, str, int | None]]:
+    """"8:device:auto,8:host:auto,4:device:1" → (processes, decode, shards per task)."""
+    runs = []
+    for item in filter(None, value.split(",")):
+        n, decode, per_task = (item.split(":") + ["device", "auto"])[:3]
+        runs.append((int(n), decode, None if per_task == "auto" else int(per_task)))
+    return runs
 
 
 def print_label_row(name: str, row: dict, model_only: float) -> None:
@@ -377,15 +386,13 @@ def main() -> None:
     p.add_argument("--loader-batches", type=int, default=30)
     p.add_argument("--label-repeat", type=int, default=10,
                    help="label this many hard-linked copies of the synthetic folder")
-    p.add_argument("--label-processes", default="1,4,8",
-                   type=lambda v: [int(x) for x in v.split(",")])
+    p.add_argument("--label-runs", default="4:device,8:device", type=parse_label_runs,
+                   help="multi-process labeling runs on the big folder: "
+                        "PROCESSES[:device|host[:SHARDS_PER_TASK|auto]],...")
     p.add_argument("--label-shard", type=int, default=500)
     p.add_argument("--no-label-host", dest="label_host", action="store_false",
                    help="skip the host-decode labeling run")
     p.add_argument("--label-workers", type=int, default=4, help="read/decode threads per process")
-    p.add_argument("--label-shards-per-task", default=[None],
-                   type=lambda v: [None if x == "auto" else int(x) for x in v.split(",")],
-                   help="runs of shards per labeling task to compare (auto, 1, ...)")
     p.add_argument("--label-jpeg", default="nvimgcodec,torchvision",
                    type=lambda v: v.split(","), help="--jpeg-decoder values to compare")
     p.add_argument("--sections", default="inference,labeling,training",
@@ -396,7 +403,7 @@ def main() -> None:
     device = torch.device(args.device)
     if args.quick:
         args.reps, args.images, args.train_steps, args.loader_batches = 3, 40, 2, 3
-        args.label_repeat, args.label_processes, args.label_shard = 2, [1, 2], 20
+        args.label_repeat, args.label_runs, args.label_shard = 2, [(2, "device", None)], 20
     batches = [1, 8] if args.quick else [1, 32, 256]
     backbones = ["resnet18"] if args.quick else ["resnet18", "resnet101"]
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"

@@ -43,12 +43,13 @@ if [[ $sections == *labeling* ]]; then
      nvidia-smi dmon -c 1 -s u | tail -2   # sm, mem, enc, dec, jpg (JPEG engines), ofa %
      sleep 4; done) > "$out/gpu_apps.txt" 2>&1 &
   watcher=$!
-  # Device-decode labeling, 80,000 images (hard links), 4 and 8 processes, tasks of runs
-  # of shards (default) and of one shard each (session 4's design). Session 5: 8 processes
-  # ran no faster than one, their shards did not overlap; the per-labeler ready / first /
-  # last times, stage clocks and the wait_for_read / sync stages say why.
+  # Labeling 80,000 images (hard links). Session 5: 8 device-decode processes ran no
+  # faster than one, their shards did not overlap. Here: 8 processes with device decode,
+  # with host (cv2) decode (no GPU JPEG engine involved), with one shard per task
+  # (session 4's design), then 4 processes; the per-labeler ready / first / last times,
+  # stage clocks and the wait_for_read / sync stages say where the time goes.
   timeout 330 python3 benchmarks/gpu_bench.py --images 2000 --label-repeat 40 \
-    --label-processes 8,4 --label-shards-per-task auto,1 --label-jpeg torchvision \
+    --label-runs 8:device,8:host,8:device:1,4:device --label-jpeg torchvision \
     --no-label-host --sections labeling --reps 10 \
     --json-out "$out/gpu_label.json" 2>&1 | grep -v Warning | tee "$out/gpu_label.txt"
   kill $watcher 2>/dev/null
