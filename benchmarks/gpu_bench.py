@@ -249,7 +249,8 @@ def parse_label_runs(value: str) -> list[tuple[int, str, int | None]]:
     """"8:device:auto,8:host:auto,4:device:1" → (processes, decode, shards per task)."""
     runs = []
     for item in filter(None, value.split(",")):
-        n, decode, per_task = (item.split(":") + ["device", "auto"])[:3]
+        parts = item.split(":")
+        n, decode, per_task = parts + ["device", "auto"][len(parts) - 1:]
         runs.append((int(n), decode, None if per_task == "auto" else int(per_task)))
     return runs
 
