@@ -51,6 +51,20 @@ def nvimgcodec_installed() -> bool:
         return False
 
 
+def check_jpeg_decoder(name: str) -> None:
+    """Refuse a `--jpeg-decoder` that cannot work on this machine, before models load."""
+    if name not in JPEG_DECODERS:
+        raise ConfigError(f"--jpeg-decoder {name!r}: choose {', '.join(JPEG_DECODERS)}")
+    if name == "nvimgcodec":
+        if not nvimgcodec_installed():
+            raise BackendUnavailableError(NVIMGCODEC_HINT)
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--jpeg-decoder nvimgcodec decodes on a GPU and this machine has "
+                              "none visible; use --jpeg-decoder torchvision")
+
+
 def resolve_jpeg_decoder(name: str, device: torch.device) -> str:
     """The concrete decoder for a `--jpeg-decoder` choice on `device`."""
     if name not in JPEG_DECODERS:

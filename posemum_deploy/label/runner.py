@@ -22,7 +22,7 @@ from posemum_deploy.errors import ConfigError
 from posemum_deploy.export.metadata import sha256_file
 from posemum_deploy.inference.backends import Backend
 from posemum_deploy.label.boxes import BoxSource, parse_box_source
-from posemum_deploy.label.jpeg_decoders import JPEG_DECODERS
+from posemum_deploy.label.jpeg_decoders import check_jpeg_decoder
 from posemum_deploy.label.shard import StageTimes
 from posemum_deploy.label.worker import ShardResult, ShardWorker, WorkerSpec
 from posemum_deploy.label.writer import ShardStore
@@ -161,9 +161,8 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
                           "each process loading its own model")
     root, model = Path(images_dir), Path(model)
     files = [p.relative_to(root).as_posix() for p in list_images(root)]
-    if settings.jpeg_decoder not in JPEG_DECODERS:
-        raise ConfigError(f"--jpeg-decoder {settings.jpeg_decoder!r}: choose "
-                          f"{', '.join(JPEG_DECODERS)}")
+    if settings.decode == "device" or settings.jpeg_decoder != "torchvision":
+        check_jpeg_decoder(settings.jpeg_decoder)
     if settings.decode == "device":
         from posemum_deploy.label.device_crops import check_box_spec
 

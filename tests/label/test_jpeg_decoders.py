@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from posemum_deploy.errors import BackendUnavailableError, ConfigError
-from posemum_deploy.label.jpeg_decoders import (TorchvisionJpeg, make_jpeg_decoder,
-                                                nvimgcodec_installed, resolve_jpeg_decoder)
+from posemum_deploy.label.jpeg_decoders import (TorchvisionJpeg, check_jpeg_decoder,
+                                                make_jpeg_decoder, nvimgcodec_installed,
+                                                resolve_jpeg_decoder)
 from posemum_deploy.label.runner import LabelSettings, label_folder
 from posemum_deploy.label.writer import load_manifest
 
@@ -36,6 +37,18 @@ def test_refusals_name_the_option_and_the_fix() -> None:
 def test_missing_nvimgcodec_says_how_to_install_it() -> None:
     with pytest.raises(BackendUnavailableError, match="pip install 'nvidia-nvimgcodec"):
         make_jpeg_decoder("nvimgcodec", CUDA)
+    with pytest.raises(BackendUnavailableError, match="pip install 'nvidia-nvimgcodec"):
+        check_jpeg_decoder("nvimgcodec")  # before any model loads
+
+
+def test_nvimgcodec_without_a_gpu_is_refused_before_work(monkeypatch) -> None:
+    import posemum_deploy.label.jpeg_decoders as jd
+
+    monkeypatch.setattr(jd, "nvimgcodec_installed", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no.*GPU|none visible"):
+        check_jpeg_decoder("nvimgcodec")
+    check_jpeg_decoder("torchvision")
 
 
 def test_the_choice_is_checked_before_work_and_recorded_for_resume(tmp_path: Path,
