@@ -5,6 +5,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from posemum_deploy.errors import PosemumError
 
@@ -15,7 +16,8 @@ def run_app(app: typer.Typer) -> None:
     try:
         app(standalone_mode=True)
     except PosemumError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        # escaped: messages hold install hints such as pip install 'posemum[ray]'
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")

@@ -66,3 +66,25 @@ def test_evaluate_model_with_detector_boxes_on_real_images(tmp_path, coco_mini):
     results = json.loads((tmp_path / "results.json").read_text())
     # detector boxes on 4 images, OKS-NMS applied: several people per image survive
     assert len({r["image_id"] for r in results}) == 4 and len(results) >= 8
+
+
+def test_error_messages_print_verbatim_even_with_brackets(capsys, monkeypatch):
+    """Install hints hold extras in brackets (pip install 'posemum[ray]'); rich markup
+    must not eat them."""
+    import pytest
+    import typer
+
+    from posemum_deploy.cli.errors import run_app
+    from posemum_deploy.errors import BackendUnavailableError
+
+    app = typer.Typer()
+
+    @app.command()
+    def fail() -> None:
+        raise BackendUnavailableError("needs Ray: pip install 'posemum[ray]' (or 'ray[data]')")
+
+    monkeypatch.setattr(sys, "argv", ["posemum"])
+    with pytest.raises(SystemExit) as exit_info:
+        run_app(app)
+    assert exit_info.value.code == 2
+    assert "pip install 'posemum[ray]' (or 'ray[data]')" in capsys.readouterr().err
