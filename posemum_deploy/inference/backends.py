@@ -46,6 +46,16 @@ SUFFIX_BACKENDS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _with_threads(cls: type, options: dict, cpu_threads: int | None) -> dict:
+    """`options` plus threads=cpu_threads when the backend takes a thread count and the
+    caller did not choose one."""
+    import inspect
+
+    if cpu_threads and "threads" in inspect.signature(cls).parameters:
+        return {"threads": cpu_threads, **options}
+    return options
+
+
 def backend_class(kind: str) -> type:
     """The backend class for a kind name, importing its runtime module lazily."""
     if kind not in BACKENDS:
@@ -93,17 +103,21 @@ def onnx_auto_order() -> tuple[str, ...]:
     return ("tensorrt", "openvino", "onnxruntime")
 
 
-def load_backend(path: str | Path, kind: str = "auto", **options) -> Backend:
+def load_backend(path: str | Path, kind: str = "auto", cpu_threads: int | None = None,
+                 **options) -> Backend:
     """Open a model artifact with the named backend, or the best usable one for `auto`.
 
     `auto` tries each candidate's `is_available()` (runtime installed, device present)
-    and never silently swaps a requested GPU runtime for the CPU.
+    and never silently swaps a requested GPU runtime for the CPU. `cpu_threads` is the
+    default `threads` of runtimes that take one (ONNX Runtime, OpenVINO): several
+    labeling processes share the cores instead of each taking them all.
     """
     path = Path(path)
     if not path.exists():
         raise ArtifactError(f"{path}: model file not found")
     if kind != "auto":
-        return backend_class(kind)(path, **options)
+        cls = backend_class(kind)
+        return cls(path, **_with_threads(cls, options, cpu_threads))
     tried = []
     for name in candidate_backends(path):
         try:
@@ -112,7 +126,7 @@ def load_backend(path: str | Path, kind: str = "auto", **options) -> Backend:
             continue
         usable, why = cls.is_available(path)
         if usable:
-            return cls(path, **options)
+            return cls(path, **_with_threads(cls, options, cpu_threads))
         tried.append(f"{name}: {why}")
     raise ConfigError(f"{path}: no usable backend here ({'; '.join(tried) or 'none built'}); "
                       "run `posemum doctor` to see what this machine can run")

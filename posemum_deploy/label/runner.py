@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -265,6 +265,8 @@ def _run_processes(spec: WorkerSpec, todo: list[ShardJob], store: ShardStore,
 
     from posemum_deploy.label.worker import init_process, label_in_process
 
+    # Each labeler's runtimes get its share of the cores, unless the caller chose threads.
+    spec = replace(spec, cpu_threads=max(1, (os.cpu_count() or 1) // processes))
     context = multiprocessing.get_context("spawn")
     finished = context.Queue()
     pool = ProcessPoolExecutor(processes, mp_context=context, initializer=init_process,

@@ -43,6 +43,7 @@ class WorkerSpec:
     oks_nms: float | None = 0.9
     decode: str = "host"
     jpeg_decoder: str = "torchvision"
+    cpu_threads: int | None = None  # this labeler's share of the cores (None: all)
 
 
 @dataclass
@@ -61,7 +62,19 @@ def open_backend(spec: WorkerSpec) -> Backend:
     options = dict(spec.backend_options)
     if spec.backend == "torch-fast":  # its CUDA graphs are captured for this batch size
         options.setdefault("batch_size", spec.batch_size)
-    return load_backend(spec.model, spec.backend, **options)
+    return load_backend(spec.model, spec.backend, cpu_threads=spec.cpu_threads, **options)
+
+
+def use_cpu_share(threads: int | None) -> None:
+    """Size this process's torch and OpenCV thread pools to its share of the cores: N
+    labeling processes each running pools as wide as the machine oversubscribe it N×."""
+    if not threads:
+        return
+    import cv2
+    import torch
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
 
 
 def host_crops_estimator(backend: Backend, spec: WorkerSpec) -> PoseEstimator:
@@ -180,6 +193,7 @@ def init_process(spec: WorkerSpec, finished: Any) -> None:
     """Pool initializer: build this process's model; keep a failure to report per task."""
     _PROCESS_WORKER["finished"] = finished
     try:
+        use_cpu_share(spec.cpu_threads)
         _PROCESS_WORKER["worker"] = ShardWorker(spec)
     except Exception as e:  # raised again, with its message, by the first task
         _PROCESS_WORKER["error"] = e

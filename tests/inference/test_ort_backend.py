@@ -84,3 +84,34 @@ def test_torch_backend_cuda_request_is_an_error_without_gpu(onnx_file: Path) -> 
     with pytest.raises(BackendUnavailableError, match="CUDA was requested"):
         resolve_device("cuda")
     assert ort_backend.INSTALL_HINT[CUDA].startswith("pip install 'posemum[gpu]'")
+
+
+def test_a_labelers_core_share_reaches_the_runtime_unless_threads_are_chosen(
+        onnx_file: Path) -> None:
+    """load_backend(cpu_threads=N): ONNX Runtime sessions get N intra-op threads (several
+    labeling processes share the cores); an explicit `threads` wins. (Backends without a
+    thread count, torch, are opened with it by the multi-process labeling tests.)"""
+    shared = load_backend(onnx_file, "onnxruntime", device="cpu", cpu_threads=1)
+    assert shared.session.get_session_options().intra_op_num_threads == 1
+    chosen = load_backend(onnx_file, "onnxruntime", device="cpu", cpu_threads=1, threads=2)
+    assert chosen.session.get_session_options().intra_op_num_threads == 2
+    auto = load_backend(onnx_file, "auto", cpu_threads=1)  # ONNX Runtime or OpenVINO
+    threads = (auto.session.get_session_options().intra_op_num_threads
+               if hasattr(auto, "session") else auto.config["INFERENCE_NUM_THREADS"])
+    assert threads == 1
+
+
+def test_a_labeler_sizes_torch_and_opencv_pools_to_its_share() -> None:
+    import cv2
+
+    from posemum_deploy.label.worker import use_cpu_share
+
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        use_cpu_share(1)
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (1, 1)
+        use_cpu_share(None)  # no share: pools stay as they are
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
