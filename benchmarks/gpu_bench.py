@@ -213,17 +213,20 @@ def label_rows(ann: Path, fast: FastTorchBackend, batch: int, model_only: float,
                          "labeling_window_s": (max(m[0] for m in s.shard_marks)
                                                - min(m[0] for m in s.shard_marks)),
                          "stage_seconds": {k: round(v, 3) for k, v in s.stage_seconds.items()}}
-        # When each labeler's model was ready and when its first and last shards were
-        # done, in seconds from the call (processes that never overlap show up here).
+        # When each labeler began and finished loading its model and when its first and last
+        # shards were done, in seconds from the call (labelers that never overlap show here).
         results[name]["labelers"] = [
-            {"ready_s": round(v["ready_at"] - start, 1), "shards": len(v["shards"]),
+            {"load_s": round(v["started_at"] - start, 1),
+             "ready_s": round(v["ready_at"] - start, 1), "shards": len(v["shards"]),
              "first_s": round(min(v["shards"]) - start, 1),
              "last_s": round(max(v["shards"]) - start, 1),
              "stage_s": round(v["stage_s"], 1)} for v in s.labelers.values()]
         print_label_row(name, results[name], model_only)
         if processes > 1:
-            print("   labelers (ready / first / last shard s, shards, stage-clock s): " +
-                  ", ".join(f"{x['ready_s']}/{x['first_s']}/{x['last_s']} ({x['shards']}, "
+            print("   labelers (model load / ready / first / last shard s, shards, "
+                  "stage-clock s): " +
+                  ", ".join(f"{x['load_s']}/{x['ready_s']}/{x['first_s']}/{x['last_s']} "
+                            f"({x['shards']}, "
                             f"{x['stage_s']})"
                 for x in results[name]["labelers"]), flush=True)
 

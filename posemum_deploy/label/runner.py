@@ -63,7 +63,7 @@ class LabelSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     # (time.time() when labeled, images, crops) per shard, stamped where it was labeled
     shard_marks: list[tuple[float, int, int]] = field(default_factory=list)
-    # per labeler (process id): when its model was ready, and its shards' times
+    # per labeler (process id): when it loaded its model, its shards' times, stage seconds
     labelers: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -75,13 +75,14 @@ class LabelSummary:
         return self.crops / self.seconds if self.seconds else 0.0
 
     def mark_shard(self, finished_at: float, images: int, crops: int,
-                   labeler: tuple[int, float], stage_s: float = 0.0) -> None:
+                   labeler: tuple[int, float, float], stage_s: float = 0.0) -> None:
         """Note when a shard was labeled (worker-side clock) and by which labeler
-        (process id, when its model was ready), for the rates and per-labeler timings."""
+        (process id, when it began and finished loading its model), for the rates and
+        per-labeler timings."""
         self.shard_marks.append((finished_at, images, crops))
-        pid, ready_at = labeler
-        entry = self.labelers.setdefault(pid, {"ready_at": ready_at, "shards": [],
-                                               "stage_s": 0.0})
+        pid, started_at, ready_at = labeler
+        entry = self.labelers.setdefault(pid, {"started_at": started_at, "ready_at": ready_at,
+                                               "shards": [], "stage_s": 0.0})
         entry["shards"].append(finished_at)
         entry["stage_s"] += stage_s
 
@@ -218,7 +219,7 @@ def _run_local(worker: ShardWorker, todo: list[ShardJob], store: ShardStore,
     before = (0, 0)
     for index, records in worker.label_shards(((j.index, j.files) for j in todo), times, on_image):
         summary.mark_shard(time.time(), summary.images - before[0], summary.crops - before[1],
-                           (os.getpid(), worker.ready_at))
+                           (os.getpid(), worker.started_at, worker.ready_at))
         before = (summary.images, summary.crops)
         t0 = time.perf_counter()
         entry = store.write_shard(index, records)

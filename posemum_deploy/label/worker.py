@@ -55,7 +55,8 @@ class ShardResult:
     seconds: dict[str, float]
     crops: int
     finished_at: float = 0.0  # time.time() when labeled (the writer may see it later)
-    labeler: tuple[int, float] = (0, 0.0)  # (process id, time.time() its model was ready)
+    # (process id, time.time() when it began loading its model and when that was done)
+    labeler: tuple[int, float, float] = (0, 0.0, 0.0)
 
 
 def open_backend(spec: WorkerSpec) -> Backend:
@@ -108,6 +109,7 @@ class ShardWorker:
     """Holds one backend; `label(index, files)` labels one shard from its file list."""
 
     def __init__(self, spec: WorkerSpec, backend: Backend | None = None) -> None:
+        self.started_at = time.time()
         self.spec = spec
         be = backend if backend is not None else open_backend(spec)
         if spec.decode == "device":
@@ -176,7 +178,7 @@ class ShardWorker:
             seconds = {k: v - reported.get(k, 0.0) for k, v in now.items()}
             reported = now
             yield ShardResult(index, shard, seconds, crops[0], time.time(),
-                              (os.getpid(), self.ready_at))
+                              (os.getpid(), self.started_at, self.ready_at))
             crops[0] = 0
 
     def label(self, index: int, files: list[str]) -> ShardResult:
