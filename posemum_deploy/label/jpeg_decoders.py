@@ -51,35 +51,33 @@ def nvimgcodec_installed() -> bool:
         return False
 
 
-def check_jpeg_decoder(name: str) -> None:
-    """Refuse a `--jpeg-decoder` that cannot work on this machine, before models load."""
+def check_jpeg_decoder(name: str, device: torch.device | None = None) -> None:
+    """Refuse a `--jpeg-decoder` that cannot work: an unknown name; nvimgcodec for a model
+    that is not on a GPU (`device`), or, before any model loads (no `device` yet), on a
+    machine without nvImageCodec or a visible GPU."""
     if name not in JPEG_DECODERS:
         raise ConfigError(f"--jpeg-decoder {name!r}: choose {', '.join(JPEG_DECODERS)}")
-    if name == "nvimgcodec":
-        if not nvimgcodec_installed():
-            raise BackendUnavailableError(NVIMGCODEC_HINT)
-        import torch
+    if name != "nvimgcodec":
+        return
+    if device is not None:
+        if device.type != "cuda":
+            raise ConfigError(f"--jpeg-decoder nvimgcodec decodes on a GPU, but the model runs "
+                              f"on {device}; use --jpeg-decoder torchvision")
+        return
+    if not nvimgcodec_installed():
+        raise BackendUnavailableError(NVIMGCODEC_HINT)
+    import torch
 
-        if not torch.cuda.is_available():
-            raise ConfigError("--jpeg-decoder nvimgcodec decodes on a GPU and this machine has "
-                              "none visible; use --jpeg-decoder torchvision")
-
-
-def resolve_jpeg_decoder(name: str, device: torch.device) -> str:
-    """The concrete decoder for a `--jpeg-decoder` choice on `device`."""
-    if name not in JPEG_DECODERS:
-        raise ConfigError(f"--jpeg-decoder {name!r}: choose {', '.join(JPEG_DECODERS)}")
-    if name == "nvimgcodec" and device.type != "cuda":
-        raise ConfigError(f"--jpeg-decoder nvimgcodec decodes on a GPU, but the model runs on "
-                          f"{device}; use --jpeg-decoder torchvision")
-    return name
+    if not torch.cuda.is_available():
+        raise ConfigError("--jpeg-decoder nvimgcodec decodes on a GPU and this machine has "
+                          "none visible; use --jpeg-decoder torchvision")
 
 
 def make_jpeg_decoder(name: str, device: torch.device, threads: int = 4) -> JpegDecoder:
-    """A decoder for `resolve_jpeg_decoder(name, device)`; `threads` sizes nvImageCodec's
-    CPU pool (several labeling processes share the machine's cores)."""
-    resolved = resolve_jpeg_decoder(name, device)
-    if resolved == "nvimgcodec":
+    """The `name` decoder for `device`; `threads` sizes nvImageCodec's CPU pool (several
+    labeling processes share the machine's cores)."""
+    check_jpeg_decoder(name, device)
+    if name == "nvimgcodec":
         return NvImageCodecJpeg(device, threads)
     return TorchvisionJpeg(device)
 

@@ -162,8 +162,7 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
                           "each process loading its own model")
     root, model = Path(images_dir), Path(model)
     files = [p.relative_to(root).as_posix() for p in list_images(root)]
-    if settings.decode == "device" or settings.jpeg_decoder != "torchvision":
-        check_jpeg_decoder(settings.jpeg_decoder)
+    check_jpeg_decoder(settings.jpeg_decoder)
     if settings.decode == "device":
         from posemum_deploy.label.device_crops import check_box_spec
 

@@ -11,8 +11,7 @@ import torch
 
 from posemum_deploy.errors import BackendUnavailableError, ConfigError
 from posemum_deploy.label.jpeg_decoders import (TorchvisionJpeg, check_jpeg_decoder,
-                                                make_jpeg_decoder, nvimgcodec_installed,
-                                                resolve_jpeg_decoder)
+                                                make_jpeg_decoder, nvimgcodec_installed)
 from posemum_deploy.label.runner import LabelSettings, label_folder
 from posemum_deploy.label.writer import load_manifest
 
@@ -21,14 +20,14 @@ NVIMGCODEC_GPU = torch.cuda.is_available() and nvimgcodec_installed()
 
 
 def test_a_gpu_decoder_needs_a_gpu_and_torchvision_works_anywhere() -> None:
-    assert resolve_jpeg_decoder("torchvision", CPU) == "torchvision"
-    assert resolve_jpeg_decoder("torchvision", CUDA) == "torchvision"
-    assert resolve_jpeg_decoder("nvimgcodec", CUDA) == "nvimgcodec"
+    check_jpeg_decoder("torchvision", CPU)
+    check_jpeg_decoder("torchvision", CUDA)
+    check_jpeg_decoder("nvimgcodec", CUDA)
 
 
 def test_refusals_name_the_option_and_the_fix() -> None:
     with pytest.raises(ConfigError, match="--jpeg-decoder 'pillow'"):
-        resolve_jpeg_decoder("pillow", CPU)
+        check_jpeg_decoder("pillow", CPU)
     with pytest.raises(ConfigError, match="on a GPU.*torchvision"):
         make_jpeg_decoder("nvimgcodec", CPU)
 
