@@ -193,7 +193,7 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
         run_ray(spec, todo, store, summary, times, progress, actors=ray_actors)
     elif worker is None:
         _run_processes(spec, todo, store, summary, times, progress, processes,
-                       shards_per_task or 64)
+                       shards_per_task)
     else:
         _run_local(worker, todo, store, summary, times, progress)
     summary.seconds = time.perf_counter() - t0
@@ -245,18 +245,18 @@ def record_shard(result: ShardResult, store: ShardStore, summary: LabelSummary,
         progress.advance(entry["images"], result.crops, entry["errors"])
 
 
-def process_tasks(todo: list[ShardJob], processes: int, max_shards: int = 64
+def process_tasks(todo: list[ShardJob], processes: int, max_shards: int | None = None
                   ) -> list[list[ShardJob]]:
     """Consecutive runs of shards, one task each. A task is one decode stream (a stream
     stalls as it starts), so tasks are long: about four per labeler, which still evens
-    out the end of the run, and at most `max_shards` shards."""
-    size = max(1, min(max_shards, -(-len(todo) // (4 * processes))))
+    out the end of the run, and at most `max_shards` shards (default 64)."""
+    size = max(1, min(max_shards or 64, -(-len(todo) // (4 * processes))))
     return [todo[i:i + size] for i in range(0, len(todo), size)]
 
 
 def _run_processes(spec: WorkerSpec, todo: list[ShardJob], store: ShardStore,
                    summary: LabelSummary, times: StageTimes, progress: LabelProgress | None,
-                   processes: int, shards_per_task: int = 64) -> None:
+                   processes: int, shards_per_task: int | None = None) -> None:
     """`processes` spawned labelers (each with its own model, on the same GPU or CPU) take
     runs of shards (`process_tasks`) and put every finished shard on a queue; this
     process writes each shard as it arrives."""
