@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from posemum_deploy.data.images import list_images
-from posemum_deploy.errors import ConfigError
+from posemum_deploy.data.images import IMAGE_SUFFIXES, list_images
+from posemum_deploy.errors import ArtifactError, ConfigError, ImageError
 from posemum_deploy.export.metadata import sha256_file
 from posemum_deploy.inference.backends import Backend
 from posemum_deploy.label.boxes import BoxSource, parse_box_source
@@ -161,7 +161,13 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
         raise ConfigError("--processes N (N > 1) runs the local engine with a backend name, "
                           "each process loading its own model")
     root, model = Path(images_dir), Path(model)
+    if not model.is_file():
+        raise ArtifactError(f"{model}: model file not found; pass a checkpoint, ONNX file, "
+                            "OpenVINO model or TensorRT engine (see `posemum export`)")
     files = [p.relative_to(root).as_posix() for p in list_images(root)]
+    if not files:  # checked before the output folder is made
+        raise ImageError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under "
+                         "this folder or its subfolders; nothing to label")
     check_jpeg_decoder(settings.jpeg_decoder)
     if settings.decode == "device":
         from posemum_deploy.label.device_crops import check_box_spec

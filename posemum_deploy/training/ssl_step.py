@@ -14,6 +14,7 @@ Per step (Xie et al. 2021 setup, Eq. 1 of the paper):
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -21,7 +22,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from posemum_deploy.data.codec import HeatmapCodec
-from posemum_deploy.data.datasets import TopDownDataset, load_unlabeled_instances
+from posemum_deploy.data.datasets import (TopDownDataset, check_images_found,
+                                          load_unlabeled_instances)
 from posemum_deploy.data.strong import joint_cutout, rand_augment
 from posemum_deploy.data.transforms import AffineAugment, normalize_batch
 from posemum_deploy.errors import ConfigError
@@ -73,6 +75,8 @@ def make_unlabeled_stream(cfg: TrainConfig, codec: HeatmapCodec, env: ddp.DistEn
         raise ConfigError(f"preset {cfg.preset!r} is semi-supervised: pass --unlabeled (a COCO "
                           "json, a pseudo-label json or an image folder)")
     instances = load_unlabeled_instances(ssl.unlabeled, ssl.unlabeled_images, ssl.unlabeled_boxes)
+    check_images_found(instances, None if Path(ssl.unlabeled).is_dir() else ssl.unlabeled_images,
+                       ssl.unlabeled)
     dataset = TopDownDataset(instances, codec, AffineAugment(), seed=cfg.runtime.seed + 1,
                              with_targets=False)
     per_rank = len(dataset) // max(env.world_size, 1)

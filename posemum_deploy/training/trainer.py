@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from posemum_deploy.data.codec import HeatmapCodec
-from posemum_deploy.data.datasets import TopDownDataset, load_instances
+from posemum_deploy.data.datasets import TopDownDataset, check_images_found, load_instances
 from posemum_deploy.data.transforms import AffineAugment, normalize_batch
 from posemum_deploy.errors import ArtifactError, ConfigError
 from posemum_deploy.export.metadata import ModelMetadata
@@ -76,6 +76,7 @@ def make_labeled_loader(cfg: TrainConfig, codec: HeatmapCodec,
     """Labeled crops, sharded across ranks under DDP. Workers are not persistent, so each
     pass sees the dataset's current epoch (its augmentation key)."""
     instances = load_instances(cfg.data.labeled, cfg.data.images, cfg.data.labeled_count)
+    check_images_found(instances, cfg.data.images, cfg.data.labeled)
     augment = AffineAugment(cfg.data.scale_factor, cfg.data.rotation_factor)
     dataset = TopDownDataset(instances, codec, augment, seed=cfg.runtime.seed,
                              cache_images=cfg.data.cache_images)

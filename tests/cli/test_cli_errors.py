@@ -88,3 +88,31 @@ def test_error_messages_print_verbatim_even_with_brackets(capsys, monkeypatch):
         run_app(app)
     assert exit_info.value.code == 2
     assert "pip install 'posemum[ray]' (or 'ray[data]')" in capsys.readouterr().err
+
+
+def test_train_with_images_folder_missing_or_wrong(tmp_path, coco_mini):
+    """A wrong --images fails at once, naming it: not one warning per instance and then a
+    loader worker's traceback."""
+    ann = str(coco_mini / "test_coco.json")
+    missing = _run("train", "--labeled", ann, "--images", str(tmp_path / "nodir"), "--out",
+                   str(tmp_path / "r1"))
+    _one_line_error(missing, "nodir", "not a folder")
+    wrong = _run("train", "--labeled", ann, "--images", str(tmp_path), "--out",
+                 str(tmp_path / "r2"))
+    _one_line_error(wrong, "test_coco.json", "none of its first")
+    assert "skipped" not in wrong.stderr
+
+
+def test_label_missing_model_and_empty_folder(tmp_path, coco_mini):
+    """Both refused before anything is written to --out."""
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    _one_line_error(_run("label", str(tmp_path / "nope.pt"), str(coco_mini), "--out",
+                         str(tmp_path / "o1")), "nope.pt", "not found")
+    ckpt = tmp_path / "m.pt"
+    meta = ModelMetadata(input_hw=(128, 96), heatmap_hw=(32, 24))
+    torch.save({"model": build_model().state_dict(), "teacher": None,
+                "model_meta": meta.to_dict()}, ckpt)
+    _one_line_error(_run("label", str(ckpt), str(tmp_path / "empty"), "--out",
+                         str(tmp_path / "o2")), "empty", "no images")
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
