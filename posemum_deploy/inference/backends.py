@@ -37,8 +37,8 @@ BACKENDS: dict[str, tuple[str, str]] = {
 }
 # artifact suffix -> backends that can run it, best first (auto picks the first usable).
 SUFFIX_BACKENDS: dict[str, tuple[str, ...]] = {
-    ".pt": ("torch",),
-    ".pth": ("torch",),
+    ".pt": ("torch", "torch-fast"),
+    ".pth": ("torch", "torch-fast"),
     ".onnx": ("tensorrt", "onnxruntime", "openvino"),
     ".engine": ("tensorrt",),
     ".plan": ("tensorrt",),
@@ -66,6 +66,23 @@ def backend_class(kind: str) -> type:
     except ModuleNotFoundError as e:
         raise ConfigError(f"backend {kind!r} is not part of this build ({e.name} missing)") from e
     return getattr(module, class_name)
+
+
+def check_backend_opens(kind: str, path: Path) -> None:
+    """Refuse a backend asked for a file type it cannot open (onnxruntime given a
+    checkpoint), with the export that makes one it can, before any runtime loads."""
+    kinds = SUFFIX_BACKENDS.get(path.suffix.lower())
+    if kinds is None or kind in kinds or kind not in BACKENDS:
+        return  # unknown types and kinds: candidate_backends / backend_class say why
+    opens = [s for s, ks in SUFFIX_BACKENDS.items() if kind in ks]
+    if path.suffix.lower() in (".pt", ".pth"):
+        fmt = {"tensorrt": "tensorrt", "openvino": "openvino"}.get(kind, "onnx")
+        fix = (f"export it first (posemum export {path} --format {fmt} --out DIR) and pass "
+               "the exported file")
+    else:
+        fix = f"pass it with --backend {' or '.join(kinds)}, or the checkpoint it came from"
+    raise ConfigError(f"{path}: the {kind} backend cannot open a {path.suffix} file (it "
+                      f"opens {', '.join(opens)}); {fix}")
 
 
 def candidate_backends(path: str | Path) -> tuple[str, ...]:
@@ -116,6 +133,7 @@ def load_backend(path: str | Path, kind: str = "auto", cpu_threads: int | None =
     if not path.exists():
         raise ArtifactError(f"{path}: model file not found")
     if kind != "auto":
+        check_backend_opens(kind, path)
         cls = backend_class(kind)
         return cls(path, **_with_threads(cls, options, cpu_threads))
     tried = []

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from posemum_deploy.data.images import IMAGE_SUFFIXES, list_images
 from posemum_deploy.errors import ArtifactError, ConfigError, ImageError
 from posemum_deploy.export.metadata import sha256_file
-from posemum_deploy.inference.backends import Backend
+from posemum_deploy.inference.backends import Backend, check_backend_opens
 from posemum_deploy.label.boxes import BoxSource, parse_box_source
 from posemum_deploy.label.jpeg_decoders import check_jpeg_decoder
 from posemum_deploy.label.shard import StageTimes
@@ -164,6 +164,8 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
     if not model.is_file():
         raise ArtifactError(f"{model}: model file not found; pass a checkpoint, ONNX file, "
                             "OpenVINO model or TensorRT engine (see `posemum export`)")
+    if isinstance(backend, str) and backend != "auto":
+        check_backend_opens(backend, model)
     files = [p.relative_to(root).as_posix() for p in list_images(root)]
     if not files:  # checked before the output folder is made
         raise ImageError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under "

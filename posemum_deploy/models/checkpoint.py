@@ -5,6 +5,7 @@ Checkpoints are plain dicts of tensors and Python scalars, loaded with
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"{path}: checkpoint not found; pass RUN_DIR/checkpoints/best.pt")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's text would suggest weights_only=False
+        raise ArtifactError(f"{path}: not a loadable posemum checkpoint (not a torch file, or "
+                            "it holds objects beyond tensors and plain containers, which "
+                            "posemum's weights_only loading refuses); pass a checkpoint "
+                            "written by `posemum train`") from e
     except Exception as e:  # torch raises many types for a corrupt or foreign file
         raise ArtifactError(f"{path}: not a loadable posemum checkpoint ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:200]})") from e
+                            f"{str(e).splitlines()[0].split('. ')[0][:200]}); a truncated "
+                            "copy or an interrupted save reads so: copy or save it again") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_meta" not in ckpt:
         raise ArtifactError(f"{path}: not a posemum checkpoint (no 'model'/'model_meta'); "
                             "train one with `posemum train`")

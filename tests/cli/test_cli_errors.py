@@ -46,7 +46,9 @@ def test_evaluate_missing_checkpoint_and_corrupt_checkpoint(tmp_path, coco_mini)
                     "nope.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    _one_line_error(_run("evaluate", "--model", str(bad), "--ann", ann), "bad.pt")
+    proc = _run("evaluate", "--model", str(bad), "--ann", ann)
+    _one_line_error(proc, "bad.pt", "weights_only loading refuses")
+    assert "weights_only` set to `False" not in proc.stderr  # torch's unsafe advice
 
 
 def test_evaluate_model_with_detector_boxes_on_real_images(tmp_path, coco_mini):

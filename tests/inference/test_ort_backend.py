@@ -115,3 +115,18 @@ def test_a_labeler_sizes_torch_and_opencv_pools_to_its_share() -> None:
     finally:
         torch.set_num_threads(before[0])
         cv2.setNumThreads(before[1])
+
+
+def test_backend_asked_for_a_file_it_cannot_open(onnx_file: Path, tmp_path: Path) -> None:
+    """onnxruntime given a checkpoint, torch given an ONNX file: refused with the export
+    that helps, before any runtime loads (it once blamed a missing sidecar beside the .pt)."""
+    ckpt = tmp_path / "last.pt"
+    ckpt.write_bytes(b"never read")
+    with pytest.raises(ConfigError, match=r"last.pt: the onnxruntime backend cannot open a "
+                                          r"\.pt file .*posemum export .*--format onnx"):
+        load_backend(ckpt, "onnxruntime")
+    with pytest.raises(ConfigError, match=r"--format openvino"):
+        load_backend(ckpt, "openvino")
+    with pytest.raises(ConfigError, match=r"model.onnx: the torch-fast backend cannot open "
+                                          r"a \.onnx file \(it opens \.pt, \.pth\)"):
+        load_backend(onnx_file, "torch-fast")
