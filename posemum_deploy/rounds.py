@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from posemum_deploy.data.coco import load_coco_keypoints, person_category, save_json
+from posemum_deploy.data.images import IMAGE_SUFFIXES
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.training.config import OptimConfig, TrainConfig
 
@@ -181,6 +182,26 @@ def _label_stages(cfg: RoundsConfig, log_: StageLog, round_dir: Path, teacher: s
                                                          round_dir / "pseudo.json", flt)))
 
 
+def check_round_inputs(cfg: RoundsConfig) -> None:
+    """Every input path exists, and the unlabeled folder holds an image, before RUN_DIR
+    is made: otherwise a typo surfaces only when round 1 reaches its label stage, after
+    round 0's training."""
+    data = cfg.train.data
+    files = {"--labeled": data.labeled, "--val-ann": data.val_ann,
+             "--initial-checkpoint": cfg.initial_checkpoint}
+    folders = {"--images": data.images, "--val-images": data.val_images,
+               "--unlabeled": cfg.unlabeled}
+    for option, path in files.items():
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{path}: file not found (given as {option})")
+    for option, path in folders.items():
+        if path and not Path(path).is_dir():
+            raise ConfigError(f"{path}: not a folder (given as {option})")
+    if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in Path(cfg.unlabeled).rglob("*")):
+        raise ConfigError(f"{cfg.unlabeled}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) "
+                          "under this folder (given as --unlabeled); nothing to pseudo-label")
+
+
 def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None = None
                ) -> list[RoundRecord]:
     """Round 0 (teacher on labeled data, or the given checkpoint) then cfg.rounds rounds of
@@ -189,6 +210,7 @@ def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None
         raise ConfigError(f"--init must be 'previous' or 'scratch', got {cfg.init!r}")
     if not cfg.train.data.val_ann:
         raise ConfigError("rounds need a val set (--val-ann/--val-images) to measure each round")
+    check_round_inputs(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "rounds.yaml")

@@ -117,3 +117,27 @@ def test_retraining_schedule_trains_exactly_max_steps(max_steps, epochs):
     assert base.steps_per_epoch is None and base.max_steps is None  # the input is untouched
     kept = fit_schedule(OptimConfig(steps_per_epoch=3), 100)
     assert (kept.steps_per_epoch, kept.epochs, kept.max_steps) == (3, 30, 100)
+
+
+def test_rounds_refuse_bad_inputs_before_run_dir(synthetic_small, tmp_path):
+    """A wrong path fails at once, naming its option, and makes no RUN_DIR (it failed only
+    at round 1's label stage, after round 0 trained)."""
+    from posemum_deploy.errors import ConfigError
+    from posemum_deploy.rounds import RoundsConfig, run_rounds
+    from posemum_deploy.training.config import TrainConfig
+
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    train = TrainConfig()
+    train.data.labeled = train.data.val_ann = str(synthetic_small)
+    train.data.images = train.data.val_images = str(synthetic_small.parent / "images")
+    cases = {"nodir": "not a folder \\(given as --unlabeled\\)",
+             str(tmp_path / "empty"): "no images .* nothing to pseudo-label"}
+    for unlabeled, message in cases.items():
+        cfg = RoundsConfig(out=str(tmp_path / "run"), unlabeled=unlabeled, train=train)
+        with pytest.raises(ConfigError, match=message):
+            run_rounds(cfg)
+    train.data.val_ann = str(tmp_path / "val.json")
+    cfg = RoundsConfig(out=str(tmp_path / "run"), unlabeled=str(train.data.images), train=train)
+    with pytest.raises(ConfigError, match="val.json: file not found \\(given as --val-ann\\)"):
+        run_rounds(cfg)
+    assert not (tmp_path / "run").exists()
