@@ -53,14 +53,15 @@ def _gt_for(folder: Path, names: list[str], skip: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("decode", ["host", "device"])
-def test_bad_inputs_land_in_output_or_errors(tmp_path: Path, tiny_model: Path, decode: str) -> None:
+@pytest.mark.parametrize("decode,processes", [("host", 1), ("device", 1), ("host", 2)])
+def test_bad_inputs_land_in_output_or_errors(tmp_path: Path, tiny_model: Path, decode: str,
+                                             processes: int) -> None:
     expected = _bad_corpus(tmp_path / "images")
     gt = _gt_for(tmp_path / "images", list(expected), skip="nobody.webp")
     out = tmp_path / "out"
     summary = label_folder(tiny_model, tmp_path / "images", out,
                            LabelSettings(boxes=f"gt:{gt}", shard_size=4, decode=decode),
-                           batch_size=4, workers=2)
+                           batch_size=4, workers=2, processes=processes)
     records = {r["file"]: r for _, r in iter_indexed(out)}
     assert sorted(records) == sorted(expected)  # each file exactly once
     errors = [json.loads(line) for line in (out / ERRORS_NAME).read_text().splitlines()]
