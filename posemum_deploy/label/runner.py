@@ -191,6 +191,9 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
     jobs = plan_shards(files, settings.shard_size)
     todo = [job for job in jobs if not store.is_done(job.index)]
     summary = LabelSummary(shards_total=len(jobs), shards_resumed=len(jobs) - len(todo))
+    store.log.start(model=model.name, images=len(files), shards=len(jobs), todo=len(todo),
+                    engine=engine, processes=processes, batch_size=batch_size,
+                    backend=backend if isinstance(backend, str) else backend.name)
     if progress:
         progress.start(len(files), len(files) - sum(len(j.files) for j in todo))
     times = StageTimes()
@@ -225,11 +228,12 @@ def _run_local(worker: ShardWorker, todo: list[ShardJob], store: ShardStore,
 
     before = (0, 0)
     for index, records in worker.label_shards(((j.index, j.files) for j in todo), times, on_image):
-        summary.mark_shard(time.time(), summary.images - before[0], summary.crops - before[1],
+        crops = summary.crops - before[1]
+        summary.mark_shard(time.time(), summary.images - before[0], crops,
                            (os.getpid(), worker.started_at, worker.ready_at))
         before = (summary.images, summary.crops)
         t0 = time.perf_counter()
-        entry = store.write_shard(index, records)
+        entry = store.write_shard(index, records, crops)
         times.add("write", time.perf_counter() - t0)
         summary.persons += entry["persons"]
         summary.shards_written += 1
@@ -239,7 +243,7 @@ def record_shard(result: ShardResult, store: ShardStore, summary: LabelSummary,
                  times: StageTimes, progress: LabelProgress | None) -> None:
     """Write a shard labeled elsewhere (a process or a Ray actor) and count it."""
     t0 = time.perf_counter()
-    entry = store.write_shard(result.index, result.shard)
+    entry = store.write_shard(result.index, result.shard, result.crops)
     times.add("write", time.perf_counter() - t0)
     times.merge(result.seconds)
     summary.images += entry["images"]

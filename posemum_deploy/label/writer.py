@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,6 +24,7 @@ from posemum_deploy.errors import ConfigError, PosemumError
 log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 ERRORS_NAME = "errors.jsonl"
+LOG_NAME = "label_log.jsonl"
 FORMAT_VERSION = 1
 
 
@@ -79,6 +81,44 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
     return out
 
 
+class RunLog:
+    """label_log.jsonl: per invocation a `start` line, one `shard` line per written shard
+    (its counts, and this invocation's running images, crops, seconds and rates) and an
+    `end` line; a resumed run appends. Plot `images_per_s` against `elapsed_s` to see a
+    long job's rate, or a slow shard."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.t0 = time.time()
+        self.images = self.crops = 0
+
+    def write(self, event: str, **fields: Any) -> None:
+        now = time.time()
+        line = {"event": event, "time": round(now, 3), "elapsed_s": round(now - self.t0, 3),
+                **fields}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def start(self, **fields: Any) -> None:
+        self.t0, self.images, self.crops = time.time(), 0, 0
+        self.write("start", **fields)
+
+    def shard(self, index: int, entry: dict[str, Any], crops: int) -> None:
+        self.images += entry["images"]
+        self.crops += crops
+        self.write("shard", shard=index, images=entry["images"], crops=crops,
+                   persons=entry["persons"], errors=entry["errors"], **self._so_far())
+
+    def end(self, **fields: Any) -> None:
+        self.write("end", **fields, **self._so_far())
+
+    def _so_far(self) -> dict[str, Any]:
+        seconds = max(time.time() - self.t0, 1e-9)
+        return {"done_images": self.images, "done_crops": self.crops,
+                "images_per_s": round(self.images / seconds, 2),
+                "crops_per_s": round(self.crops / seconds, 2)}
+
+
 class ShardStore:
     """The output folder of one labeling run: finished shards and the manifest."""
 
@@ -96,6 +136,7 @@ class ShardStore:
             self.manifest = {"format": FORMAT_VERSION, **identity, "shards": {}, "complete": False}
         for stale in self.out_dir.glob(".*.tmp*"):  # left by a killed run
             stale.unlink(missing_ok=True)
+        self.log = RunLog(self.out_dir / LOG_NAME)
 
     def _load_and_check(self) -> dict[str, Any]:
         try:
@@ -119,10 +160,10 @@ class ShardStore:
         entry = self.manifest["shards"].get(str(index))
         return entry is not None and (self.out_dir / entry["file"]).is_file()
 
-    def write_shard(self, index: int, shard: "list[dict[str, Any]] | EncodedShard"
-                    ) -> dict[str, Any]:
+    def write_shard(self, index: int, shard: "list[dict[str, Any]] | EncodedShard",
+                    crops: int = 0) -> dict[str, Any]:
         """Write one shard (its records, or their `encode_shard` text) atomically, then
-        record it in the manifest; returns its entry."""
+        record it in the manifest and the run log (with its `crops`); returns its entry."""
         if not isinstance(shard, EncodedShard):
             shard = encode_shard(shard)
         name = shard_name(index)
@@ -131,6 +172,7 @@ class ShardStore:
                  "persons": shard.persons}
         self.manifest["shards"][str(index)] = entry
         self._save_manifest()
+        self.log.shard(index, entry, crops)
         return entry
 
     def finish(self, num_shards: int) -> dict[str, int]:
@@ -141,7 +183,9 @@ class ShardStore:
         shards = self.manifest["shards"]
         self.manifest["complete"] = all(self.is_done(i) for i in range(num_shards))
         self._save_manifest()
-        return {key: sum(s[key] for s in shards.values()) for key in ("images", "persons", "errors")}
+        totals = {key: sum(s[key] for s in shards.values()) for key in ("images", "persons", "errors")}
+        self.log.end(complete=self.manifest["complete"], shards=len(shards), **totals)
+        return totals
 
 
 def load_manifest(out_dir: str | Path) -> dict[str, Any]:

@@ -258,3 +258,28 @@ def test_a_labeler_error_reaches_the_caller_while_the_others_finish(
     resumed = label_folder(tiny_model, root, out, settings, backend="torch", processes=2,
                            resume=True)
     assert resumed.shards_resumed >= 1 and len(list(iter_indexed(out))) == 12
+
+
+def test_run_log_has_a_line_per_shard_and_a_resume_appends(tmp_path: Path,
+                                                            tiny_model: Path) -> None:
+    """label_log.jsonl: start, one line per written shard (counts, running rate), end; a
+    resume appends its own start/shards/end, so the whole job's rate can be plotted."""
+    write_images(tmp_path / "images", 7)
+    out = tmp_path / "out"
+    first = label_folder(tiny_model, tmp_path / "images", out, LabelSettings(shard_size=2),
+                         batch_size=3, backend="torch")
+    (out / "shard-00001.jsonl").unlink()
+    label_folder(tiny_model, tmp_path / "images", out, LabelSettings(shard_size=2),
+                 batch_size=3, backend="torch", resume=True)
+    lines = [json.loads(line) for line in (out / "label_log.jsonl").read_text().splitlines()]
+    assert [line["event"] for line in lines] == ["start"] + ["shard"] * 4 + ["end",
+                                                 "start", "shard", "end"]
+    shards = lines[1:5]
+    assert [s["shard"] for s in shards] == [0, 1, 2, 3]
+    assert [s["images"] for s in shards] == [2, 2, 2, 1]
+    assert sum(s["crops"] for s in shards) == first.crops == shards[-1]["done_crops"]
+    assert [s["done_images"] for s in shards] == [2, 4, 6, 7]
+    assert all(s["images_per_s"] > 0 and s["elapsed_s"] >= 0 for s in shards)
+    assert lines[0]["todo"] == 4 and lines[6]["todo"] == 1 and lines[6]["backend"] == "torch"
+    assert lines[7]["shard"] == 1 and lines[7]["images"] == 2
+    assert lines[8]["images"] == 7 and lines[8]["done_images"] == 2 and lines[8]["complete"]
