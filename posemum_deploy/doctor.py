@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from importlib import metadata as pkg_metadata
 from typing import Any, Callable
 
+from posemum_deploy.system import usable_cpus
+
 
 @dataclass(frozen=True)
 class Check:
@@ -102,7 +104,10 @@ def check_cpu() -> list[Check]:
         pass
     isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
            if f" {f}" in flags]
-    detail = f"{platform.machine()}, {os.cpu_count()} threads, {' '.join(isa) or 'ISA unknown'}"
+    usable = usable_cpus()
+    threads = f"{os.cpu_count()} threads" + (f" ({usable} usable: affinity / cgroup quota)"
+                                             if usable != os.cpu_count() else "")
+    detail = f"{platform.machine()}, {threads}, {' '.join(isa) or 'ISA unknown'}"
     vnni = any("vnni" in f for f in isa)
     return [Check("CPU", True, detail), Check("CPU INT8 (VNNI)", vnni, "fast int8 dot products"
                                               if vnni else "no VNNI: onnx-int8 gains little here",

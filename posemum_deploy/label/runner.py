@@ -26,6 +26,7 @@ from posemum_deploy.label.jpeg_decoders import check_jpeg_decoder
 from posemum_deploy.label.shard import StageTimes
 from posemum_deploy.label.worker import ShardResult, ShardWorker, WorkerSpec
 from posemum_deploy.label.writer import ShardStore
+from posemum_deploy.system import usable_cpus
 
 log = logging.getLogger(__name__)
 ENGINES = ("local", "ray")
@@ -179,7 +180,7 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
                              settings.max_people, settings.boxes_ann)
     # Checked before the model loads, so a refused resume fails in a second.
     store = ShardStore(out_dir, run_identity(model, files, settings, boxes), resume)
-    workers = workers or min(4, os.cpu_count() or 1)
+    workers = workers or min(4, usable_cpus())
     spec = WorkerSpec(str(model.resolve()), str(root.resolve()), boxes,
                       backend if isinstance(backend, str) else "auto",
                       dict(backend_options or {}), batch_size, workers, settings.flip,
@@ -278,7 +279,7 @@ def _run_processes(spec: WorkerSpec, todo: list[ShardJob], store: ShardStore,
     from posemum_deploy.label.worker import init_process, label_in_process
 
     # Each labeler's runtimes get its share of the cores, unless the caller chose threads.
-    spec = replace(spec, cpu_threads=max(1, (os.cpu_count() or 1) // processes))
+    spec = replace(spec, cpu_threads=max(1, usable_cpus() // processes))
     context = multiprocessing.get_context("spawn")
     finished = context.Queue()
     pool = ProcessPoolExecutor(processes, mp_context=context, initializer=init_process,

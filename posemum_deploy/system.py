@@ -1,0 +1,45 @@
+"""How many CPUs this process may really use.
+
+`os.cpu_count()` is the machine's count. In a container with a CPU limit (Kubernetes,
+`docker --cpus`) or under `taskset`, it overstates what the process gets, and thread pools
+sized from it (N labelers × cores/N threads each) get throttled by the kernel instead of
+running. This reads the affinity mask and the cgroup CPU quota, like the JVM and Go do.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+CGROUP_V2_MAX = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+CGROUP_V1_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+
+
+def cgroup_cpu_limit(v2_max: Path = CGROUP_V2_MAX, v1_quota: Path = CGROUP_V1_QUOTA,
+                     v1_period: Path = CGROUP_V1_PERIOD) -> int | None:
+    """The cgroup's CPU quota in whole CPUs (rounded up), or None when unlimited or unknown."""
+    try:
+        if v2_max.is_file():  # "max 100000" or "<quota> <period>"
+            quota, _, period = v2_max.read_text().strip().partition(" ")
+            if quota == "max":
+                return None
+            return max(1, math.ceil(int(quota) / int(period or 100000)))
+        if v1_quota.is_file() and v1_period.is_file():
+            quota_us = int(v1_quota.read_text())
+            if quota_us <= 0:  # -1: unlimited
+                return None
+            return max(1, math.ceil(quota_us / int(v1_period.read_text())))
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def usable_cpus() -> int:
+    """CPUs this process can run on: the affinity mask, capped by the cgroup quota."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        count = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    return max(1, min(count, limit) if limit else count)

@@ -1,0 +1,36 @@
+"""usable_cpus: the affinity mask and the cgroup CPU quota, not the machine's count."""
+from pathlib import Path
+
+import pytest
+
+from posemum_deploy import system
+
+
+@pytest.mark.parametrize("v2,expected", [("max 100000\n", None), ("250000 100000\n", 3),
+                                         ("50000 100000\n", 1), ("800000 100000", 8),
+                                         ("garbage", None)])
+def test_cgroup_v2_quota(tmp_path: Path, v2: str, expected: int | None) -> None:
+    (tmp_path / "cpu.max").write_text(v2)
+    assert system.cgroup_cpu_limit(tmp_path / "cpu.max", tmp_path / "q", tmp_path / "p") == expected
+
+
+@pytest.mark.parametrize("quota,expected", [("-1\n", None), ("150000\n", 2), ("100000", 1)])
+def test_cgroup_v1_quota(tmp_path: Path, quota: str, expected: int | None) -> None:
+    (tmp_path / "q").write_text(quota)
+    (tmp_path / "p").write_text("100000\n")
+    assert system.cgroup_cpu_limit(tmp_path / "none", tmp_path / "q", tmp_path / "p") == expected
+
+
+def test_no_cgroup_files_means_no_limit(tmp_path: Path) -> None:
+    assert system.cgroup_cpu_limit(tmp_path / "a", tmp_path / "b", tmp_path / "c") is None
+
+
+def test_usable_cpus_takes_the_smaller_of_affinity_and_quota(monkeypatch) -> None:
+    monkeypatch.setattr(system.os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(system, "cgroup_cpu_limit", lambda: 6)
+    assert system.usable_cpus() == 6
+    monkeypatch.setattr(system, "cgroup_cpu_limit", lambda: None)
+    assert system.usable_cpus() == 64
+    monkeypatch.setattr(system.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.setattr(system, "cgroup_cpu_limit", lambda: 16)
+    assert system.usable_cpus() == 3
