@@ -11,13 +11,19 @@ from posemum_deploy.errors import PosemumError
 
 
 def run_app(app: typer.Typer) -> None:
-    """Run the Typer app; a PosemumError becomes `error: <message>` and exit status 2."""
+    """Run the Typer app; a PosemumError, or an OSError (named by its file), becomes
+    `error: <message>` and exit status 2."""
     err = Console(stderr=True)
     try:
         app(standalone_mode=True)
     except PosemumError as e:
         # escaped: messages hold install hints such as pip install 'posemum[ray]'
         err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as e:  # an output folder under a file, a full disk, no permission...
+        where = f"{e.filename}: " if e.filename else ""
+        err.print(f"[bold red]error:[/] {escape(where + (e.strerror or str(e)))}",
+                  highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")

@@ -32,6 +32,10 @@ class ResumeError(PosemumError, ValueError):
     """An output folder whose run cannot be continued with these inputs."""
 
 
+class ShardWriteError(PosemumError, OSError):
+    """A shard or the manifest could not be written (disk full, folder gone)."""
+
+
 @dataclass
 class EncodedShard:
     """A shard's JSONL text and counts, encoded where it was labeled (a labeling process
@@ -167,11 +171,17 @@ class ShardStore:
         if not isinstance(shard, EncodedShard):
             shard = encode_shard(shard)
         name = shard_name(index)
-        atomic_write_text(self.out_dir / name, shard.text)
         entry = {"file": name, "images": shard.images, "errors": shard.errors,
                  "persons": shard.persons}
-        self.manifest["shards"][str(index)] = entry
-        self._save_manifest()
+        try:
+            atomic_write_text(self.out_dir / name, shard.text)
+            self.manifest["shards"][str(index)] = entry
+            self._save_manifest()
+        except OSError as e:
+            self.manifest["shards"].pop(str(index), None)
+            raise ShardWriteError(f"{e.filename or self.out_dir}: cannot write shard {index} "
+                                  f"({e.strerror or e}); the shards written so far are kept: "
+                                  "free space or fix the folder, then rerun with --resume") from e
         self.log.shard(index, entry, crops)
         return entry
 

@@ -118,3 +118,12 @@ def test_label_missing_model_and_empty_folder(tmp_path, coco_mini):
     _one_line_error(_run("label", str(ckpt), str(tmp_path / "empty"), "--out",
                          str(tmp_path / "o2")), "empty", "no images")
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_output_path_under_a_file_is_one_line(tmp_path, coco_mini):
+    """OS errors (here --out below a regular file) print the path and the reason."""
+    (tmp_path / "afile").write_text("")
+    ann = str(coco_mini / "test_coco.json")
+    _one_line_error(_run("train", "--labeled", ann, "--images", str(coco_mini), "--out",
+                         str(tmp_path / "afile" / "run"), "--batch-size", "4"),
+                    "afile/run", "Not a directory")

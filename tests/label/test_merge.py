@@ -62,3 +62,26 @@ def test_writer_leaves_no_partial_files(tmp_path: Path) -> None:
     assert not list(out.glob(".*tmp*"))
     assert store.is_done(0) and not store.is_done(1) and store.is_done(2)
     assert [pos for pos, _ in iter_indexed(out)] == [0, 1, 4]
+
+
+def test_a_full_disk_keeps_finished_shards_and_says_resume(tmp_path: Path, monkeypatch) -> None:
+    """A write that fails (ENOSPC) is an error naming the file and --resume; the shards
+    already written stay listed, the failed one is not, so a resume redoes only it."""
+    import errno
+
+    from posemum_deploy.label import writer
+
+    out = _store(tmp_path)
+    store = ShardStore(out, IDENTITY, resume=True)
+
+    def full(path: Path, text: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(writer, "atomic_write_text", full)
+    with pytest.raises(writer.ShardWriteError, match=r"shard-00001.jsonl: cannot write shard 1 "
+                                                     r"\(No space left on device\).*--resume"):
+        store.write_shard(1, [{"file": "c.jpg", "width": 64, "height": 48, "persons": []}])
+    assert not store.is_done(1) and store.is_done(0) and store.is_done(2)
+    monkeypatch.undo()
+    assert ShardStore(out, IDENTITY, resume=True).is_done(0)
+    assert [pos for pos, _ in iter_indexed(out)] == [0, 1, 4]
