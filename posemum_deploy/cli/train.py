@@ -94,6 +94,11 @@ def train(
         result = run_training(cfg, callbacks, resume=resume)
     console.print(f"done: {result.steps} steps, best val AP {result.best_ap:.4f}; "
                   f"checkpoints in {result.out_dir / 'checkpoints'}")
+    if result.unreadable:
+        from posemum_deploy.training.run_files import UNREADABLE_NAME
+
+        console.print(f"[yellow]skipped {len(result.unreadable)} unreadable images[/] (listed "
+                      f"in {result.out_dir / UNREADABLE_NAME})", highlight=False)
 
 
 def _require(value: object, flag: str) -> None:

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from posemum_deploy.data.codec import HeatmapCodec
 from posemum_deploy.data.coco import flip_permutation, load_coco_keypoints
 from posemum_deploy.data.boxes import _clean_box
-from posemum_deploy.data.images import read_image
+from posemum_deploy.data.images import IMAGE_SUFFIXES, read_image
 from posemum_deploy.data.transforms import (AffineAugment, affine_matrices, box_to_center_scale,
                                             flip_matrices, transform_points)
 from posemum_deploy.errors import AnnotationError, ImageError
@@ -88,9 +88,11 @@ def check_images_found(instances: list[PersonInstance], images_dir: str | Path |
 class TopDownDataset(Dataset):
     """Affine crops of person instances, with heatmap targets when keypoints exist.
 
-    Items: `image` uint8 [3, H, W], `target` [K, h, w], `target_weight` [K], `index`.
+    Items: `image` uint8 [3, H, W], `target` [K, h, w], `target_weight` [K], `index`,
+    `unreadable` (the requested instance when its image could not be read, else -1).
     Normalisation happens on the device, on the whole batch (4× less to copy).
-    A bad image is logged and replaced by the next instance, and counted in `skipped`.
+    A bad image is logged and replaced by the next instance; `UnreadableImages` collects
+    the `unreadable` fields in the main process for the end-of-run report.
     """
 
     def __init__(self, instances: list[PersonInstance], codec: HeatmapCodec,
@@ -126,7 +128,9 @@ class TopDownDataset(Dataset):
                     log.warning("skipped: %s", e)
                     self.skipped.add(i)
                 continue
-            return self._make_item(i, image)
+            item = self._make_item(i, image)
+            item["unreadable"] = index if attempt else -1
+            return item
         raise ImageError("no readable image in the dataset; check --images")
 
     def _read(self, path: Path) -> np.ndarray:
@@ -166,7 +170,22 @@ class TopDownDataset(Dataset):
         return item
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+class UnreadableImages:
+    """Instances whose image could not be read, gathered in the main process from each
+    batch's `unreadable` field: a loader worker's own skip set dies with the worker (they
+    restart every epoch), so the items carry the news."""
+
+    def __init__(self, dataset: TopDownDataset) -> None:
+        self.instances = dataset.instances
+        self.indices: set[int] = set()
+
+    def note(self, batch: dict[str, Any]) -> None:
+        bad = batch.get("unreadable")
+        if bad is not None and bool((bad >= 0).any()):
+            self.indices.update(int(i) for i in bad[bad >= 0])
+
+    def paths(self) -> set[str]:
+        return {str(self.instances[i].image_path) for i in self.indices}
 
 
 def load_unlabeled_instances(source: str | Path, images_dir: str | Path | None = None,
@@ -211,7 +230,7 @@ def _stem_id(path: Path) -> int | None:
 def _folder_instances(folder: Path, boxes: str) -> list[PersonInstance]:
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
-        raise AnnotationError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+        raise AnnotationError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
     if boxes == "whole":
         import cv2
 

@@ -109,6 +109,15 @@ def sync_buffers(module: nn.Module, env: DistEnv, src: int = 0) -> None:
                                 zip(flat.split([b.numel() for b in bufs]), bufs)])
 
 
+def union_across_ranks(values: set[str], env: DistEnv) -> set[str]:
+    """Every rank's `values` together (a collective: all ranks must call it)."""
+    if not env.enabled:
+        return set(values)
+    gathered: list[set[str] | None] = [None] * env.world_size
+    dist.all_gather_object(gathered, values)
+    return set().union(*(g or set() for g in gathered))
+
+
 def barrier(env: DistEnv) -> None:
     if env.enabled:
         dist.barrier()

@@ -27,6 +27,20 @@ class MetricsLog:
             f.write(json.dumps(row) + "\n")
 
 
+UNREADABLE_NAME = "unreadable_images.txt"
+
+
+def record_unreadable(out: Path, paths: set[str]) -> list[str]:
+    """RUN_DIR/unreadable_images.txt: the images training skipped, one path per line, kept
+    across resumes (a resumed run adds to the list); returns the whole list."""
+    path = out / UNREADABLE_NAME
+    known = set(path.read_text().splitlines()) if path.is_file() else set()
+    every = sorted(known | paths)
+    if every and len(every) != len(known):
+        path.write_text("".join(p + "\n" for p in every))
+    return every
+
+
 def rng_state() -> dict[str, Any]:
     """Every RNG the trainer draws from, as tensors and plain Python values."""
     np_state = np.random.get_state()

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from posemum_deploy.data.codec import HeatmapCodec
-from posemum_deploy.data.datasets import (TopDownDataset, check_images_found,
+from posemum_deploy.data.datasets import (TopDownDataset, UnreadableImages, check_images_found,
                                           load_unlabeled_instances)
 from posemum_deploy.data.strong import joint_cutout, rand_augment
 from posemum_deploy.data.transforms import AffineAugment, normalize_batch
@@ -45,6 +45,7 @@ class UnlabeledStream:
 
     def __init__(self, loader: DataLoader, seed: int) -> None:
         self.loader, self.seed = loader, seed
+        self.unreadable = UnreadableImages(loader.dataset)
         self.epoch, self.passes = 0, 0
         self._it: Iterator[dict[str, Any]] | None = None
 
@@ -64,9 +65,12 @@ class UnlabeledStream:
                 self._it = iter(self.loader)
                 self.passes += 1
             try:
-                return next(self._it)
+                batch = next(self._it)
             except StopIteration:
                 self._it = None
+                continue
+            self.unreadable.note(batch)
+            return batch
 
 
 def make_unlabeled_stream(cfg: TrainConfig, codec: HeatmapCodec, env: ddp.DistEnv) -> UnlabeledStream:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,7 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from posemum_deploy.data.codec import HeatmapCodec
-from posemum_deploy.data.datasets import TopDownDataset, check_images_found, load_instances
+from posemum_deploy.data.datasets import (TopDownDataset, UnreadableImages, check_images_found,
+                                          load_instances)
 from posemum_deploy.data.transforms import AffineAugment, normalize_batch
 from posemum_deploy.errors import ArtifactError, ConfigError
 from posemum_deploy.export.metadata import ModelMetadata
@@ -26,8 +27,9 @@ from posemum_deploy.training import distributed as ddp
 from posemum_deploy.training.config import TrainConfig
 from posemum_deploy.training.losses import joints_mse_loss
 from posemum_deploy.training.optimizer import load_adam_state, make_adam
-from posemum_deploy.training.run_files import (MetricsLog, rng_state, save_checkpoint,
-                                               seed_everything, set_rng_state)
+from posemum_deploy.training.run_files import (UNREADABLE_NAME, MetricsLog, record_unreadable,
+                                               rng_state, save_checkpoint, seed_everything,
+                                               set_rng_state)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ class TrainResult:
     steps: int
     model: nn.Module | None = None     # the trained student (unwrapped)
     teacher: nn.Module | None = None   # its teacher, when the preset has one
+    unreadable: list[str] = field(default_factory=list)  # images skipped (unreadable_images.txt)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -234,6 +237,10 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
     if callbacks:
         callbacks.on_start(total, step)
 
+    unreadable = [UnreadableImages(loader.dataset)]
+    if getattr(step_fn, "stream", None) is not None:
+        unreadable.append(step_fn.stream.unreadable)
+    skipped: list[str] = []
     model.train()
     for epoch in range(start_epoch, cfg.optim.epochs):
         if step >= total:
@@ -244,6 +251,7 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
         for batch in labeled_batches(loader, steps_per_epoch, cfg.runtime.seed, epoch):
             if step >= total:
                 break
+            unreadable[0].note(batch)
             losses = step_fn(batch)
             step += 1
             seen += len(batch["image"])
@@ -265,7 +273,11 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
                 if callbacks:
                     callbacks.on_eval(epoch, last_metrics)
             ddp.barrier(env)
+        seen_bad = ddp.union_across_ranks(set().union(*(u.paths() for u in unreadable)), env)
         if env.is_main:
+            skipped = record_unreadable(out, seen_bad)
+            if skipped:
+                metrics.write("unreadable", step=step, epoch=epoch, images=len(skipped))
             payload = _checkpoint(cfg, model, step_fn, optimizer, scheduler, epoch, step,
                                   max(best_ap, last_metrics.get("AP", -1.0)), last_metrics)
             save_checkpoint(ckpt_dir / "last.pt", payload)
@@ -275,7 +287,10 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
                 best_ap = max(best_ap, last_metrics.get("AP", -1.0))
                 save_checkpoint(ckpt_dir / "best.pt", payload)
     ddp.shutdown(env)
-    return TrainResult(out, best_ap, last_metrics, step, model, step_fn.teacher)
+    if skipped:
+        log.warning("%d images could not be read and were skipped; listed in %s",
+                    len(skipped), out / UNREADABLE_NAME)
+    return TrainResult(out, best_ap, last_metrics, step, model, step_fn.teacher, skipped)
 
 
 def _checkpoint(cfg, model, step_fn, optimizer, scheduler, epoch, step, best_ap, metrics) -> dict:

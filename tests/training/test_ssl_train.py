@@ -134,3 +134,33 @@ def test_two_process_gloo_ddp_keeps_teachers_identical(tmp_path):
     assert (out / "checkpoints" / "last.pt").is_file()  # written by rank 0 only
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3  # one writer
     assert init.ssl.teacher == "eman"
+
+
+def test_unreadable_images_are_reported_at_the_end(tmp_path):
+    """Broken images are skipped inside loader workers (whose own records die with them)
+    yet reported: TrainResult.unreadable, RUN_DIR/unreadable_images.txt and a metrics row,
+    for the labeled and the unlabeled stream."""
+    import json
+    import shutil
+
+    root = tmp_path / "data"
+    generate_dataset(root, 6, seed=3, image_size=(96, 128), max_people=2)
+    labeled = json.loads((root / "annotations.json").read_text())
+    broken = sorted({im["file_name"] for im in labeled["images"]})[:2]
+    unl_images = tmp_path / "unlabeled"
+    shutil.copytree(root / "images", unl_images)
+    for name in broken:
+        (root / "images" / name).write_bytes(b"\xff\xd8 truncated")
+    (unl_images / broken[1]).write_bytes(b"")
+    # several passes over both sets: every instance is requested (drop_last hides a few
+    # per pass)
+    cfg = tiny_config(root, tmp_path / "run", "pose-mum", steps_per_epoch=6)
+    cfg.ssl.unlabeled_images = str(unl_images)
+    cfg.data.workers = 2  # the skips happen in worker processes
+    result = train(cfg)
+    expected = sorted([str(root / "images" / n) for n in broken] +
+                      [str(unl_images / broken[1])])
+    assert result.unreadable == expected
+    assert (tmp_path / "run" / "unreadable_images.txt").read_text().splitlines() == expected
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [r["images"] for r in rows if r["kind"] == "unreadable"][-1] == 3
