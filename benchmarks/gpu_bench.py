@@ -220,15 +220,15 @@ def label_rows(ann: Path, fast: FastTorchBackend, batch: int, model_only: float,
              "ready_s": round(v["ready_at"] - start, 1), "shards": len(v["shards"]),
              "first_s": round(min(v["shards"]) - start, 1),
              "last_s": round(max(v["shards"]) - start, 1),
-             "stage_s": round(v["stage_s"], 1)} for v in s.labelers.values()]
+             "stage_s": round(v["stage_s"], 1), "cpu_s": round(v["cpu_s"], 1)}
+            for v in s.labelers.values()]
         print_label_row(name, results[name], model_only)
         if processes > 1:
             print("   labelers (model load / ready / first / last shard s, shards, "
-                  "stage-clock s): " +
+                  "stage-clock s, process CPU s): " +
                   ", ".join(f"{x['load_s']}/{x['ready_s']}/{x['first_s']}/{x['last_s']} "
-                            f"({x['shards']}, "
-                            f"{x['stage_s']})"
-                for x in results[name]["labelers"]), flush=True)
+                            f"({x['shards']}, {x['stage_s']}, {x['cpu_s']})"
+                            for x in results[name]["labelers"]), flush=True)
 
     jpegs = [j for j in args.label_jpeg if j != "nvimgcodec" or nvimgcodec_installed()]
     if jpegs != args.label_jpeg:

@@ -76,16 +76,18 @@ class LabelSummary:
         return self.crops / self.seconds if self.seconds else 0.0
 
     def mark_shard(self, finished_at: float, images: int, crops: int,
-                   labeler: tuple[int, float, float], stage_s: float = 0.0) -> None:
+                   labeler: tuple[int, float, float], stage_s: float = 0.0,
+                   cpu_s: float = 0.0) -> None:
         """Note when a shard was labeled (worker-side clock) and by which labeler
         (process id, when it began and finished loading its model), for the rates and
-        per-labeler timings."""
+        per-labeler timings (stage seconds, and the process's CPU seconds)."""
         self.shard_marks.append((finished_at, images, crops))
         pid, started_at, ready_at = labeler
         entry = self.labelers.setdefault(pid, {"started_at": started_at, "ready_at": ready_at,
-                                               "shards": [], "stage_s": 0.0})
+                                               "shards": [], "stage_s": 0.0, "cpu_s": 0.0})
         entry["shards"].append(finished_at)
         entry["stage_s"] += stage_s
+        entry["cpu_s"] += cpu_s
 
     def steady_crops_per_s(self, skip: float = 0.2) -> float:
         """Crops/s once the first `skip` of the images are labeled: the rate without
@@ -253,7 +255,7 @@ def record_shard(result: ShardResult, store: ShardStore, summary: LabelSummary,
     summary.crops += result.crops
     summary.shards_written += 1
     summary.mark_shard(result.finished_at, entry["images"], result.crops, result.labeler,
-                       sum(result.seconds.values()))
+                       sum(result.seconds.values()), result.cpu_s)
     if progress:
         progress.advance(entry["images"], result.crops, entry["errors"])
 

@@ -57,6 +57,9 @@ class ShardResult:
     finished_at: float = 0.0  # time.time() when labeled (the writer may see it later)
     # (process id, time.time() when it began loading its model and when that was done)
     labeler: tuple[int, float, float] = (0, 0.0, 0.0)
+    # CPU seconds the labeler's process used (all threads) since its previous shard: far
+    # above the stage seconds means threads spinning (e.g. on CUDA syncs), not working
+    cpu_s: float = 0.0
 
 
 def open_backend(spec: WorkerSpec) -> Backend:
@@ -166,6 +169,7 @@ class ShardWorker:
         times = StageTimes()
         crops = [0]
         reported: dict[str, float] = {}
+        cpu_mark = time.process_time()
 
         def count(n: int, _skipped: int) -> None:
             crops[0] += n
@@ -177,9 +181,10 @@ class ShardWorker:
             now = dict(times.seconds)
             seconds = {k: v - reported.get(k, 0.0) for k, v in now.items()}
             reported = now
+            cpu_now = time.process_time()
             yield ShardResult(index, shard, seconds, crops[0], time.time(),
-                              (os.getpid(), self.started_at, self.ready_at))
-            crops[0] = 0
+                              (os.getpid(), self.started_at, self.ready_at), cpu_now - cpu_mark)
+            cpu_mark, crops[0] = cpu_now, 0
 
     def label(self, index: int, files: list[str]) -> ShardResult:
         """One shard (Ray actors take shards one at a time)."""

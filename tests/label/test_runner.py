@@ -107,6 +107,9 @@ def test_processes_write_the_same_shards_as_one_process(tmp_path: Path, tiny_mod
     summary = label_folder(tiny_model, tmp_path / "images", two, settings, batch_size=3,
                            backend="torch", processes=2)
     assert (summary.images, summary.shards_written) == (7, 4)
+    assert sum(len(v["shards"]) for v in summary.labelers.values()) == 4
+    assert all(v["cpu_s"] > 0 and v["ready_at"] >= v["started_at"]
+               for v in summary.labelers.values())
     shards = {p.name: p.read_bytes() for p in two.glob("shard-*.jsonl")}
     assert len(shards) == 4
     resumed = label_folder(tiny_model, tmp_path / "images", one, settings, batch_size=3,
