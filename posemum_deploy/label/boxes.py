@@ -25,6 +25,9 @@ from posemum_deploy.errors import BackendUnavailableError, ConfigError
 from posemum_deploy.export.metadata import sha256_file
 
 BOX_KINDS = ("gt", "det", "hog", "full", "detector")
+# Their sources have `raw(rel_path, width, height)`: boxes from the image size alone, so
+# the pixels may be decoded elsewhere (on the GPU); hog and detector boxes read pixels.
+SIZE_ONLY_KINDS = ("gt", "det", "full")
 HOG_MAX_SIDE = 960  # HOG cost grows with pixels; people stay detectable at this size
 
 

@@ -30,15 +30,11 @@ from posemum_deploy.errors import ConfigError
 from posemum_deploy.export.metadata import ModelMetadata
 from posemum_deploy.inference.gpu_crops import warp_crops_batched
 from posemum_deploy.inference.pipeline import CropBatch, crop_frames
-from posemum_deploy.label.boxes import BoxSource, FullImageBoxes, TableBoxes, sized_boxes
+from posemum_deploy.label.boxes import SIZE_ONLY_KINDS, BoxSource, sized_boxes
 from posemum_deploy.label.jpeg_decoders import JpegDecoder, make_jpeg_decoder
 from posemum_deploy.label.shard import Prepared, StageTimes, prefetch
 
 log = logging.getLogger(__name__)
-SIZE_ONLY_SOURCES = (FullImageBoxes, TableBoxes)
-
-
-SIZE_ONLY_KINDS = ("gt", "det", "full")
 _WRONG_BOXES = ("--decode device works with --boxes gt:, det: or full; hog and detector: "
                 "boxes read the pixels on the host, so use --decode host")
 
@@ -51,7 +47,7 @@ def check_box_spec(spec: str) -> None:
 
 def check_box_source(boxes: BoxSource) -> None:
     """Device crops know only each image's size on the host, not its pixels."""
-    if not isinstance(boxes, SIZE_ONLY_SOURCES):
+    if not callable(getattr(boxes, "raw", None)):
         raise ConfigError(_WRONG_BOXES)
 
 
