@@ -8,14 +8,17 @@ they are the same whichever engine or machine labeled a shard.
 """
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-from posemum_deploy.data.coco import person_category, save_json
+from posemum_deploy.data.coco import person_category
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.label.writer import iter_indexed, load_manifest
 
@@ -65,6 +68,46 @@ def _result(person: dict[str, Any], image_id: int) -> dict[str, Any]:
             "score": person["score"]}
 
 
+class _JsonArrayFile:
+    """One JSON array written element by element to a temp file: merge never holds a
+    million images' records, annotations or results in memory at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = path.open("w", encoding="utf-8")
+        self.count = 0
+
+    def add(self, obj: Any) -> None:
+        self.file.write(("," if self.count else "") + json.dumps(obj))
+        self.count += 1
+
+    def write_into(self, out: IO[str]) -> None:
+        self.file.close()
+        out.write("[")
+        with self.path.open(encoding="utf-8") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+        out.write("]")
+
+
+def _write_json(path: Path, value: "dict[str, Any] | _JsonArrayFile") -> None:
+    """`value` (an object whose values may be array files, or one array file) as json,
+    atomically: a temp name, then a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as out:
+        if isinstance(value, _JsonArrayFile):
+            value.write_into(out)
+        else:
+            out.write("{")
+            for i, (key, item) in enumerate(value.items()):
+                out.write(("," if i else "") + json.dumps(key) + ":")
+                if isinstance(item, _JsonArrayFile):
+                    item.write_into(out)
+                else:
+                    out.write(json.dumps(item))
+            out.write("}")
+    tmp.replace(path)
+
+
 def merge_labels(out_dir: str | Path, pseudo_out: str | Path, flt: MergeFilter | None = None,
                  results_out: str | Path | None = None) -> MergeStats:
     """Write the COCO pseudo-label file (and optionally a results list); returns counts."""
@@ -75,26 +118,32 @@ def merge_labels(out_dir: str | Path, pseudo_out: str | Path, flt: MergeFilter |
                     "(finish it with `posemum label ... --resume`)", out_dir)
     if not manifest["shards"]:
         raise ConfigError(f"{out_dir}: no finished shards to merge; run `posemum label` first")
-    images, anns, results = [], [], []
+    pseudo_out = Path(pseudo_out)
+    pseudo_out.parent.mkdir(parents=True, exist_ok=True)
     stats = MergeStats()
-    for position, record in iter_indexed(out_dir):
-        if "error" in record:
-            continue
-        image_id = position + 1
-        images.append({"id": image_id, "file_name": record["file"], "width": record["width"],
-                       "height": record["height"]})
-        for person in record["persons"]:
-            stats.persons_in += 1
-            ann = _annotation(person, image_id, len(anns) + 1, flt)
-            if ann is not None:
-                anns.append(ann)
-            if results_out is not None and person["score"] >= flt.min_instance_score:
-                results.append(_result(person, image_id))
-    stats.images, stats.annotations, stats.results = len(images), len(anns), len(results)
-    save_json({"info": {"description": "posemum pseudo-labels", "model": manifest["model"],
-                        "filter": vars(flt)},
-               "images": images, "annotations": anns, "categories": [person_category()]},
-              pseudo_out)
-    if results_out is not None:
-        save_json(results, results_out)
+    with tempfile.TemporaryDirectory(dir=pseudo_out.parent, prefix=".merge-") as tmp:
+        images, anns = _JsonArrayFile(Path(tmp) / "images"), _JsonArrayFile(Path(tmp) / "anns")
+        results = _JsonArrayFile(Path(tmp) / "results") if results_out is not None else None
+        for position, record in iter_indexed(out_dir):
+            if "error" in record:
+                continue
+            image_id = position + 1
+            images.add({"id": image_id, "file_name": record["file"], "width": record["width"],
+                        "height": record["height"]})
+            for person in record["persons"]:
+                stats.persons_in += 1
+                ann = _annotation(person, image_id, anns.count + 1, flt)
+                if ann is not None:
+                    anns.add(ann)
+                if results is not None and person["score"] >= flt.min_instance_score:
+                    results.add(_result(person, image_id))
+        stats.images, stats.annotations = images.count, anns.count
+        _write_json(pseudo_out, {"info": {"description": "posemum pseudo-labels",
+                                          "model": manifest["model"], "filter": vars(flt)},
+                                 "images": images, "annotations": anns,
+                                 "categories": [person_category()]})
+        if results is not None:
+            stats.results = results.count
+            Path(results_out).parent.mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
+            _write_json(Path(results_out), results)  # type: ignore[arg-type]
     return stats

@@ -85,3 +85,14 @@ def test_a_full_disk_keeps_finished_shards_and_says_resume(tmp_path: Path, monke
     monkeypatch.undo()
     assert ShardStore(out, IDENTITY, resume=True).is_done(0)
     assert [pos for pos, _ in iter_indexed(out)] == [0, 1, 4]
+
+
+def test_merge_that_keeps_nobody_writes_empty_arrays(tmp_path: Path) -> None:
+    """The streamed json stays valid when a filter drops every person (empty arrays)."""
+    out = _store(tmp_path)
+    results = tmp_path / "sub" / "results.json"
+    stats = merge_labels(out, tmp_path / "p.json", MergeFilter(0.5, 0.99, 1), results_out=results)
+    coco = json.loads((tmp_path / "p.json").read_text())
+    assert stats.annotations == 0 and coco["annotations"] == [] and len(coco["images"]) == 2
+    assert json.loads(results.read_text()) == [] and stats.results == 0
+    assert not list(tmp_path.glob(".merge-*"))  # temp parts removed
