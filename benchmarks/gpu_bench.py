@@ -218,6 +218,7 @@ def label_rows(ann: Path, fast: FastTorchBackend, batch: int, model_only: float,
         results[name]["labelers"] = [
             {"load_s": round(v["started_at"] - start, 1),
              "ready_s": round(v["ready_at"] - start, 1), "shards": len(v["shards"]),
+             "gpu": v["gpu"],
              "first_s": round(min(v["shards"]) - start, 1),
              "last_s": round(max(v["shards"]) - start, 1),
              "stage_s": round(v["stage_s"], 1), "cpu_s": round(v["cpu_s"], 1)}

@@ -43,3 +43,19 @@ def usable_cpus() -> int:
         count = os.cpu_count() or 1
     limit = cgroup_cpu_limit()
     return max(1, min(count, limit) if limit else count)
+
+
+def visible_gpus() -> list[str]:
+    """The CUDA devices this process may use, as CUDA_VISIBLE_DEVICES entries: that
+    variable's own entries when it is set (indices, UUIDs or MIG ids), else 0..N-1 for
+    the N devices torch sees (none without CUDA)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        entries = [d.strip() for d in listed.split(",") if d.strip()]
+        # CUDA stops at the first invalid entry; "-1" is the usual way to hide every GPU
+        return entries[:entries.index("-1")] if "-1" in entries else entries
+    try:
+        import torch
+    except ImportError:
+        return []
+    return [str(i) for i in range(torch.cuda.device_count())]

@@ -34,3 +34,19 @@ def test_usable_cpus_takes_the_smaller_of_affinity_and_quota(monkeypatch) -> Non
     monkeypatch.setattr(system.os, "sched_getaffinity", lambda pid: {0, 1, 2})
     monkeypatch.setattr(system, "cgroup_cpu_limit", lambda: 16)
     assert system.usable_cpus() == 3
+
+
+@pytest.mark.parametrize("listed,expected", [("0,1", ["0", "1"]), ("", []), ("-1", []),
+                                             ("2, 3,-1,4", ["2", "3"]),
+                                             ("GPU-8f2e,MIG-1a", ["GPU-8f2e", "MIG-1a"])])
+def test_visible_gpus_follow_cuda_visible_devices(monkeypatch, listed, expected) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", listed)
+    assert system.visible_gpus() == expected
+
+
+def test_visible_gpus_without_the_variable_ask_torch(monkeypatch) -> None:
+    import torch
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert system.visible_gpus() == ["0", "1", "2"]

@@ -70,6 +70,9 @@ def label(
     processes: Annotated[int, typer.Option(
         "--processes", min=1, help="Labeling processes, each with its own model (several "
         "share one GPU: a GPU outruns one Python process)")] = 1,
+    gpus: Annotated[Optional[str], typer.Option(
+        "--gpus", help="GPUs to spread the --processes labelers over, round-robin "
+        "(CUDA_VISIBLE_DEVICES entries, e.g. 0,1,2,3)", show_default="every visible GPU")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in --out.")] = False,
     engine: Annotated[str, typer.Option("--engine", help="local | ray (RAY_ADDRESS for a cluster)")] = "local",
     ray_actors: Annotated[Optional[int], typer.Option(
@@ -88,7 +91,9 @@ def label(
         summary = label_folder(model, images_dir, out, settings, backend=backend,
                                batch_size=batch_size, workers=workers, resume=resume,
                                engine=engine, progress=progress, ray_actors=ray_actors,
-                               processes=processes)
+                               processes=processes,
+                               gpus=[g.strip() for g in gpus.split(",") if g.strip()]
+                               if gpus is not None else None)
     table = Table(title=f"labeled {images_dir} → {out}")
     table.add_column("")
     table.add_column("value", justify="right")

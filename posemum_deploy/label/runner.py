@@ -24,9 +24,9 @@ from posemum_deploy.inference.backends import Backend, check_backend_opens
 from posemum_deploy.label.boxes import BoxSource, parse_box_source
 from posemum_deploy.label.jpeg_decoders import check_jpeg_decoder
 from posemum_deploy.label.shard import StageTimes
-from posemum_deploy.label.worker import ShardResult, ShardWorker, WorkerSpec
+from posemum_deploy.label.worker import LabelerInfo, ShardResult, ShardWorker, WorkerSpec
 from posemum_deploy.label.writer import ShardStore
-from posemum_deploy.system import usable_cpus
+from posemum_deploy.system import usable_cpus, visible_gpus
 
 log = logging.getLogger(__name__)
 ENGINES = ("local", "ray")
@@ -75,16 +75,14 @@ class LabelSummary:
     def crops_per_s(self) -> float:
         return self.crops / self.seconds if self.seconds else 0.0
 
-    def mark_shard(self, finished_at: float, images: int, crops: int,
-                   labeler: tuple[int, float, float], stage_s: float = 0.0,
-                   cpu_s: float = 0.0) -> None:
-        """Note when a shard was labeled (worker-side clock) and by which labeler
-        (process id, when it began and finished loading its model), for the rates and
-        per-labeler timings (stage seconds, and the process's CPU seconds)."""
+    def mark_shard(self, finished_at: float, images: int, crops: int, labeler: LabelerInfo,
+                   stage_s: float = 0.0, cpu_s: float = 0.0) -> None:
+        """Note when a shard was labeled (worker-side clock) and by which labeler, for the
+        rates and per-labeler timings (stage seconds, and the process's CPU seconds)."""
         self.shard_marks.append((finished_at, images, crops))
-        pid, started_at, ready_at = labeler
-        entry = self.labelers.setdefault(pid, {"started_at": started_at, "ready_at": ready_at,
-                                               "shards": [], "stage_s": 0.0, "cpu_s": 0.0})
+        entry = self.labelers.setdefault(labeler.pid, {
+            "started_at": labeler.started_at, "ready_at": labeler.ready_at, "gpu": labeler.gpu,
+            "shards": [], "stage_s": 0.0, "cpu_s": 0.0})
         entry["shards"].append(finished_at)
         entry["stage_s"] += stage_s
         entry["cpu_s"] += cpu_s
@@ -147,13 +145,15 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
                  engine: str = "local", progress: LabelProgress | None = None,
                  backend_options: dict[str, Any] | None = None,
                  ray_actors: int | None = None, processes: int = 1,
-                 shards_per_task: int | None = None) -> LabelSummary:
+                 shards_per_task: int | None = None,
+                 gpus: list[str] | None = None) -> LabelSummary:
     """Pseudo-label every image under `images_dir` into `out_dir` (see module docstring).
 
     `backend` is a kind name for `load_backend` or an already open Backend for `model`;
     `processes` > 1 (local engine) spawns that many labelers, each loading `backend` and
-    taking runs of at most `shards_per_task` shards (default: `process_tasks`' choice);
-    the output does not depend on it.
+    taking runs of at most `shards_per_task` shards (default: `process_tasks`' choice),
+    spread round-robin over `gpus` (CUDA_VISIBLE_DEVICES entries; default: every visible
+    GPU); the output does not depend on either.
     """
     settings = settings or LabelSettings()
     if engine not in ENGINES:
@@ -163,6 +163,10 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
     if processes < 1 or (processes > 1 and (engine != "local" or not isinstance(backend, str))):
         raise ConfigError("--processes N (N > 1) runs the local engine with a backend name, "
                           "each process loading its own model")
+    if gpus and processes == 1:
+        raise ConfigError(f"--gpus {','.join(gpus)} spreads --processes N labelers over "
+                          "GPUs; pass --processes (e.g. one or two per GPU), or for one "
+                          "process choose its GPU with CUDA_VISIBLE_DEVICES")
     root, model = Path(images_dir), Path(model)
     if not model.is_file():
         raise ArtifactError(f"{model}: model file not found; pass a checkpoint, ONNX file, "
@@ -207,7 +211,7 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
         run_ray(spec, todo, store, summary, times, progress, actors=ray_actors)
     elif worker is None:
         _run_processes(spec, todo, store, summary, times, progress, processes,
-                       shards_per_task)
+                       shards_per_task, gpus)
     else:
         _run_local(worker, todo, store, summary, times, progress)
     summary.seconds = time.perf_counter() - t0
@@ -232,8 +236,7 @@ def _run_local(worker: ShardWorker, todo: list[ShardJob], store: ShardStore,
     before = (0, 0)
     for index, records in worker.label_shards(((j.index, j.files) for j in todo), times, on_image):
         crops = summary.crops - before[1]
-        summary.mark_shard(time.time(), summary.images - before[0], crops,
-                           (os.getpid(), worker.started_at, worker.ready_at))
+        summary.mark_shard(time.time(), summary.images - before[0], crops, worker.info)
         before = (summary.images, summary.crops)
         t0 = time.perf_counter()
         entry = store.write_shard(index, records, crops)
@@ -271,10 +274,11 @@ def process_tasks(todo: list[ShardJob], processes: int, max_shards: int | None =
 
 def _run_processes(spec: WorkerSpec, todo: list[ShardJob], store: ShardStore,
                    summary: LabelSummary, times: StageTimes, progress: LabelProgress | None,
-                   processes: int, shards_per_task: int | None = None) -> None:
-    """`processes` spawned labelers (each with its own model, on the same GPU or CPU) take
-    runs of shards (`process_tasks`) and put every finished shard on a queue; this
-    process writes each shard as it arrives."""
+                   processes: int, shards_per_task: int | None = None,
+                   gpus: list[str] | None = None) -> None:
+    """`processes` spawned labelers (each with its own model, on the CPU or on one of
+    `gpus`, round-robin) take runs of shards (`process_tasks`) and put every finished
+    shard on a queue; this process writes each shard as it arrives."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -285,7 +289,8 @@ def _run_processes(spec: WorkerSpec, todo: list[ShardJob], store: ShardStore,
     context = multiprocessing.get_context("spawn")
     finished = context.Queue()
     pool = ProcessPoolExecutor(processes, mp_context=context, initializer=init_process,
-                               initargs=(spec, finished))
+                               initargs=(spec, finished, gpu_slots(spec, processes, gpus,
+                                                                    context)))
 
     def write(result: ShardResult) -> None:
         record_shard(result, store, summary, times, progress)
@@ -302,6 +307,19 @@ def _run_processes(spec: WorkerSpec, todo: list[ShardJob], store: ShardStore,
         _drain_while(lambda: pool.shutdown(wait=True, cancel_futures=True), finished, write)
         raise
     pool.shutdown(wait=True)
+
+
+def gpu_slots(spec: WorkerSpec, processes: int, gpus: list[str] | None, context: Any) -> Any:
+    """A queue with one CUDA_VISIBLE_DEVICES entry per labeler, round-robin over `gpus`
+    (default: every visible GPU), or None: no GPU here, or the backend options already
+    name one device (e.g. cuda:1), which a narrowed view would hide."""
+    devices = visible_gpus() if gpus is None else list(gpus)
+    if not devices or ":" in str(spec.backend_options.get("device", "")):
+        return None
+    slots = context.Queue()
+    for k in range(processes):
+        slots.put(devices[k % len(devices)])
+    return slots
 
 
 def _next_shard(finished: Any, futures: list[Any], patience_s: float = 30.0) -> ShardResult:

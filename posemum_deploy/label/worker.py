@@ -16,7 +16,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 from posemum_deploy.inference.backends import Backend, load_backend
 from posemum_deploy.inference.pipeline import PoseEstimator
@@ -46,6 +46,16 @@ class WorkerSpec:
     cpu_threads: int | None = None  # this labeler's share of the cores (None: all)
 
 
+class LabelerInfo(NamedTuple):
+    """Which labeler did a shard: its process, when it began loading its model and when
+    that was done (time.time()), and the GPU(s) it was given (CUDA_VISIBLE_DEVICES)."""
+
+    pid: int = 0
+    started_at: float = 0.0
+    ready_at: float = 0.0
+    gpu: str = ""
+
+
 @dataclass
 class ShardResult:
     """One labeled shard, as a worker hands it back to the writer."""
@@ -55,8 +65,7 @@ class ShardResult:
     seconds: dict[str, float]
     crops: int
     finished_at: float = 0.0  # time.time() when labeled (the writer may see it later)
-    # (process id, time.time() when it began loading its model and when that was done)
-    labeler: tuple[int, float, float] = (0, 0.0, 0.0)
+    labeler: LabelerInfo = LabelerInfo()
     # CPU seconds the labeler's process used (all threads) since its previous shard: far
     # above the stage seconds means threads spinning (e.g. on CUDA syncs), not working
     cpu_s: float = 0.0
@@ -127,7 +136,8 @@ class ShardWorker:
         else:
             self.estimator = host_crops_estimator(be, spec)
         self.infer_stream = inference_stream(be)
-        self.ready_at = time.time()
+        self.info = LabelerInfo(os.getpid(), self.started_at, time.time(),
+                                os.environ.get("CUDA_VISIBLE_DEVICES", ""))
 
     def stream(self, items: Any, times: StageTimes) -> Any:
         """(key, Prepared) for (key, relative path) items, decoded on host or device."""
@@ -182,8 +192,8 @@ class ShardWorker:
             seconds = {k: v - reported.get(k, 0.0) for k, v in now.items()}
             reported = now
             cpu_now = time.process_time()
-            yield ShardResult(index, shard, seconds, crops[0], time.time(),
-                              (os.getpid(), self.started_at, self.ready_at), cpu_now - cpu_mark)
+            yield ShardResult(index, shard, seconds, crops[0], time.time(), self.info,
+                              cpu_now - cpu_mark)
             cpu_mark, crops[0] = cpu_now, 0
 
     def label(self, index: int, files: list[str]) -> ShardResult:
@@ -196,9 +206,13 @@ class ShardWorker:
 _PROCESS_WORKER: dict[str, Any] = {}
 
 
-def init_process(spec: WorkerSpec, finished: Any) -> None:
-    """Pool initializer: build this process's model; keep a failure to report per task."""
+def init_process(spec: WorkerSpec, finished: Any, gpu_slots: Any = None) -> None:
+    """Pool initializer: take a GPU from `gpu_slots` (a queue holding one entry per
+    labeler) before anything touches CUDA, build this process's model; keep a failure to
+    report per task."""
     _PROCESS_WORKER["finished"] = finished
+    if gpu_slots is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_slots.get(timeout=60)
     try:
         use_cpu_share(spec.cpu_threads)
         _PROCESS_WORKER["worker"] = ShardWorker(spec)

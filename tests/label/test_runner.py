@@ -286,3 +286,50 @@ def test_run_log_has_a_line_per_shard_and_a_resume_appends(tmp_path: Path,
     assert lines[0]["todo"] == 4 and lines[6]["todo"] == 1 and lines[6]["backend"] == "torch"
     assert lines[7]["shard"] == 1 and lines[7]["images"] == 2
     assert lines[8]["images"] == 7 and lines[8]["done_images"] == 2 and lines[8]["complete"]
+
+
+def test_labelers_are_spread_over_gpus_round_robin(tmp_path: Path, tiny_model: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """--processes N --gpus ...: labeler k takes GPU k mod len(gpus) as its only visible
+    device, set before anything touches CUDA; the shards are those of any other run."""
+    import multiprocessing
+    import os
+    import queue
+
+    from posemum_deploy.errors import ConfigError
+    from posemum_deploy.label import worker
+    from posemum_deploy.label.boxes import FullImageBoxes
+    from posemum_deploy.label.runner import gpu_slots
+
+    context = multiprocessing.get_context("spawn")
+    spec = worker.WorkerSpec(str(tiny_model), str(tmp_path), FullImageBoxes(), "torch")
+    slots = gpu_slots(spec, 5, ["2", "3"], context)
+    assert [slots.get(timeout=5) for _ in range(5)] == ["2", "3", "2", "3", "2"]
+    assert gpu_slots(spec, 2, [], context) is None  # no GPU: nothing to spread
+    pinned = worker.WorkerSpec(str(tiny_model), str(tmp_path), FullImageBoxes(), "torch",
+                               {"device": "cuda:1"})  # one device named: keep the view
+    assert gpu_slots(pinned, 2, ["0", "1"], context) is None
+
+    # The initializer, in this process: the model is a stand-in that notes what it saw,
+    # so nothing here touches CUDA under the narrowed view; the variable is restored.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    monkeypatch.setattr(worker, "_PROCESS_WORKER", {})
+    monkeypatch.setattr(worker, "ShardWorker",
+                        lambda spec: os.environ["CUDA_VISIBLE_DEVICES"])
+    given: queue.Queue = queue.Queue()
+    given.put("3")
+    worker.init_process(spec, queue.Queue(), given)
+    assert worker._PROCESS_WORKER["worker"] == "3"
+    monkeypatch.undo()
+
+    write_images(tmp_path / "images", 7)
+    settings = LabelSettings(shard_size=2)
+    summary = label_folder(tiny_model, tmp_path / "images", tmp_path / "two", settings,
+                           batch_size=3, backend="torch", processes=2, gpus=["0", "1"])
+    assert summary.labelers and {v["gpu"] for v in summary.labelers.values()} <= {"0", "1"}
+    label_folder(tiny_model, tmp_path / "images", tmp_path / "one", settings, batch_size=3,
+                 backend="torch")
+    assert ({p.name: p.read_bytes() for p in (tmp_path / "one").glob("shard-*")} ==
+            {p.name: p.read_bytes() for p in (tmp_path / "two").glob("shard-*")})
+    with pytest.raises(ConfigError, match="--gpus 0,1 spreads --processes"):
+        label_folder(tiny_model, tmp_path / "images", tmp_path / "x", gpus=["0", "1"])
