@@ -19,7 +19,7 @@ import numpy as np
 
 from posemum_deploy.errors import BackendUnavailableError
 from posemum_deploy.label.shard import StageTimes
-from posemum_deploy.label.worker import ShardResult, ShardWorker, WorkerSpec
+from posemum_deploy.label.worker import LabelerInfo, ShardResult, ShardWorker, WorkerSpec
 from posemum_deploy.label.writer import EncodedShard
 
 if TYPE_CHECKING:
@@ -43,7 +43,11 @@ class ShardActor:
                 "counts": np.asarray([(r.shard.images, r.shard.errors, r.shard.persons)
                                       for r in results]),
                 "times": np.array([json.dumps(r.seconds) for r in results], dtype=object),
-                "crops": np.asarray([r.crops for r in results])}
+                "crops": np.asarray([r.crops for r in results]),
+                # where and when each was labeled: per-labeler timings and steady rates
+                "finished_at": np.asarray([r.finished_at for r in results], dtype=np.float64),
+                "labeler": np.array([json.dumps(r.labeler) for r in results], dtype=object),
+                "cpu_s": np.asarray([r.cpu_s for r in results], dtype=np.float64)}
 
 
 def _init_ray() -> Any:
@@ -78,5 +82,7 @@ def run_ray(spec: WorkerSpec, todo: list["ShardJob"], store: "ShardStore",
     for row in ds.iter_rows():
         images, errors, persons = (int(v) for v in row["counts"])
         shard = EncodedShard(str(row["text"]), images, errors, persons)
-        result = ShardResult(int(row["shard"]), shard, json.loads(row["times"]), int(row["crops"]))
+        result = ShardResult(int(row["shard"]), shard, json.loads(row["times"]), int(row["crops"]),
+                             float(row["finished_at"]), LabelerInfo(*json.loads(row["labeler"])),
+                             float(row["cpu_s"]))
         record_shard(result, store, summary, times, progress)

@@ -32,6 +32,9 @@ def test_ray_matches_local_and_resumes(tmp_path: Path, tiny_model: Path, local_r
     summary = label_folder(tiny_model, images, cluster, settings, batch_size=4, workers=2,
                            engine="ray", ray_actors=1)
     assert summary.shards_written == 3 and summary.images == 7 and summary.skipped == 1
+    (labeler,) = summary.labelers.values()  # one actor: its timings came back with each shard
+    assert len(labeler["shards"]) == 3 and labeler["ready_at"] >= labeler["started_at"] > 0
+    assert all(t >= labeler["ready_at"] for t in labeler["shards"])
     a = [r for _, r in iter_indexed(local)]
     b = [r for _, r in iter_indexed(cluster)]
     assert [r["file"] for r in a] == [r["file"] for r in b]
