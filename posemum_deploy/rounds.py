@@ -20,6 +20,7 @@ from posemum_deploy.training.config import OptimConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 STAGES = ("export", "label", "merge", "train", "evaluate")
+CHECKPOINT_BACKENDS = ("torch", "torch-fast")  # label from the checkpoint, no export
 
 
 @dataclass
@@ -30,7 +31,7 @@ class RoundsConfig:
     unlabeled: str                          # folder of unlabeled images
     rounds: int = 2
     boxes: str = "full"                     # label box source: full | hog | gt:ANN | det:DET
-    backend: str = "auto"                   # labeling backend (onnx export unless torch)
+    backend: str = "auto"                   # labeling backend (ONNX export unless torch/torch-fast)
     init: str = "previous"                  # previous | scratch: how each retraining starts
     initial_checkpoint: str | None = None   # round 0 teacher; None trains one on labeled data
     min_joint_score: float = 0.5            # pseudo joints below this are not trained on
@@ -162,7 +163,7 @@ def _label_stages(cfg: RoundsConfig, log_: StageLog, round_dir: Path, teacher: s
     from posemum_deploy.label.runner import LabelSettings, label_folder
 
     def export() -> dict[str, Any]:
-        if cfg.backend == "torch":
+        if cfg.backend in CHECKPOINT_BACKENDS:  # they run the checkpoint itself
             return {"artifact": teacher}
         from posemum_deploy.export.formats import ExportOptions, export_model
 
@@ -173,9 +174,8 @@ def _label_stages(cfg: RoundsConfig, log_: StageLog, round_dir: Path, teacher: s
 
     artifact = log_.run("export", export)["artifact"]
     settings = LabelSettings(boxes=cfg.boxes, flip=cfg.label_flip)
-    backend = "torch" if artifact.endswith(".pt") else cfg.backend
     log_.run("label", lambda: asdict(label_folder(
-        artifact, cfg.unlabeled, round_dir / "labels", settings, backend=backend,
+        artifact, cfg.unlabeled, round_dir / "labels", settings, backend=cfg.backend,
         batch_size=cfg.label_batch_size, resume=True)) | {"ok": True})
     flt = MergeFilter(cfg.min_joint_score, cfg.min_instance_score, cfg.min_joints)
     return log_.run("merge", lambda: asdict(merge_labels(round_dir / "labels",
