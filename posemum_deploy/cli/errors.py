@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -22,8 +23,11 @@ def run_app(app: typer.Typer) -> None:
         sys.exit(2)
     except OSError as e:  # an output folder under a file, a full disk, no permission...
         where = f"{e.filename}: " if e.filename else ""
-        err.print(f"[bold red]error:[/] {escape(where + (e.strerror or str(e)))}",
-                  highlight=False, soft_wrap=True)
+        reason = e.strerror or str(e)
+        if isinstance(e, FileExistsError) and e.filename and Path(e.filename).is_file():
+            reason = "is a file where a folder is needed; choose another path"  # mkdir
+        err.print(f"[bold red]error:[/] {escape(where + reason)}", highlight=False,
+                  soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")

@@ -127,3 +127,9 @@ def test_output_path_under_a_file_is_one_line(tmp_path, coco_mini):
     _one_line_error(_run("train", "--labeled", ann, "--images", str(coco_mini), "--out",
                          str(tmp_path / "afile" / "run"), "--batch-size", "4"),
                     "afile/run", "Not a directory")
+    ckpt = tmp_path / "m.pt"
+    meta = ModelMetadata(input_hw=(64, 48), heatmap_hw=(16, 12))
+    torch.save({"model": build_model().state_dict(), "teacher": None,
+                "model_meta": meta.to_dict()}, ckpt)
+    _one_line_error(_run("export", str(ckpt), "--out", str(tmp_path / "afile" / "m.onnx")),
+                    "afile: is a file where a folder is needed")
