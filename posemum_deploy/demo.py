@@ -99,7 +99,7 @@ def run_demo(cfg: DemoConfig, callbacks: TrainCallbacks | None = None) -> DemoRe
     train_ann, val_ann = synth_sets(cfg)
     tcfg = demo_train_config(cfg, train_ann, val_ann)
     floor = untrained_ap(tcfg)
-    result = train(tcfg, callbacks)
+    train(tcfg, callbacks)
     best = Path(tcfg.out) / "checkpoints" / "best.pt"
     # SimpleBaseline test protocol: flip-test averaging; DARK decoding matters at 32×24 maps.
     metrics = evaluate_results(val_ann, predict_coco(best, val_ann, tcfg.data.val_images,

@@ -11,12 +11,16 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from posemum_deploy.data.coco import load_coco_keypoints, person_category, save_json
 from posemum_deploy.data.images import IMAGE_SUFFIXES
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.training.config import OptimConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from posemum_deploy.label.runner import LabelProgress
+    from posemum_deploy.training.trainer import TrainCallbacks
 
 log = logging.getLogger(__name__)
 STAGES = ("export", "label", "merge", "train", "evaluate")
@@ -128,7 +132,8 @@ def fit_schedule(optim: OptimConfig, max_steps: int) -> OptimConfig:
 
 
 def train_stage(cfg: RoundsConfig, round_dir: Path, labeled: str, images: str,
-                init_from: str | None, max_steps: int | None = None) -> dict[str, Any]:
+                init_from: str | None, max_steps: int | None = None,
+                callbacks: Any = None) -> dict[str, Any]:
     """Train cfg.train on `labeled` into round_dir/train (resuming a killed run there),
     starting from `init_from`; `max_steps` bounds it and the schedule is fitted to it."""
     from posemum_deploy.training.trainer import train
@@ -140,7 +145,7 @@ def train_stage(cfg: RoundsConfig, round_dir: Path, labeled: str, images: str,
     tcfg.data.labeled, tcfg.data.images = labeled, images
     tcfg.ssl.init_from = init_from
     resume = (Path(tcfg.out) / "checkpoints" / "last.pt").is_file()
-    result = train(tcfg, resume=resume)
+    result = train(tcfg, callbacks, resume=resume)
     return {"checkpoint": str(result.out_dir / "checkpoints" / "best.pt"), "steps": result.steps}
 
 
@@ -158,7 +163,8 @@ def evaluate_stage(cfg: RoundsConfig, checkpoint: str, round_dir: Path) -> dict[
     return {"metrics": metrics}
 
 
-def _label_stages(cfg: RoundsConfig, log_: StageLog, round_dir: Path, teacher: str) -> dict:
+def _label_stages(cfg: RoundsConfig, log_: StageLog, round_dir: Path, teacher: str,
+                  progress: Any = None) -> dict:
     from posemum_deploy.label.merge import MergeFilter, merge_labels
     from posemum_deploy.label.runner import LabelSettings, label_folder
 
@@ -176,7 +182,7 @@ def _label_stages(cfg: RoundsConfig, log_: StageLog, round_dir: Path, teacher: s
     settings = LabelSettings(boxes=cfg.boxes, flip=cfg.label_flip)
     log_.run("label", lambda: asdict(label_folder(
         artifact, cfg.unlabeled, round_dir / "labels", settings, backend=cfg.backend,
-        batch_size=cfg.label_batch_size, resume=True)) | {"ok": True})
+        batch_size=cfg.label_batch_size, resume=True, progress=progress)) | {"ok": True})
     flt = MergeFilter(cfg.min_joint_score, cfg.min_instance_score, cfg.min_joints)
     return log_.run("merge", lambda: asdict(merge_labels(round_dir / "labels",
                                                          round_dir / "pseudo.json", flt)))
@@ -202,10 +208,12 @@ def check_round_inputs(cfg: RoundsConfig) -> None:
                           "under this folder (given as --unlabeled); nothing to pseudo-label")
 
 
-def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None = None
-               ) -> list[RoundRecord]:
+def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None = None,
+               train_callbacks: "TrainCallbacks | None" = None,
+               label_progress: "LabelProgress | None" = None) -> list[RoundRecord]:
     """Round 0 (teacher on labeled data, or the given checkpoint) then cfg.rounds rounds of
-    pseudo-label retraining; returns one record per round and writes a table and a plot."""
+    pseudo-label retraining; returns one record per round and writes a table and a plot.
+    `train_callbacks` and `label_progress` see every training and labeling stage."""
     if cfg.init not in ("previous", "scratch"):
         raise ConfigError(f"--init must be 'previous' or 'scratch', got {cfg.init!r}")
     if not cfg.train.data.val_ann:
@@ -220,8 +228,9 @@ def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None
     if cfg.initial_checkpoint:
         teacher = cfg.initial_checkpoint
     else:
-        teacher = log0.run("train", lambda: train_stage(cfg, out / "round_0", data.labeled,
-                                                        data.images, None))["checkpoint"]
+        teacher = log0.run("train", lambda: train_stage(
+            cfg, out / "round_0", data.labeled, data.images, None,
+            callbacks=train_callbacks))["checkpoint"]
     m0 = log0.run("evaluate", lambda: evaluate_stage(cfg, teacher, out / "round_0"))
     records.append(RoundRecord(0, teacher, m0["metrics"]))
     if on_round:
@@ -229,13 +238,14 @@ def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None
     for k in range(1, cfg.rounds + 1):
         round_dir = out / f"round_{k}"
         stages = StageLog(round_dir)
-        merged = _label_stages(cfg, stages, round_dir, teacher)
+        merged = _label_stages(cfg, stages, round_dir, teacher, label_progress)
         combined = combine_labeled_and_pseudo(data.labeled, data.images, round_dir / "pseudo.json",
                                               cfg.unlabeled, round_dir / "train_combined.json",
                                               cfg.labeled_repeat)
         init = teacher if cfg.init == "previous" else None
         teacher = stages.run("train", lambda: train_stage(
-            cfg, round_dir, str(combined), "/", init, cfg.retrain_max_steps))["checkpoint"]
+            cfg, round_dir, str(combined), "/", init, cfg.retrain_max_steps,
+            train_callbacks))["checkpoint"]
         mk = stages.run("evaluate", lambda: evaluate_stage(cfg, teacher, round_dir))
         records.append(RoundRecord(k, teacher, mk["metrics"], merged["annotations"],
                                    merged["images"]))

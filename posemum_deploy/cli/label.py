@@ -1,43 +1,15 @@
 """`posemum label | merge | visualize`: bulk pseudo-labels of image folders."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 
+from posemum_deploy.cli.progress import RichLabelProgress, make_progress
 from posemum_deploy.errors import ConfigError
-
-_err = Console(stderr=True)
-
-
-class RichLabelProgress:
-    """Bar over images with images/s, crops/s, skipped count and ETA."""
-
-    def __init__(self) -> None:
-        self.bar = Progress(TextColumn("[bold]label"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                            TextColumn("eta"), TimeRemainingColumn(), console=_err)
-        self.task = self.bar.add_task("label", total=None, info="")
-        self.images = self.crops = self.skipped = 0
-        self.t0 = time.perf_counter()
-
-    def start(self, total_images: int, done_images: int) -> None:
-        self.bar.update(self.task, total=total_images, completed=done_images)
-        self.t0 = time.perf_counter()
-
-    def advance(self, images: int, crops: int, skipped: int) -> None:
-        self.images, self.crops, self.skipped = (self.images + images, self.crops + crops,
-                                                 self.skipped + skipped)
-        dt = max(time.perf_counter() - self.t0, 1e-9)
-        info = (f"{self.images / dt:.1f} img/s  {self.crops / dt:.1f} crops/s  "
-                f"skipped {self.skipped}")
-        self.bar.update(self.task, advance=images, info=info)
 
 
 def label(
@@ -87,7 +59,7 @@ def label(
                              oks_nms=oks_nms or None, shard_size=shard_size, decode=decode,
                              jpeg_decoder=jpeg_decoder)
     progress = RichLabelProgress()
-    with progress.bar:
+    with progress.progress:
         summary = label_folder(model, images_dir, out, settings, backend=backend,
                                batch_size=batch_size, workers=workers, resume=resume,
                                engine=engine, progress=progress, ray_actors=ray_actors,
@@ -128,8 +100,11 @@ def merge(
     """Filter labeling shards into a training-ready COCO person-keypoints file."""
     from posemum_deploy.label.merge import MergeFilter, merge_labels
 
-    stats = merge_labels(out_dir, out, MergeFilter(min_joint_score, min_instance_score, min_joints),
-                         results_out)
+    with make_progress() as bar:
+        task = bar.add_task("merge", total=None)
+        stats = merge_labels(out_dir, out, MergeFilter(min_joint_score, min_instance_score,
+                                                       min_joints), results_out,
+                             lambda read, total: bar.update(task, completed=read, total=total))
     Console().print(f"{out}: {stats.images} images, {stats.annotations} of {stats.persons_in} "
                     f"people kept" + (f"; {stats.results} results → {results_out}"
                                       if results_out else ""), highlight=False, soft_wrap=True)

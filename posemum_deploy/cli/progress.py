@@ -1,6 +1,8 @@
 """Rich progress displays handed to library functions as callbacks."""
 from __future__ import annotations
 
+import time
+
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn,
                            TextColumn, TimeElapsedColumn, TimeRemainingColumn)
@@ -43,3 +45,31 @@ class RichTrainCallbacks:
     def on_eval(self, epoch: int, metrics: dict[str, float]) -> None:
         self.progress.console.print(f"epoch {epoch + 1}: val AP {metrics.get('AP', 0):.4f}  "
                                     f"AP50 {metrics.get('AP50', 0):.4f}")
+
+
+class RichLabelProgress:
+    """Images done with images/s, crops/s, skipped count and ETA; on its own bar, or as a
+    task of a running `progress` (rounds show labeling and training in one display)."""
+
+    def __init__(self, progress: Progress | None = None) -> None:
+        # Its own display shows the bar while the model loads; a shared one gets it when
+        # labeling starts (not during the trainings before it).
+        self.progress = progress or make_progress(TextColumn("{task.fields[info]}"))
+        self.task = None if progress else self.progress.add_task("label", total=None, info="")
+        self.images = self.crops = self.skipped = 0
+        self.t0 = time.perf_counter()
+
+    def start(self, total_images: int, done_images: int) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task("label", total=None, info="")
+        self.progress.reset(self.task, total=total_images, completed=done_images, info="")
+        self.images = self.crops = self.skipped = 0
+        self.t0 = time.perf_counter()
+
+    def advance(self, images: int, crops: int, skipped: int) -> None:
+        self.images, self.crops, self.skipped = (self.images + images, self.crops + crops,
+                                                 self.skipped + skipped)
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        info = (f"{self.images / dt:.1f} img/s  {self.crops / dt:.1f} crops/s  "
+                f"skipped {self.skipped}")
+        self.progress.update(self.task, advance=images, info=info)

@@ -45,6 +45,7 @@ def rounds(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Pseudo-label retraining rounds; resumable at round and stage granularity."""
+    from posemum_deploy.cli.progress import RichLabelProgress, RichTrainCallbacks
     from posemum_deploy.rounds import RoundsConfig, run_rounds
     from posemum_deploy.training.config import TrainConfig
     from posemum_deploy.training.presets import apply_preset
@@ -65,7 +66,10 @@ def rounds(
                        min_joints=min_joints, label_flip=label_flip,
                        labeled_repeat=labeled_repeat, retrain_max_steps=retrain_max_steps,
                        train=tcfg)
-    show_rounds(run_rounds(cfg, on_round=_announce), out)
+    with RichTrainCallbacks() as callbacks:  # one display: each training and labeling bar
+        records = run_rounds(cfg, on_round=_announce, train_callbacks=callbacks,
+                             label_progress=RichLabelProgress(callbacks.progress))
+    show_rounds(records, out)
 
 
 def _announce(record) -> None:

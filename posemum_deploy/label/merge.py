@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 import numpy as np
 
@@ -109,8 +109,10 @@ def _write_json(path: Path, value: "dict[str, Any] | _JsonArrayFile") -> None:
 
 
 def merge_labels(out_dir: str | Path, pseudo_out: str | Path, flt: MergeFilter | None = None,
-                 results_out: str | Path | None = None) -> MergeStats:
-    """Write the COCO pseudo-label file (and optionally a results list); returns counts."""
+                 results_out: str | Path | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> MergeStats:
+    """Write the COCO pseudo-label file (and optionally a results list); returns counts.
+    `progress(records_read, records_total)` is called every 1,000 records and at the end."""
     flt = flt or MergeFilter()
     manifest = load_manifest(out_dir)
     if not manifest.get("complete"):
@@ -124,7 +126,10 @@ def merge_labels(out_dir: str | Path, pseudo_out: str | Path, flt: MergeFilter |
     with tempfile.TemporaryDirectory(dir=pseudo_out.parent, prefix=".merge-") as tmp:
         images, anns = _JsonArrayFile(Path(tmp) / "images"), _JsonArrayFile(Path(tmp) / "anns")
         results = _JsonArrayFile(Path(tmp) / "results") if results_out is not None else None
-        for position, record in iter_indexed(out_dir):
+        total = sum(entry["images"] for entry in manifest["shards"].values())
+        for read, (position, record) in enumerate(iter_indexed(out_dir), 1):
+            if progress and read % 1000 == 0:
+                progress(read, total)
             if "error" in record:
                 continue
             image_id = position + 1
@@ -137,6 +142,8 @@ def merge_labels(out_dir: str | Path, pseudo_out: str | Path, flt: MergeFilter |
                     anns.add(ann)
                 if results is not None and person["score"] >= flt.min_instance_score:
                     results.add(_result(person, image_id))
+        if progress:
+            progress(total, total)
         stats.images, stats.annotations = images.count, anns.count
         _write_json(pseudo_out, {"info": {"description": "posemum pseudo-labels",
                                           "model": manifest["model"], "filter": vars(flt)},

@@ -96,3 +96,10 @@ def test_merge_that_keeps_nobody_writes_empty_arrays(tmp_path: Path) -> None:
     assert stats.annotations == 0 and coco["annotations"] == [] and len(coco["images"]) == 2
     assert json.loads(results.read_text()) == [] and stats.results == 0
     assert not list(tmp_path.glob(".merge-*"))  # temp parts removed
+
+
+def test_merge_reports_progress_over_every_record(tmp_path: Path) -> None:
+    out = _store(tmp_path)
+    seen: list[tuple[int, int]] = []
+    merge_labels(out, tmp_path / "p.json", progress=lambda read, total: seen.append((read, total)))
+    assert seen == [(3, 3)]  # 3 records (one an error) in 2 shards: only the final call
