@@ -108,7 +108,8 @@ def run_demo(cfg: DemoConfig, callbacks: TrainCallbacks | None = None) -> DemoRe
                       time.perf_counter() - start)
 
 
-def run_demo_rounds(cfg: DemoConfig, result: DemoResult, n_rounds: int, on_round=None):
+def run_demo_rounds(cfg: DemoConfig, result: DemoResult, n_rounds: int, on_round=None,
+                    train_callbacks=None, label_progress=None):
     """Pseudo-label a fresh synthetic folder (boxes from its json, labels ignored) with the
     demo's model and retrain for `n_rounds` rounds; returns the round records."""
     from posemum_deploy.rounds import RoundsConfig, run_rounds
@@ -126,4 +127,5 @@ def run_demo_rounds(cfg: DemoConfig, result: DemoResult, n_rounds: int, on_round
                         boxes=f"gt:{unlabeled_ann}", backend="auto",
                         initial_checkpoint=str(result.run_dir / "checkpoints" / "best.pt"),
                         train=tcfg)
-    return run_rounds(rcfg, on_round=on_round)
+    return run_rounds(rcfg, on_round=on_round, train_callbacks=train_callbacks,
+                      label_progress=label_progress)

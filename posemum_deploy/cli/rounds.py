@@ -96,7 +96,12 @@ def show_rounds(records, out: Path) -> None:
 
 def demo_rounds(demo_cfg, demo_result, n_rounds: int) -> None:
     """`posemum demo --rounds N`: pseudo-label a fresh synthetic folder and retrain."""
+    from posemum_deploy.cli.progress import RichLabelProgress, RichTrainCallbacks
     from posemum_deploy.demo import run_demo_rounds
 
     out = Path(demo_cfg.out) / "rounds"
-    show_rounds(run_demo_rounds(demo_cfg, demo_result, n_rounds, on_round=_announce), out)
+    with RichTrainCallbacks() as callbacks:
+        records = run_demo_rounds(demo_cfg, demo_result, n_rounds, on_round=_announce,
+                                  train_callbacks=callbacks,
+                                  label_progress=RichLabelProgress(callbacks.progress))
+    show_rounds(records, out)
