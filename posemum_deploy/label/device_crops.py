@@ -24,14 +24,14 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from posemum_deploy.data.images import check_image_bytes, decode_image, read_image_bytes
+from posemum_deploy.data.images import check_image_bytes, read_image_bytes
 from posemum_deploy.data.transforms import normalize_batch
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.export.metadata import ModelMetadata
 from posemum_deploy.inference.gpu_crops import warp_crops_batched
 from posemum_deploy.inference.pipeline import CropBatch, crop_frames
 from posemum_deploy.label.boxes import SIZE_ONLY_KINDS, BoxSource, sized_boxes
-from posemum_deploy.label.jpeg_decoders import JpegDecoder, make_jpeg_decoder
+from posemum_deploy.label.jpeg_decoders import JpegDecoder, decode_files, make_jpeg_decoder
 from posemum_deploy.label.shard import Prepared, StageTimes, prefetch
 
 log = logging.getLogger(__name__)
@@ -92,22 +92,9 @@ class DeviceCropper:
         return self._local.stream
 
     def decode(self, chunk: list[tuple[str, bytes]]) -> list[torch.Tensor | str]:
-        """uint8 [3, H, W] device tensors (or error text): JPEGs by the device decoder in
-        one call, anything it cannot decode (PNG, CMYK JPEG, ...) by cv2 and uploaded."""
-        out: list[torch.Tensor | str | None] = [None] * len(chunk)
-        jpeg = [i for i, (_, data) in enumerate(chunk) if data[:2] == b"\xff\xd8"]
-        if jpeg:
-            for i, image in zip(jpeg, self.jpeg([chunk[i][1] for i in jpeg])):
-                out[i] = image
-        for i, (rel, data) in enumerate(chunk):
-            if out[i] is None:  # not a JPEG, or one the device decoder refused
-                try:
-                    image = decode_image(data, self.root / rel)
-                    out[i] = torch.from_numpy(image).permute(2, 0, 1).to(self.device)
-                except (OSError, ValueError) as e:
-                    log.warning("skipped %s: %s", rel, e)
-                    out[i] = str(e)
-        return out  # type: ignore[return-value]
+        """uint8 [3, H, W] device tensors (or error text) for (rel, bytes) files."""
+        return decode_files([(self.root / rel, data) for rel, data in chunk], self.jpeg,
+                            self.device)
 
     def prepare(self, chunk: list[tuple[int, tuple[str, bytes | str]]]
                 ) -> list[tuple[int, Prepared]]:

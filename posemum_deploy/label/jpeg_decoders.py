@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from posemum_deploy.data.images import jpeg_exif_orientation, orient_chw
+from posemum_deploy.data.images import decode_image, jpeg_exif_orientation, orient_chw
 from posemum_deploy.errors import BackendUnavailableError, ConfigError, import_optional
 
 if TYPE_CHECKING:  # torch loads with the decoders, not with the runner that names them
@@ -71,6 +72,29 @@ def check_jpeg_decoder(name: str, device: torch.device | None = None) -> None:
     if not torch.cuda.is_available():
         raise ConfigError("--jpeg-decoder nvimgcodec decodes on a GPU and this machine has "
                           "none visible; use --jpeg-decoder torchvision")
+
+
+def decode_files(files: list[tuple[Path, bytes]], jpeg: JpegDecoder, device: torch.device
+                 ) -> list[torch.Tensor | str]:
+    """uint8 [3, H, W] images on `device` (or the error text) for (path, bytes) files: the
+    JPEGs by `jpeg` in one call, anything it cannot decode (PNG, CMYK JPEG, ...) by cv2
+    and uploaded. The path only names a file in messages."""
+    import torch
+
+    out: list[torch.Tensor | str | None] = [None] * len(files)
+    jpegs = [i for i, (_, data) in enumerate(files) if data[:2] == b"\xff\xd8"]
+    if jpegs:
+        for i, image in zip(jpegs, jpeg([files[i][1] for i in jpegs])):
+            out[i] = image
+    for i, (path, data) in enumerate(files):
+        if out[i] is None:  # not a JPEG, or one the device decoder refused
+            try:
+                image = decode_image(data, path)
+                out[i] = torch.from_numpy(image).permute(2, 0, 1).to(device)
+            except (OSError, ValueError) as e:
+                log.warning("skipped %s: %s", path, e)
+                out[i] = str(e)
+    return out  # type: ignore[return-value]
 
 
 def make_jpeg_decoder(name: str, device: torch.device, threads: int = 4) -> JpegDecoder:
