@@ -318,18 +318,25 @@ def time_steps(steps: dict, batch: dict, device: torch.device, n: int) -> dict[s
             for p in steps}
 
 
-def loader_crops_per_s(ann: Path, batches: int) -> float:
-    """Crops/s the labeled training loader (cv2 decode + affine + heatmaps) delivers."""
+def loader_crops_per_s(ann: Path, batches: int, decode: str = "host",
+                       device: torch.device | None = None) -> float:
+    """Crops/s the labeled training loader delivers: `host`, workers decode and crop
+    (cv2 decode + affine + heatmaps); `device`, workers read bytes and make targets and
+    the GPU decodes and crops each batch (`data.decode: device`), synced at the end."""
     from torch.utils.data import DataLoader
 
     from posemum_deploy.data.codec import HeatmapCodec
     from posemum_deploy.data.datasets import TopDownDataset, load_instances
     from posemum_deploy.data.transforms import AffineAugment
+    from posemum_deploy.training.device_batches import (batch_crops, encoded_items,
+                                                        loader_collate)
 
     ds = TopDownDataset(load_instances(ann, ann.parent / "images"),
-                        HeatmapCodec((256, 192), (64, 48)), AffineAugment())
+                        HeatmapCodec((256, 192), (64, 48)), AffineAugment(),
+                        encoded=encoded_items(decode))
     loader = DataLoader(ds, batch_size=32, shuffle=True, num_workers=os.cpu_count(),
-                        drop_last=True, persistent_workers=True)
+                        drop_last=True, persistent_workers=True, collate_fn=loader_collate(decode))
+    crops = batch_crops(decode, device or torch.device("cpu"), (256, 192))
     it = iter(loader)
     next(it)
     t0, n = time.perf_counter(), 0
@@ -339,7 +346,11 @@ def loader_crops_per_s(ann: Path, batches: int) -> float:
         except StopIteration:  # small sets: start another epoch
             it = iter(loader)
             batch = next(it)
+        if crops is not None:
+            batch = crops(batch)
         n += len(batch["image"])
+    if device is not None:
+        sync(device)
     return n / (time.perf_counter() - t0)
 
 
@@ -370,11 +381,18 @@ def training_rows(ann: Path, device: torch.device, args) -> list[dict]:
                  {"what": f"{preset} kernels / step", "value": kernels}]
     plus, plain_ms = timed["pose-mum-plus"][1], timed["eman"][1]
     loader_rate = loader_crops_per_s(ann, args.loader_batches)
+    device_rate = loader_crops_per_s(ann, args.loader_batches, "device", device) \
+        if device.type == "cuda" else None
     need = 64 / (plus / 1e3)  # labeled + unlabeled crops per step
-    return rows + [{"what": "pose-mum-plus / plain (back to back)", "value": plus / plain_ms},
-                   {"what": "crops a pose-mum-plus step consumes /s", "value": need},
-                   {"what": f"loader crops/s ({os.cpu_count()} workers)", "value": loader_rate},
-                   {"what": "loader / step need", "value": loader_rate / need}]
+    rows += [{"what": "pose-mum-plus / plain (back to back)", "value": plus / plain_ms},
+             {"what": "crops a pose-mum-plus step consumes /s", "value": need},
+             {"what": f"loader crops/s ({os.cpu_count()} workers)", "value": loader_rate},
+             {"what": "loader / step need", "value": loader_rate / need}]
+    if device_rate is not None:
+        rows += [{"what": f"loader crops/s, --decode device ({os.cpu_count()} workers)",
+                  "value": device_rate},
+                 {"what": "loader (--decode device) / step need", "value": device_rate / need}]
+    return rows
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ if [[ $sections == *tests* ]]; then
     tests/benchmarks/test_ssl_benchmarks.py tests/data/test_device.py \
     tests/inference/test_fast_torch.py tests/training/test_ssl_train.py \
     tests/training/test_optimizer.py tests/data/test_strong.py \
+    tests/training/test_device_batches.py \
     > "$out/gpu_tests.txt" 2>&1
   tail -25 "$out/gpu_tests.txt"
 fi

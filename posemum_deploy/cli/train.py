@@ -44,6 +44,9 @@ def train(
     steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch"),
     decay: Optional[float] = typer.Option(None, "--decay", help="teacher EMA/EMAN decay"),
     workers: Optional[int] = typer.Option(None, "--workers", help="data loader processes"),
+    decode: Optional[str] = typer.Option(
+        None, "--decode", help="host: loader workers decode and crop | device: workers read "
+        "bytes, the GPU decodes (nvjpeg) and crops", show_default="host"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16"),
     seed: Optional[int] = typer.Option(None, "--seed"),
@@ -67,6 +70,7 @@ def train(
         ("data", "labeled"): labeled, ("data", "images"): images,
         ("data", "val_ann"): val_ann, ("data", "val_images"): val_images,
         ("data", "labeled_count"): labeled_count, ("data", "workers"): workers,
+        ("data", "decode"): decode,
         ("data", "input_hw"): parse_hw(input_size) if input_size else None,
         ("ssl", "unlabeled"): unlabeled, ("ssl", "unlabeled_images"): unlabeled_images,
         ("ssl", "decay"): decay, ("ssl", "unlabeled_boxes"): unlabeled_boxes,

@@ -17,9 +17,10 @@ from torch.utils.data import Dataset
 from posemum_deploy.data.codec import HeatmapCodec
 from posemum_deploy.data.coco import flip_permutation, load_coco_keypoints
 from posemum_deploy.data.boxes import _clean_box
-from posemum_deploy.data.images import IMAGE_SUFFIXES, read_image
+from posemum_deploy.data.images import (IMAGE_SUFFIXES, check_image_bytes, read_image,
+                                        read_image_bytes)
 from posemum_deploy.data.transforms import (AffineAugment, affine_matrices, box_to_center_scale,
-                                            flip_matrices, transform_points)
+                                            flip_matrices, invert_affine, transform_points)
 from posemum_deploy.errors import AnnotationError, ImageError
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,9 @@ class TopDownDataset(Dataset):
     """Affine crops of person instances, with heatmap targets when keypoints exist.
 
     Items: `image` uint8 [3, H, W], `target` [K, h, w], `target_weight` [K], `index`,
-    `unreadable` (the requested instance when its image could not be read, else -1).
+    `unreadable` (the requested instance when its image could not be read, else -1);
+    with `encoded`, `file`, `encoded` (its bytes) and `inverse` (crop → image) replace
+    `image`.
     Normalisation happens on the device, on the whole batch (4× less to copy).
     A bad image is logged and replaced by the next instance; `UnreadableImages` collects
     the `unreadable` fields in the main process for the end-of-run report.
@@ -97,7 +100,8 @@ class TopDownDataset(Dataset):
 
     def __init__(self, instances: list[PersonInstance], codec: HeatmapCodec,
                  augment: AffineAugment | None = None, seed: int = 0,
-                 with_targets: bool = True, cache_images: bool = False) -> None:
+                 with_targets: bool = True, cache_images: bool = False,
+                 encoded: bool = False) -> None:
         self.instances = instances
         self.codec = codec
         self.augment = augment
@@ -110,7 +114,11 @@ class TopDownDataset(Dataset):
         self.skipped: set[int] = set()
         # Decoded images kept in memory (small datasets on few cores: decode once, not
         # once per epoch). Each DataLoader worker holds its own cache.
-        self.cache: dict[Path, np.ndarray] | None = {} if cache_images else None
+        self.cache: dict[Path, Any] | None = {} if cache_images else None
+        # Items carry the file's bytes and the crop → image affine instead of the crop
+        # (`encoded`): the crops are cut on the GPU (training/device_batches.py), and a
+        # worker's cost per crop drops from a full-image decode to a file read.
+        self.encoded = encoded
 
     def __len__(self) -> int:
         return len(self.instances)
@@ -133,14 +141,16 @@ class TopDownDataset(Dataset):
             return item
         raise ImageError("no readable image in the dataset; check --images")
 
-    def _read(self, path: Path) -> np.ndarray:
+    def _read(self, path: Path) -> Any:
+        """The decoded image, or with `encoded` its checked bytes (ImageError if bad)."""
+        read = read_checked_bytes if self.encoded else read_image
         if self.cache is None:
-            return read_image(path)
+            return read(path)
         if path not in self.cache:
-            self.cache[path] = read_image(path)
+            self.cache[path] = read(path)
         return self.cache[path]
 
-    def _make_item(self, index: int, image: np.ndarray) -> dict[str, Any]:
+    def _make_item(self, index: int, image: Any) -> dict[str, Any]:
         inst = self.instances[index]
         h, w = self.codec.input_hw
         center, scale = box_to_center_scale(np.array([inst.box]), w / h)
@@ -152,12 +162,17 @@ class TopDownDataset(Dataset):
         mat = affine_matrices(center, scale, rot, (h, w))
         if flip[0]:
             mat = flip_matrices(mat, w)
-        import cv2
+        item: dict[str, Any] = {"index": index}
+        if self.encoded:
+            item["file"] = str(inst.image_path)
+            item["encoded"] = torch.from_numpy(np.frombuffer(image, dtype=np.uint8).copy())
+            item["inverse"] = torch.from_numpy(invert_affine(mat)[0].astype(np.float32))
+        else:
+            import cv2
 
-        crop = cv2.warpAffine(image, mat[0], (w, h), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        item: dict[str, Any] = {"image": torch.from_numpy(crop).permute(2, 0, 1).contiguous(),
-                                "index": index}
+            crop = cv2.warpAffine(image, mat[0], (w, h), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            item["image"] = torch.from_numpy(crop).permute(2, 0, 1).contiguous()
         if self.with_targets:
             kps = inst.keypoints if inst.keypoints is not None else np.zeros((self.num_joints, 3))
             xy = transform_points(kps[None, :, :2].astype(np.float64), mat)[0]
@@ -168,6 +183,13 @@ class TopDownDataset(Dataset):
             item["target"] = torch.from_numpy(heatmaps[0])
             item["target_weight"] = torch.from_numpy(weights[0])
         return item
+
+
+def read_checked_bytes(path: Path) -> bytes:
+    """A file's bytes, refused (ImageError) when empty or a truncated JPEG."""
+    data = read_image_bytes(path)
+    check_image_bytes(data, path)
+    return data
 
 
 class UnreadableImages:

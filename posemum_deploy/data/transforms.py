@@ -96,6 +96,12 @@ class AffineAugment:
         return s, r, f
 
 
+def invert_affine(matrices: np.ndarray) -> np.ndarray:
+    """Inverse 2×3 affines [N, 2, 3]: crop → image for image → crop, or back."""
+    linear = np.linalg.inv(matrices[:, :, :2])
+    return np.concatenate([linear, -linear @ matrices[:, :, 2:]], axis=2)
+
+
 def flip_matrices(matrices: np.ndarray, output_w: int) -> np.ndarray:
     """Compose image → crop affines with a horizontal mirror of the crop (x → W−1−x)."""
     out = matrices.copy()

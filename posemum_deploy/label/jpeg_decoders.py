@@ -74,7 +74,7 @@ def check_jpeg_decoder(name: str, device: torch.device | None = None) -> None:
                           "none visible; use --jpeg-decoder torchvision")
 
 
-def decode_files(files: list[tuple[Path, bytes]], jpeg: JpegDecoder, device: torch.device
+def decode_files(files: list[tuple[str | Path, bytes]], jpeg: JpegDecoder, device: torch.device
                  ) -> list[torch.Tensor | str]:
     """uint8 [3, H, W] images on `device` (or the error text) for (path, bytes) files: the
     JPEGs by `jpeg` in one call, anything it cannot decode (PNG, CMYK JPEG, ...) by cv2

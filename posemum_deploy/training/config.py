@@ -24,6 +24,7 @@ class DataConfig:
     sigma: float = 2.0
     workers: int = 1
     cache_images: bool = False        # keep decoded images in memory (small sets)
+    decode: str = "host"              # host: workers decode and crop | device: on the GPU
     scale_factor: float = 0.25        # "Affine" augmentation (SimpleBaseline recipe)
     rotation_factor: float = 30.0
 

@@ -31,6 +31,7 @@ from posemum_deploy.models.cuda_graph import GraphedForward
 from posemum_deploy.models.simple_baseline import build_model
 from posemum_deploy.training import distributed as ddp
 from posemum_deploy.training.config import TrainConfig
+from posemum_deploy.training.device_batches import batch_crops, encoded_items, loader_collate
 from posemum_deploy.training.losses import joints_mse_loss
 from posemum_deploy.training.mum import MixHook, PoseMumMixer, check_group
 from posemum_deploy.training.optimizer import load_adam_state, make_adam
@@ -43,8 +44,8 @@ log = logging.getLogger(__name__)
 class UnlabeledStream:
     """Endless unlabeled batches, reshuffled per (seed, epoch, pass) and per rank."""
 
-    def __init__(self, loader: DataLoader, seed: int) -> None:
-        self.loader, self.seed = loader, seed
+    def __init__(self, loader: DataLoader, seed: int, crops: Any = None) -> None:
+        self.loader, self.seed, self.crops = loader, seed, crops  # crops: decode on device
         self.unreadable = UnreadableImages(loader.dataset)
         self.epoch, self.passes = 0, 0
         self._it: Iterator[dict[str, Any]] | None = None
@@ -69,11 +70,14 @@ class UnlabeledStream:
             except StopIteration:
                 self._it = None
                 continue
+            if self.crops is not None:
+                batch = self.crops(batch)
             self.unreadable.note(batch)
             return batch
 
 
-def make_unlabeled_stream(cfg: TrainConfig, codec: HeatmapCodec, env: ddp.DistEnv) -> UnlabeledStream:
+def make_unlabeled_stream(cfg: TrainConfig, codec: HeatmapCodec, env: ddp.DistEnv,
+                          device: torch.device = torch.device("cpu")) -> UnlabeledStream:
     ssl = cfg.ssl
     if not ssl.unlabeled:
         raise ConfigError(f"preset {cfg.preset!r} is semi-supervised: pass --unlabeled (a COCO "
@@ -82,15 +86,17 @@ def make_unlabeled_stream(cfg: TrainConfig, codec: HeatmapCodec, env: ddp.DistEn
     check_images_found(instances, None if Path(ssl.unlabeled).is_dir() else ssl.unlabeled_images,
                        ssl.unlabeled)
     dataset = TopDownDataset(instances, codec, AffineAugment(), seed=cfg.runtime.seed + 1,
-                             with_targets=False)
+                             with_targets=False, encoded=encoded_items(cfg.data.decode))
     per_rank = len(dataset) // max(env.world_size, 1)
     if per_rank < ssl.unlabeled_batch_size:
         raise ConfigError(f"{ssl.unlabeled}: {len(dataset)} unlabeled crops is fewer than the "
                           f"unlabeled batch size {ssl.unlabeled_batch_size} per process")
     loader = DataLoader(dataset, batch_size=ssl.unlabeled_batch_size, drop_last=True,
                         sampler=ddp.make_sampler(dataset, env, cfg.runtime.seed + 7919),
-                        num_workers=cfg.data.workers, pin_memory=torch.cuda.is_available())
-    return UnlabeledStream(loader, cfg.runtime.seed)
+                        num_workers=cfg.data.workers, pin_memory=torch.cuda.is_available(),
+                        collate_fn=loader_collate(cfg.data.decode))
+    return UnlabeledStream(loader, cfg.runtime.seed,
+                           batch_crops(cfg.data.decode, device, tuple(cfg.data.input_hw)))
 
 
 class DualPartner(nn.Module):
@@ -249,7 +255,7 @@ def build_ssl_step(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Op
     codec = HeatmapCodec(tuple(cfg.data.input_hw), cfg.data.heatmap_hw, cfg.data.sigma)
     if cfg.ssl.mum or cfg.ssl.feature_mum:
         _mixer(cfg)  # fail on a bad tile grid before loading any data
-    stream = make_unlabeled_stream(cfg, codec, env)
+    stream = make_unlabeled_stream(cfg, codec, env, device)
     if cfg.ssl.teacher == "dual":
         partner = _dual_partner(cfg, model, device, env)
         return SemiSupervisedStep(cfg, model, optimizer, device, amp, partner, stream, env)

@@ -25,6 +25,7 @@ from posemum_deploy.inference.torch_backend import resolve_device
 from posemum_deploy.models.simple_baseline import build_model
 from posemum_deploy.training import distributed as ddp
 from posemum_deploy.training.config import TrainConfig
+from posemum_deploy.training.device_batches import batch_crops, encoded_items, loader_collate
 from posemum_deploy.training.losses import joints_mse_loss
 from posemum_deploy.training.optimizer import load_adam_state, make_adam
 from posemum_deploy.training.run_files import (UNREADABLE_NAME, MetricsLog, record_unreadable,
@@ -82,13 +83,15 @@ def make_labeled_loader(cfg: TrainConfig, codec: HeatmapCodec,
     check_images_found(instances, cfg.data.images, cfg.data.labeled)
     augment = AffineAugment(cfg.data.scale_factor, cfg.data.rotation_factor)
     dataset = TopDownDataset(instances, codec, augment, seed=cfg.runtime.seed,
-                             cache_images=cfg.data.cache_images)
+                             cache_images=cfg.data.cache_images,
+                             encoded=encoded_items(cfg.data.decode))
     if len(dataset) // env.world_size < cfg.optim.batch_size:
         raise ConfigError(f"{cfg.data.labeled}: {len(dataset)} labeled instances is fewer than "
                           f"the batch size {cfg.optim.batch_size} per process; lower --batch-size")
     sampler = ddp.make_sampler(dataset, env, cfg.runtime.seed)
     return DataLoader(dataset, batch_size=cfg.optim.batch_size, sampler=sampler, drop_last=True,
-                      num_workers=cfg.data.workers, pin_memory=torch.cuda.is_available())
+                      num_workers=cfg.data.workers, pin_memory=torch.cuda.is_available(),
+                      collate_fn=loader_collate(cfg.data.decode))
 
 
 def labeled_batches(loader: DataLoader, steps: int, seed: int, epoch: int):
@@ -237,6 +240,7 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
     if callbacks:
         callbacks.on_start(total, step)
 
+    crops = batch_crops(cfg.data.decode, device, tuple(cfg.data.input_hw))  # decode: device
     unreadable = [UnreadableImages(loader.dataset)]
     if getattr(step_fn, "stream", None) is not None:
         unreadable.append(step_fn.stream.unreadable)
@@ -251,6 +255,8 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
         for batch in labeled_batches(loader, steps_per_epoch, cfg.runtime.seed, epoch):
             if step >= total:
                 break
+            if crops is not None:
+                batch = crops(batch)
             unreadable[0].note(batch)
             losses = step_fn(batch)
             step += 1
