@@ -9,6 +9,11 @@ in one nvjpeg call (other formats by cv2, uploaded) and cuts every crop with one
 host path's `cv2.warpAffine`; the pixels differ by interpolation rounding only (float
 crops, no uint8 round trip).
 
+The decode runs in the training thread and torchvision's nvjpeg stream syncs with the
+default stream the step runs on: it adds to the step instead of overlapping it, so it
+pays only where the workers cannot keep up (not yet timed on a GPU; gpu_bench's training
+section prints this loader's rate).
+
 A file the worker's byte check passed but no decoder can read (rare: not an image at
 all) becomes a black crop whose targets weigh 0, and is reported like any unreadable
 image (its `unreadable` entry).
