@@ -138,6 +138,42 @@ def run_identity(model_path: Path, files: list[str], settings: LabelSettings,
             "images": {"count": len(files), "sha256": listing, "shard_size": settings.shard_size}}
 
 
+def check_run_options(settings: LabelSettings, backend: str | Backend, engine: str,
+                      processes: int, gpus: list[str] | None) -> None:
+    """Refuse option combinations that cannot work, before any file is read."""
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine {engine!r}: choose {' or '.join(ENGINES)}")
+    if settings.decode not in DECODERS:
+        raise ConfigError(f"--decode {settings.decode!r}: choose {' or '.join(DECODERS)}")
+    if processes < 1 or (processes > 1 and (engine != "local" or not isinstance(backend, str))):
+        raise ConfigError("--processes N (N > 1) runs the local engine with a backend name, "
+                          "each process loading its own model")
+    if gpus and processes == 1:
+        raise ConfigError(f"--gpus {','.join(gpus)} spreads --processes N labelers over "
+                          "GPUs; pass --processes (e.g. one or two per GPU), or for one "
+                          "process choose its GPU with CUDA_VISIBLE_DEVICES")
+    check_jpeg_decoder(settings.jpeg_decoder)
+    if settings.decode == "device":
+        from posemum_deploy.label.device_crops import check_box_spec
+
+        check_box_spec(settings.boxes)
+
+
+def checked_inputs(model: Path, root: Path, backend: str | Backend) -> list[str]:
+    """The image list (relative paths, sorted), once the model file exists, the named
+    backend opens its type and the folder holds images: all before `--out` is made."""
+    if not model.is_file():
+        raise ArtifactError(f"{model}: model file not found; pass a checkpoint, ONNX file, "
+                            "OpenVINO model or TensorRT engine (see `posemum export`)")
+    if isinstance(backend, str) and backend != "auto":
+        check_backend_opens(backend, model)
+    files = [p.relative_to(root).as_posix() for p in list_images(root)]
+    if not files:
+        raise ImageError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under "
+                         "this folder or its subfolders; nothing to label")
+    return files
+
+
 def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
                  settings: LabelSettings | None = None, *, backend: str | Backend = "auto",
                  batch_size: int = 64, workers: int | None = None, resume: bool = False,
@@ -155,32 +191,9 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
     GPU); the output does not depend on either.
     """
     settings = settings or LabelSettings()
-    if engine not in ENGINES:
-        raise ConfigError(f"--engine {engine!r}: choose {' or '.join(ENGINES)}")
-    if settings.decode not in DECODERS:
-        raise ConfigError(f"--decode {settings.decode!r}: choose {' or '.join(DECODERS)}")
-    if processes < 1 or (processes > 1 and (engine != "local" or not isinstance(backend, str))):
-        raise ConfigError("--processes N (N > 1) runs the local engine with a backend name, "
-                          "each process loading its own model")
-    if gpus and processes == 1:
-        raise ConfigError(f"--gpus {','.join(gpus)} spreads --processes N labelers over "
-                          "GPUs; pass --processes (e.g. one or two per GPU), or for one "
-                          "process choose its GPU with CUDA_VISIBLE_DEVICES")
+    check_run_options(settings, backend, engine, processes, gpus)
     root, model = Path(images_dir), Path(model)
-    if not model.is_file():
-        raise ArtifactError(f"{model}: model file not found; pass a checkpoint, ONNX file, "
-                            "OpenVINO model or TensorRT engine (see `posemum export`)")
-    if isinstance(backend, str) and backend != "auto":
-        check_backend_opens(backend, model)
-    files = [p.relative_to(root).as_posix() for p in list_images(root)]
-    if not files:  # checked before the output folder is made
-        raise ImageError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under "
-                         "this folder or its subfolders; nothing to label")
-    check_jpeg_decoder(settings.jpeg_decoder)
-    if settings.decode == "device":
-        from posemum_deploy.label.device_crops import check_box_spec
-
-        check_box_spec(settings.boxes)
+    files = checked_inputs(model, root, backend)
     boxes = parse_box_source(settings.boxes, settings.box_score_threshold,
                              settings.max_people, settings.boxes_ann)
     # Checked before the model loads, so a refused resume fails in a second.
