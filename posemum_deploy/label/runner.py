@@ -148,6 +148,9 @@ def check_run_options(settings: LabelSettings, backend: str | Backend, engine: s
     if processes < 1 or (processes > 1 and (engine != "local" or not isinstance(backend, str))):
         raise ConfigError("--processes N (N > 1) runs the local engine with a backend name, "
                           "each process loading its own model")
+    if gpus and engine == "ray":
+        raise ConfigError("--gpus is for the local engine's --processes; Ray gives each of "
+                          "its actors a GPU itself (--ray-actors)")
     if gpus and processes == 1:
         raise ConfigError(f"--gpus {','.join(gpus)} spreads --processes N labelers over "
                           "GPUs; pass --processes (e.g. one or two per GPU), or for one "

@@ -333,3 +333,5 @@ def test_labelers_are_spread_over_gpus_round_robin(tmp_path: Path, tiny_model: P
             {p.name: p.read_bytes() for p in (tmp_path / "two").glob("shard-*")})
     with pytest.raises(ConfigError, match="--gpus 0,1 spreads --processes"):
         label_folder(tiny_model, tmp_path / "images", tmp_path / "x", gpus=["0", "1"])
+    with pytest.raises(ConfigError, match="Ray gives each of its actors a GPU"):
+        label_folder(tiny_model, tmp_path / "images", tmp_path / "x", gpus=["0"], engine="ray")
