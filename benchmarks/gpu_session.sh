@@ -7,8 +7,10 @@
 # (pycocotools for gpu_bench's evaluation; nvidia-nvimgcodec-cu13 and nvidia-nvjpeg for
 # --jpeg-decoder nvimgcodec), installed with --no-index into /tmp/site. ../shared/data
 # must exist (tests read the COCO sample there). SECTIONS (default "tests,labeling") may
-# add "training". Writes gpu_tests.txt, gpu_label.* (and gpu_train.*) to OUT_DIR; sized
-# for at most 9.5 minutes (a call's limit is 10).
+# add "training" and "mps" (8 labelers under a private CUDA MPS daemon, if the machine has
+# nvidia-cuda-mps-control: do several labelers time-slice the GPU without it?). Writes
+# gpu_tests.txt, gpu_label.* (gpu_train.*, gpu_mps.*) to OUT_DIR; the default sections are
+# sized for at most 9.5 minutes (a call's limit is 10): add a section by dropping another.
 set -u
 out=${1:?usage: gpu_session.sh OUT_DIR [WHEELS_DIR] [SECTIONS]}
 sections=${3:-tests,labeling}
@@ -54,4 +56,19 @@ if [[ $sections == *labeling* ]]; then
     --no-label-host --sections labeling --reps 10 \
     --json-out "$out/gpu_label.json" 2>&1 | grep -v Warning | tee "$out/gpu_label.txt"
   kill $watcher 2>/dev/null
+fi
+if [[ $sections == *mps* ]]; then
+  if command -v nvidia-cuda-mps-control >/dev/null; then
+    # A private daemon (its own pipe/log folders); the GPU's compute mode is left as is.
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
+    mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
+    nvidia-cuda-mps-control -d && echo "MPS daemon started" | tee "$out/gpu_mps.txt"
+    timeout 150 python3 benchmarks/gpu_bench.py --images 2000 --label-repeat 20 \
+      --label-runs 8:device --label-jpeg torchvision --no-label-host --sections labeling \
+      --reps 10 --json-out "$out/gpu_mps.json" 2>&1 | grep -v Warning | tee -a "$out/gpu_mps.txt"
+    echo quit | nvidia-cuda-mps-control
+    tail -20 $CUDA_MPS_LOG_DIRECTORY/control.log >> "$out/gpu_mps.txt" 2>/dev/null
+  else
+    echo "no nvidia-cuda-mps-control on this machine: mps section skipped" | tee "$out/gpu_mps.txt"
+  fi
 fi
