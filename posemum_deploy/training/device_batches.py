@@ -20,7 +20,6 @@ image (its `unreadable` entry).
 """
 from __future__ import annotations
 
-import logging
 from typing import Any, Callable
 
 import numpy as np
@@ -31,7 +30,6 @@ from posemum_deploy.errors import ConfigError
 from posemum_deploy.inference.gpu_crops import warp_crops_batched
 from posemum_deploy.label.jpeg_decoders import decode_files, make_jpeg_decoder
 
-log = logging.getLogger(__name__)
 DECODES = ("host", "device")
 
 
