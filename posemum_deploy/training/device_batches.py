@@ -20,6 +20,7 @@ image (its `unreadable` entry).
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 import numpy as np
@@ -30,6 +31,7 @@ from posemum_deploy.errors import ConfigError
 from posemum_deploy.inference.gpu_crops import warp_crops_batched
 from posemum_deploy.label.jpeg_decoders import decode_files, make_jpeg_decoder
 
+log = logging.getLogger(__name__)
 DECODES = ("host", "device")
 
 
@@ -48,7 +50,12 @@ def loader_collate(decode: str) -> Callable[[list[dict[str, Any]]], dict[str, An
 def batch_crops(decode: str, device: torch.device, input_hw: tuple[int, int]
                 ) -> DeviceCropBatches | None:
     """What turns a loader batch into crops on `device` (None: the workers made them)."""
-    return DeviceCropBatches(device, input_hw) if encoded_items(decode) else None
+    if not encoded_items(decode):
+        return None
+    if device.type == "cpu":
+        log.warning("--decode device on the CPU decodes every image in the training process, "
+                    "slower than loader workers; it is meant for GPUs")
+    return DeviceCropBatches(device, input_hw)
 
 
 def collate_encoded(items: list[dict[str, Any]]) -> dict[str, Any]:
