@@ -50,17 +50,19 @@ def draw_persons(image: np.ndarray, persons: list[dict[str, Any]],
 
 def visualize_run(out_dir: str | Path, images_dir: str | Path, vis_dir: str | Path,
                   n: int = 20, min_joint_score: float = 0.2) -> list[Path]:
-    """Draw `n` evenly spaced images with people; returns the written files."""
-    with_people = [r for r in iter_records(out_dir) if r["persons"]]
-    if not with_people:
+    """Draw `n` evenly spaced images with people; returns the written files. Two passes
+    over the shards, holding only the drawn records (a million-image run would not fit)."""
+    count = sum(1 for r in iter_records(out_dir) if r["persons"])
+    if not count:
         log.warning("%s: no labeled people to draw", out_dir)
         return []
-    picks = np.unique(np.linspace(0, len(with_people) - 1, min(n, len(with_people))).astype(int))
+    picks = set(np.linspace(0, count - 1, min(n, count)).astype(int).tolist())
+    chosen = [r for k, r in enumerate(r for r in iter_records(out_dir) if r["persons"])
+              if k in picks]
     vis_dir = Path(vis_dir)
     vis_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for i in picks:
-        record = with_people[i]
+    for record in chosen:
         try:
             image = read_image(Path(images_dir) / record["file"])
         except ImageError as e:
