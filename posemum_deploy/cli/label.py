@@ -71,6 +71,7 @@ def label(
     table.add_column("value", justify="right")
     rows = [("images (this run)", f"{summary.images}"), ("persons", f"{summary.persons}"),
             ("skipped (errors.jsonl)", f"{summary.skipped}"),
+            ("rate per shard", "label_log.jsonl"),
             ("shards written / resumed / total",
              f"{summary.shards_written} / {summary.shards_resumed} / {summary.shards_total}"),
             ("time", f"{summary.seconds:.1f} s"), ("images/s", f"{summary.images_per_s:.1f}"),
