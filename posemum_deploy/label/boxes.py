@@ -120,10 +120,7 @@ class TableBoxes:
 
     def boxes(self, rel_path: str, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, w = image.shape[:2]
-        image_id = self.image_id(rel_path)
-        if image_id is None or image_id not in self.table:
-            return np.zeros((0, 4)), np.zeros(0)
-        return self.limits.apply(*self.table[image_id], w, h)
+        return self.limits.apply(*self.raw(rel_path, w, h), w, h)
 
     def raw(self, rel_path: str, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
         """The boxes before `limits` (see `sized_boxes`)."""
