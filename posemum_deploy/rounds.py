@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from posemum_deploy.data.coco import load_coco_keypoints, person_category, save_json
 from posemum_deploy.data.images import IMAGE_SUFFIXES
 from posemum_deploy.errors import ConfigError
+from posemum_deploy.inference.backends import SUFFIX_BACKENDS
 from posemum_deploy.training.config import OptimConfig, TrainConfig
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 STAGES = ("export", "label", "merge", "train", "evaluate")
-CHECKPOINT_BACKENDS = ("torch", "torch-fast")  # label from the checkpoint, no export
+CHECKPOINT_BACKENDS = SUFFIX_BACKENDS[".pt"]  # they label from the checkpoint: no export
 
 
 @dataclass

@@ -45,7 +45,6 @@ def rounds(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Pseudo-label retraining rounds; resumable at round and stage granularity."""
-    from posemum_deploy.cli.progress import RichLabelProgress, RichTrainCallbacks
     from posemum_deploy.rounds import RoundsConfig, run_rounds
     from posemum_deploy.training.config import TrainConfig
     from posemum_deploy.training.presets import apply_preset
@@ -66,10 +65,16 @@ def rounds(
                        min_joints=min_joints, label_flip=label_flip,
                        labeled_repeat=labeled_repeat, retrain_max_steps=retrain_max_steps,
                        train=tcfg)
-    with RichTrainCallbacks() as callbacks:  # one display: each training and labeling bar
-        records = run_rounds(cfg, on_round=_announce, train_callbacks=callbacks,
-                             label_progress=RichLabelProgress(callbacks.progress))
-    show_rounds(records, out)
+    show_rounds(_shown(lambda **display: run_rounds(cfg, on_round=_announce, **display)), out)
+
+
+def _shown(run):
+    """`run(train_callbacks=..., label_progress=...)` inside one rich display, so every
+    training and labeling stage of the rounds gets its bar; returns what `run` returns."""
+    from posemum_deploy.cli.progress import RichLabelProgress, RichTrainCallbacks
+
+    with RichTrainCallbacks() as callbacks:
+        return run(train_callbacks=callbacks, label_progress=RichLabelProgress(callbacks.progress))
 
 
 def _announce(record) -> None:
@@ -96,12 +101,8 @@ def show_rounds(records, out: Path) -> None:
 
 def demo_rounds(demo_cfg, demo_result, n_rounds: int) -> None:
     """`posemum demo --rounds N`: pseudo-label a fresh synthetic folder and retrain."""
-    from posemum_deploy.cli.progress import RichLabelProgress, RichTrainCallbacks
     from posemum_deploy.demo import run_demo_rounds
 
     out = Path(demo_cfg.out) / "rounds"
-    with RichTrainCallbacks() as callbacks:
-        records = run_demo_rounds(demo_cfg, demo_result, n_rounds, on_round=_announce,
-                                  train_callbacks=callbacks,
-                                  label_progress=RichLabelProgress(callbacks.progress))
-    show_rounds(records, out)
+    show_rounds(_shown(lambda **display: run_demo_rounds(demo_cfg, demo_result, n_rounds,
+                                                         on_round=_announce, **display)), out)
