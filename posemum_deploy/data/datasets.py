@@ -17,8 +17,7 @@ from torch.utils.data import Dataset
 from posemum_deploy.data.codec import HeatmapCodec
 from posemum_deploy.data.coco import flip_permutation, load_coco_keypoints
 from posemum_deploy.data.boxes import _clean_box
-from posemum_deploy.data.images import (IMAGE_SUFFIXES, check_image_bytes, read_image,
-                                        read_image_bytes)
+from posemum_deploy.data.images import IMAGE_SUFFIXES, read_checked_bytes, read_image
 from posemum_deploy.data.transforms import (AffineAugment, affine_matrices, box_to_center_scale,
                                             flip_matrices, invert_affine, transform_points)
 from posemum_deploy.errors import AnnotationError, ImageError
@@ -183,13 +182,6 @@ class TopDownDataset(Dataset):
             item["target"] = torch.from_numpy(heatmaps[0])
             item["target_weight"] = torch.from_numpy(weights[0])
         return item
-
-
-def read_checked_bytes(path: Path) -> bytes:
-    """A file's bytes, refused (ImageError) when empty or a truncated JPEG."""
-    data = read_image_bytes(path)
-    check_image_bytes(data, path)
-    return data
 
 
 class UnreadableImages:

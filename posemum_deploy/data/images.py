@@ -117,6 +117,14 @@ def read_image_bytes(path: str | Path) -> bytes:
         raise ImageError(f"{path}: cannot read ({e.strerror or e}); check permissions") from e
 
 
+def read_checked_bytes(path: str | Path) -> bytes:
+    """A file's bytes for a decoder elsewhere (a GPU), refused (ImageError naming the
+    file) when unreadable, empty or a truncated JPEG."""
+    data = read_image_bytes(path)
+    check_image_bytes(data, path)
+    return data
+
+
 def list_images(root: str | Path) -> list[Path]:
     """All image files under `root`, recursively, case-insensitive suffixes, stable order."""
     root = Path(root)

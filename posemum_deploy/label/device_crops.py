@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from posemum_deploy.data.images import check_image_bytes, read_image_bytes
+from posemum_deploy.data.images import read_checked_bytes
 from posemum_deploy.data.transforms import normalize_batch
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.export.metadata import ModelMetadata
@@ -62,11 +62,8 @@ def backend_device(backend: Any) -> torch.device:
 
 def read_bytes(root: Path, rel: str) -> tuple[str, bytes | str]:
     """(rel, file bytes) or (rel, error text); never raises (threads run it)."""
-    path = root / rel
     try:
-        data = read_image_bytes(path)
-        check_image_bytes(data, path)
-        return rel, data
+        return rel, read_checked_bytes(root / rel)
     except (OSError, ValueError) as e:
         log.warning("skipped %s: %s", rel, e)
         return rel, str(e)
