@@ -14,6 +14,14 @@ def _run(*args):
                           capture_output=True, text=True, timeout=300)
 
 
+def _checkpoint(path, input_hw):
+    """A random-weight ResNet-18 checkpoint at `input_hw`, as `posemum train` writes one."""
+    meta = ModelMetadata(input_hw=input_hw, heatmap_hw=(input_hw[0] // 4, input_hw[1] // 4))
+    torch.save({"model": build_model().state_dict(), "teacher": None,
+                "model_meta": meta.to_dict()}, path)
+    return path
+
+
 def _one_line_error(proc, *needles):
     assert proc.returncode == 2, proc.stderr
     lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
@@ -53,10 +61,7 @@ def test_evaluate_missing_checkpoint_and_corrupt_checkpoint(tmp_path, coco_mini)
 
 def test_evaluate_model_with_detector_boxes_on_real_images(tmp_path, coco_mini):
     torch.manual_seed(0)
-    ckpt = tmp_path / "m.pt"
-    meta = ModelMetadata(input_hw=(128, 96), heatmap_hw=(32, 24))
-    torch.save({"model": build_model().state_dict(), "teacher": None,
-                "model_meta": meta.to_dict()}, ckpt)
+    ckpt = _checkpoint(tmp_path / "m.pt", (128, 96))
     out = tmp_path / "m.json"
     proc = _run("evaluate", "--model", str(ckpt), "--ann", str(coco_mini / "test_coco.json"),
                 "--images", str(coco_mini), "--boxes",
@@ -111,10 +116,7 @@ def test_label_missing_model_and_empty_folder(tmp_path, coco_mini):
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     _one_line_error(_run("label", str(tmp_path / "nope.pt"), str(coco_mini), "--out",
                          str(tmp_path / "o1")), "nope.pt", "not found")
-    ckpt = tmp_path / "m.pt"
-    meta = ModelMetadata(input_hw=(128, 96), heatmap_hw=(32, 24))
-    torch.save({"model": build_model().state_dict(), "teacher": None,
-                "model_meta": meta.to_dict()}, ckpt)
+    ckpt = _checkpoint(tmp_path / "m.pt", (128, 96))
     _one_line_error(_run("label", str(ckpt), str(tmp_path / "empty"), "--out",
                          str(tmp_path / "o2")), "empty", "no images")
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
@@ -127,9 +129,6 @@ def test_output_path_under_a_file_is_one_line(tmp_path, coco_mini):
     _one_line_error(_run("train", "--labeled", ann, "--images", str(coco_mini), "--out",
                          str(tmp_path / "afile" / "run"), "--batch-size", "4"),
                     "afile/run", "Not a directory")
-    ckpt = tmp_path / "m.pt"
-    meta = ModelMetadata(input_hw=(64, 48), heatmap_hw=(16, 12))
-    torch.save({"model": build_model().state_dict(), "teacher": None,
-                "model_meta": meta.to_dict()}, ckpt)
+    ckpt = _checkpoint(tmp_path / "m.pt", (64, 48))
     _one_line_error(_run("export", str(ckpt), "--out", str(tmp_path / "afile" / "m.onnx")),
                     "afile: is a file where a folder is needed")
