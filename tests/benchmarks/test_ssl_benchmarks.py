@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,53 @@ def test_ssl_synthetic_shares_one_config_across_presets(tmp_path):
     for cfg in cfgs.values():
         assert (cfg.data, cfg.optim) == (cfgs["supervised"].data, cfgs["supervised"].optim)
     assert cfgs["pose-mum-plus"].ssl.teacher == "eman" and cfgs["supervised"].ssl.teacher == "none"
+
+
+def test_ssl_synthetic_makes_a_data_folder_per_size(tmp_path):
+    """A run with another --val-images must not score on the set an earlier run left."""
+    bench = _load("ssl_synthetic")
+    train_a, val_a = bench.make_data(tmp_path, 3, 2)
+    train_b, val_b = bench.make_data(tmp_path, 3, 4)
+    assert train_a == train_b and val_a != val_b
+    assert [len(json.loads(v.read_text())["images"]) for v in (val_a, val_b)] == [2, 4]
+
+
+def test_ssl_rescore_reproduces_the_trainers_ap_on_the_runs_own_val_set(tmp_path, monkeypatch):
+    """Rescoring a finished run on its own val set gives the AP its training printed, for a
+    student-only preset and a teacher preset (the teacher is what is scored)."""
+    from posemum_deploy.training.trainer import train
+
+    monkeypatch.syspath_prepend(str(ROOT))  # the script imports ssl_synthetic as a sibling
+    bench, rescore = _load("ssl_synthetic"), _load("ssl_rescore")
+    train_json, val_json = bench.make_data(tmp_path / "data", 6, 4)
+    args = argparse.Namespace(labeled=8, input=(64, 64), tiles=(2, 2), batch=4, workers=0,
+                              steps=3, device="cpu", deconv_channels=32, lr=1e-3)
+    aps = {}
+    for preset in ("supervised", "pose-mum-plus"):
+        cfg = bench.shared_config(args, preset, 0, tmp_path / "runs" / f"{preset}-s0",
+                                  train_json, val_json)
+        aps[preset] = 100 * train(cfg).last_metrics["AP"]
+    (tmp_path / "runs" / "unrelated").mkdir()
+    found = rescore.finished_runs([tmp_path / "runs"], ("supervised", "pose-mum-plus", "mum"))
+    assert {p: list(r) for p, r in found.items()} == {"supervised": [0], "pose-mum-plus": [0],
+                                                      "mum": []}
+    for preset, ap in aps.items():
+        assert rescore.rescore(found[preset][0], val_json) == pytest.approx(ap, abs=1e-9)
+
+    # Tiny runs score ~0 AP, so also check what is scored: the teacher, on the given set.
+    seen = {}
+
+    def spy(model, cfg, device):
+        seen.update(state=model.state_dict(), val_ann=cfg.data.val_ann)
+        return {"AP": 0.0}
+
+    monkeypatch.setattr(rescore, "validate", spy)
+    run = found["pose-mum-plus"][0]
+    rescore.rescore(run, train_json)
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert seen["val_ann"] == str(train_json)
+    assert all(torch.equal(seen["state"][k], v) for k, v in ckpt["teacher"].items())
+    assert not all(torch.equal(seen["state"][k], v) for k, v in ckpt["model"].items())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
