@@ -81,3 +81,16 @@ def test_without_validation_best_follows_last(synthetic_small, tmp_path):
     train(cfg)
     best = torch.load(tmp_path / "run/checkpoints/best.pt", weights_only=True)
     assert best["epoch"] == 1 and best["step"] == 2
+
+
+@pytest.mark.parametrize("preset", ["supervised", "affine-s"])
+def test_an_input_size_off_the_encoder_stride_is_a_clear_error(synthetic_small, tmp_path, preset):
+    """64x48 made 16x16 heatmaps against 16x12 targets: a shape error inside the first step
+    (supervised) or a stride error naming a mixing stage (SSL); both now name the rule."""
+    from posemum_deploy.errors import ConfigError
+    from posemum_deploy.training.presets import apply_preset
+
+    cfg = apply_preset(_cfg(synthetic_small, tmp_path / "run"), preset)
+    cfg.data.input_hw = (64, 48)
+    with pytest.raises(ConfigError, match="64x48: both sides must be multiples of 32"):
+        train(cfg)
