@@ -15,14 +15,12 @@ import re
 import time
 from pathlib import Path
 
-import torch
-
-from posemum_deploy.data.synthetic import generate_dataset
+from posemum_deploy.inference.torch_backend import resolve_device
 from posemum_deploy.models.checkpoint import load_model
 from posemum_deploy.training.config import TrainConfig
 from posemum_deploy.training.trainer import validate
 
-from ssl_synthetic import COMPARED, print_table  # benchmarks/ is on sys.path when run
+from ssl_synthetic import COMPARED, print_table, synthetic_set  # benchmarks/ is on sys.path when run
 
 RUN_NAME = re.compile(r"^(?P<preset>.+)-s(?P<seed>\d+)$")
 
@@ -43,7 +41,7 @@ def rescore(run: Path, val_ann: Path) -> float:
     cfg = TrainConfig.load(run / "config.yaml")
     cfg.data.val_ann, cfg.data.val_images = str(val_ann), str(val_ann.parent / "images")
     model, _ = load_model(run / "checkpoints" / "last.pt", weights="teacher")
-    device = torch.device("cpu" if cfg.runtime.device == "auto" else cfg.runtime.device)
+    device = resolve_device(cfg.runtime.device)
     return 100 * validate(model.to(device), cfg, device)["AP"]
 
 
@@ -56,9 +54,8 @@ def main() -> None:
                    help="the benchmark's own val set is seed 12: 13 is an independent set")
     p.add_argument("--data", type=Path, default=Path("runs/ssl_rescore_data"))
     args = p.parse_args()
-    val_ann = args.data / f"val{args.val_images}_s{args.val_seed}" / "annotations.json"
-    if not val_ann.is_file():
-        generate_dataset(val_ann.parent, args.val_images, seed=args.val_seed, max_people=4)
+    val_ann = synthetic_set(args.data / f"val{args.val_images}_s{args.val_seed}",
+                            args.val_images, args.val_seed)
     runs = finished_runs(args.runs, tuple(args.presets))
     seeds = sorted(set.intersection(*(set(r) for r in runs.values())))
     if not seeds:

@@ -38,16 +38,19 @@ GAPS = (("pose-mum-plus", "supervised"), ("pose-mum", "mum"),
         ("pose-mum-plus", "pose-mum"), ("mum", "supervised"))
 
 
+def synthetic_set(folder: Path, images: int, seed: int) -> Path:
+    """FOLDER/annotations.json of `images` synthetic images, generated once."""
+    ann = folder / "annotations.json"
+    if not ann.is_file():
+        generate_dataset(folder, images, seed=seed, max_people=4)
+    return ann
+
+
 def make_data(root: Path, train_images: int, val_images: int) -> tuple[Path, Path]:
     """The train and val sets, made once per size (a folder per size: a run with another
     --val-images never scores on a set left by an earlier run)."""
-    train_json = root / f"train{train_images}" / "annotations.json"
-    val_json = root / f"val{val_images}" / "annotations.json"
-    if not train_json.is_file():
-        generate_dataset(train_json.parent, train_images, seed=11, max_people=4)
-    if not val_json.is_file():
-        generate_dataset(val_json.parent, val_images, seed=12, max_people=4)
-    return train_json, val_json
+    return (synthetic_set(root / f"train{train_images}", train_images, seed=11),
+            synthetic_set(root / f"val{val_images}", val_images, seed=12))
 
 
 def shared_config(args: argparse.Namespace, preset: str, seed: int, out: Path,

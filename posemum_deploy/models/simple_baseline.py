@@ -40,6 +40,7 @@ def rename_prefixes(state: dict[str, Tensor], mapping: dict[str, str]) -> dict[s
 
 ENCODER_STRIDE = 32  # the ResNet encoder; inputs must be multiples of it
 
+
 class SimpleBaseline(nn.Module):
     """ResNet encoder (output stride 32) + 3 × (deconv 4×4 s2, BN, ReLU) + 1×1 conv.
 
