@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from posemum_deploy.data.synthetic import generate_dataset
-from posemum_deploy.training.config import TrainConfig
+from posemum_deploy.training.config import SSLConfig, TrainConfig
 from posemum_deploy.training.presets import PRESETS, apply_preset
 from posemum_deploy.training.trainer import train
 
@@ -66,6 +66,7 @@ def shared_config(args: argparse.Namespace, preset: str, seed: int, out: Path,
     cfg.model.deconv_channels = args.deconv_channels
     cfg.ssl.unlabeled, cfg.ssl.unlabeled_images = cfg.data.labeled, cfg.data.images
     cfg.ssl.unlabeled_batch_size, cfg.ssl.tiles = args.batch, args.tiles
+    cfg.ssl.mix_stages = tuple(args.mix_stages)
     cfg.optim.batch_size, cfg.optim.lr, cfg.optim.schedule = args.batch, args.lr, "cosine"
     cfg.optim.epochs, cfg.optim.steps_per_epoch = 3, max(1, args.steps // 3)  # cosine over 3 epochs
     cfg.runtime.val_every = 3  # score once, at the end
@@ -128,6 +129,8 @@ def main() -> None:
                         "the pose-mum-plus - supervised gap, 1000 ±1.0")
     p.add_argument("--input", type=hw, default=(128, 96))
     p.add_argument("--tiles", type=hw, default=(4, 3))
+    p.add_argument("--mix-stages", nargs="+", default=list(SSLConfig.mix_stages),
+                   help="stages after which Pose-MUM may mix features")
     p.add_argument("--deconv-channels", type=int, default=128)
     p.add_argument("--batch", type=int, default=16, help="labeled and unlabeled batch size each")
     p.add_argument("--lr", type=float, default=1e-3, help="preset phase; the warm-up uses 2x")

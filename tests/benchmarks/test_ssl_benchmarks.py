@@ -36,12 +36,14 @@ def test_step_overhead_runs_both_presets_on_the_same_batch():
 def test_ssl_synthetic_shares_one_config_across_presets(tmp_path):
     bench = _load("ssl_synthetic")
     args = argparse.Namespace(labeled=64, input=(64, 64), tiles=(2, 2), batch=8, workers=0,
-                              steps=5, device="cpu", deconv_channels=128, lr=1e-3)
+                              steps=5, device="cpu", deconv_channels=128, lr=1e-3,
+                              mix_stages=["stem", "layer1"])
     cfgs = {p: bench.shared_config(args, p, 0, tmp_path / p, tmp_path / "a.json",
                                    tmp_path / "v.json") for p in bench.COMPARED}
     for cfg in cfgs.values():
         assert (cfg.data, cfg.optim) == (cfgs["supervised"].data, cfgs["supervised"].optim)
     assert cfgs["pose-mum-plus"].ssl.teacher == "eman" and cfgs["supervised"].ssl.teacher == "none"
+    assert cfgs["pose-mum"].ssl.mix_stages == ("stem", "layer1")  # --mix-stages reaches Pose-MUM
 
 
 def test_ssl_synthetic_makes_a_data_folder_per_size(tmp_path):
@@ -62,7 +64,8 @@ def test_ssl_rescore_reproduces_the_trainers_ap_on_the_runs_own_val_set(tmp_path
     bench, rescore = _load("ssl_synthetic"), _load("ssl_rescore")
     train_json, val_json = bench.make_data(tmp_path / "data", 6, 4)
     args = argparse.Namespace(labeled=8, input=(64, 64), tiles=(2, 2), batch=4, workers=0,
-                              steps=3, device="cpu", deconv_channels=32, lr=1e-3)
+                              steps=3, device="cpu", deconv_channels=32, lr=1e-3,
+                              mix_stages=["stem", "layer1", "layer2", "layer3"])
     aps = {}
     for preset in ("supervised", "pose-mum-plus"):
         cfg = bench.shared_config(args, preset, 0, tmp_path / "runs" / f"{preset}-s0",
