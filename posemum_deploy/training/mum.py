@@ -27,7 +27,7 @@ from torch import Tensor
 
 from posemum_deploy.data.device import generator_device, host_to_device
 from posemum_deploy.errors import ConfigError
-from posemum_deploy.models.simple_baseline import STAGE_NAMES
+from posemum_deploy.models.simple_baseline import ENCODER_STRIDE, STAGE_NAMES
 
 # Stages whose output may be mixed at feature level (layer4 is the encoder output itself).
 MIXABLE_STAGES: tuple[str, ...] = STAGE_NAMES[:-1]
@@ -35,7 +35,7 @@ MIXABLE_STAGES: tuple[str, ...] = STAGE_NAMES[:-1]
 UNMIX_POINTS: dict[str, str] = {"layer2": "layer2", "encoder": "layer4", "decoder": "head"}
 # Output stride of every hook point relative to the input image (SimpleBaseline/ResNet).
 HOOK_STRIDES: dict[str, int] = {"input": 1, "stem": 4, "layer1": 4, "layer2": 8,
-                                "layer3": 16, "layer4": 32, "head": 4}
+                                "layer3": 16, "layer4": ENCODER_STRIDE, "head": 4}
 
 
 def check_group(batch: int, group_size: int) -> None:
