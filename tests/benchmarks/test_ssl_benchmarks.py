@@ -37,13 +37,30 @@ def test_ssl_synthetic_shares_one_config_across_presets(tmp_path):
     bench = _load("ssl_synthetic")
     args = argparse.Namespace(labeled=64, input=(64, 64), tiles=(2, 2), batch=8, workers=0,
                               steps=5, device="cpu", deconv_channels=128, lr=1e-3,
-                              mix_stages=["stem", "layer1"])
+                              mix_stages=["stem", "layer1"], schedule="paper")
     cfgs = {p: bench.shared_config(args, p, 0, tmp_path / p, tmp_path / "a.json",
                                    tmp_path / "v.json") for p in bench.COMPARED}
     for cfg in cfgs.values():
         assert (cfg.data, cfg.optim) == (cfgs["supervised"].data, cfgs["supervised"].optim)
     assert cfgs["pose-mum-plus"].ssl.teacher == "eman" and cfgs["supervised"].ssl.teacher == "none"
     assert cfgs["pose-mum"].ssl.mix_stages == ("stem", "layer1")  # --mix-stages reaches Pose-MUM
+
+
+def test_ssl_synthetic_paper_schedule_drops_the_lr_at_two_thirds_and_five_sixths():
+    from posemum_deploy.training.config import TrainConfig
+    from posemum_deploy.training.trainer import make_scheduler
+
+    bench = _load("ssl_synthetic")
+    cfg = TrainConfig()
+    bench.set_schedule(cfg, "paper", 600)
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler = make_scheduler(optimizer, cfg)
+    lrs = []
+    for _ in range(cfg.optim.epochs):
+        lrs += [optimizer.param_groups[0]["lr"]] * cfg.optim.steps_per_epoch
+        scheduler.step()
+    assert len(lrs) == 600 and cfg.runtime.val_every == cfg.optim.epochs
+    assert lrs[399] == 1e-3 and abs(lrs[400] - 1e-4) < 1e-12 and abs(lrs[500] - 1e-5) < 1e-12
 
 
 def test_ssl_synthetic_makes_a_data_folder_per_size(tmp_path):
@@ -65,7 +82,7 @@ def test_ssl_rescore_reproduces_the_trainers_ap_on_the_runs_own_val_set(tmp_path
     train_json, val_json = bench.make_data(tmp_path / "data", 6, 4)
     args = argparse.Namespace(labeled=8, input=(64, 64), tiles=(2, 2), batch=4, workers=0,
                               steps=3, device="cpu", deconv_channels=32, lr=1e-3,
-                              mix_stages=["stem", "layer1", "layer2", "layer3"])
+                              mix_stages=["stem", "layer1", "layer2", "layer3"], schedule="cosine")
     aps = {}
     for preset in ("supervised", "pose-mum-plus"):
         cfg = bench.shared_config(args, preset, 0, tmp_path / "runs" / f"{preset}-s0",
