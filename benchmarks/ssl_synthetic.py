@@ -5,8 +5,9 @@ Data (posemum_deploy.data.synthetic.generate_dataset): a train set whose first
 whose every instance is unlabeled data (labels ignored), plus a separate val set.
 Per seed, one supervised warm-up gives every preset the same starting student (a random
 teacher labels nothing useful, and this budget is far from the paper's 30 epochs); then
-each preset trains `--steps` more steps with one shared config and is evaluated (COCO
-keypoint AP, GT boxes; the teacher where the preset has one). AP = mean over seeds.
+each preset trains `--steps` more steps with one shared config (the paper's lr drops at
+2/3 and 5/6 of them) and is evaluated (COCO keypoint AP, GT boxes; the teacher where the
+preset has one). AP = mean over seeds.
 
 The val set is large (1000 images, ~2,400 people) because its sampling noise is
 paired-difference noise here: rescoring six seeds' checkpoints on 1000 instead of 100
@@ -78,7 +79,7 @@ def set_schedule(cfg: TrainConfig, schedule: str, steps: int) -> None:
 
     paper: the paper's step schedule compressed to `steps` (lr ×0.1 at 20/30 and again at
     25/30 of the steps; as 6 epochs with milestones 4 and 5). cosine: per-epoch cosine over
-    3 epochs (lr 1, 0.75, 0.25 of the base; the benchmark's schedule until session 8).
+    3 epochs (lr 1, 0.75, 0.25 of the base; the older default, and the warm-up's).
     """
     epochs = {"paper": 6, "cosine": 3}[schedule]
     cfg.optim.schedule = "step" if schedule == "paper" else "cosine"
