@@ -10,7 +10,9 @@ def parse_hw(text: str) -> tuple[int, int]:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError as e:
         raise ConfigError(f"size {text!r} must look like HEIGHTxWIDTH, e.g. 256x192") from e
-    if h <= 0 or w <= 0 or h % 32 or w % 32:
-        raise ConfigError(f"size {text!r}: height and width must be positive multiples of 32 "
-                          "(the encoder's stride)")
+    if h <= 0 or w <= 0:
+        raise ConfigError(f"size {text!r}: height and width must be positive")
+    from posemum_deploy.models.simple_baseline import check_input_hw  # torch: only when parsing
+
+    check_input_hw((h, w))  # the model's rule, as the trainer checks it
     return h, w

@@ -41,6 +41,15 @@ def rename_prefixes(state: dict[str, Tensor], mapping: dict[str, str]) -> dict[s
 ENCODER_STRIDE = 32  # the ResNet encoder; inputs must be multiples of it
 
 
+def check_input_hw(input_hw: tuple[int, int]) -> None:
+    """The encoder downsamples by 32 and the head upsamples by 8: any other input size gives
+    heatmaps that are not input/4, the size of the targets (a shape error mid-step)."""
+    if input_hw[0] % ENCODER_STRIDE or input_hw[1] % ENCODER_STRIDE:
+        raise ConfigError(f"input size {input_hw[0]}x{input_hw[1]}: both sides must be "
+                          f"multiples of {ENCODER_STRIDE} (e.g. 256x192, 128x96); set "
+                          "--input-size accordingly")
+
+
 class SimpleBaseline(nn.Module):
     """ResNet encoder (output stride 32) + 3 × (deconv 4×4 s2, BN, ReLU) + 1×1 conv.
 

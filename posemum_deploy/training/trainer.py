@@ -22,7 +22,7 @@ from posemum_deploy.data.transforms import AffineAugment, normalize_batch
 from posemum_deploy.errors import ArtifactError, ConfigError
 from posemum_deploy.export.metadata import ModelMetadata
 from posemum_deploy.inference.torch_backend import resolve_device
-from posemum_deploy.models.simple_baseline import ENCODER_STRIDE, build_model
+from posemum_deploy.models.simple_baseline import build_model, check_input_hw
 from posemum_deploy.training import distributed as ddp
 from posemum_deploy.training.config import TrainConfig
 from posemum_deploy.training.device_batches import batch_crops, encoded_items, loader_collate
@@ -175,15 +175,6 @@ class SupervisedStep:
         loss.backward()
         self.optimizer.step()
         return {"loss": loss.detach()}
-
-
-def check_input_hw(input_hw: tuple[int, int]) -> None:
-    """The encoder downsamples by 32 and the head upsamples by 8: any other input size gives
-    heatmaps that are not input/4, the size of the targets (a shape error mid-step)."""
-    if input_hw[0] % ENCODER_STRIDE or input_hw[1] % ENCODER_STRIDE:
-        raise ConfigError(f"input size {input_hw[0]}x{input_hw[1]}: both sides must be "
-                          f"multiples of {ENCODER_STRIDE} (e.g. 256x192, 128x96); set "
-                          "--input-size accordingly")
 
 
 def build_step(cfg: TrainConfig, model, optimizer, device, amp) -> SupervisedStep:
