@@ -53,12 +53,15 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    """Restore `rng_state()`'s output, wherever its tensors were loaded to (the generators
+    take CPU byte tensors only); CUDA states for GPUs this machine lacks are dropped."""
+    torch.set_rng_state(state["torch"].cpu())
     random.setstate((3, tuple(state["python"]), None))
     np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), state["numpy_pos"],
                          state["numpy_gauss"], state["numpy_cached"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state.cpu(), index)
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

@@ -19,9 +19,10 @@ from posemum_deploy.data.codec import HeatmapCodec
 from posemum_deploy.data.datasets import (TopDownDataset, UnreadableImages, check_images_found,
                                           load_instances)
 from posemum_deploy.data.transforms import AffineAugment, normalize_batch
-from posemum_deploy.errors import ArtifactError, ConfigError
+from posemum_deploy.errors import ConfigError
 from posemum_deploy.export.metadata import ModelMetadata
 from posemum_deploy.inference.torch_backend import resolve_device
+from posemum_deploy.models.checkpoint import read_checkpoint
 from posemum_deploy.models.simple_baseline import build_model, check_input_hw
 from posemum_deploy.training import distributed as ddp
 from posemum_deploy.training.config import TrainConfig
@@ -209,8 +210,6 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
     if cfg.runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     if cfg.ssl.init_from and not resume:  # e.g. a supervised warm-up; the teacher copies it
-        from posemum_deploy.models.checkpoint import read_checkpoint
-
         model.load_state_dict(read_checkpoint(cfg.ssl.init_from)["model"])
     student = ddp.wrap_model(model, env, device)  # DDP under torchrun, else `model`
     optimizer = make_adam(model.parameters(), cfg.optim.lr, device)
@@ -224,7 +223,9 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
     start_epoch, step, best_ap, last_metrics = 0, 0, -1.0, {}
     logs: dict[str, float] = {}  # the last logged step's losses, lr and rate
     if resume and (ckpt_dir / "last.pt").is_file():
-        state = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=True)
+        # Read onto the CPU: load_state_dict copies onto the device, and the RNG states
+        # must stay CPU tensors (torch.set_rng_state refuses a CUDA one).
+        state = read_checkpoint(ckpt_dir / "last.pt")
         model.load_state_dict(state["model"])
         load_adam_state(optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -311,10 +312,3 @@ def _checkpoint(cfg, model, step_fn, optimizer, scheduler, epoch, step, best_ap,
             "epoch": epoch, "step": step, "best_ap": best_ap, "metrics": dict(metrics),
             "config": cfg.to_dict(), "model_meta": model_metadata(cfg).to_dict(),
             "rng": rng_state()}
-
-
-def load_config_from_checkpoint(path: str | Path) -> TrainConfig:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if "config" not in state:
-        raise ArtifactError(f"{path}: no training config inside; not a posemum checkpoint")
-    return TrainConfig.from_dict(state["config"])

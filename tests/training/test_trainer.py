@@ -54,6 +54,31 @@ def test_resume_continues_exactly(synthetic_small, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
+def test_resume_from_a_corrupt_checkpoint_names_the_file(synthetic_small, tmp_path):
+    from posemum_deploy.errors import ArtifactError
+
+    cfg = _cfg(synthetic_small, tmp_path / "run", steps_per_epoch=1)
+    cfg.runtime.val_every = 0
+    (tmp_path / "run/checkpoints").mkdir(parents=True)
+    (tmp_path / "run/checkpoints/last.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ArtifactError, match="last.pt: not a loadable posemum checkpoint"):
+        train(cfg, resume=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_resume_on_cuda(synthetic_small, tmp_path):
+    """A CUDA run resumes: every state is read onto the CPU, then copied onto the GPU (the
+    RNG states must stay CPU tensors; a checkpoint mapped onto the GPU cannot restore them)."""
+    cfg = _cfg(synthetic_small, tmp_path / "run", steps_per_epoch=2)
+    cfg.runtime.device, cfg.runtime.val_every, cfg.optim.epochs = "cuda", 0, 1
+    train(cfg)
+    cfg.optim.epochs = 2
+    resumed = train(cfg, resume=True)
+    assert resumed.steps == 4
+    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["rng"]["torch"].device.type == "cpu"
+
+
 def test_loss_decreases_on_a_tiny_set(synthetic_small, tmp_path):
     cfg = _cfg(synthetic_small, tmp_path / "run", max_steps=30)
     cfg.optim.epochs = 30
