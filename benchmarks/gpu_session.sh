@@ -32,7 +32,7 @@ if [[ $sections == *tests* ]]; then
     tests/benchmarks/test_ssl_benchmarks.py tests/data/test_device.py \
     tests/inference/test_fast_torch.py tests/training/test_ssl_train.py \
     tests/training/test_optimizer.py tests/data/test_strong.py \
-    tests/training/test_device_batches.py \
+    tests/training/test_device_batches.py tests/training/test_trainer.py::test_resume_on_cuda \
     > "$out/gpu_tests.txt" 2>&1
   tail -25 "$out/gpu_tests.txt"
 fi
