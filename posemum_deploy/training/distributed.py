@@ -57,9 +57,11 @@ def init_distributed(device: torch.device) -> DistEnv:
     if dist.is_initialized():
         return current()
     backend = "nccl" if device.type == "cuda" else "gloo"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if backend == "nccl":  # NCCL binds each rank to the current GPU: choose it first
+        torch.cuda.set_device(local_rank)
     dist.init_process_group(backend)
-    env = DistEnv(dist.get_rank(), dist.get_world_size(),
-                  int(os.environ.get("LOCAL_RANK", "0")), owns_group=True)
+    env = DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=True)
     log.info("rank %d/%d joined (%s)", env.rank, env.world_size, backend)
     return env
 
