@@ -73,6 +73,48 @@ def test_ssl_synthetic_makes_a_data_folder_per_size(tmp_path):
     assert [len(json.loads(v.read_text())["images"]) for v in (val_a, val_b)] == [2, 4]
 
 
+def test_ssl_synthetic_seeds_trained_side_by_side_train_as_one_at_a_time(tmp_path):
+    """--jobs 2 runs each seed in its own spawned process; seed 1 there takes the same
+    steps (losses, final weights) as seed 1 trained alone in this process, and the table
+    lists the seeds in order."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "side_by_side"
+    cmd = [sys.executable, str(ROOT / "ssl_synthetic.py"), "--out", str(out), "--jobs", "2",
+           "--threads", "1", "--seeds", "2", "--presets", "pose-mum-plus", "--steps", "6",
+           "--warmup-steps", "3", "--train-images", "6", "--val-images", "3", "--labeled", "8",
+           "--input", "64x64", "--tiles", "2x2", "--batch", "4", "--deconv-channels", "32"]
+    printed = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
+    assert {line.split(":")[0] for line in printed.splitlines() if line.startswith("seed ")} \
+        == {"seed 0", "seed 1"}
+
+    bench = _load("ssl_synthetic")
+    args = argparse.Namespace(out=str(tmp_path / "alone"), threads=1, presets=["pose-mum-plus"],
+                              steps=6, warmup_steps=3, labeled=8, input=(64, 64), tiles=(2, 2),
+                              batch=4, deconv_channels=32, workers=0, lr=1e-3, device="cpu",
+                              mix_stages=list(bench.SSLConfig.mix_stages), schedule="paper")
+    threads_before = torch.get_num_threads()
+    try:
+        bench.run_seed(args, 1, out / "data" / "train6" / "annotations.json",
+                       out / "data" / "val3" / "annotations.json")
+    finally:
+        torch.set_num_threads(threads_before)
+
+    def losses(run: Path) -> list[float]:
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows if r["kind"] == "train"]
+
+    for run in ("warmup-s1", "pose-mum-plus-s1"):
+        alone, side = tmp_path / "alone" / run, out / run
+        assert losses(alone) and losses(alone) == losses(side)
+        a, b = (torch.load(r / "checkpoints" / "last.pt", weights_only=True) for r in (alone, side))
+        for part in ("model", "teacher"):
+            if a[part] is not None:
+                assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+    assert losses(out / "pose-mum-plus-s0") != losses(out / "pose-mum-plus-s1")
+
+
 def test_ssl_rescore_reproduces_the_trainers_ap_on_the_runs_own_val_set(tmp_path, monkeypatch):
     """Rescoring a finished run on its own val set gives the AP its training printed, for a
     student-only preset and a teacher preset (the teacher is what is scored)."""
