@@ -49,7 +49,7 @@ def make_step(preset: str, args: argparse.Namespace, device: torch.device) -> Se
     cfg.data.input_hw = args.input
     cfg.ssl.unlabeled_batch_size = args.batch
     cfg.ssl.tiles = args.tiles
-    cfg.runtime.channels_last = device.type == "cuda"
+    # channels_last stays at the config's default (on), on the CPU too: as `train` runs
     if device.type == "cuda":  # as the trainer does
         torch.backends.cudnn.benchmark = cfg.runtime.cudnn_benchmark
     torch.manual_seed(0)
