@@ -36,7 +36,7 @@ from roofline import arithmetic, gemm_peaks
 
 from posemum_deploy.data.transforms import normalize_numpy
 from posemum_deploy.export.calibration import CropBatcher, calibration_crops
-from posemum_deploy.export.metadata import ModelMetadata
+from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.export.onnx import export_network, finish_sidecar
 from posemum_deploy.export.openvino import export_openvino
 from posemum_deploy.export.quantize import quantize_qdq

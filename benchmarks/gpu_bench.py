@@ -33,10 +33,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from posemum_deploy.export.metadata import ModelMetadata  # noqa: E402
+from posemum_deploy.artifacts import ModelMetadata  # noqa: E402
 from posemum_deploy.inference.fast_torch import FastTorchBackend  # noqa: E402
 from posemum_deploy.inference.torch_backend import TorchBackend  # noqa: E402
-from posemum_deploy.label.jpeg_decoders import nvimgcodec_installed  # noqa: E402
+from posemum_deploy.data.jpeg_decoders import nvimgcodec_installed  # noqa: E402
 from posemum_deploy.models import build_model  # noqa: E402
 
 

@@ -23,7 +23,7 @@ fi
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_mode,mig.mode.current \
   --format=csv | tee "$out/gpu.txt"
-python3 -c "from posemum_deploy.label.jpeg_decoders import nvimgcodec_installed as i; print('nvimgcodec installed:', i())"
+python3 -c "from posemum_deploy.data.jpeg_decoders import nvimgcodec_installed as i; print('nvimgcodec installed:', i())"
 if [[ $sections == *tests* ]]; then
   # Every test that needs CUDA (they skip elsewhere), and their CPU neighbours.
   timeout 170 python3 -m pytest -q -p no:cacheprovider -rfEs --tb=short \

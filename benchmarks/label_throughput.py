@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from posemum_deploy.data.synthetic import generate_dataset
-from posemum_deploy.export.metadata import ModelMetadata, sidecar_path
+from posemum_deploy.artifacts import ModelMetadata, sidecar_path
 from posemum_deploy.label.runner import LabelSettings, label_folder
 from posemum_deploy.models.simple_baseline import build_model
 

@@ -15,7 +15,7 @@ import re
 import time
 from pathlib import Path
 
-from posemum_deploy.inference.torch_backend import resolve_device
+from posemum_deploy.system import resolve_device
 from posemum_deploy.models.checkpoint import load_model
 from posemum_deploy.training.config import TrainConfig
 from posemum_deploy.training.trainer import validate

@@ -25,7 +25,7 @@ _API: dict[str, str] = {
     "PoseEstimator": "posemum_deploy.inference.pipeline",
     "predict_coco": "posemum_deploy.inference.predict",
     "export_model": "posemum_deploy.export.formats",
-    "ModelMetadata": "posemum_deploy.export.metadata",
+    "ModelMetadata": "posemum_deploy.artifacts",
     "label_folder": "posemum_deploy.label.runner",
     "merge_labels": "posemum_deploy.label.merge",
     "evaluate_results": "posemum_deploy.evaluation.coco_eval",

@@ -1,4 +1,6 @@
-"""How many CPUs this process may really use.
+"""What this machine offers the process: usable CPUs, visible GPUs, the torch device.
+
+How many CPUs this process may really use:
 
 `os.cpu_count()` is the machine's count. In a container with a CPU limit (Kubernetes,
 `docker --cpus`) or under `taskset`, it overstates what the process gets, and thread pools
@@ -10,6 +12,10 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 CGROUP_V2_MAX = Path("/sys/fs/cgroup/cpu.max")
 CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
@@ -59,3 +65,18 @@ def visible_gpus() -> list[str]:
     except ImportError:
         return []
     return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def resolve_device(device: str | None) -> "torch.device":
+    """'auto' → cuda when present else cpu; 'cuda' without a GPU raises instead of falling back."""
+    import torch
+
+    from posemum_deploy.errors import BackendUnavailableError
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailableError("CUDA was requested but no CUDA GPU is visible to torch; "
+                                      "use --device cpu or install a CUDA build of torch")
+    return dev

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from posemum_deploy.artifacts import ModelMetadata, sidecar_path
 from posemum_deploy.errors import ArtifactError, ConfigError
-from posemum_deploy.export.metadata import ModelMetadata, sha256_file, sidecar_path
 
 MIN_OPSET = 17
 
@@ -124,30 +124,6 @@ def export_model(source: str | Path, fmt: str, out: str | Path,
     out.parent.mkdir(parents=True, exist_ok=True)
     exporter: Callable[..., ExportResult] = getattr(importlib.import_module(row.module), row.function)
     return exporter(source, out, options or ExportOptions())
-
-
-def read_sidecar(artifact: str | Path, fmt: str = "onnx") -> ModelMetadata:
-    """The artifact's model.json, checked to describe this very file (sha256).
-
-    A missing sidecar or one written for another file (a re-export beside an old one,
-    a copied engine) is refused: running with the wrong sizes or normalisation gives
-    silently wrong keypoints.
-    """
-    artifact = Path(artifact)
-    side = sidecar_path(artifact)
-    fix = f"re-export with `posemum export CKPT --format {fmt} --out {artifact}`"
-    if not artifact.is_file():
-        raise ArtifactError(f"{artifact}: model file not found")
-    if not side.is_file():
-        raise ArtifactError(f"{artifact}: metadata sidecar {side.name} is missing beside it; {fix}")
-    meta = ModelMetadata.load(side)
-    if not meta.artifact_sha256:
-        raise ArtifactError(f"{side}: records no artifact sha256, so it cannot be matched to "
-                            f"{artifact.name}; {fix}")
-    if meta.artifact_sha256 != sha256_file(artifact):
-        raise ArtifactError(f"{side} does not match {artifact.name} (sha256 differs: the file "
-                            f"was changed or the sidecar belongs to another export); {fix}")
-    return meta
 
 
 def tool_versions(*names: str) -> dict[str, str]:

@@ -24,9 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from posemum_deploy.artifacts import (
+    ModelMetadata,
+    read_sidecar,
+    sha256_file,
+    sidecar_path,
+)
 from posemum_deploy.errors import ArtifactError
-from posemum_deploy.export.formats import ExportOptions, ExportResult, read_sidecar, tool_versions
-from posemum_deploy.export.metadata import ModelMetadata, sha256_file, sidecar_path
+from posemum_deploy.export.formats import ExportOptions, ExportResult, tool_versions
 
 log = logging.getLogger(__name__)
 INPUT_NAME, OUTPUT_NAME = "input", "heatmaps"

@@ -18,14 +18,18 @@ from typing import Any
 
 import numpy as np
 
+from posemum_deploy.artifacts import ModelMetadata, sha256_file, sidecar_path
 from posemum_deploy.data.transforms import normalize_numpy
 from posemum_deploy.errors import ConfigError, PosemumError
 from posemum_deploy.export.accuracy import AccuracyReport, check_accuracy
 from posemum_deploy.export.calibration import CropBatcher, calibration_crops
 from posemum_deploy.export.formats import ExportOptions, ExportResult, tool_versions
-from posemum_deploy.export.metadata import ModelMetadata, sha256_file, sidecar_path
-from posemum_deploy.inference.openvino_backend import (OpenVinoBackend, require_openvino,
-                                                       is_quantized, load_sidecar)
+from posemum_deploy.inference.openvino_backend import (
+    OpenVinoBackend,
+    is_quantized,
+    load_sidecar,
+    require_openvino,
+)
 
 log = logging.getLogger(__name__)
 EXPORT_PRECISIONS = ("fp32", "bf16", "int8")

@@ -16,11 +16,16 @@ from typing import Any
 
 import numpy as np
 
+from posemum_deploy.artifacts import ModelMetadata, sidecar_path
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.export.calibration import CropBatcher, calibration_crops
 from posemum_deploy.export.formats import ExportOptions, ExportResult
-from posemum_deploy.export.metadata import ModelMetadata, sidecar_path
-from posemum_deploy.export.onnx import INPUT_NAME, embed_metadata, finish_sidecar, load_onnx_source
+from posemum_deploy.export.onnx import (
+    INPUT_NAME,
+    embed_metadata,
+    finish_sidecar,
+    load_onnx_source,
+)
 
 log = logging.getLogger(__name__)
 CALIB_BATCH = 16
@@ -44,8 +49,13 @@ class CropReader:
 
 def quantize_qdq(fp32_onnx: Path, out: Path, batcher: CropBatcher, method: str = "minmax") -> None:
     """Static QDQ quantisation of `fp32_onnx` into `out` (per-channel s8 weights, u8 activations)."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,

@@ -11,53 +11,24 @@ are imported only when building.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from posemum_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError, import_optional
+from posemum_deploy.artifacts import ModelMetadata, sha256_file, sidecar_path
+from posemum_deploy.errors import ArtifactError, ConfigError
 from posemum_deploy.export.formats import ExportOptions, ExportResult, tool_versions
-from posemum_deploy.export.metadata import ModelMetadata, sha256_file, sidecar_path
+from posemum_deploy.inference.trt_engine import (
+    EngineKey,
+    current_gpu,
+    engine_key,
+    import_tensorrt,
+)
 
 log = logging.getLogger(__name__)
-PRECISIONS = ("fp32", "fp16", "int8")
-
-
-@dataclass(frozen=True)
-class EngineKey:
-    """Everything an engine depends on; a different value anywhere means rebuild."""
-
-    onnx_sha256: str
-    trt_version: str
-    compute_capability: str
-    precision: str
-    profile: tuple[int, int, int]
-
-    def digest(self) -> str:
-        """Stable short hash used as the engine's cache file name."""
-        text = json.dumps(asdict(self), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EngineKey":
-        return cls(str(data["onnx_sha256"]), str(data["trt_version"]),
-                   str(data["compute_capability"]), str(data["precision"]),
-                   tuple(int(v) for v in data["profile"]))  # type: ignore[arg-type]
-
-
-def engine_key(onnx_sha256: str, trt_version: str, compute_capability: str | tuple[int, int],
-               precision: str, profile: tuple[int, int, int]) -> EngineKey:
-    """The cache key of an engine (pure: no TensorRT or GPU needed)."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"TensorRT precision {precision!r}: choose {', '.join(PRECISIONS)}")
-    if isinstance(compute_capability, tuple):
-        compute_capability = f"{compute_capability[0]}.{compute_capability[1]}"
-    return EngineKey(onnx_sha256, trt_version, compute_capability, precision, tuple(profile))
 
 
 def precision_of(options: ExportOptions) -> str:
@@ -67,46 +38,12 @@ def precision_of(options: ExportOptions) -> str:
     return "int8" if options.int8 else "fp16" if options.fp16 else "fp32"
 
 
-def check_engine(stored: dict[str, Any] | None, trt_version: str, compute_capability: str,
-                 engine: Path) -> EngineKey:
-    """The engine's recorded key, refused when it is not what this machine would build now."""
-    rebuild = (f"rebuild it here: `posemum export MODEL.onnx --format tensorrt --out {engine}` "
-               "(with the same --fp16/--int8/--batch)")
-    if not stored:
-        raise ArtifactError(f"{engine}: its sidecar records no engine key, so it may be stale "
-                            f"or foreign; {rebuild}")
-    old = EngineKey.from_dict(stored)
-    here = {"trt_version": trt_version, "compute_capability": compute_capability}
-    diffs = [f"{name} {getattr(old, name)} ≠ {value} here" for name, value in here.items()
-             if getattr(old, name) != value]
-    if diffs:
-        raise ArtifactError(f"{engine}: built for another machine ({'; '.join(diffs)}); "
-                            f"engines are not portable, {rebuild}")
-    return old
-
-
 def cache_dir(options: ExportOptions) -> Path:
     """Engine/timing cache folder: --cache-dir, $POSEMUM_CACHE/tensorrt, ~/.cache/posemum/tensorrt."""
     if options.cache_dir is not None:
         return Path(options.cache_dir)
     root = os.environ.get("POSEMUM_CACHE") or Path.home() / ".cache" / "posemum"
     return Path(root) / "tensorrt"
-
-
-def import_tensorrt() -> Any:
-    return import_optional("tensorrt", "TensorRT is not installed; pip install 'posemum[gpu,trt]' "
-                           "on a machine with an NVIDIA GPU (see `posemum doctor`)")
-
-
-def current_gpu() -> tuple[str, str]:
-    """(GPU name, compute capability 'M.m') of CUDA device 0, or an error saying why not."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise BackendUnavailableError("TensorRT needs a CUDA GPU and none is visible to torch; "
-                                      "run on a GPU machine (see `posemum doctor`)")
-    major, minor = torch.cuda.get_device_capability(0)
-    return torch.cuda.get_device_name(0), f"{major}.{minor}"
 
 
 def export_tensorrt(source: Path, out: Path, options: ExportOptions) -> ExportResult:

@@ -13,8 +13,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.errors import ArtifactError, ConfigError
-from posemum_deploy.export.metadata import ModelMetadata
 
 
 @runtime_checkable

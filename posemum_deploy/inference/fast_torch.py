@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.errors import ConfigError
-from posemum_deploy.export.metadata import ModelMetadata
 from posemum_deploy.inference.torch_backend import PRECISIONS, TorchBackend
 from posemum_deploy.models.cuda_graph import GraphedForward
 

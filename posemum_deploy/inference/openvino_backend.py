@@ -16,8 +16,13 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from posemum_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError, import_optional
-from posemum_deploy.export.metadata import ModelMetadata, sha256_file, sidecar_path
+from posemum_deploy.artifacts import ModelMetadata, sha256_file, sidecar_path
+from posemum_deploy.errors import (
+    ArtifactError,
+    BackendUnavailableError,
+    ConfigError,
+    import_optional,
+)
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from posemum_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError, import_optional
-from posemum_deploy.export.formats import read_sidecar
-from posemum_deploy.export.metadata import ModelMetadata
+from posemum_deploy.artifacts import ModelMetadata, read_sidecar
+from posemum_deploy.errors import (
+    ArtifactError,
+    BackendUnavailableError,
+    ConfigError,
+    import_optional,
+)
 
 log = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"

@@ -10,11 +10,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from posemum_deploy.data.codec import HeatmapCodec, flip_back
+from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.data.coco import flip_permutation
-from posemum_deploy.data.transforms import (affine_matrices, box_to_center_scale,
-                                            normalize_numpy, transform_points, warp_crops)
-from posemum_deploy.export.metadata import ModelMetadata
+from posemum_deploy.data.codec import HeatmapCodec, flip_back
+from posemum_deploy.data.transforms import (
+    affine_matrices,
+    box_to_center_scale,
+    normalize_numpy,
+    transform_points,
+    warp_crops,
+)
 from posemum_deploy.inference.backends import Backend
 
 

@@ -11,21 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from posemum_deploy.errors import BackendUnavailableError, ConfigError
-from posemum_deploy.export.metadata import ModelMetadata
+from posemum_deploy.artifacts import ModelMetadata
+from posemum_deploy.errors import ConfigError
+from posemum_deploy.system import resolve_device
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """'auto' → cuda when present else cpu; 'cuda' without a GPU raises instead of falling back."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailableError("CUDA was requested but no CUDA GPU is visible to torch; "
-                                      "use --device cpu or install a CUDA build of torch")
-    return dev
 
 
 class TorchBackend:

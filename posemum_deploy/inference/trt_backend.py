@@ -13,10 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from posemum_deploy.artifacts import ModelMetadata, read_sidecar, sha256_file
 from posemum_deploy.errors import ArtifactError, ConfigError
-from posemum_deploy.export.formats import read_sidecar
-from posemum_deploy.export.metadata import ModelMetadata, sha256_file
-from posemum_deploy.export.tensorrt import EngineKey, check_engine, current_gpu, import_tensorrt
+from posemum_deploy.inference.trt_engine import (
+    EngineKey,
+    check_engine,
+    current_gpu,
+    import_tensorrt,
+)
 
 
 def verify_engine(path: Path, meta: ModelMetadata, trt_version: str, compute_capability: str

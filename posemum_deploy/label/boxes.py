@@ -22,7 +22,7 @@ import numpy as np
 from posemum_deploy.data.boxes import BoxTable, detection_boxes, gt_boxes
 from posemum_deploy.data.coco import load_json
 from posemum_deploy.errors import BackendUnavailableError, ConfigError
-from posemum_deploy.export.metadata import sha256_file
+from posemum_deploy.artifacts import sha256_file
 
 BOX_KINDS = ("gt", "det", "hog", "full", "detector")
 # Their sources have `raw(rel_path, width, height)`: boxes from the image size alone, so

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from posemum_deploy.errors import ArtifactError, ConfigError
-from posemum_deploy.export.metadata import sha256_file
+from posemum_deploy.artifacts import sha256_file
 from posemum_deploy.label.boxes import BoxLimits
 
 log = logging.getLogger(__name__)

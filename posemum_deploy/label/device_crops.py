@@ -27,11 +27,11 @@ import torch
 from posemum_deploy.data.images import read_checked_bytes
 from posemum_deploy.data.transforms import normalize_batch
 from posemum_deploy.errors import ConfigError
-from posemum_deploy.export.metadata import ModelMetadata
+from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.inference.gpu_crops import warp_crops_batched
 from posemum_deploy.inference.pipeline import CropBatch, crop_frames
 from posemum_deploy.label.boxes import SIZE_ONLY_KINDS, BoxSource, sized_boxes
-from posemum_deploy.label.jpeg_decoders import JpegDecoder, decode_files, make_jpeg_decoder
+from posemum_deploy.data.jpeg_decoders import JpegDecoder, decode_files, make_jpeg_decoder
 from posemum_deploy.label.shard import Prepared, StageTimes, prefetch
 
 log = logging.getLogger(__name__)

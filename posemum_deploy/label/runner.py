@@ -18,10 +18,10 @@ from typing import Any, Protocol
 
 from posemum_deploy.data.images import IMAGE_SUFFIXES, list_images
 from posemum_deploy.errors import ArtifactError, ConfigError, ImageError
-from posemum_deploy.export.metadata import sha256_file
+from posemum_deploy.artifacts import sha256_file
 from posemum_deploy.inference.backends import Backend, check_backend_opens
 from posemum_deploy.label.boxes import BoxSource, parse_box_source
-from posemum_deploy.label.jpeg_decoders import check_jpeg_decoder
+from posemum_deploy.data.jpeg_decoders import check_jpeg_decoder
 from posemum_deploy.label.shard import StageTimes
 from posemum_deploy.label.worker import LabelerInfo, ShardResult, ShardWorker, WorkerSpec
 from posemum_deploy.label.writer import ShardStore

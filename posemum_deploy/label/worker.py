@@ -127,7 +127,7 @@ class ShardWorker:
         if spec.decode == "device":
             from posemum_deploy.inference.tensor_pipeline import TensorPoseEstimator
             from posemum_deploy.label.device_crops import backend_device
-            from posemum_deploy.label.jpeg_decoders import make_jpeg_decoder
+            from posemum_deploy.data.jpeg_decoders import make_jpeg_decoder
 
             self.estimator = TensorPoseEstimator(be, spec.batch_size, spec.flip, spec.dark)
             self.device = backend_device(be)

@@ -29,7 +29,7 @@ from torch.utils.data import default_collate
 
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.inference.gpu_crops import warp_crops_batched
-from posemum_deploy.label.jpeg_decoders import decode_files, make_jpeg_decoder
+from posemum_deploy.data.jpeg_decoders import decode_files, make_jpeg_decoder
 
 log = logging.getLogger(__name__)
 DECODES = ("host", "device")

@@ -20,8 +20,8 @@ from posemum_deploy.data.datasets import (TopDownDataset, UnreadableImages, chec
                                           load_instances)
 from posemum_deploy.data.transforms import AffineAugment, normalize_batch
 from posemum_deploy.errors import ConfigError
-from posemum_deploy.export.metadata import ModelMetadata
-from posemum_deploy.inference.torch_backend import resolve_device
+from posemum_deploy.artifacts import ModelMetadata
+from posemum_deploy.system import resolve_device
 from posemum_deploy.models.checkpoint import read_checkpoint
 from posemum_deploy.models.simple_baseline import build_model, check_input_hw
 from posemum_deploy.training import distributed as ddp

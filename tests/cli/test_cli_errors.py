@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from posemum_deploy.export.metadata import ModelMetadata
+from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.models import build_model
 
 

@@ -131,7 +131,7 @@ def test_model_mode_end_to_end(tmp_path: Path) -> None:
     """A real (untrained) checkpoint through predict_coco on coco_mini with GT boxes."""
     _require_predict_coco()
     torch = pytest.importorskip("torch")
-    from posemum_deploy.export.metadata import ModelMetadata
+    from posemum_deploy.artifacts import ModelMetadata
     from posemum_deploy.models.simple_baseline import build_model
 
     ckpt = tmp_path / "tiny.pt"  # the minimal posemum checkpoint models/checkpoint.py reads

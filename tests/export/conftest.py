@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from posemum_deploy.export.metadata import ModelMetadata
+from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.models.simple_baseline import build_model
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,12 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from posemum_deploy.artifacts import read_sidecar, sha256_file, sidecar_path
 from posemum_deploy.errors import ArtifactError, ConfigError
 from posemum_deploy.export.calibration import calibration_crops
-from posemum_deploy.export.formats import ExportOptions, export_model, read_sidecar
-from posemum_deploy.export.metadata import sha256_file, sidecar_path
-from posemum_deploy.export.onnx import (SubPixelDeconv, embedded_metadata, fold_deconv_bn,
-                                        runtime_graph)
+from posemum_deploy.export.formats import ExportOptions, export_model
+from posemum_deploy.export.onnx import (
+    SubPixelDeconv,
+    embedded_metadata,
+    fold_deconv_bn,
+    runtime_graph,
+)
 from posemum_deploy.inference.ort_backend import OrtBackend
 from posemum_deploy.inference.pipeline import PoseEstimator
 from posemum_deploy.inference.torch_backend import TorchBackend

@@ -13,6 +13,7 @@ import pytest
 
 pytest.importorskip("openvino", reason="OpenVINO not installed (pip install 'posemum[cpu]')")
 
+from posemum_deploy.artifacts import ModelMetadata, sidecar_path  # noqa: E402
 from posemum_deploy.data.boxes import gt_boxes  # noqa: E402
 from posemum_deploy.data.coco import load_coco_keypoints  # noqa: E402
 from posemum_deploy.data.images import read_image  # noqa: E402
@@ -21,7 +22,6 @@ from posemum_deploy.errors import ArtifactError, BackendUnavailableError, Config
 from posemum_deploy.export import openvino as ov_export  # noqa: E402
 from posemum_deploy.export.accuracy import check_accuracy  # noqa: E402
 from posemum_deploy.export.calibration import calibration_crops  # noqa: E402
-from posemum_deploy.export.metadata import ModelMetadata, sidecar_path  # noqa: E402
 from posemum_deploy.export.formats import ExportOptions, export_model  # noqa: E402
 from posemum_deploy.export.openvino import export_openvino  # noqa: E402
 from posemum_deploy.inference.backends import load_backend  # noqa: E402

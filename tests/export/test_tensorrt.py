@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from posemum_deploy.artifacts import ModelMetadata, sha256_file, sidecar_path
 from posemum_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError
 from posemum_deploy.export.formats import ExportOptions, export_model, parse_profile
-from posemum_deploy.export.metadata import ModelMetadata, sha256_file, sidecar_path
-from posemum_deploy.export.tensorrt import (EngineKey, cache_dir, check_engine, engine_key,
-                                            precision_of)
+from posemum_deploy.export.tensorrt import cache_dir, precision_of
 from posemum_deploy.inference.trt_backend import TrtBackend, verify_engine
+from posemum_deploy.inference.trt_engine import EngineKey, check_engine, engine_key
 
 KEY = dict(onnx_sha256="ab" * 32, trt_version="10.3.0", compute_capability=(8, 9),
            precision="fp16", profile=(1, 32, 64))

@@ -2,8 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from posemum_deploy.data.transforms import (affine_matrices, box_to_center_scale, warp_crops)
-from posemum_deploy.export.metadata import ModelMetadata
+from posemum_deploy.artifacts import ModelMetadata
+from posemum_deploy.data.transforms import (
+    affine_matrices,
+    box_to_center_scale,
+    warp_crops,
+)
 from posemum_deploy.inference.fast_torch import FastTorchBackend
 from posemum_deploy.inference.gpu_crops import warp_crops_torch
 from posemum_deploy.inference.torch_backend import TorchBackend

@@ -11,16 +11,20 @@ from torch import nn
 
 pytest.importorskip("openvino", reason="OpenVINO not installed (pip install 'posemum[cpu]')")
 
+from posemum_deploy.artifacts import ModelMetadata, sidecar_path  # noqa: E402
 from posemum_deploy.data.transforms import normalize_numpy  # noqa: E402
 from posemum_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError  # noqa: E402
 from posemum_deploy.evaluation.coco_eval import evaluate_results  # noqa: E402
 from posemum_deploy.export.calibration import calibration_crops  # noqa: E402
-from posemum_deploy.export.metadata import ModelMetadata, sidecar_path  # noqa: E402
 from posemum_deploy.export.onnx import export_network, finish_sidecar  # noqa: E402
 from posemum_deploy.inference import backends  # noqa: E402
 from posemum_deploy.inference.backends import load_backend  # noqa: E402
-from posemum_deploy.inference.openvino_backend import (OpenVinoBackend, check_supported,  # noqa: E402
-                                                       cpu_precisions, resolve_precision)
+from posemum_deploy.inference.openvino_backend import (  # noqa: E402
+    OpenVinoBackend,
+    check_supported,
+    cpu_precisions,
+    resolve_precision,
+)
 from posemum_deploy.inference.predict import predict_coco  # noqa: E402
 from posemum_deploy.inference.torch_backend import TorchBackend  # noqa: E402
 from posemum_deploy.models.simple_baseline import build_model  # noqa: E402

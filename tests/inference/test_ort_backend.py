@@ -7,12 +7,17 @@ import numpy as np
 import pytest
 import torch
 
+from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.errors import BackendUnavailableError, ConfigError
-from posemum_deploy.export.metadata import ModelMetadata
 from posemum_deploy.export.onnx import export_network, finish_sidecar
 from posemum_deploy.inference import ort_backend
 from posemum_deploy.inference.backends import load_backend
-from posemum_deploy.inference.ort_backend import CPU, OrtBackend, check_providers, resolve_providers
+from posemum_deploy.inference.ort_backend import (
+    CPU,
+    OrtBackend,
+    check_providers,
+    resolve_providers,
+)
 from posemum_deploy.models.simple_baseline import build_model
 
 ort = pytest.importorskip("onnxruntime")
@@ -79,7 +84,7 @@ def test_provider_resolution() -> None:
 def test_torch_backend_cuda_request_is_an_error_without_gpu(onnx_file: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present")
-    from posemum_deploy.inference.torch_backend import resolve_device
+    from posemum_deploy.system import resolve_device
 
     with pytest.raises(BackendUnavailableError, match="CUDA was requested"):
         resolve_device("cuda")

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.gpu,
 
 def _checkpoint(path: Path) -> Path:
     """SimpleBaseline-R18 at 256x192 with fixed random weights (peaky head)."""
-    from posemum_deploy.export.metadata import ModelMetadata
+    from posemum_deploy.artifacts import ModelMetadata
     from posemum_deploy.models.simple_baseline import build_model
 
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import torch
 
-from posemum_deploy.export.metadata import ModelMetadata
+from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.label.boxes import FullImageBoxes
 from posemum_deploy.models.simple_baseline import build_model
 

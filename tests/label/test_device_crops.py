@@ -14,7 +14,7 @@ import torch
 
 from posemum_deploy.data.codec import HeatmapCodec
 from posemum_deploy.data.synthetic import generate_dataset
-from posemum_deploy.export.metadata import ModelMetadata
+from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.inference.pipeline import PoseEstimator
 from posemum_deploy.inference.tensor_pipeline import TensorPoseEstimator, decode_quarter_torch
 from posemum_deploy.inference.torch_backend import TorchBackend

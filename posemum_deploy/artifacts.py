@@ -1,4 +1,6 @@
-"""ModelMetadata: the one description that travels with every artifact.
+"""Artifacts: ModelMetadata, its sidecar files and file hashes.
+
+ModelMetadata is the one description that travels with every artifact.
 
 Checkpoints carry it under "model_meta", ONNX files in their metadata props and every
 exported artifact in a `model.json` sidecar, so that any runtime can rebuild the exact
@@ -90,3 +92,27 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_sidecar(artifact: str | Path, fmt: str = "onnx") -> ModelMetadata:
+    """The artifact's model.json, checked to describe this very file (sha256).
+
+    A missing sidecar or one written for another file (a re-export beside an old one,
+    a copied engine) is refused: running with the wrong sizes or normalisation gives
+    silently wrong keypoints.
+    """
+    artifact = Path(artifact)
+    side = sidecar_path(artifact)
+    fix = f"re-export with `posemum export CKPT --format {fmt} --out {artifact}`"
+    if not artifact.is_file():
+        raise ArtifactError(f"{artifact}: model file not found")
+    if not side.is_file():
+        raise ArtifactError(f"{artifact}: metadata sidecar {side.name} is missing beside it; {fix}")
+    meta = ModelMetadata.load(side)
+    if not meta.artifact_sha256:
+        raise ArtifactError(f"{side}: records no artifact sha256, so it cannot be matched to "
+                            f"{artifact.name}; {fix}")
+    if meta.artifact_sha256 != sha256_file(artifact):
+        raise ArtifactError(f"{side} does not match {artifact.name} (sha256 differs: the file "
+                            f"was changed or the sidecar belongs to another export); {fix}")
+    return meta

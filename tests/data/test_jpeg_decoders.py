@@ -10,10 +10,8 @@ import pytest
 import torch
 
 from posemum_deploy.errors import BackendUnavailableError, ConfigError
-from posemum_deploy.label.jpeg_decoders import (TorchvisionJpeg, check_jpeg_decoder,
+from posemum_deploy.data.jpeg_decoders import (TorchvisionJpeg, check_jpeg_decoder,
                                                 make_jpeg_decoder, nvimgcodec_installed)
-from posemum_deploy.label.runner import LabelSettings, label_folder
-from posemum_deploy.label.writer import load_manifest
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 NVIMGCODEC_GPU = torch.cuda.is_available() and nvimgcodec_installed()
@@ -41,26 +39,13 @@ def test_missing_nvimgcodec_says_how_to_install_it() -> None:
 
 
 def test_nvimgcodec_without_a_gpu_is_refused_before_work(monkeypatch) -> None:
-    import posemum_deploy.label.jpeg_decoders as jd
+    import posemum_deploy.data.jpeg_decoders as jd
 
     monkeypatch.setattr(jd, "nvimgcodec_installed", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="no.*GPU|none visible"):
         check_jpeg_decoder("nvimgcodec")
     check_jpeg_decoder("torchvision")
-
-
-def test_the_choice_is_checked_before_work_and_recorded_for_resume(tmp_path: Path,
-                                                                   tiny_model: Path) -> None:
-    images = tmp_path / "images"
-    images.mkdir()
-    cv2.imwrite(str(images / "a.jpg"), np.full((40, 30, 3), 128, np.uint8))
-    with pytest.raises(ConfigError, match="--jpeg-decoder"):
-        label_folder(tiny_model, images, tmp_path / "bad",
-                     LabelSettings(decode="device", jpeg_decoder="libjpeg"), backend="torch")
-    label_folder(tiny_model, images, tmp_path / "out",
-                 LabelSettings(decode="device", jpeg_decoder="torchvision"), backend="torch")
-    assert load_manifest(tmp_path / "out")["settings"]["jpeg_decoder"] == "torchvision"
 
 
 def _jpeg_with_orientation(path: Path, orientation: int) -> np.ndarray:
