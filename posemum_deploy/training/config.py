@@ -82,6 +82,23 @@ class SSLConfig:
 
 
 @dataclass
+class PseudoConfig:
+    """Pseudo-labeled persons mixed into every labeled batch (the rounds' retraining).
+
+    `labels` empty: plain training. Otherwise each batch holds exactly
+    round(labeled_ratio × batch_size) labeled crops, then pseudo-labeled ones, which are
+    noised (`noise`, comma list of affine|randaugment|cutout|mum, or none) and whose joint
+    losses are weighted by `weight` (none | score | agreement, read from the json).
+    """
+
+    labels: str | None = None         # COCO json of pseudo-labels (written by merge)
+    images: str | None = None         # folder its file_names are relative to
+    labeled_ratio: float = 0.5
+    noise: str = "randaugment,cutout"
+    weight: str = "none"              # none | score | agreement
+
+
+@dataclass
 class RuntimeConfig:
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     precision: str = "auto"           # auto | fp32 | bf16 | fp16
@@ -102,6 +119,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict[str, Any]:

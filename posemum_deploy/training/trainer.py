@@ -86,6 +86,10 @@ def make_labeled_loader(cfg: TrainConfig, codec: HeatmapCodec,
     dataset = TopDownDataset(instances, codec, augment, seed=cfg.runtime.seed,
                              cache_images=cfg.data.cache_images,
                              encoded=encoded_items(cfg.data.decode))
+    if cfg.pseudo.labels:  # rounds: labeled and pseudo-labeled persons in every batch
+        from posemum_deploy.training.pseudo_mix import make_mixed_loader
+
+        return make_mixed_loader(cfg, codec, dataset, env.rank)
     if len(dataset) // env.world_size < cfg.optim.batch_size:
         raise ConfigError(f"{cfg.data.labeled}: {len(dataset)} labeled instances is fewer than "
                           f"the batch size {cfg.optim.batch_size} per process; lower --batch-size")
@@ -181,6 +185,10 @@ class SupervisedStep:
 def build_step(cfg: TrainConfig, model, optimizer, device, amp) -> SupervisedStep:
     """The step for this config: supervised, or the semi-supervised step of the preset."""
     check_input_hw(tuple(cfg.data.input_hw))
+    if cfg.ssl.teacher == "none" and cfg.pseudo.labels:
+        from posemum_deploy.training.pseudo_mix import PseudoMixStep
+
+        return PseudoMixStep(cfg, model, optimizer, device, amp)
     if cfg.ssl.teacher == "none":
         return SupervisedStep(model, optimizer, device, amp, cfg.runtime.channels_last)
     from posemum_deploy.training.ssl_step import build_ssl_step
