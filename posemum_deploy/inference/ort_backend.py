@@ -21,6 +21,7 @@ from posemum_deploy.errors import (
     ConfigError,
     import_optional,
 )
+from posemum_deploy.system import usable_cpus
 
 log = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"
@@ -77,7 +78,8 @@ class OrtBackend:
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None,
                  device: str = "auto", allow_cpu_fallback: bool = False,
-                 threads: int | None = None, metadata: ModelMetadata | None = None) -> None:
+                 threads: int | None = None, metadata: ModelMetadata | None = None,
+                 spinning: bool = True) -> None:
         ort = _ort()
         self.path = Path(path)
         self.metadata = metadata if metadata is not None else read_sidecar(self.path, "onnx")
@@ -89,7 +91,8 @@ class OrtBackend:
             raise BackendUnavailableError(
                 f"{self.path}: {', '.join(missing)} requested but this onnxruntime offers only "
                 f"{', '.join(available)}; {fix}, or use --device cpu")
-        self.session = self._session(ort, [p for p in requested if p in available] or [CPU], threads)
+        self.session = self._session(ort, [p for p in requested if p in available] or [CPU],
+                                     threads, spinning)
         self.providers = self.session.get_providers()
         check_providers(requested, self.providers, self.path,
                         allow_cpu_fallback or (device == "auto" and not providers))
@@ -97,11 +100,19 @@ class OrtBackend:
         self.output_name = self.session.get_outputs()[0].name
         self._check_input(self.session.get_inputs()[0].shape)
 
-    def _session(self, ort: Any, providers: list[str], threads: int | None) -> Any:
+    def _session(self, ort: Any, providers: list[str], threads: int | None,
+                 spinning: bool) -> Any:
+        """CPU threads pinned explicitly: `threads` intra-op (default: the CPUs this
+        process may use), one inter-op (the graph is a chain). `spinning=False` lets the
+        pool sleep between runs instead of spinning, so it does not take cores from the
+        decode thread or the next runtime of a benchmark."""
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
+        opts.intra_op_num_threads = threads or usable_cpus()
+        opts.inter_op_num_threads = 1
+        if not spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             return ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
