@@ -13,17 +13,19 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 from posemum_deploy.data.images import read_image
 from posemum_deploy.evaluation.nms import oks_nms, rescore
 from posemum_deploy.inference.pipeline import CropBatch, PoseEstimator, make_crops
+from posemum_deploy.inference.tta import TTAEstimator, make_view_crops
 from posemum_deploy.label.boxes import BoxSource
 
 log = logging.getLogger(__name__)
@@ -60,15 +62,19 @@ class Prepared:
 
 
 def prepare_image(root: Path, rel: str, boxes: BoxSource, input_hw: tuple[int, int],
-                  times: StageTimes) -> Prepared:
-    """Decode → person boxes → crops. Never raises: a bad file becomes `error`."""
+                  times: StageTimes, scales: tuple[float, ...] | None = None) -> Prepared:
+    """Decode → person boxes → crops. Never raises: a bad file becomes `error`.
+
+    `scales` (TTA): crops [N, S, H, W, 3] of every box at each scale (`make_view_crops`).
+    """
     try:
         t0 = time.perf_counter()
         image = read_image(root / rel)
         t1 = time.perf_counter()
         box_xywh, scores = boxes.boxes(rel, image)
         t2 = time.perf_counter()
-        crops = make_crops(image, box_xywh, scores, input_hw)
+        crops = (make_crops(image, box_xywh, scores, input_hw) if scales is None
+                 else make_view_crops(image, box_xywh, scores, input_hw, scales))
         times.add("decode", t1 - t0)
         times.add("boxes", t2 - t1)
         times.add("crop", time.perf_counter() - t2)
@@ -117,13 +123,14 @@ def concat(parts: list[Any]) -> Any:
 
 
 def host_stream(root: Path, items: Iterable[tuple[Any, str]], boxes: BoxSource,
-                input_hw: tuple[int, int], workers: int, depth: int, times: StageTimes
-                ) -> Iterator[tuple[Any, Prepared]]:
+                input_hw: tuple[int, int], workers: int, depth: int, times: StageTimes,
+                scales: tuple[float, ...] | None = None) -> Iterator[tuple[Any, Prepared]]:
     """(key, Prepared) for (key, relative path) items, decoded and cropped by `workers`
-    CPU threads running up to `depth` images ahead of the consumer, in order."""
+    CPU threads running up to `depth` images ahead of the consumer, in order (`scales`:
+    the TTA view crops of every box, see `prepare_image`)."""
 
     def prepare(item: tuple[Any, str]) -> tuple[Any, Prepared]:
-        return item[0], prepare_image(root, item[1], boxes, input_hw, times)
+        return item[0], prepare_image(root, item[1], boxes, input_hw, times, scales)
 
     return prefetch(prepare, items, workers, depth, times)
 
@@ -139,7 +146,7 @@ class _Waiting:
 class ShardLabeler:
     """Batches crops across the images of a shard and turns keypoints into records."""
 
-    def __init__(self, estimator: PoseEstimator, oks_nms_threshold: float | None = 0.9,
+    def __init__(self, estimator: PoseEstimator | TTAEstimator, oks_nms_threshold: float | None = 0.9,
                  times: StageTimes | None = None) -> None:
         self.estimator = estimator
         self.nms = oks_nms_threshold
@@ -166,7 +173,7 @@ class ShardLabeler:
             records.append(None)
             n = 0 if item.crops is None else len(item.crops.boxes)
             if n == 0:
-                finish(len(records) - 1, item, np.zeros((0, self.estimator.meta.num_joints, 3)))
+                finish(len(records) - 1, item, np.zeros((0, self.estimator.meta.num_joints, 4)))
                 continue
             queue.append(_Waiting(len(records) - 1, item))
             buf_crops.append(item.crops.crops)
@@ -202,14 +209,18 @@ class ShardLabeler:
                 finish(head.slot, head.item, np.concatenate(head.parts))
 
     def record(self, item: Prepared, kpts: np.ndarray) -> dict[str, Any]:
-        """One output line: the image and its people, rescored (and OKS-NMSed) as in eval."""
+        """One output line: the image and its people, rescored (and OKS-NMSed) as in eval.
+
+        Keypoints [N, K, 4] from a `TTAEstimator` add each joint's agreement across views
+        and models ("joint_agreement"); a single pass ([N, K, 3]) writes none."""
         if item.error is not None:
             return {"file": item.rel, "error": item.error}
         persons: list[dict[str, Any]] = []
         if len(kpts):
             crops = item.crops
             scores = rescore(kpts[:, :, 2], crops.box_scores)
-            order = (oks_nms(kpts, scores, crops.areas, self.nms) if self.nms and len(kpts) > 1
+            order = (oks_nms(kpts[:, :, :3], scores, crops.areas, self.nms)
+                     if self.nms and len(kpts) > 1
                      else range(len(kpts)))
             # Rounded once per image, as arrays (a GPU labeler writes thousands of people
             # a second, so this runs hot).
@@ -222,4 +233,8 @@ class ShardLabeler:
             persons = [{"box": boxes[i], "box_score": box_scores[i], "score": instance[i],
                         "keypoints": xy[i], "joint_scores": joint_scores[i], "area": areas[i]}
                        for i in order]
+            if kpts.shape[-1] > 3:
+                agreement = np.round(kpts[:, :, 3], 4).tolist()
+                for i, person in zip(order, persons):
+                    person["joint_agreement"] = agreement[i]
         return {"file": item.rel, "width": item.width, "height": item.height, "persons": persons}
