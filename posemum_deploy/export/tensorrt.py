@@ -1,27 +1,35 @@
-"""ONNX → TensorRT engine (TRT 10 Python builder), cached by what makes engines unportable.
+"""ONNX → TensorRT engine, one build path for TensorRT 10.x and 11.x (strongly typed).
 
-An engine only runs on the TensorRT version and GPU architecture it was built for, with
-the precision and batch profile it was built with. So the cache key is exactly those
-plus the ONNX sha256 (`engine_key`, a pure function), the key is written in the
-engine's sidecar, and `check_engine` refuses an engine whose key differs from what this
-machine would build. One optimisation profile (min/opt/max batch); FP16; INT8 with the
-entropy calibrator over real crops (its cache is saved beside the engine); a timing
-cache in the cache folder is reused by every build on this GPU. `tensorrt` and CUDA
-are imported only when building.
+TensorRT 11 removed the implicit-precision builder flags and the INT8 calibrators
+(deprecated since 10.1/10.12), so every engine here is built from a strongly typed
+network whose precision is in the ONNX graph (`export.trt_networks`): the fp32 export,
+its FP16 conversion, or its QDQ quantisation for INT8. One optimisation profile
+(min/opt/max batch), an optional hardware-compatibility level, and a timing cache per
+TensorRT version and GPU model. Engine, timing cache and networks are cache entries that
+are written atomically and verified before reuse (`export.trt_cache`); the engine key
+(`inference.trt_engine.engine_key`) names everything an engine depends on and is written
+into the sidecar. `tensorrt` and CUDA are imported only when building.
 """
 from __future__ import annotations
 
 import logging
 import os
-import shutil
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from posemum_deploy.artifacts import ModelMetadata, sha256_file, sidecar_path
+from posemum_deploy.artifacts import (
+    ModelMetadata,
+    read_sidecar,
+    sha256_file,
+    sidecar_path,
+)
 from posemum_deploy.errors import ArtifactError, ConfigError
 from posemum_deploy.export.formats import ExportOptions, ExportResult, tool_versions
+from posemum_deploy.export.trt_cache import atomic_write_bytes, load_entry, store_entry
 from posemum_deploy.inference.trt_engine import (
+    HARDWARE_COMPAT,
     EngineKey,
     current_gpu,
     engine_key,
@@ -33,9 +41,16 @@ log = logging.getLogger(__name__)
 
 def precision_of(options: ExportOptions) -> str:
     if options.fp16 and options.int8:
-        raise ConfigError("choose one of --fp16 and --int8 (INT8 engines fall back to fp16 "
-                          "kernels where faster anyway)")
+        raise ConfigError("choose one of --fp16 and --int8 (an INT8 engine keeps fp32 where "
+                          "its QDQ graph has no quantisation)")
     return "int8" if options.int8 else "fp16" if options.fp16 else "fp32"
+
+
+def hardware_compat_of(options: ExportOptions) -> str:
+    level = str(options.extra.get("hardware_compatibility", "none"))
+    if level not in HARDWARE_COMPAT:
+        raise ConfigError(f"hardware compatibility {level!r}: choose {', '.join(HARDWARE_COMPAT)}")
+    return level
 
 
 def cache_dir(options: ExportOptions) -> Path:
@@ -46,72 +61,106 @@ def cache_dir(options: ExportOptions) -> Path:
     return Path(root) / "tensorrt"
 
 
-def export_tensorrt(source: Path, out: Path, options: ExportOptions) -> ExportResult:
-    """Checkpoint or posemum ONNX → engine at `out` + sidecar, reusing a cached engine."""
+def _source_network(source: Path, options: ExportOptions, out: Path, precision: str
+                    ) -> tuple[Path, ModelMetadata, Path | None]:
+    """(fp32 ONNX, its metadata, a QDQ ONNX given as the source itself or None)."""
     from posemum_deploy.export.onnx import load_onnx_source
 
-    precision = precision_of(options)
+    if source.suffix.lower() == ".onnx" and read_sidecar(source).precision == "int8":
+        if precision != "int8":
+            raise ConfigError(f"{source}: is an INT8 QDQ model; build it with --int8, or pass "
+                              "the fp32 ONNX for an fp32/--fp16 engine")
+        return source, read_sidecar(source), source
+    if precision == "int8" and options.calib is None:
+        raise ConfigError("--int8 needs --calib IMAGES (real person images or a COCO json) "
+                          "to quantise the fp32 ONNX, or pass a TensorRT-ready QDQ ONNX")
+    onnx_path, meta = load_onnx_source(source, options, out)
+    return onnx_path, meta, None
+
+
+def export_tensorrt(source: Path, out: Path, options: ExportOptions) -> ExportResult:
+    """Checkpoint or posemum ONNX → engine at `out` + sidecar, reusing a cached engine."""
+    from posemum_deploy.export.trt_networks import (
+        fp16_network,
+        int8_network,
+        network_parity,
+    )
+
+    precision, level = precision_of(options), hardware_compat_of(options)
     trt = import_tensorrt()
     gpu_name, cc = current_gpu()
-    if precision == "int8" and options.calib is None:
-        raise ConfigError("--int8 needs --calib IMAGES (real person images or a COCO json)")
-    onnx_path, meta = load_onnx_source(source, options, out)
-    key = engine_key(sha256_file(onnx_path), trt.__version__, cc, precision, options.batch)
-    cached = cache_dir(options) / "engines" / f"{key.digest()}.engine"
-    if cached.is_file():
+    onnx_path, meta, given_qdq = _source_network(source, options, out, precision)
+    cache = cache_dir(options)
+    onnx_sha = sha256_file(onnx_path)
+    if precision == "fp16":
+        graph_path = fp16_network(onnx_path, onnx_sha, cache)
+    elif precision == "int8" and given_qdq is None:
+        method = str(options.extra.get("calibrate_method", "minmax"))
+        graph_path = int8_network(onnx_path, onnx_sha, meta, options.calib,
+                                  options.calib_count, method, cache)
+    else:
+        graph_path = onnx_path
+    if given_qdq is not None:
+        from posemum_deploy.export.trt_networks import check_tensorrt_qdq
+
+        check_tensorrt_qdq(given_qdq)
+    report: dict[str, Any] = {}
+    if graph_path != onnx_path:
+        from posemum_deploy.export.onnx import check_crops
+
+        crops, origin = check_crops(source, meta, options, limit=32)
+        report = {**network_parity(onnx_path, graph_path, meta, crops), "crops": origin}
+    key = engine_key(onnx_sha, sha256_file(graph_path), precision, options.batch, trt.__version__,
+                     gpu_name, cc, level)
+    cached = cache / "engines" / f"{key.digest()}.engine"
+    data = load_entry(cached)
+    if data is not None:
         log.info("reusing cached engine %s", cached)
     else:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        build_engine(onnx_path, cached, meta, key, options, cache_dir(options))
-    if cached.resolve() != out.resolve():
-        shutil.copyfile(cached, out)
+        data = build_engine(trt, graph_path, key, tuple(meta.input_hw), cache)
+        store_entry(cached, data, {"engine_key": asdict(key)})
+    atomic_write_bytes(out, data)
     meta = ModelMetadata.from_dict(meta.to_dict())
     meta.format, meta.precision = "tensorrt", precision
     meta.artifact_sha256 = sha256_file(out)
     meta.extra = {"engine_key": asdict(key), "cache_key": key.digest(), "gpu": gpu_name,
-                  "onnx_source": onnx_path.name}
+                  "onnx_source": onnx_path.name, "network_parity": report}
     meta.tool_versions = {**meta.tool_versions, **tool_versions("tensorrt", "torch")}
     meta.save(sidecar_path(out))
-    return ExportResult(out, meta, {"engine_key": asdict(key), "cached": str(cached)},
+    return ExportResult(out, meta, {"engine_key": asdict(key), "cached": str(cached), **report},
                         extra_files=[onnx_path])
 
 
-def make_calibrator(trt: Any, batcher: Any, cache_file: Path) -> Any:
-    """An IInt8EntropyCalibrator2 feeding CropBatcher batches through a CUDA torch tensor.
+def timing_cache_file(cache: Path, key: EngineKey) -> Path:
+    """One timing cache per TensorRT version and GPU model (tactic timings are per GPU)."""
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", key.gpu_name).strip("-").lower() or "gpu"
+    return cache / f"timing-{key.trt_version}-{gpu}-sm{key.compute_capability}.cache"
 
-    The calibration cache is read back on the next build (same crops, same network), so
-    recalibrating costs nothing until the cache file is deleted.
-    """
-    import torch
 
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.device_batch = torch.empty(batcher.shape, dtype=torch.float32, device="cuda")
-
-        def get_batch_size(self) -> int:
-            return batcher.batch_size
-
-        def get_batch(self, names: list[str]) -> list[int] | None:
-            batch = batcher.next_batch()
-            if batch is None:
-                return None
-            self.device_batch.copy_(torch.from_numpy(batch))
-            torch.cuda.synchronize()
-            return [int(self.device_batch.data_ptr())]
-
-        def read_calibration_cache(self) -> bytes | None:
-            return cache_file.read_bytes() if cache_file.is_file() else None
-
-        def write_calibration_cache(self, cache: Any) -> None:
-            cache_file.write_bytes(bytes(cache))
-
-    return EntropyCalibrator()
+def _attach_timing_cache(config: Any, timing_file: Path) -> Any:
+    """The cached timings, or a fresh cache (with a warning) when TensorRT refuses them."""
+    data = load_entry(timing_file) or b""
+    try:
+        timing = config.create_timing_cache(data)
+    except Exception as e:  # a cache from another TensorRT build TensorRT cannot read
+        log.warning("%s: TensorRT cannot read this timing cache (%s); starting a fresh one",
+                    timing_file, str(e).splitlines()[0][:120] if str(e) else type(e).__name__)
+        data, timing = b"", config.create_timing_cache(b"")
+    if timing is not None and config.set_timing_cache(timing, ignore_mismatch=False):
+        return timing
+    log.warning("%s: the timing cache does not match this GPU/TensorRT; starting a fresh one",
+                timing_file)
+    timing = config.create_timing_cache(b"")
+    if not config.set_timing_cache(timing, ignore_mismatch=False):
+        raise ArtifactError(f"TensorRT refused even an empty timing cache; delete {timing_file} "
+                            "and report this with `posemum doctor`")
+    return timing
 
 
 def _parse(trt: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any, Any]:
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TRT 10: explicit batch is the only mode
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -120,40 +169,35 @@ def _parse(trt: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any, Any]:
     return builder, network, parser
 
 
-def build_engine(onnx_path: Path, engine_path: Path, meta: ModelMetadata, key: EngineKey,
-                 options: ExportOptions, cache: Path) -> Path:
-    """Build and serialise an engine with one batch profile, reusing the timing cache."""
-    trt = import_tensorrt()
+def _hardware_level(trt: Any, level: str) -> Any:
+    levels = {"same_compute_capability": trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY,
+              "ampere_plus": trt.HardwareCompatibilityLevel.AMPERE_PLUS}
+    return levels[level]
+
+
+def build_engine(trt: Any, network_path: Path, key: EngineKey, input_hw: tuple[int, int],
+                 cache: Path) -> bytes:
+    """A serialized strongly typed engine with one batch profile, reusing the timing cache.
+
+    No precision flags: the types of `network_path` (fp32, FP16, or QDQ INT8) decide."""
     logger = trt.Logger(trt.Logger.WARNING)
-    builder, network, _parser = _parse(trt, logger, onnx_path)
+    builder, network, _parser = _parse(trt, logger, network_path)
     config = builder.create_builder_config()
-    h, w = meta.input_hw
+    h, w = input_hw
     lo, opt, hi = key.profile
     profile = builder.create_optimization_profile()
     profile.set_shape(network.get_input(0).name, (lo, 3, h, w), (opt, 3, h, w), (hi, 3, h, w))
     config.add_optimization_profile(profile)
-    timing_file = cache / f"timing-{key.trt_version}-sm{key.compute_capability}.cache"
-    timing = config.create_timing_cache(timing_file.read_bytes() if timing_file.is_file() else b"")
-    config.set_timing_cache(timing, ignore_mismatch=False)
-    if key.precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)
-    if key.precision == "int8":
-        from posemum_deploy.export.calibration import CropBatcher, calibration_crops
-
-        crops = calibration_crops(options.calib, (h, w), options.calib_count)
-        batcher = CropBatcher(crops, min(opt, len(crops)), meta.mean, meta.std)
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = make_calibrator(
-            trt, batcher, engine_path.with_name(f"{key.onnx_sha256[:16]}.calib.cache"))
-        calib_profile = builder.create_optimization_profile()
-        shape = (batcher.batch_size, 3, h, w)
-        calib_profile.set_shape(network.get_input(0).name, shape, shape, shape)
-        config.set_calibration_profile(calib_profile)
+    if key.hardware_compatibility != "none":
+        config.hardware_compatibility_level = _hardware_level(trt, key.hardware_compatibility)
+    timing_file = timing_cache_file(cache, key)
+    _attach_timing_cache(config, timing_file)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise ArtifactError(f"{onnx_path}: TensorRT failed to build a {key.precision} engine "
+        raise ArtifactError(f"{network_path}: TensorRT failed to build a {key.precision} engine "
                             "(see the TensorRT log above); try another precision or --batch")
-    cache.mkdir(parents=True, exist_ok=True)
-    timing_file.write_bytes(bytes(config.get_timing_cache().serialize()))
-    engine_path.write_bytes(bytes(serialized))
-    return engine_path
+    timing = config.get_timing_cache()
+    if timing is not None:
+        store_entry(timing_file, bytes(timing.serialize()),
+                    {"trt_version": key.trt_version, "gpu_name": key.gpu_name})
+    return bytes(serialized)

@@ -94,7 +94,7 @@ def parse_sources(texts: list[str]) -> tuple[set[str], dict[str, set[str]]]:
                 current = var_to_py[data[0]]
             elif kind == "member":
                 var, _, name = data
-                owner = var_to_py[var] if var in var_to_py else current
+                owner = var_to_py.get(var, current)
                 (members.setdefault(owner, set()) if owner else top).add(name)
             elif kind == "export" and current in parent:
                 members.setdefault(parent[current], set()).update(members[current])
