@@ -189,7 +189,7 @@ def label_rows(ann: Path, fast: FastTorchBackend, batch: int, model_only: float,
     """`label_folder` (what `posemum label` runs) with the fast backend: device decode in
     one process (the warm in-process backend) and in N spawned processes sharing the
     GPU (each loads the checkpoint), and host decode threads for comparison."""
-    from posemum_deploy.label.runner import LabelSettings, label_folder
+    from posemum_deploy.label.runner import LabelSettings, RunSettings, label_folder
 
     ckpt = Path(args.work) / "r18.pt"
     weights = {k: v.float().cpu() for k, v in fast.model.state_dict().items()}
@@ -205,9 +205,9 @@ def label_rows(ann: Path, fast: FastTorchBackend, batch: int, model_only: float,
         s = label_folder(ckpt, gt.parent / "images", Path(tempfile.mkdtemp(dir=args.work)),
                          LabelSettings(boxes=f"gt:{gt}", shard_size=args.label_shard,
                                        decode=decode, jpeg_decoder=jpeg),
-                         backend=backend, batch_size=batch, workers=args.label_workers,
-                         processes=processes, backend_options=options,
-                         shards_per_task=shards_per_task)
+                         RunSettings(backend=backend, batch_size=batch,
+                                     workers=args.label_workers, processes=processes,
+                                     backend_options=options, shards_per_task=shards_per_task))
         results[name] = {"images": s.images, "crops": s.crops, "crops_per_s": s.crops_per_s,
                          "steady_crops_per_s": s.steady_crops_per_s(),
                          "labeling_window_s": (max(m[0] for m in s.shard_marks)

@@ -30,7 +30,7 @@ import torch
 
 from posemum_deploy.data.synthetic import generate_dataset
 from posemum_deploy.artifacts import ModelMetadata, sidecar_path
-from posemum_deploy.label.runner import LabelSettings, label_folder
+from posemum_deploy.label.runner import LabelSettings, RunSettings, label_folder
 from posemum_deploy.models.simple_baseline import build_model
 
 
@@ -114,7 +114,8 @@ def main() -> int:
         runs.append(label_folder(artifact, data / "images", out,
                                  LabelSettings(boxes=f"gt:{data / 'annotations.json'}",
                                                oks_nms=None),
-                                 backend=backend, batch_size=args.batch, workers=args.workers))
+                                 RunSettings(backend=backend, batch_size=args.batch,
+                                             workers=args.workers)))
         alone.append(model_only(backend, args.batch, n_crops))
     summary = max(runs, key=lambda s: s.crops_per_s)
     reference = max(alone)

@@ -27,6 +27,8 @@ _API: dict[str, str] = {
     "export_model": "posemum_deploy.export.formats",
     "ModelMetadata": "posemum_deploy.artifacts",
     "label_folder": "posemum_deploy.label.runner",
+    "LabelSettings": "posemum_deploy.label.runner",
+    "RunSettings": "posemum_deploy.label.runner",
     "merge_labels": "posemum_deploy.label.merge",
     "evaluate_results": "posemum_deploy.evaluation.coco_eval",
     "run_rounds": "posemum_deploy.rounds",

@@ -167,7 +167,7 @@ def evaluate_stage(cfg: RoundsConfig, checkpoint: str, round_dir: Path) -> dict[
 def _label_stages(cfg: RoundsConfig, log_: StageLog, round_dir: Path, teacher: str,
                   progress: Any = None) -> dict:
     from posemum_deploy.label.merge import MergeFilter, merge_labels
-    from posemum_deploy.label.runner import LabelSettings, label_folder
+    from posemum_deploy.label.runner import LabelSettings, RunSettings, label_folder
 
     def export() -> dict[str, Any]:
         if cfg.backend in CHECKPOINT_BACKENDS:  # they run the checkpoint itself
@@ -181,9 +181,9 @@ def _label_stages(cfg: RoundsConfig, log_: StageLog, round_dir: Path, teacher: s
 
     artifact = log_.run("export", export)["artifact"]
     settings = LabelSettings(boxes=cfg.boxes, flip=cfg.label_flip)
+    run = RunSettings(backend=cfg.backend, batch_size=cfg.label_batch_size, resume=True)
     log_.run("label", lambda: asdict(label_folder(
-        artifact, cfg.unlabeled, round_dir / "labels", settings, backend=cfg.backend,
-        batch_size=cfg.label_batch_size, resume=True, progress=progress)) | {"ok": True})
+        artifact, cfg.unlabeled, round_dir / "labels", settings, run, progress)) | {"ok": True})
     flt = MergeFilter(cfg.min_joint_score, cfg.min_instance_score, cfg.min_joints)
     return log_.run("merge", lambda: asdict(merge_labels(round_dir / "labels",
                                                          round_dir / "pseudo.json", flt)))

@@ -52,20 +52,19 @@ def label(
         show_default="one per GPU, else CPUs/2")] = None,
 ) -> None:
     """Pseudo-label every image under IMAGES_DIR into resumable JSONL shards."""
-    from posemum_deploy.label.runner import LabelSettings, label_folder
+    from posemum_deploy.label.runner import LabelSettings, RunSettings, label_folder
 
     settings = LabelSettings(boxes=boxes, boxes_ann=str(boxes_ann) if boxes_ann else None,
                              box_score_threshold=box_score, max_people=max_people, flip=flip,
                              oks_nms=oks_nms or None, shard_size=shard_size, decode=decode,
                              jpeg_decoder=jpeg_decoder)
+    run = RunSettings(backend=backend, batch_size=batch_size, workers=workers, resume=resume,
+                      engine=engine, processes=processes, ray_actors=ray_actors,
+                      gpus=[g.strip() for g in gpus.split(",") if g.strip()]
+                      if gpus is not None else None)
     progress = RichLabelProgress()
     with progress.progress:
-        summary = label_folder(model, images_dir, out, settings, backend=backend,
-                               batch_size=batch_size, workers=workers, resume=resume,
-                               engine=engine, progress=progress, ray_actors=ray_actors,
-                               processes=processes,
-                               gpus=[g.strip() for g in gpus.split(",") if g.strip()]
-                               if gpus is not None else None)
+        summary = label_folder(model, images_dir, out, settings, run, progress)
     table = Table(title=f"labeled {images_dir} → {out}")
     table.add_column("")
     table.add_column("value", justify="right")

@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from posemum_deploy.errors import BackendUnavailableError
-from posemum_deploy.label.shard import StageTimes
 from posemum_deploy.label.worker import LabelerInfo, ShardResult, ShardWorker, WorkerSpec
 from posemum_deploy.label.writer import EncodedShard
 
 if TYPE_CHECKING:
-    from posemum_deploy.label.runner import LabelProgress, LabelSummary, ShardJob
-    from posemum_deploy.label.writer import ShardStore
+    from posemum_deploy.label.runner import ShardJob
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +59,10 @@ def _init_ray() -> Any:
     return ray
 
 
-def run_ray(spec: WorkerSpec, todo: list["ShardJob"], store: "ShardStore",
-            summary: "LabelSummary", times: StageTimes, progress: "LabelProgress | None",
+def run_ray(spec: WorkerSpec, todo: list["ShardJob"], write: Callable[[ShardResult], None],
             actors: int | None = None) -> None:
-    """Label `todo` shards on Ray actors; the driver writes each shard as it arrives."""
-    from posemum_deploy.label.runner import record_shard
-
+    """Label `todo` shards on Ray actors; the driver calls `write` on each shard as it
+    arrives (the runner's `record_shard`: store, summary, progress)."""
     if not todo:
         return
     ray = _init_ray()
@@ -85,4 +81,4 @@ def run_ray(spec: WorkerSpec, todo: list["ShardJob"], store: "ShardStore",
         result = ShardResult(int(row["shard"]), shard, json.loads(row["times"]), int(row["crops"]),
                              float(row["finished_at"]), LabelerInfo(*json.loads(row["labeler"])),
                              float(row["cpu_s"]))
-        record_shard(result, store, summary, times, progress)
+        write(result)

@@ -2,9 +2,11 @@
 
 The image list is `list_images` (recursive, sorted), cut into fixed shards; the local
 engine streams the unfinished shards' images through decode threads into one batched
-estimator, the Ray engine hands whole shards to model-holding actors. Both write through
-the same `ShardStore`, so a local run, a cluster run and a resumed run agree shard for
-shard, and a run with other settings refuses to continue someone else's output.
+estimator, `processes.run_processes` (`--processes N`) and `ray_engine.run_ray` hand
+whole shards to model-holding labelers and call back with each finished one. All write
+through the same `ShardStore`, so a local run, a cluster run and a resumed run agree shard
+for shard, and a run with other settings (`LabelSettings`) refuses to continue someone
+else's output; `RunSettings` (backend, batch, engine, processes...) may change freely.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,10 +24,11 @@ from posemum_deploy.artifacts import sha256_file
 from posemum_deploy.inference.backends import Backend, check_backend_opens
 from posemum_deploy.label.boxes import BoxSource, parse_box_source
 from posemum_deploy.data.jpeg_decoders import check_jpeg_decoder
+from posemum_deploy.label.processes import run_processes
 from posemum_deploy.label.shard import StageTimes
 from posemum_deploy.label.worker import LabelerInfo, ShardResult, ShardWorker, WorkerSpec
 from posemum_deploy.label.writer import ShardStore
-from posemum_deploy.system import usable_cpus, visible_gpus
+from posemum_deploy.system import usable_cpus
 
 log = logging.getLogger(__name__)
 ENGINES = ("local", "ray")
@@ -46,6 +49,23 @@ class LabelSettings:
     shard_size: int = 1000
     decode: str = "host"  # "device": JPEG decode + grid_sample crops on the model's device
     jpeg_decoder: str = "torchvision"  # --decode device: torchvision | nvimgcodec
+
+
+@dataclass
+class RunSettings:
+    """How a run computes its labels: none of these is recorded in the manifest, so a
+    resume may change them (the shards do not depend on them)."""
+
+    backend: str | Backend = "auto"  # a `load_backend` kind, or an open Backend for `model`
+    backend_options: dict[str, Any] = field(default_factory=dict)  # load_backend keywords
+    batch_size: int = 64  # crops per inference call
+    workers: int | None = None  # decode threads (default min(4, CPUs))
+    resume: bool = False  # continue a run in `out_dir` (its settings must match)
+    engine: str = "local"  # "local" | "ray"
+    processes: int = 1  # local engine: spawned labelers, each loading `backend` (a name)
+    shards_per_task: int | None = None  # a labeler's run of shards (default: process_tasks)
+    gpus: list[str] | None = None  # CUDA_VISIBLE_DEVICES entries for the labelers (default all)
+    ray_actors: int | None = None  # --engine ray: model actors (default one per GPU, else CPUs/2)
 
 
 @dataclass
@@ -138,14 +158,14 @@ def run_identity(model_path: Path, files: list[str], settings: LabelSettings,
             "images": {"count": len(files), "sha256": listing, "shard_size": settings.shard_size}}
 
 
-def check_run_options(settings: LabelSettings, backend: str | Backend, engine: str,
-                      processes: int, gpus: list[str] | None) -> None:
+def check_run_options(settings: LabelSettings, run: RunSettings) -> None:
     """Refuse option combinations that cannot work, before any file is read."""
+    engine, processes, gpus = run.engine, run.processes, run.gpus
     if engine not in ENGINES:
         raise ConfigError(f"--engine {engine!r}: choose {' or '.join(ENGINES)}")
     if settings.decode not in DECODERS:
         raise ConfigError(f"--decode {settings.decode!r}: choose {' or '.join(DECODERS)}")
-    if processes < 1 or (processes > 1 and (engine != "local" or not isinstance(backend, str))):
+    if processes < 1 or (processes > 1 and (engine != "local" or not isinstance(run.backend, str))):
         raise ConfigError("--processes N (N > 1) runs the local engine with a backend name, "
                           "each process loading its own model")
     if gpus and engine == "ray":
@@ -178,55 +198,54 @@ def checked_inputs(model: Path, root: Path, backend: str | Backend) -> list[str]
 
 
 def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
-                 settings: LabelSettings | None = None, *, backend: str | Backend = "auto",
-                 batch_size: int = 64, workers: int | None = None, resume: bool = False,
-                 engine: str = "local", progress: LabelProgress | None = None,
-                 backend_options: dict[str, Any] | None = None,
-                 ray_actors: int | None = None, processes: int = 1,
-                 shards_per_task: int | None = None,
-                 gpus: list[str] | None = None) -> LabelSummary:
+                 settings: LabelSettings | None = None, run: RunSettings | None = None,
+                 progress: LabelProgress | None = None) -> LabelSummary:
     """Pseudo-label every image under `images_dir` into `out_dir` (see module docstring).
 
-    `backend` is a kind name for `load_backend` or an already open Backend for `model`;
-    `processes` > 1 (local engine) spawns that many labelers, each loading `backend` and
-    taking runs of at most `shards_per_task` shards (default: `process_tasks`' choice),
-    spread round-robin over `gpus` (CUDA_VISIBLE_DEVICES entries; default: every visible
-    GPU); the output does not depend on either.
+    `settings` decide the output (recorded in the manifest, checked on resume); `run`
+    decides how it is computed: backend, batch, engine, processes, resume (see
+    `RunSettings`). The shards do not depend on `run`.
     """
     settings = settings or LabelSettings()
-    check_run_options(settings, backend, engine, processes, gpus)
+    run = run or RunSettings()
+    backend = run.backend
+    check_run_options(settings, run)
     root, model = Path(images_dir), Path(model)
     files = checked_inputs(model, root, backend)
     boxes = parse_box_source(settings.boxes, settings.box_score_threshold,
                              settings.max_people, settings.boxes_ann)
     # Checked before the model loads, so a refused resume fails in a second.
-    store = ShardStore(out_dir, run_identity(model, files, settings, boxes), resume)
-    workers = workers or min(4, usable_cpus())
-    spec = WorkerSpec(str(model.resolve()), str(root.resolve()), boxes,
-                      backend if isinstance(backend, str) else "auto",
-                      dict(backend_options or {}), batch_size, workers, settings.flip,
-                      settings.dark, settings.oks_nms, settings.decode, settings.jpeg_decoder)
+    store = ShardStore(out_dir, run_identity(model, files, settings, boxes), run.resume)
+    spec = WorkerSpec(model=str(model.resolve()), root=str(root.resolve()), boxes=boxes,
+                      backend=backend if isinstance(backend, str) else "auto",
+                      backend_options=dict(run.backend_options or {}),
+                      batch_size=run.batch_size, workers=run.workers or min(4, usable_cpus()),
+                      flip=settings.flip, dark=settings.dark, oks_nms=settings.oks_nms,
+                      decode=settings.decode, jpeg_decoder=settings.jpeg_decoder)
     # One process loads its model here, before progress and the clock start (rates count
     # labeling only); spawned labelers and Ray actors load their own.
     worker = (ShardWorker(spec, None if isinstance(backend, str) else backend)
-              if engine == "local" and processes == 1 else None)
+              if run.engine == "local" and run.processes == 1 else None)
     jobs = plan_shards(files, settings.shard_size)
     todo = [job for job in jobs if not store.is_done(job.index)]
     summary = LabelSummary(shards_total=len(jobs), shards_resumed=len(jobs) - len(todo))
     store.log.start(model=model.name, images=len(files), shards=len(jobs), todo=len(todo),
-                    engine=engine, processes=processes, batch_size=batch_size,
+                    engine=run.engine, processes=run.processes, batch_size=run.batch_size,
                     backend=backend if isinstance(backend, str) else backend.name)
     if progress:
         progress.start(len(files), len(files) - sum(len(j.files) for j in todo))
     times = StageTimes()
+
+    def write(result: ShardResult) -> None:
+        record_shard(result, store, summary, times, progress)
+
     t0 = time.perf_counter()
-    if engine == "ray":
+    if run.engine == "ray":
         from posemum_deploy.label.ray_engine import run_ray
 
-        run_ray(spec, todo, store, summary, times, progress, actors=ray_actors)
+        run_ray(spec, todo, write, actors=run.ray_actors)
     elif worker is None:
-        _run_processes(spec, todo, store, summary, times, progress, processes,
-                       shards_per_task, gpus)
+        run_processes(spec, todo, write, run.processes, run.shards_per_task, run.gpus)
     else:
         _run_local(worker, todo, store, summary, times, progress)
     summary.seconds = time.perf_counter() - t0
@@ -276,110 +295,6 @@ def record_shard(result: ShardResult, store: ShardStore, summary: LabelSummary,
                        sum(result.seconds.values()), result.cpu_s)
     if progress:
         progress.advance(entry["images"], result.crops, entry["errors"])
-
-
-def process_tasks(todo: list[ShardJob], processes: int, max_shards: int | None = None
-                  ) -> list[list[ShardJob]]:
-    """Consecutive runs of shards, one task each. A task is one decode stream (a stream
-    stalls as it starts), so tasks are long: about four per labeler, which still evens
-    out the end of the run, and at most `max_shards` shards (default 64)."""
-    size = max(1, min(max_shards or 64, -(-len(todo) // (4 * processes))))
-    return [todo[i:i + size] for i in range(0, len(todo), size)]
-
-
-def _run_processes(spec: WorkerSpec, todo: list[ShardJob], store: ShardStore,
-                   summary: LabelSummary, times: StageTimes, progress: LabelProgress | None,
-                   processes: int, shards_per_task: int | None = None,
-                   gpus: list[str] | None = None) -> None:
-    """`processes` spawned labelers (each with its own model, on the CPU or on one of
-    `gpus`, round-robin) take runs of shards (`process_tasks`) and put every finished
-    shard on a queue; this process writes each shard as it arrives."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    from posemum_deploy.label.worker import init_process, label_in_process
-
-    # Each labeler's runtimes get its share of the cores, unless the caller chose threads.
-    spec = replace(spec, cpu_threads=max(1, usable_cpus() // processes))
-    context = multiprocessing.get_context("spawn")
-    finished = context.Queue()
-    pool = ProcessPoolExecutor(processes, mp_context=context, initializer=init_process,
-                               initargs=(spec, finished, gpu_slots(spec, processes, gpus,
-                                                                    context)))
-
-    def write(result: ShardResult) -> None:
-        record_shard(result, store, summary, times, progress)
-
-    try:
-        futures = [pool.submit(label_in_process, [(j.index, j.files) for j in task])
-                   for task in process_tasks(todo, processes, shards_per_task)]
-        for _ in range(len(todo)):
-            write(_next_shard(finished, futures))
-    except BaseException:
-        # Labelers still running put their shards on the queue; a queue nobody reads
-        # blocks their exit (and so this shutdown). Keep writing what arrives: finished
-        # shards are never thrown away, and queued runs do not start.
-        _drain_while(lambda: pool.shutdown(wait=True, cancel_futures=True), finished, write)
-        raise
-    pool.shutdown(wait=True)
-
-
-def gpu_slots(spec: WorkerSpec, processes: int, gpus: list[str] | None, context: Any) -> Any:
-    """A queue with one CUDA_VISIBLE_DEVICES entry per labeler, round-robin over `gpus`
-    (default: every visible GPU), or None: no GPU here, or the backend options already
-    name one device (e.g. cuda:1), which a narrowed view would hide."""
-    devices = visible_gpus() if gpus is None else list(gpus)
-    if not devices or ":" in str(spec.backend_options.get("device", "")):
-        return None
-    slots = context.Queue()
-    for k in range(processes):
-        slots.put(devices[k % len(devices)])
-    return slots
-
-
-def _next_shard(finished: Any, futures: list[Any], patience_s: float = 30.0) -> ShardResult:
-    """The next shard from the labelers' queue; a labeler that failed or died raises its
-    error here, and so does a queue that stays empty after every labeler has returned."""
-    import queue
-
-    idle_since = None
-    while True:
-        try:
-            return finished.get(timeout=0.5)
-        except queue.Empty:
-            for future in futures:
-                if future.done() and future.exception() is not None:
-                    raise future.exception()  # type: ignore[misc]
-            if all(future.done() for future in futures):
-                idle_since = idle_since or time.perf_counter()
-                if time.perf_counter() - idle_since > patience_s:
-                    raise RuntimeError("every labeling process returned, but some shards "
-                                       "never arrived; rerun with --resume to label them")
-
-
-def _drain_while(shutdown: Any, finished: Any, write: Any) -> None:
-    """Run `shutdown()` while a thread writes whatever still arrives on `finished`."""
-    import queue
-    import threading
-
-    done = threading.Event()
-
-    def drain() -> None:
-        while not done.is_set():
-            try:
-                write(finished.get(timeout=0.2))
-            except queue.Empty:
-                continue
-            except Exception as e:  # the run is already failing: report, keep draining
-                log.warning("could not write a shard while stopping: %s", e)
-
-    thread = threading.Thread(target=drain, name="label-drain", daemon=True)
-    thread.start()
-    try:
-        shutdown()
-    finally:
-        done.set()
-        thread.join()
 
 
 def summary_json(summary: LabelSummary) -> str:

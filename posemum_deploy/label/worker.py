@@ -27,9 +27,12 @@ from posemum_deploy.label.writer import EncodedShard, encode_shard
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class WorkerSpec:
-    """Everything a labeling process needs to build its model and label shards (picklable)."""
+    """Everything a labeling process needs to build its model and label shards (picklable).
+
+    Keyword-only: twelve fields of which several share a type (bools, strings) would be
+    silently swapped by a positional call."""
 
     model: str
     root: str

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from posemum_deploy.cli.app import app, main
 from posemum_deploy.data.datasets import load_instances
-from posemum_deploy.label.runner import LabelSettings, label_folder
+from posemum_deploy.label.runner import LabelSettings, RunSettings, label_folder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "label"))
 from label_helpers import SHARED, make_checkpoint, write_images  # noqa: E402
@@ -54,7 +54,8 @@ def test_sigkill_and_resume_is_exact(tmp_path: Path, model: Path) -> None:
     write_images(images, 14)
     (images / "part0" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     reference = tmp_path / "reference"
-    label_folder(model, images, reference, LabelSettings(shard_size=3), batch_size=2, workers=2)
+    label_folder(model, images, reference, LabelSettings(shard_size=3),
+                 RunSettings(batch_size=2, workers=2))
     out = tmp_path / "out"
     rng = random.Random(0)
     kills = []

@@ -18,7 +18,7 @@ from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.inference.pipeline import PoseEstimator
 from posemum_deploy.inference.tensor_pipeline import TensorPoseEstimator, decode_quarter_torch
 from posemum_deploy.inference.torch_backend import TorchBackend
-from posemum_deploy.label.runner import LabelSettings, label_folder
+from posemum_deploy.label.runner import LabelSettings, RunSettings, label_folder
 from posemum_deploy.label.writer import iter_indexed
 from posemum_deploy.models import build_model
 
@@ -51,7 +51,7 @@ def _host_and_device_agree(tmp_path: Path, model: Path, backend: str | TorchBack
         out = tmp_path / decode
         summary = label_folder(model, ann.parent / "images", out,
                                LabelSettings(boxes=f"gt:{ann}", decode=decode, shard_size=5),
-                               backend=backend, batch_size=8, workers=2)
+                               RunSettings(backend=backend, batch_size=8, workers=2))
         assert summary.images == 12 and summary.skipped == 0
         records[decode] = [r for _, r in iter_indexed(out)]
     host, device = records["host"], records["device"]
@@ -89,8 +89,8 @@ def test_cuda_fast_backend_labels_like_fp32(tmp_path: Path, tiny_model: Path) ->
     for name, backend in (("fp32", TorchBackend(tiny_model, device="cuda")), ("fast", "torch-fast")):
         out = tmp_path / name
         label_folder(tiny_model, tmp_path / "syn" / "images", out,
-                     LabelSettings(boxes=f"gt:{ann}", decode="device"), backend=backend,
-                     batch_size=16)
+                     LabelSettings(boxes=f"gt:{ann}", decode="device"),
+                     RunSettings(backend=backend, batch_size=16))
         runs[name] = [r for _, r in iter_indexed(out)]
     joints = [np.abs(np.subtract(a["keypoints"], b["keypoints"])).max(-1)
               for ra, rb in zip(runs["fp32"], runs["fast"])

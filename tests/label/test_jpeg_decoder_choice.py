@@ -11,7 +11,7 @@ import torch
 
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.data.jpeg_decoders import nvimgcodec_installed
-from posemum_deploy.label.runner import LabelSettings, label_folder
+from posemum_deploy.label.runner import LabelSettings, RunSettings, label_folder
 from posemum_deploy.label.writer import load_manifest
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -25,7 +25,9 @@ def test_the_choice_is_checked_before_work_and_recorded_for_resume(tmp_path: Pat
     cv2.imwrite(str(images / "a.jpg"), np.full((40, 30, 3), 128, np.uint8))
     with pytest.raises(ConfigError, match="--jpeg-decoder"):
         label_folder(tiny_model, images, tmp_path / "bad",
-                     LabelSettings(decode="device", jpeg_decoder="libjpeg"), backend="torch")
+                     LabelSettings(decode="device", jpeg_decoder="libjpeg"),
+                     RunSettings(backend="torch"))
     label_folder(tiny_model, images, tmp_path / "out",
-                 LabelSettings(decode="device", jpeg_decoder="torchvision"), backend="torch")
+                 LabelSettings(decode="device", jpeg_decoder="torchvision"),
+                 RunSettings(backend="torch"))
     assert load_manifest(tmp_path / "out")["settings"]["jpeg_decoder"] == "torchvision"

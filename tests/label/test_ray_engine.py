@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from posemum_deploy.label.runner import LabelSettings, label_folder
+from posemum_deploy.label.runner import LabelSettings, RunSettings, label_folder
 from posemum_deploy.label.writer import iter_indexed
 
 from label_helpers import write_images
@@ -28,9 +28,9 @@ def test_ray_matches_local_and_resumes(tmp_path: Path, tiny_model: Path, local_r
     (images / "bad.png").write_bytes(b"")
     settings = LabelSettings(shard_size=3)
     local, cluster = tmp_path / "local", tmp_path / "ray"
-    label_folder(tiny_model, images, local, settings, batch_size=4, workers=2)
-    summary = label_folder(tiny_model, images, cluster, settings, batch_size=4, workers=2,
-                           engine="ray", ray_actors=1)
+    label_folder(tiny_model, images, local, settings, RunSettings(batch_size=4, workers=2))
+    summary = label_folder(tiny_model, images, cluster, settings,
+                           RunSettings(batch_size=4, workers=2, engine="ray", ray_actors=1))
     assert summary.shards_written == 3 and summary.images == 7 and summary.skipped == 1
     (labeler,) = summary.labelers.values()  # one actor: its timings came back with each shard
     assert len(labeler["shards"]) == 3 and labeler["ready_at"] >= labeler["started_at"] > 0
@@ -46,6 +46,7 @@ def test_ray_matches_local_and_resumes(tmp_path: Path, tiny_model: Path, local_r
             np.testing.assert_allclose(pa["joint_scores"], pb["joint_scores"], atol=1e-4)
     # a shard lost from the ray run is redone by the local engine: the formats mix
     (cluster / "shard-00001.jsonl").unlink()
-    again = label_folder(tiny_model, images, cluster, settings, batch_size=4, resume=True)
+    again = label_folder(tiny_model, images, cluster, settings,
+                         RunSettings(batch_size=4, resume=True))
     assert (again.shards_written, again.shards_resumed) == (1, 2)
     assert (cluster / "errors.jsonl").read_text() == (local / "errors.jsonl").read_text()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from posemum_deploy.label.runner import LabelSettings, label_folder
+from posemum_deploy.label.runner import LabelSettings, RunSettings, label_folder
 from posemum_deploy.label.writer import ERRORS_NAME, ResumeError, iter_indexed
 
 from label_helpers import SHARED, write_images
@@ -61,7 +61,7 @@ def test_bad_inputs_land_in_output_or_errors(tmp_path: Path, tiny_model: Path, d
     out = tmp_path / "out"
     summary = label_folder(tiny_model, tmp_path / "images", out,
                            LabelSettings(boxes=f"gt:{gt}", shard_size=4, decode=decode),
-                           batch_size=4, workers=2, processes=processes)
+                           RunSettings(batch_size=4, workers=2, processes=processes))
     records = {r["file"]: r for _, r in iter_indexed(out)}
     assert sorted(records) == sorted(expected)  # each file exactly once
     errors = [json.loads(line) for line in (out / ERRORS_NAME).read_text().splitlines()]
@@ -87,7 +87,7 @@ def test_batch_size_and_workers_do_not_change_results(tmp_path: Path, tiny_model
     for i, (batch, workers) in enumerate([(3, 1), (8, 3)]):
         out = tmp_path / f"out{i}"
         label_folder(tiny_model, tmp_path / "images", out, LabelSettings(shard_size=3),
-                     batch_size=batch, workers=workers)
+                     RunSettings(batch_size=batch, workers=workers))
         outs.append([r for _, r in iter_indexed(out)])
     assert [r["file"] for r in outs[0]] == [r["file"] for r in outs[1]]
     for a, b in zip(*outs):
@@ -102,18 +102,19 @@ def test_processes_write_the_same_shards_as_one_process(tmp_path: Path, tiny_mod
     write_images(tmp_path / "images", 7)
     settings = LabelSettings(shard_size=2)
     one, two = tmp_path / "one", tmp_path / "two"
-    label_folder(tiny_model, tmp_path / "images", one, settings, batch_size=3, backend="torch")
+    label_folder(tiny_model, tmp_path / "images", one, settings,
+                 RunSettings(batch_size=3, backend="torch"))
     (one / "shard-00002.jsonl").unlink()
-    summary = label_folder(tiny_model, tmp_path / "images", two, settings, batch_size=3,
-                           backend="torch", processes=2)
+    summary = label_folder(tiny_model, tmp_path / "images", two, settings,
+                           RunSettings(batch_size=3, backend="torch", processes=2))
     assert (summary.images, summary.shards_written) == (7, 4)
     assert sum(len(v["shards"]) for v in summary.labelers.values()) == 4
     assert all(v["cpu_s"] > 0 and v["ready_at"] >= v["started_at"]
                for v in summary.labelers.values())
     shards = {p.name: p.read_bytes() for p in two.glob("shard-*.jsonl")}
     assert len(shards) == 4
-    resumed = label_folder(tiny_model, tmp_path / "images", one, settings, batch_size=3,
-                           backend="torch", processes=2, resume=True)
+    resumed = label_folder(tiny_model, tmp_path / "images", one, settings,
+                           RunSettings(batch_size=3, backend="torch", processes=2, resume=True))
     assert resumed.shards_written == 1
     assert {p.name: p.read_bytes() for p in one.glob("shard-*.jsonl")} == shards
 
@@ -125,10 +126,11 @@ def test_processes_need_a_backend_name_and_report_load_errors(tmp_path: Path,
 
     write_images(tmp_path / "images", 2)
     with pytest.raises(ConfigError, match="--processes"):
-        label_folder(tiny_model, tmp_path / "images", tmp_path / "a", processes=2,
-                     backend=TorchBackend(tiny_model, device="cpu"))
+        label_folder(tiny_model, tmp_path / "images", tmp_path / "a",
+                     run=RunSettings(processes=2, backend=TorchBackend(tiny_model, device="cpu")))
     with pytest.raises(ConfigError, match="unknown backend 'nope'"):  # raised in the labeler
-        label_folder(tiny_model, tmp_path / "images", tmp_path / "b", processes=2, backend="nope")
+        label_folder(tiny_model, tmp_path / "images", tmp_path / "b",
+                     run=RunSettings(processes=2, backend="nope"))
 
 
 def test_resume_redoes_only_missing_shards_and_refuses_changes(tmp_path: Path,
@@ -136,20 +138,21 @@ def test_resume_redoes_only_missing_shards_and_refuses_changes(tmp_path: Path,
     write_images(tmp_path / "images", 5)
     out = tmp_path / "out"
     settings = LabelSettings(shard_size=2)
-    label_folder(tiny_model, tmp_path / "images", out, settings, batch_size=4)
+    label_folder(tiny_model, tmp_path / "images", out, settings, RunSettings(batch_size=4))
     before = {p.name: p.read_bytes() for p in out.glob("shard-*.jsonl")}
     (out / "shard-00001.jsonl").unlink()
-    summary = label_folder(tiny_model, tmp_path / "images", out, settings, batch_size=4, resume=True)
+    summary = label_folder(tiny_model, tmp_path / "images", out, settings,
+                           RunSettings(batch_size=4, resume=True))
     assert (summary.shards_written, summary.shards_resumed) == (1, 2)
     assert {p.name: p.read_bytes() for p in out.glob("shard-*.jsonl")} == before
     with pytest.raises(ResumeError, match="--resume"):
         label_folder(tiny_model, tmp_path / "images", out, settings)
     with pytest.raises(ResumeError, match="flip"):
         label_folder(tiny_model, tmp_path / "images", out, LabelSettings(shard_size=2, flip=True),
-                     resume=True)
+                     RunSettings(resume=True))
     write_images(tmp_path / "images" / "more", 1, seed=5)
     with pytest.raises(ResumeError, match="images.count: 5 -> 6"):
-        label_folder(tiny_model, tmp_path / "images", out, settings, resume=True)
+        label_folder(tiny_model, tmp_path / "images", out, settings, RunSettings(resume=True))
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data not found at {SHARED}")
@@ -171,8 +174,9 @@ def test_one_stream_over_several_shards_matches_shards_labeled_alone(tmp_path: P
 
     root = tmp_path / "images"
     files = sorted(p.relative_to(root).as_posix() for p in write_images(root, 7))
-    worker = ShardWorker(WorkerSpec(str(tiny_model), str(tmp_path / "images"),
-                                    parse_box_source("full"), backend="torch", batch_size=3))
+    worker = ShardWorker(WorkerSpec(model=str(tiny_model), root=str(tmp_path / "images"),
+                                    boxes=parse_box_source("full"), backend="torch",
+                                    batch_size=3))
     jobs = [(4, files[:3]), (5, files[3:5]), (6, files[5:])]
     together = list(worker.label_many(jobs))
     alone = [worker.label(index, names) for index, names in jobs]
@@ -183,7 +187,8 @@ def test_one_stream_over_several_shards_matches_shards_labeled_alone(tmp_path: P
 
 
 def test_process_tasks_are_long_runs_that_still_balance() -> None:
-    from posemum_deploy.label.runner import ShardJob, process_tasks
+    from posemum_deploy.label.processes import process_tasks
+    from posemum_deploy.label.runner import ShardJob
 
     todo = [ShardJob(i, [f"{i}.jpg"]) for i in range(100)]
     tasks = process_tasks(todo, processes=4)
@@ -232,11 +237,11 @@ def test_a_labeler_that_dies_ends_the_run_with_an_error_and_keeps_finished_shard
     monkeypatch.setattr(runner, "parse_box_source", lambda *a, **k: DyingBoxes(files[6]))
     out = tmp_path / "out"
     with pytest.raises(BrokenProcessPool):
-        label_folder(tiny_model, root, out, LabelSettings(shard_size=2), backend="torch",
-                     processes=2, shards_per_task=1)
+        label_folder(tiny_model, root, out, LabelSettings(shard_size=2),
+                     RunSettings(backend="torch", processes=2, shards_per_task=1))
     monkeypatch.setattr(runner, "parse_box_source", lambda *a, **k: DyingBoxes("none"))
     resumed = label_folder(tiny_model, root, out, LabelSettings(shard_size=2),
-                           backend="torch", processes=2, resume=True)
+                           RunSettings(backend="torch", processes=2, resume=True))
     assert resumed.shards_written + resumed.shards_resumed == 4
     assert len(list(iter_indexed(out))) == 8
 
@@ -255,11 +260,11 @@ def test_a_labeler_error_reaches_the_caller_while_the_others_finish(
     monkeypatch.setattr(runner, "parse_box_source", lambda *a, **k: FailingBoxes(fatal=files[9]))
     settings = LabelSettings(shard_size=1, decode="device")
     with pytest.raises(RuntimeError, match="box source failed"):
-        label_folder(tiny_model, root, out, settings, backend="torch", processes=2,
-                     shards_per_task=1)
+        label_folder(tiny_model, root, out, settings,
+                     RunSettings(backend="torch", processes=2, shards_per_task=1))
     monkeypatch.setattr(runner, "parse_box_source", lambda *a, **k: FailingBoxes())
-    resumed = label_folder(tiny_model, root, out, settings, backend="torch", processes=2,
-                           resume=True)
+    resumed = label_folder(tiny_model, root, out, settings,
+                           RunSettings(backend="torch", processes=2, resume=True))
     assert resumed.shards_resumed >= 1 and len(list(iter_indexed(out))) == 12
 
 
@@ -270,10 +275,10 @@ def test_run_log_has_a_line_per_shard_and_a_resume_appends(tmp_path: Path,
     write_images(tmp_path / "images", 7)
     out = tmp_path / "out"
     first = label_folder(tiny_model, tmp_path / "images", out, LabelSettings(shard_size=2),
-                         batch_size=3, backend="torch")
+                         RunSettings(batch_size=3, backend="torch"))
     (out / "shard-00001.jsonl").unlink()
     label_folder(tiny_model, tmp_path / "images", out, LabelSettings(shard_size=2),
-                 batch_size=3, backend="torch", resume=True)
+                 RunSettings(batch_size=3, backend="torch", resume=True))
     lines = [json.loads(line) for line in (out / "label_log.jsonl").read_text().splitlines()]
     assert [line["event"] for line in lines] == ["start"] + ["shard"] * 4 + ["end",
                                                  "start", "shard", "end"]
@@ -299,15 +304,17 @@ def test_labelers_are_spread_over_gpus_round_robin(tmp_path: Path, tiny_model: P
     from posemum_deploy.errors import ConfigError
     from posemum_deploy.label import worker
     from posemum_deploy.label.boxes import FullImageBoxes
-    from posemum_deploy.label.runner import gpu_slots
+    from posemum_deploy.label.processes import gpu_slots
 
     context = multiprocessing.get_context("spawn")
-    spec = worker.WorkerSpec(str(tiny_model), str(tmp_path), FullImageBoxes(), "torch")
+    spec = worker.WorkerSpec(model=str(tiny_model), root=str(tmp_path), boxes=FullImageBoxes(),
+                             backend="torch")
     slots = gpu_slots(spec, 5, ["2", "3"], context)
     assert [slots.get(timeout=5) for _ in range(5)] == ["2", "3", "2", "3", "2"]
     assert gpu_slots(spec, 2, [], context) is None  # no GPU: nothing to spread
-    pinned = worker.WorkerSpec(str(tiny_model), str(tmp_path), FullImageBoxes(), "torch",
-                               {"device": "cuda:1"})  # one device named: keep the view
+    pinned = worker.WorkerSpec(model=str(tiny_model), root=str(tmp_path), boxes=FullImageBoxes(),
+                               backend="torch", backend_options={"device": "cuda:1"})
+    # one device named: keep the view
     assert gpu_slots(pinned, 2, ["0", "1"], context) is None
 
     # The initializer, in this process: the model is a stand-in that notes what it saw,
@@ -325,13 +332,15 @@ def test_labelers_are_spread_over_gpus_round_robin(tmp_path: Path, tiny_model: P
     write_images(tmp_path / "images", 7)
     settings = LabelSettings(shard_size=2)
     summary = label_folder(tiny_model, tmp_path / "images", tmp_path / "two", settings,
-                           batch_size=3, backend="torch", processes=2, gpus=["0", "1"])
+                           RunSettings(batch_size=3, backend="torch", processes=2, gpus=["0", "1"]))
     assert summary.labelers and {v["gpu"] for v in summary.labelers.values()} <= {"0", "1"}
-    label_folder(tiny_model, tmp_path / "images", tmp_path / "one", settings, batch_size=3,
-                 backend="torch")
+    label_folder(tiny_model, tmp_path / "images", tmp_path / "one", settings,
+                 RunSettings(batch_size=3, backend="torch"))
     assert ({p.name: p.read_bytes() for p in (tmp_path / "one").glob("shard-*")} ==
             {p.name: p.read_bytes() for p in (tmp_path / "two").glob("shard-*")})
     with pytest.raises(ConfigError, match="--gpus 0,1 spreads --processes"):
-        label_folder(tiny_model, tmp_path / "images", tmp_path / "x", gpus=["0", "1"])
+        label_folder(tiny_model, tmp_path / "images", tmp_path / "x",
+                     run=RunSettings(gpus=["0", "1"]))
     with pytest.raises(ConfigError, match="Ray gives each of its actors a GPU"):
-        label_folder(tiny_model, tmp_path / "images", tmp_path / "x", gpus=["0"], engine="ray")
+        label_folder(tiny_model, tmp_path / "images", tmp_path / "x",
+                     run=RunSettings(gpus=["0"], engine="ray"))
