@@ -76,6 +76,17 @@ def model_metadata(cfg: TrainConfig) -> ModelMetadata:
                          heatmap_hw=cfg.data.heatmap_hw, sigma=cfg.data.sigma, format="torch")
 
 
+def adopt_architecture(cfg: TrainConfig, meta: dict[str, Any]) -> None:
+    """A warm start takes the init checkpoint's backbone and head width (e.g. a ResNet-50
+    brought in by `posemum import`): the config's defaults would not fit its weights."""
+    for key in ("backbone", "deconv_channels"):
+        theirs = meta.get(key, getattr(cfg.model, key))
+        if theirs != getattr(cfg.model, key):
+            log.info("--init-from %s: model.%s %s (was %s)", cfg.ssl.init_from, key, theirs,
+                     getattr(cfg.model, key))
+            setattr(cfg.model, key, theirs)
+
+
 def make_labeled_loader(cfg: TrainConfig, codec: HeatmapCodec,
                         env: ddp.DistEnv = ddp.DistEnv()) -> DataLoader:
     """Labeled crops, sharded across ranks under DDP. Workers are not persistent, so each
@@ -212,13 +223,16 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
     codec = HeatmapCodec(tuple(cfg.data.input_hw), cfg.data.heatmap_hw, cfg.data.sigma)
     loader = make_labeled_loader(cfg, codec, env)
 
+    init = read_checkpoint(cfg.ssl.init_from) if cfg.ssl.init_from and not resume else None
+    if init is not None:
+        adopt_architecture(cfg, init["model_meta"])
     model = build_model(cfg.model.backbone, loader.dataset.num_joints, cfg.model.pretrained,
                         cfg.model.deconv_channels)
     model.to(device)
     if cfg.runtime.channels_last:
         model.to(memory_format=torch.channels_last)
-    if cfg.ssl.init_from and not resume:  # e.g. a supervised warm-up; the teacher copies it
-        model.load_state_dict(read_checkpoint(cfg.ssl.init_from)["model"])
+    if init is not None:  # e.g. a supervised warm-up; the teacher copies it
+        model.load_state_dict(init["model"])
     student = ddp.wrap_model(model, env, device)  # DDP under torchrun, else `model`
     optimizer = make_adam(model.parameters(), cfg.optim.lr, device)
     scheduler = make_scheduler(optimizer, cfg)
