@@ -284,3 +284,15 @@ class TTAEstimator:
     def estimate(self, batch: CropBatch) -> np.ndarray:
         """Keypoints [N, K, 4] for a CropBatch made by `make_view_crops`."""
         return self.decode(self.heatmaps(batch.crops), batch.inverse)
+
+
+def ensemble_estimator(models: Sequence[str | Path], spec: TTASpec, backend: str = "auto",
+                       batch_size: int = 32, dark: bool = False, cpu_threads: int | None = None,
+                       **options: Any) -> TTAEstimator:
+    """Open every model with `backend` (each member pads to `batch_size` on its own) and
+    wrap them as one `TTAEstimator` over `spec`'s views."""
+    from posemum_deploy.inference.backends import load_backend
+
+    members = [PoseEstimator(load_backend(m, backend, cpu_threads=cpu_threads, **options),
+                             batch_size, False, dark) for m in models]
+    return TTAEstimator(members, spec, [Path(m).name for m in models])

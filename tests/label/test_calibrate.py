@@ -1,0 +1,84 @@
+"""Calibrated per-joint thresholds: the known answers of hand-made sets, the file's round
+trip and refusals, and a real calibration run (tiny model, COCO images, GT boxes)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from posemum_deploy.errors import ConfigError
+from posemum_deploy.label.calibrate import (
+    calibrate,
+    joint_thresholds,
+    load_thresholds,
+    lowest_threshold,
+)
+
+
+def test_lowest_threshold_hand_made():
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
+    correct = [1, 1, 1, 0, 1, 0]
+    # precisions of the prefixes: 1, 1, 1, .75, .8, .667
+    assert lowest_threshold(scores, correct, 0.8) == (0.5, 5, 0.8)
+    assert lowest_threshold(scores, correct, 0.6) == (0.4, 6, pytest.approx(4 / 6))
+    assert lowest_threshold(scores, correct, 1.0) == (0.7, 3, 1.0)
+    t, kept, prec = lowest_threshold([0.5, 0.3], [0, 0], 0.5)
+    assert np.isposinf(t) and kept == 0 and np.isnan(prec)
+    # ties go together: keeping 0.6 keeps both of its joints
+    assert lowest_threshold([0.9, 0.6, 0.6, 0.2], [1, 1, 0, 1], 0.8) == (0.9, 1, 1.0)
+
+
+def test_joint_thresholds_hand_made():
+    # joint 0: as above; joint 1: all right; joint 2: never right; invisible rows ignored
+    scores = np.array([[0.9, 0.2, 0.9], [0.8, 0.3, 0.8], [0.7, 0.1, 0.7], [0.6, 0.5, 0.6],
+                       [0.5, 0.4, 0.5], [0.4, 0.9, 0.4], [0.95, 0.05, 0.99]])
+    correct = np.array([[1, 1, 0]] * 7, bool)
+    correct[:6, 0] = [1, 1, 1, 0, 1, 0]
+    visible = np.ones((7, 3), bool)
+    visible[6] = False  # a wrong, high-scoring joint of an unlabeled truth does not count
+    correct[6] = False
+    agreement = np.array([[0.9, 0.5, 0.1]] * 7)
+    agreement[:6, 0] = [0.2, 0.3, 0.4, 0.1, 0.9, 0.05]  # agreement ranks 0 best: 0.9 → right
+    t = joint_thresholds(scores, agreement, correct, visible, ("a", "b", "c"), 0.8)
+    assert t.score[0] == 0.5 and t.score[1] == 0.1 and np.isposinf(t.score[2])
+    # joint 0 by agreement: sorted .9(1) .4(1) .3(1) .2(1) .1(0) .05(0): prefix 4 all right,
+    # 5 → .8 exactly
+    assert t.agreement[0] == 0.1
+    assert t.stats[0]["visible"] == 6 and t.stats[0]["kept_share_score"] == round(5 / 6, 4)
+    assert t.stats[1]["kept_share_score"] == 1.0 and t.stats[2]["kept_share_score"] == 0.0
+    no_agreement = joint_thresholds(scores, None, correct, visible, ("a", "b", "c"), 0.8)
+    assert np.isnan(no_agreement.agreement).all()
+    with pytest.raises(ConfigError, match="--precision"):
+        joint_thresholds(scores, None, correct, visible, ("a", "b", "c"), 1.5)
+
+
+def test_thresholds_file_round_trip_and_refusals(tmp_path):
+    scores = np.array([[0.9, 0.2], [0.1, 0.3]])
+    t = joint_thresholds(scores, None, np.array([[1, 1], [0, 0]], bool), np.ones((2, 2), bool),
+                         ("nose", "neck"), 0.9)
+    back = load_thresholds(t.save(tmp_path / "t.json"))
+    assert back.keypoint_names == ("nose", "neck")
+    np.testing.assert_array_equal(back.score, t.score)
+    assert np.isnan(back.agreement).all()
+    (tmp_path / "bad.json").write_text(json.dumps({"joints": []}))
+    for bad in (tmp_path / "bad.json", tmp_path / "missing.json"):
+        with pytest.raises(ConfigError, match=r"--thresholds .*posemum calibrate"):
+            load_thresholds(bad)
+
+
+def test_calibrate_runs_on_a_labeled_set(tiny_model, coco_mini, tmp_path):
+    out = tmp_path / "thresholds.json"
+    result = calibrate(tiny_model, coco_mini / "test_coco.json", coco_mini, out, tta="flip",
+                       precision=0.5, backend="torch", batch_size=8, max_images=2)
+    data = json.loads(out.read_text())
+    assert data["keypoint_names"][0] == "nose" and len(data["joints"]) == 17
+    assert data["source"]["tta"] == "flip" and data["source"]["persons"] > 0
+    assert (tmp_path / "thresholds.png").stat().st_size > 10_000
+    visible = sum(j["visible"] for j in data["joints"])
+    assert visible > 0
+    # every calibrated threshold keeps joints at the asked precision or better
+    for j, entry in enumerate(data["joints"]):
+        if entry["score_reached"] and entry["visible"]:
+            assert entry["precision_score"] >= 0.5
+            assert result.score[j] == pytest.approx(entry["score"], abs=1e-6)
