@@ -23,7 +23,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 MAX_LINES = 200
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
@@ -55,7 +55,8 @@ def posemum_calls() -> list[tuple[str, list[str], str]]:
     for command in shell_commands():
         tokens = shlex.split(command, comments=True)
         for i, token in enumerate(tokens):
-            if token.endswith("posemum") or (token == "posemum_deploy.cli" and tokens[i - 1] == "-m"):
+            module = token == "posemum_deploy.cli" and tokens[i - 1] == "-m"
+            if token.endswith("posemum") or module:
                 options = [t.split("=")[0] for t in tokens[i + 2:] if t.startswith("--")]
                 calls.append((tokens[i + 1], options, command))
                 break
@@ -69,8 +70,8 @@ def posemum_cli() -> list[str]:
 
 def run_cli(*args: str, cwd: Path = REPO, timeout: int = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
-    return subprocess.run([*posemum_cli(), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run([*posemum_cli(), *args], check=False, cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 @cache
@@ -82,14 +83,14 @@ def help_options(subcommand: str) -> frozenset[str]:
 
 def test_readme_is_short() -> None:
     lines = len(readme().splitlines())
-    assert lines <= MAX_LINES, f"README.md has {lines} lines (at most {MAX_LINES}): move detail to docs/"
+    assert lines <= MAX_LINES, f"README.md has {lines} lines (at most {MAX_LINES}): move to docs/"
 
 
 def test_readme_shows_every_command() -> None:
     shown = {sub for sub, _, _ in posemum_calls()}
     for command in ("synth", "train", "presets", "evaluate", "export", "label", "merge",
                     "visualize", "rounds", "demo", "doctor"):
-        assert command in shown or f"`posemum {command}" in readme(), f"README shows no `posemum {command}`"
+        assert command in shown, f"README shows no `posemum {command}`"
 
 
 def test_test_command_is_the_one_ci_runs() -> None:
@@ -104,7 +105,7 @@ def test_test_command_is_the_one_ci_runs() -> None:
 def test_slow_lane_marker_is_declared() -> None:
     assert '-m "not slow"' in readme()
     pyproject = (REPO / "pyproject.toml").read_text()
-    assert re.search(r'^\s*"slow:', pyproject, re.M), "pyproject.toml declares no `slow` marker"
+    assert re.search(r'^\s*"slow:', pyproject, re.MULTILINE), "pyproject.toml has no `slow` marker"
 
 
 @pytest.mark.parametrize("subcommand", sorted({sub for sub, _, _ in posemum_calls()}))
@@ -150,7 +151,8 @@ def test_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     checkpoint_builder(ckpt)
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(compile(example, "README.md (python example)", "exec"), scope)
+    # The README's own code, run as a user would paste it.
+    exec(compile(example, "README.md (python example)", "exec"), scope)  # noqa: S102
     printed = capsys.readouterr().out.splitlines()
     assert 0.0 <= float(printed[0]) <= 1.0  # the AP of a random-weight model
     assert scope["results"], "predict_coco returned no people"
@@ -189,7 +191,8 @@ def test_readme_links_resolve() -> None:
         path, _, anchor = target.partition("#")
         assert (REPO / path).exists(), f"README links to {path}, which does not exist"
         if anchor:
-            headings = re.findall(r"^#+ (.+)$", (REPO / path).read_text(encoding="utf-8"), re.M)
+            headings = re.findall(r"^#+ (.+)$", (REPO / path).read_text(encoding="utf-8"),
+                              re.MULTILINE)
             slugs = {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
             assert anchor in slugs, f"{path} has no heading for #{anchor}"
 
@@ -206,8 +209,8 @@ def test_result_numbers_match_linked_files() -> None:
         assert links, f"no link to docs/ or benchmarks/results/ for: {chunk[:80]}"
         texts = [p.read_text(encoding="utf-8") for p in links]
         missing = [n for n in numbers(chunk) if not any(found_in(n, t) for t in texts)]
-        assert not missing, (f"README numbers {missing} not in {[str(p.relative_to(REPO)) for p in links]}"
-                             f" (paragraph: {chunk[:80]}...)")
+        names = [str(p.relative_to(REPO)) for p in links]
+        assert not missing, f"README numbers {missing} not in {names} (paragraph: {chunk[:80]}...)"
 
 
 def test_demo_output_matches_docs() -> None:
