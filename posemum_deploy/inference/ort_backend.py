@@ -4,17 +4,28 @@ ONNX Runtime quietly runs on the CPU when a requested GPU provider cannot load (
 CUDA, missing cuDNN, CPU-only wheel): a labeling job then takes 50× longer and nobody
 asked for that. So the providers are spelled out, and after the session is created
 `session.get_providers()` is compared with the request; a lost GPU provider is a
-BackendUnavailableError unless `allow_cpu_fallback=True`.
+BackendUnavailableError unless `allow_cpu_fallback=True`. ORT can also fall back at run
+time (an EP that fails in `run()` makes it rebuild the session on the CPU), so every GPU
+session gets `disable_fallback()` and a failing run is a one-line error.
+
+GPU providers get explicit options (`provider_options`; names as ONNX Runtime's
+tensorrt/cuda `*_execution_provider_info.cc` define them): the TensorRT EP builds FP16
+when the precision asks for it and keeps its engines and timing cache in a folder beside
+the model, keyed like posemum's own engines (`trt_cache_folder`), so a new session reuses
+the engine instead of rebuilding it; the CUDA EP gets its device and cuDNN search mode.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from posemum_deploy.artifacts import ModelMetadata, read_sidecar
+from posemum_deploy.artifacts import ModelMetadata, read_sidecar, sha256_file
 from posemum_deploy.errors import (
     ArtifactError,
     BackendUnavailableError,
@@ -29,6 +40,8 @@ PROVIDER_ALIASES = {"cpu": CPU, "cuda": "CUDAExecutionProvider",
                     "tensorrt": "TensorrtExecutionProvider", "openvino": "OpenVINOExecutionProvider"}
 # device -> providers to ask for, best first.
 DEVICE_PROVIDERS = {"cpu": ("cpu",), "cuda": ("cuda", "cpu"), "tensorrt": ("tensorrt", "cuda", "cpu")}
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+PRECISIONS = ("fp32", "fp16", "int8")
 INSTALL_HINT = {"CUDAExecutionProvider": "pip install 'posemum[gpu]' (onnxruntime-gpu, without "
                 "the CPU onnxruntime) and check CUDA/cuDNN with `posemum doctor`",
                 "TensorrtExecutionProvider": "pip install 'posemum[gpu,trt]' and put TensorRT's "
@@ -40,10 +53,80 @@ def _ort() -> Any:
                            "'posemum[cpu]' (CPU) or 'posemum[gpu]' (CUDA), never both")
 
 
+def split_device(device: str) -> tuple[str, int]:
+    """'cuda:1' → ('cuda', 1); 'tensorrt' → ('tensorrt', 0); the id picks the GPU."""
+    kind, _, index = str(device).partition(":")
+    if index and not index.isdigit():
+        raise ConfigError(f"device {device!r}: expected KIND or KIND:INDEX, e.g. cuda:1")
+    return kind, int(index or 0)
+
+
+def _trt_version() -> str:
+    """The TensorRT the EP will load, as far as Python can tell (its wheel, if any)."""
+    from importlib import metadata
+
+    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-libs"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def _gpu(device_id: int) -> tuple[str, str]:
+    try:
+        import torch
+
+        if torch.cuda.is_available() and device_id < torch.cuda.device_count():
+            major, minor = torch.cuda.get_device_capability(device_id)
+            return torch.cuda.get_device_name(device_id), f"{major}.{minor}"
+    except ImportError:
+        pass
+    return "unknown", "unknown"
+
+
+def trt_cache_folder(model: Path, model_sha: str, precision: str, device_id: int,
+                     base: Path | None = None) -> Path:
+    """`<model>.trt_cache/<key>/`: the TensorRT EP's engine and timing caches for this
+    model, precision, TensorRT and GPU (another GPU or TensorRT gets its own folder)."""
+    gpu_name, cc = _gpu(device_id)
+    key = {"onnx_sha256": model_sha, "precision": precision, "trt_version": _trt_version(),
+           "gpu_name": gpu_name, "compute_capability": cc}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return (base or model.with_name(model.stem + ".trt_cache")) / digest
+
+
+def provider_options(names: Sequence[str], device_id: int, precision: str,
+                     trt_cache: Path | None) -> list[tuple[str, dict[str, str]]]:
+    """(provider, options) pairs for InferenceSession; option values are strings."""
+    out: list[tuple[str, dict[str, str]]] = []
+    for name in names:
+        if name == "TensorrtExecutionProvider":
+            opts = {"device_id": str(device_id),
+                    "trt_fp16_enable": "1" if precision in ("fp16", "int8") else "0",
+                    "trt_int8_enable": "1" if precision == "int8" else "0"}
+            if trt_cache is not None:
+                opts.update({"trt_engine_cache_enable": "1",
+                             "trt_engine_cache_path": str(trt_cache),
+                             "trt_timing_cache_enable": "1",
+                             "trt_timing_cache_path": str(trt_cache)})
+            out.append((name, opts))
+        elif name == "CUDAExecutionProvider":
+            out.append((name, {"device_id": str(device_id),
+                               "cudnn_conv_algo_search": "EXHAUSTIVE",
+                               "arena_extend_strategy": "kSameAsRequested",
+                               "do_copy_in_default_stream": "1"}))
+        else:
+            out.append((name, {}))
+    return out
+
+
 def resolve_providers(providers: Sequence[str] | None, device: str, available: Sequence[str]
                       ) -> list[str]:
     """Provider names to request. Explicit `providers` (aliases cpu/cuda/tensorrt allowed)
-    win; else `device` cpu/cuda/tensorrt, or auto = CUDA when ORT offers it, else CPU."""
+    win; else `device` cpu/cuda/tensorrt (optionally :INDEX), or auto = CUDA when ORT
+    offers it, else CPU."""
+    device = split_device(device)[0]
     if providers:
         names = [PROVIDER_ALIASES.get(p.lower(), p) for p in providers]
     elif device == "auto":
@@ -79,7 +162,8 @@ class OrtBackend:
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None,
                  device: str = "auto", allow_cpu_fallback: bool = False,
                  threads: int | None = None, metadata: ModelMetadata | None = None,
-                 spinning: bool = True) -> None:
+                 spinning: bool = True, precision: str | None = None,
+                 cache_dir: str | Path | None = None) -> None:
         ort = _ort()
         self.path = Path(path)
         self.metadata = metadata if metadata is not None else read_sidecar(self.path, "onnx")
@@ -91,8 +175,24 @@ class OrtBackend:
             raise BackendUnavailableError(
                 f"{self.path}: {', '.join(missing)} requested but this onnxruntime offers only "
                 f"{', '.join(available)}; {fix}, or use --device cpu")
-        self.session = self._session(ort, [p for p in requested if p in available] or [CPU],
-                                     threads, spinning)
+        names = [p for p in requested if p in available] or [CPU]
+        self.precision = precision or self.metadata.precision or "fp32"
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r} for onnxruntime: choose "
+                              f"{', '.join(PRECISIONS)}")
+        self.device_id = split_device(device)[1]
+        self.trt_cache: Path | None = None
+        if "TensorrtExecutionProvider" in names:
+            sha = self.metadata.artifact_sha256 or sha256_file(self.path)
+            self.trt_cache = trt_cache_folder(self.path, sha, self.precision, self.device_id,
+                                              Path(cache_dir) if cache_dir else None)
+            self.trt_cache.mkdir(parents=True, exist_ok=True)
+        self.gpu = any(p in GPU_PROVIDERS for p in names)
+        self.session = self._session(
+            ort, provider_options(names, self.device_id, self.precision, self.trt_cache),
+            threads, spinning)
+        if self.gpu:
+            self.session.disable_fallback()  # a failing EP raises instead of rerunning on CPU
         self.providers = self.session.get_providers()
         check_providers(requested, self.providers, self.path,
                         allow_cpu_fallback or (device == "auto" and not providers))
@@ -100,8 +200,8 @@ class OrtBackend:
         self.output_name = self.session.get_outputs()[0].name
         self._check_input(self.session.get_inputs()[0].shape)
 
-    def _session(self, ort: Any, providers: list[str], threads: int | None,
-                 spinning: bool) -> Any:
+    def _session(self, ort: Any, providers: list[tuple[str, dict[str, str]]],
+                 threads: int | None, spinning: bool) -> Any:
         """CPU threads pinned explicitly: `threads` intra-op (default: the CPUs this
         process may use), one inter-op (the graph is a chain). `spinning=False` lets the
         pool sleep between runs instead of spinning, so it does not take cores from the
@@ -138,4 +238,12 @@ class OrtBackend:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Normalised float32 [N, 3, H, W] → heatmaps [N, K, h, w] float32."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        return self.session.run([self.output_name], {self.input_name: x})[0]
+        if not self.gpu:
+            return self.session.run([self.output_name], {self.input_name: x})[0]
+        try:
+            return self.session.run([self.output_name], {self.input_name: x})[0]
+        except Exception as e:  # onnxruntime's own error types
+            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise BackendUnavailableError(
+                f"{self.path}: {self.providers[0]} failed while running ({first}); it was "
+                "not retried on the CPU. Check `posemum doctor`, or pass --device cpu") from e
