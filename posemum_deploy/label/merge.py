@@ -5,6 +5,11 @@ Pseudo-labels are only useful where the teacher was confident, so joints below
 people below `min_instance_score` or with fewer than `min_joints` confident joints are
 dropped. Image ids are the image's position in the run's sorted image list (+1), so
 they are the same whichever engine or machine labeled a shard.
+
+Labels made with TTA or an ensemble also carry each joint's agreement across views
+(`joint_agreement`): `min_agreement` drops joints the views disagree on, and per-joint
+`thresholds` (from `posemum calibrate`) replace `min_joint_score` / `min_agreement`
+joint type by joint type.
 """
 from __future__ import annotations
 
@@ -12,14 +17,16 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 import numpy as np
 
 from posemum_deploy.data.coco import person_category
 from posemum_deploy.errors import ConfigError
+from posemum_deploy.label.calibrate import JointThresholds
 from posemum_deploy.label.writer import iter_indexed, load_manifest
 
 log = logging.getLogger(__name__)
@@ -32,6 +39,30 @@ class MergeFilter:
     min_joint_score: float = 0.2
     min_instance_score: float = 0.0
     min_joints: int = 1
+    min_agreement: float = 0.0
+    thresholds: JointThresholds | None = None  # per joint type; replaces the two above
+
+    def limits(self, num_joints: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-joint (score, agreement) minimums for labels of `num_joints` joints."""
+        score = np.full(num_joints, float(self.min_joint_score))
+        agreement = np.full(num_joints, float(self.min_agreement))
+        t = self.thresholds
+        if t is not None:
+            if len(t.keypoint_names) != num_joints:
+                raise ConfigError(
+                    f"--thresholds: the file is for {len(t.keypoint_names)} keypoints "
+                    f"({', '.join(t.keypoint_names[:3])}, ...), these labels have {num_joints}; "
+                    "calibrate the labeling model with `posemum calibrate` for this set")
+            score = np.where(np.isnan(t.score), score, t.score)
+            agreement = np.where(np.isnan(t.agreement), agreement, t.agreement)
+        return score, agreement
+
+    def describe(self) -> dict[str, Any]:
+        """The filter as json for the output's info block."""
+        out = {k: v for k, v in vars(self).items() if k != "thresholds"}
+        if self.thresholds is not None:
+            out["thresholds"] = self.thresholds.to_json()
+        return out
 
 
 @dataclass
@@ -43,11 +74,17 @@ class MergeStats:
 
 
 def _annotation(person: dict[str, Any], image_id: int, ann_id: int,
-                flt: MergeFilter) -> dict[str, Any] | None:
+                flt: MergeFilter, limits: tuple[np.ndarray, np.ndarray]) -> dict[str, Any] | None:
     """A COCO annotation for one labeled person, or None when the filter drops it."""
     xy = np.asarray(person["keypoints"], dtype=np.float64)
     scores = np.asarray(person["joint_scores"], dtype=np.float64)
-    keep = scores >= flt.min_joint_score
+    keep = scores >= limits[0]
+    if (limits[1] > 0).any():
+        if "joint_agreement" not in person:
+            raise ConfigError("--min-agreement / --thresholds with agreement: these labels "
+                              "have no joint_agreement; label with --tta or several --model, "
+                              "or filter on the score only")
+        keep &= np.asarray(person["joint_agreement"], dtype=np.float64) >= limits[1]
     if person["score"] < flt.min_instance_score or keep.sum() < flt.min_joints:
         return None
     kps = np.zeros((len(xy), 3))
@@ -89,7 +126,7 @@ class _JsonArrayFile:
         out.write("]")
 
 
-def _write_json(path: Path, value: "dict[str, Any] | _JsonArrayFile") -> None:
+def _write_json(path: Path, value: dict[str, Any] | _JsonArrayFile) -> None:
     """`value` (an object whose values may be array files, or one array file) as json,
     atomically: a temp name, then a rename."""
     tmp = path.with_name(path.name + ".tmp")
@@ -127,6 +164,7 @@ def merge_labels(out_dir: str | Path, pseudo_out: str | Path, flt: MergeFilter |
         images, anns = _JsonArrayFile(Path(tmp) / "images"), _JsonArrayFile(Path(tmp) / "anns")
         results = _JsonArrayFile(Path(tmp) / "results") if results_out is not None else None
         total = sum(entry["images"] for entry in manifest["shards"].values())
+        limits: tuple[np.ndarray, np.ndarray] | None = None
         for read, (position, record) in enumerate(iter_indexed(out_dir), 1):
             if progress and read % 1000 == 0:
                 progress(read, total)
@@ -137,7 +175,9 @@ def merge_labels(out_dir: str | Path, pseudo_out: str | Path, flt: MergeFilter |
                         "height": record["height"]})
             for person in record["persons"]:
                 stats.persons_in += 1
-                ann = _annotation(person, image_id, anns.count + 1, flt)
+                if limits is None:
+                    limits = flt.limits(len(person["joint_scores"]))
+                ann = _annotation(person, image_id, anns.count + 1, flt, limits)
                 if ann is not None:
                     anns.add(ann)
                 if results is not None and person["score"] >= flt.min_instance_score:
@@ -146,7 +186,7 @@ def merge_labels(out_dir: str | Path, pseudo_out: str | Path, flt: MergeFilter |
             progress(total, total)
         stats.images, stats.annotations = images.count, anns.count
         _write_json(pseudo_out, {"info": {"description": "posemum pseudo-labels",
-                                          "model": manifest["model"], "filter": vars(flt)},
+                                          "model": manifest["model"], "filter": flt.describe()},
                                  "images": images, "annotations": anns,
                                  "categories": [person_category()]})
         if results is not None:
