@@ -31,12 +31,15 @@ _COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "doctor": ("doctor",),
     "label": ("label", "merge", "visualize"),
     "rounds": ("rounds",),
+    "import_model": ("import",),
+    "convert": ("convert",),
 }
 
 for _module_name, _commands in _COMMAND_MODULES.items():
     _module = importlib.import_module(f"posemum_deploy.cli.{_module_name}")
     for _command in _commands:
-        app.command(name=_command)(getattr(_module, _command.replace("-", "_")))
+        _name = _command.replace("-", "_")  # a Python keyword (import) gets a trailing _
+        app.command(name=_command)(getattr(_module, _name, None) or getattr(_module, _name + "_"))
 
 
 def main() -> None:

@@ -96,15 +96,35 @@ def merge(
         "--min-joints", min=0, help="Drop people with fewer confident joints.")] = 1,
     results_out: Annotated[Optional[Path], typer.Option(
         "--results-out", help="Also write a COCO keypoint results list here.")] = None,
+    fmt: Annotated[str, typer.Option(
+        "--format", help="coco: --out is a json | yolo: --out is a folder, an Ultralytics "
+        "pose dataset (labels/, symlinked images/, data.yaml)")] = "coco",
+    images: Annotated[Optional[Path], typer.Option(
+        "--images", help="--format yolo: the folder that was labeled.")] = None,
+    split: Annotated[str, typer.Option("--split", help="--format yolo: train | val | test")
+                     ] = "train",
 ) -> None:
     """Filter labeling shards into a training-ready COCO person-keypoints file."""
     from posemum_deploy.label.merge import MergeFilter, merge_labels
 
+    yolo_dir = None
+    if fmt not in ("coco", "yolo"):
+        raise ConfigError(f"--format {fmt!r}: choose coco or yolo")
+    if fmt == "yolo":  # merge into DIR/<split>_coco.json, then write the YOLO split from it
+        if images is None or not images.is_dir():
+            raise ConfigError(f"--format yolo needs --images, the folder that was labeled "
+                              f"(got {images})")
+        yolo_dir, out = out, out / f"{split}_coco.json"
     with make_progress() as bar:
         task = bar.add_task("merge", total=None)
         stats = merge_labels(out_dir, out, MergeFilter(min_joint_score, min_instance_score,
                                                        min_joints), results_out,
                              lambda read, total: bar.update(task, completed=read, total=total))
+    if yolo_dir is not None:
+        from posemum_deploy.data.coco import load_json
+        from posemum_deploy.data.yolo import write_yolo_dataset
+
+        out = write_yolo_dataset(load_json(out), images, yolo_dir, split)
     Console().print(f"{out}: {stats.images} images, {stats.annotations} of {stats.persons_in} "
                     f"people kept" + (f"; {stats.results} results → {results_out}"
                                       if results_out else ""), highlight=False, soft_wrap=True)
