@@ -27,7 +27,7 @@ python3 -c "from posemum_deploy.data.jpeg_decoders import nvimgcodec_installed a
 if [[ $sections == *tests* ]]; then
   # Every test that needs CUDA (they skip elsewhere), and their CPU neighbours.
   timeout 170 python3 -m pytest -q -p no:cacheprovider -rfEs --tb=short \
-    tests/label/test_jpeg_decoders.py tests/models/test_cuda_graph.py \
+    tests/data/test_jpeg_decoders.py tests/models/test_cuda_graph.py \
     tests/label/test_device_crops.py tests/label/test_crop_upload.py \
     tests/benchmarks/test_ssl_benchmarks.py tests/data/test_device.py \
     tests/inference/test_fast_torch.py tests/training/test_ssl_train.py \
