@@ -14,10 +14,13 @@ from posemum_deploy.cli.options import parse_hw
 
 def train(
     preset: str = typer.Option("supervised", "--preset", help="paper variant (`posemum presets`)"),
-    labeled: Optional[Path] = typer.Option(None, "--labeled", help="COCO person-keypoints json"),
+    labeled: Optional[Path] = typer.Option(
+        None, "--labeled", help="COCO person-keypoints json, or a YOLO-pose data.yaml (its "
+        "train split; then --images is not needed)"),
     images: Optional[Path] = typer.Option(None, "--images", help="image folder of --labeled"),
     out: Path = typer.Option(Path("runs/train"), "--out", help="run directory"),
-    val_ann: Optional[Path] = typer.Option(None, "--val-ann"),
+    val_ann: Optional[Path] = typer.Option(
+        None, "--val-ann", help="COCO json, or a YOLO-pose data.yaml (its val split)"),
     val_images: Optional[Path] = typer.Option(None, "--val-images"),
     labeled_count: Optional[int] = typer.Option(None, "--labeled-count",
                                                 help="first N labeled persons (1K/5K/10K splits)"),
@@ -89,6 +92,7 @@ def train(
     if labeled_count and epochs is None and milestones is None and not resume:
         cfg.optim.epochs, cfg.optim.milestones = paper_schedule(labeled_count)
     cfg.out = str(out)
+    _from_yolo(cfg, out)
     _require(cfg.data.labeled, "--labeled")
     _require(cfg.data.images, "--images")
     if int(os.environ.get("RANK", "0")) > 0:  # torchrun: rank 0 alone shows progress
@@ -103,6 +107,18 @@ def train(
 
         console.print(f"[yellow]skipped {len(result.unreadable)} unreadable images[/] (listed "
                       f"in {result.out_dir / UNREADABLE_NAME})", highlight=False)
+
+
+def _from_yolo(cfg, out: Path) -> None:
+    """--labeled / --val-ann given as a YOLO-pose data.yaml: its train / val split becomes
+    a COCO json in the run folder, with --images / --val-images its image folder."""
+    from posemum_deploy.data.yolo import yolo_split_json
+
+    yaml_suffixes = (".yaml", ".yml")
+    if cfg.data.labeled and Path(cfg.data.labeled).suffix.lower() in yaml_suffixes:
+        cfg.data.labeled, cfg.data.images = yolo_split_json(cfg.data.labeled, "train", out)
+    if cfg.data.val_ann and Path(cfg.data.val_ann).suffix.lower() in yaml_suffixes:
+        cfg.data.val_ann, cfg.data.val_images = yolo_split_json(cfg.data.val_ann, "val", out)
 
 
 def _require(value: object, flag: str) -> None:

@@ -61,17 +61,17 @@ DEFAULT_ORDER = {"mmpose": "RGB", "simplebaseline": "BGR"}
 def numpy_allow_list() -> list[Any]:
     """The few NumPy globals an mmpose `meta` pickles (arrays, dtypes, scalars), under the
     module names both NumPy 1.x (`numpy.core`) and 2.x (`numpy._core`) write."""
-    from numpy import dtypes
-    from numpy._core import multiarray
+    try:
+        from numpy._core import multiarray  # NumPy 2
+    except ImportError:  # pragma: no cover - NumPy 1.x
+        from numpy.core import multiarray
 
     allow: list[Any] = [np.ndarray, np.dtype]
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allow += [(multiarray._reconstruct, f"{module}._reconstruct"),
                   (multiarray.scalar, f"{module}.scalar")]
-    allow += [getattr(dtypes, n) for n in ("Float16DType", "Float32DType", "Float64DType",
-                                           "Int8DType", "Int16DType", "Int32DType", "Int64DType",
-                                           "UInt8DType", "UInt16DType", "UInt32DType",
-                                           "UInt64DType", "BoolDType")]
+    # the dtype classes (numpy.dtypes.Float32DType, ...) newer NumPy pickles dtypes with
+    allow += list({type(np.dtype(code)) for code in "efdbhilqBHILQ?"})
     return allow
 
 
@@ -230,15 +230,19 @@ def upstream_name(key: str, flavour: str) -> str:
     return key
 
 
-def scaled(values: tuple[float, ...] | None, default: tuple[float, float, float], name: str
-           ) -> tuple[float, float, float]:
-    """Mean/std on the 0..1 scale posemum stores; values given on 0..255 are divided."""
-    if values is None:
-        return default
-    if len(values) != 3:
-        raise ConfigError(f"--{name} needs 3 values (one per channel), got {len(values)}")
-    div = 255.0 if max(values) > 1.0 else 1.0
-    return (values[0] / div, values[1] / div, values[2] / div)
+def normalisation(mean: tuple[float, ...] | None, std: tuple[float, ...] | None
+                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std on the 0..1 scale posemum stores (ImageNet's where not given). Both are on
+    one scale, read from the mean (mmpose writes 123.675, torchvision 0.485), so a std of
+    1 on the 0..255 scale stays 1/255."""
+    for name, values in (("mean", mean), ("std", std)):
+        if values is not None and len(values) != 3:
+            raise ConfigError(f"--{name} needs 3 values (one per channel), got {len(values)}")
+    ref = mean if mean is not None else std
+    div = 255.0 if ref is not None and max(ref) > 1.0 else 1.0
+    m = IMAGENET_MEAN if mean is None else tuple(v / div for v in mean)
+    s = IMAGENET_STD if std is None else tuple(v / div for v in std)
+    return m, s
 
 
 def input_normalisation(mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
@@ -249,7 +253,7 @@ def input_normalisation(mean: tuple[float, ...] | None, std: tuple[float, ...] |
     order = channel_order.upper()
     if order not in ("RGB", "BGR"):
         raise ConfigError(f"--channel-order {channel_order!r}: choose rgb or bgr")
-    m, s = scaled(mean, IMAGENET_MEAN, "mean"), scaled(std, IMAGENET_STD, "std")
+    m, s = normalisation(mean, std)
     if order == "BGR":
         return m[::-1], s[::-1], True
     return m, s, False
