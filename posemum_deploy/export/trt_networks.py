@@ -5,7 +5,7 @@ precision comes from the graph, not from builder flags or a calibrator. So
 - FP16: the fp32 export converted by `export.fp16` (fp32 input/output kept);
 - INT8: the fp32 export quantised to QDQ by ONNX Runtime's static quantiser on real crops,
   with the settings TensorRT requires (signed int8 activations and weights, symmetric,
-  zero point 0, per-channel weights). The `--format onnx-int8` model uses uint8
+  zero point 0, per-channel weights, fp32 biases). The `--format onnx-int8` model uses uint8
   asymmetric activations for ONNX Runtime's CPU kernels, which TensorRT rejects; a QDQ
   ONNX passed in directly is checked for this first.
 Both are cache entries (`export.trt_cache`) keyed by the fp32 sha256 (and, for INT8,
@@ -26,7 +26,7 @@ from posemum_deploy.errors import ArtifactError, ConfigError
 from posemum_deploy.export.trt_cache import entry_info, load_entry, store_entry
 
 FP16_CONVERTER = "posemum.export.fp16/1"
-QDQ_SETTINGS = "s8s8-symmetric-per-channel/1"
+QDQ_SETTINGS = "s8s8-symmetric-per-channel-fp32-bias/1"
 CALIB_BATCH = 16
 
 
@@ -91,7 +91,8 @@ def quantize_for_tensorrt(fp32_onnx: Path, out: Path, batcher: Any, method: str)
         quantize_static(str(pre), str(out), CropReader(batcher), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QInt8,
                         weight_type=QuantType.QInt8, calibrate_method=methods[method],
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                       "QuantizeBias": False})  # no int32 bias DQ in TensorRT
 
 
 def check_tensorrt_qdq(path: Path) -> None:
@@ -109,12 +110,14 @@ def check_tensorrt_qdq(path: Path) -> None:
         zp = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if zp is None:
             continue  # no zero point: int8, 0
-        if zp.data_type != TensorProto.INT8 or np.any(numpy_helper.to_array(zp) != 0):
+        nonzero = bool(np.any(numpy_helper.to_array(zp) != 0))
+        if zp.data_type != TensorProto.INT8 or nonzero:
             kind = TensorProto.DataType.Name(zp.data_type).lower()
             raise ArtifactError(
-                f"{path}: its Q/DQ node {node.name or node.output[0]} has a {kind} zero point "
-                "that is not 0, which TensorRT rejects (the onnx-int8 export is asymmetric "
-                "uint8 for ONNX Runtime's CPU); build from the fp32 ONNX with "
+                f"{path}: its Q/DQ node {node.name or node.output[0]} has a {kind} zero point"
+                f"{' that is not 0' if nonzero else ''}, which TensorRT rejects (it takes int8 "
+                "Q/DQ with zero point 0; the onnx-int8 export is uint8 and asymmetric, for ONNX "
+                "Runtime's CPU); build from the fp32 ONNX with "
                 "`posemum export MODEL.onnx --format tensorrt --int8 --calib IMAGES`")
 
 
@@ -133,4 +136,6 @@ def network_parity(fp32_onnx: Path, graph_path: Path, meta: ModelMetadata, crops
     return {"num_crops": len(crops), "max_abs_heatmap_diff": float(np.abs(hm - hm_ref).max()),
             "max_rel_heatmap_diff": float(np.abs(hm - hm_ref).max()) / scale,
             "max_keypoint_px": float(np.abs(xy - xy_ref).max()) if len(crops) else 0.0,
+            "mean_keypoint_px": float(np.linalg.norm(xy - xy_ref, axis=-1).mean())
+            if len(crops) else 0.0,
             "network": graph_path.name, "network_info": entry_info(graph_path)}
