@@ -33,6 +33,7 @@ _COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "rounds": ("rounds",),
     "import_model": ("import",),
     "convert": ("convert",),
+    "calibrate": ("calibrate",),
 }
 
 for _module_name, _commands in _COMMAND_MODULES.items():

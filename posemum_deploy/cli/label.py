@@ -50,14 +50,25 @@ def label(
     ray_actors: Annotated[Optional[int], typer.Option(
         "--ray-actors", min=1, help="Model actors for --engine ray.",
         show_default="one per GPU, else CPUs/2")] = None,
+    tta: Annotated[str, typer.Option(
+        "--tta", help="Views of every person, heatmaps averaged: flip | scales=0.8,1.0,1.2 | "
+        "flip,scales=... (records each joint's agreement; docs/pseudo-labels.md)")] = "none",
+    ensemble: Annotated[Optional[list[Path]], typer.Option(
+        "--model", help="Another teacher averaged with MODEL (repeat for more; same input "
+        "size and keypoints)")] = None,
+    models_file: Annotated[Optional[Path], typer.Option(
+        "--models", help="A text file of further teachers, one path a line.")] = None,
 ) -> None:
     """Pseudo-label every image under IMAGES_DIR into resumable JSONL shards."""
+    from posemum_deploy.inference.tta import read_model_list
     from posemum_deploy.label.runner import LabelSettings, RunSettings, label_folder
 
+    members = [str(m) for m in ensemble or []]
+    members += read_model_list(models_file) if models_file is not None else []
     settings = LabelSettings(boxes=boxes, boxes_ann=str(boxes_ann) if boxes_ann else None,
                              box_score_threshold=box_score, max_people=max_people, flip=flip,
                              oks_nms=oks_nms or None, shard_size=shard_size, decode=decode,
-                             jpeg_decoder=jpeg_decoder)
+                             jpeg_decoder=jpeg_decoder, tta=tta, ensemble=members)
     run = RunSettings(backend=backend, batch_size=batch_size, workers=workers, resume=resume,
                       engine=engine, processes=processes, ray_actors=ray_actors,
                       gpus=[g.strip() for g in gpus.split(",") if g.strip()]
@@ -103,10 +114,19 @@ def merge(
         "--images", help="--format yolo: the folder that was labeled.")] = None,
     split: Annotated[str, typer.Option("--split", help="--format yolo: train | val | test")
                      ] = "train",
+    min_agreement: Annotated[float, typer.Option(
+        "--min-agreement", min=0.0, max=1.0, help="Joints whose TTA views / teachers agree "
+        "less become unlabeled (labels made with --tta or several --model).")] = 0.0,
+    thresholds: Annotated[Optional[Path], typer.Option(
+        "--thresholds", help="Per-joint thresholds from `posemum calibrate`; they replace "
+        "--min-joint-score / --min-agreement for the joints they set.")] = None,
 ) -> None:
     """Filter labeling shards into a training-ready COCO person-keypoints file."""
+    from posemum_deploy.label.calibrate import load_thresholds
     from posemum_deploy.label.merge import MergeFilter, merge_labels
 
+    flt = MergeFilter(min_joint_score, min_instance_score, min_joints, min_agreement,
+                      load_thresholds(thresholds) if thresholds is not None else None)
     yolo_dir = None
     if fmt not in ("coco", "yolo"):
         raise ConfigError(f"--format {fmt!r}: choose coco or yolo")
@@ -117,8 +137,7 @@ def merge(
         yolo_dir, out = out, out / f"{split}_coco.json"
     with make_progress() as bar:
         task = bar.add_task("merge", total=None)
-        stats = merge_labels(out_dir, out, MergeFilter(min_joint_score, min_instance_score,
-                                                       min_joints), results_out,
+        stats = merge_labels(out_dir, out, flt, results_out,
                              lambda read, total: bar.update(task, completed=read, total=total))
     if yolo_dir is not None:
         from posemum_deploy.data.coco import load_json

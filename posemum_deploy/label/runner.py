@@ -18,15 +18,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from posemum_deploy.data.images import IMAGE_SUFFIXES, list_images
-from posemum_deploy.errors import ArtifactError, ConfigError, ImageError
 from posemum_deploy.artifacts import sha256_file
-from posemum_deploy.inference.backends import Backend, check_backend_opens
-from posemum_deploy.label.boxes import BoxSource, parse_box_source
+from posemum_deploy.data.images import IMAGE_SUFFIXES, list_images
 from posemum_deploy.data.jpeg_decoders import check_jpeg_decoder
+from posemum_deploy.errors import ArtifactError, ConfigError, ImageError
+from posemum_deploy.inference.backends import Backend, check_backend_opens
+from posemum_deploy.inference.tta import parse_tta
+from posemum_deploy.label.boxes import BoxSource, parse_box_source
 from posemum_deploy.label.processes import run_processes
 from posemum_deploy.label.shard import StageTimes
-from posemum_deploy.label.worker import LabelerInfo, ShardResult, ShardWorker, WorkerSpec
+from posemum_deploy.label.worker import (
+    LabelerInfo,
+    ShardResult,
+    ShardWorker,
+    WorkerSpec,
+)
 from posemum_deploy.label.writer import ShardStore
 from posemum_deploy.system import usable_cpus
 
@@ -49,6 +55,8 @@ class LabelSettings:
     shard_size: int = 1000
     decode: str = "host"  # "device": JPEG decode + grid_sample crops on the model's device
     jpeg_decoder: str = "torchvision"  # --decode device: torchvision | nvimgcodec
+    tta: str = "none"  # views of every person: "flip", "scales=0.8,1.0,1.2", ... (--tta)
+    ensemble: list[str] = field(default_factory=list)  # further teachers (--model)
 
 
 @dataclass
@@ -151,9 +159,17 @@ def run_identity(model_path: Path, files: list[str], settings: LabelSettings,
     The model's sha256 also pins its input size, codec and flip pairs.
     """
     listing = hashlib.sha256("\n".join(files).encode()).hexdigest()
-    chosen = {k: v for k, v in asdict(settings).items() if k not in ("boxes_ann", "shard_size")}
+    skip = ("boxes_ann", "shard_size", "tta", "ensemble")
+    chosen = {k: v for k, v in asdict(settings).items() if k not in skip}
     chosen.update(boxes=boxes.identity())
-    return {"model": {"file": model_path.name, "sha256": sha256_file(model_path)},
+    tta = parse_tta(settings.tta)
+    if not tta.trivial:  # (absent when off: runs from before TTA resume as they were)
+        chosen["tta"] = str(tta)
+    model = {"file": model_path.name, "sha256": sha256_file(model_path)}
+    if settings.ensemble:
+        model["ensemble"] = [{"file": Path(m).name, "sha256": sha256_file(Path(m))}
+                             for m in settings.ensemble]
+    return {"model": model,
             "settings": chosen,
             "images": {"count": len(files), "sha256": listing, "shard_size": settings.shard_size}}
 
@@ -176,6 +192,10 @@ def check_run_options(settings: LabelSettings, run: RunSettings) -> None:
                           "GPUs; pass --processes (e.g. one or two per GPU), or for one "
                           "process choose its GPU with CUDA_VISIBLE_DEVICES")
     check_jpeg_decoder(settings.jpeg_decoder)
+    tta = parse_tta(settings.tta)
+    if settings.decode == "device" and (settings.ensemble or not tta.trivial):
+        raise ConfigError("--tta / --model ensembles crop every view on the host; use "
+                          "--decode host (or --flip alone with --decode device)")
     if settings.decode == "device":
         from posemum_deploy.label.device_crops import check_box_spec
 
@@ -212,6 +232,12 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
     check_run_options(settings, run)
     root, model = Path(images_dir), Path(model)
     files = checked_inputs(model, root, backend)
+    for member in map(Path, settings.ensemble):
+        if not member.is_file():
+            raise ArtifactError(f"--model {member}: model file not found; pass an existing "
+                                "checkpoint or exported model for each ensemble member")
+        if isinstance(backend, str) and backend != "auto":
+            check_backend_opens(backend, member)
     boxes = parse_box_source(settings.boxes, settings.box_score_threshold,
                              settings.max_people, settings.boxes_ann)
     # Checked before the model loads, so a refused resume fails in a second.
@@ -221,7 +247,9 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
                       backend_options=dict(run.backend_options or {}),
                       batch_size=run.batch_size, workers=run.workers or min(4, usable_cpus()),
                       flip=settings.flip, dark=settings.dark, oks_nms=settings.oks_nms,
-                      decode=settings.decode, jpeg_decoder=settings.jpeg_decoder)
+                      decode=settings.decode, jpeg_decoder=settings.jpeg_decoder,
+                      tta=str(parse_tta(settings.tta)),
+                      ensemble=tuple(str(Path(m).resolve()) for m in settings.ensemble))
     # One process loads its model here, before progress and the clock start (rates count
     # labeling only); spawned labelers and Ray actors load their own.
     worker = (ShardWorker(spec, None if isinstance(backend, str) else backend)

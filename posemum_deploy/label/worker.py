@@ -13,13 +13,14 @@ import logging
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import groupby
 from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple
 
 from posemum_deploy.inference.backends import Backend, load_backend
 from posemum_deploy.inference.pipeline import PoseEstimator
+from posemum_deploy.inference.tta import TTAEstimator, TTASpec, parse_tta
 from posemum_deploy.label.boxes import BoxSource
 from posemum_deploy.label.shard import ImageDone, ShardLabeler, StageTimes, host_stream
 from posemum_deploy.label.writer import EncodedShard, encode_shard
@@ -47,6 +48,8 @@ class WorkerSpec:
     decode: str = "host"
     jpeg_decoder: str = "torchvision"
     cpu_threads: int | None = None  # this labeler's share of the cores (None: all)
+    tta: str = "none"  # TTA views of every person (`inference.tta.parse_tta`)
+    ensemble: tuple[str, ...] = ()  # further teachers averaged with `model`
 
 
 class LabelerInfo(NamedTuple):
@@ -105,6 +108,23 @@ def host_crops_estimator(backend: Backend, spec: WorkerSpec) -> PoseEstimator:
     return PoseEstimator(backend, spec.batch_size, spec.flip, spec.dark)
 
 
+def uses_tta(spec: WorkerSpec) -> bool:
+    """Several views or teachers: labels come from a `TTAEstimator` (with agreement)."""
+    return bool(spec.ensemble) or not parse_tta(spec.tta).trivial
+
+
+def tta_estimator(backend: Backend, spec: WorkerSpec) -> TTAEstimator:
+    """`backend` and every `spec.ensemble` teacher, each as the host-crops estimator of its
+    runtime without flip test, over the TTA views (`--flip` adds the mirrored ones)."""
+    tta = parse_tta(spec.tta)
+    plain = replace(spec, flip=False)
+    members = [host_crops_estimator(backend, plain)]
+    members += [host_crops_estimator(open_backend(replace(plain, model=m)), plain)
+                for m in spec.ensemble]
+    names = [Path(m).name for m in (spec.model, *spec.ensemble)]
+    return TTAEstimator(members, TTASpec(tta.flip or spec.flip, tta.scales), names)
+
+
 def inference_stream(backend: Backend) -> Any:
     """A CUDA stream of its own for a torch backend on a GPU (None otherwise).
 
@@ -127,7 +147,11 @@ class ShardWorker:
         self.started_at = time.time()
         self.spec = spec
         be = backend if backend is not None else open_backend(spec)
-        if spec.decode == "device":
+        self.scales: tuple[float, ...] | None = None
+        if uses_tta(spec):  # host crops only (runner.check_run_options)
+            self.estimator: Any = tta_estimator(be, spec)
+            self.scales = self.estimator.spec.scales
+        elif spec.decode == "device":
             from posemum_deploy.inference.tensor_pipeline import TensorPoseEstimator
             from posemum_deploy.label.device_crops import backend_device
             from posemum_deploy.data.jpeg_decoders import make_jpeg_decoder
@@ -153,7 +177,7 @@ class ShardWorker:
             return device_stream(cropper, items, self.spec.workers, times)
         depth = max(4 * self.spec.workers, 2 * self.spec.batch_size)
         return host_stream(root, items, self.spec.boxes, tuple(self.estimator.meta.input_hw),
-                           self.spec.workers, depth, times)
+                           self.spec.workers, depth, times, self.scales)
 
     def label_shards(self, jobs: Iterable[tuple[int, list[str]]], times: StageTimes,
                      on_image: ImageDone | None = None) -> Iterator[tuple[int, list[dict[str, Any]]]]:

@@ -1,0 +1,53 @@
+"""`posemum calibrate`: per-joint thresholds for pseudo-labels at an asked precision."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from posemum_deploy.cli.progress import make_progress
+
+
+def calibrate(
+    model: Annotated[Path, typer.Argument(help="The labeling model (checkpoint or export).")],
+    ann: Annotated[Path, typer.Option("--ann", help="Labeled COCO keypoint json (GT boxes).")],
+    images: Annotated[Path, typer.Option("--images", help="Its image folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Thresholds json to write (PNG beside).")],
+    tta: Annotated[str, typer.Option(
+        "--tta", help="The views the labels will use: flip | scales=0.8,1.0,1.2 | ...")] = "none",
+    ensemble: Annotated[Optional[list[Path]], typer.Option(
+        "--model", help="Another teacher of the ensemble (as with `posemum label`).")] = None,
+    precision: Annotated[float, typer.Option(
+        "--precision", help="Share of kept joints that must lie within OKS 0.5.")] = 0.9,
+    backend: Annotated[str, typer.Option(
+        "--backend", help="auto | torch | torch-fast | onnxruntime | tensorrt | openvino")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Crops per call.")] = 32,
+    max_images: Annotated[Optional[int], typer.Option(
+        "--max-images", min=1, help="Use only the first N labeled images.")] = None,
+) -> None:
+    """Per joint type, the lowest score (and agreement) threshold whose kept joints are
+    right (OKS ≥ 0.5) at least --precision of the time; for `merge --thresholds`."""
+    from posemum_deploy.label.calibrate import calibrate as run
+
+    with make_progress() as bar:
+        task = bar.add_task("calibrate", total=None)
+        result = run([model, *(ensemble or [])], ann, images, out, tta, precision,
+                     backend=backend, batch_size=batch_size, max_images=max_images,
+                     progress=lambda done, total: bar.update(task, completed=done, total=total))
+    table = Table(title=f"thresholds at precision {precision:g} → {out}")
+    for col in ("joint", "score ≥", "keeps", "agreement ≥", "keeps (both)"):
+        table.add_column(col, justify="left" if col == "joint" else "right")
+
+    def fmt(v: float) -> str:
+        return "never" if math.isinf(v) else "-" if math.isnan(v) else f"{v:.3g}"
+
+    for j, name in enumerate(result.keypoint_names):
+        st = result.stats[j]
+        table.add_row(name, fmt(result.score[j]), f"{st['kept_share_score']:.0%}",
+                      fmt(result.agreement[j]), f"{st['kept_share_both']:.0%}")
+    Console().print(table)
+    Console().print(f"reliability plot: {out.with_suffix('.png')}", highlight=False)
