@@ -175,6 +175,7 @@ class FakeContext(_Recorder):
 
     def execute_async_v3(self, stream_handle: int) -> bool:
         self._rec("execute_async_v3", stream_handle)
+        self._fake.on_device.append(("execute_async_v3", self._fake.current_device()))
         n_in, n_out = int(np.prod(self.shape)), self.shape[0] * int(np.prod(self.out_khw))
         x = np.ctypeslib.as_array((ctypes.c_float * n_in).from_address(self.addresses["input"]))
         raw = (ctypes.c_uint8 * (n_out * np.dtype(self.out_np).itemsize)).from_address(

@@ -128,7 +128,8 @@ class TrtBackend:
                 if not self.context.execute_async_v3(self.stream.cuda_stream):
                     raise ArtifactError(f"{self.path}: TensorRT execution failed (see its log)")
             caller.wait_stream(self.stream)
-            out.record_stream(caller)
+            if out.is_cuda:
+                out.record_stream(caller)  # allocated on our stream, consumed on the caller's
         return out
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
@@ -136,4 +137,6 @@ class TrtBackend:
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        return self.predict_tensor(x.pin_memory()).float().cpu().numpy()
+        if torch.cuda.is_available():
+            x = x.pin_memory()  # lets the upload run asynchronously on our stream
+        return self.predict_tensor(x).float().cpu().numpy()
