@@ -7,8 +7,13 @@ runtimes: batch norms are folded into the deconvolutions (ONNX Runtime fuses Con
 but not ConvTranspose+BN), and each 4×4 stride-2 deconvolution becomes one 2×2
 convolution with 4× the channels plus a pixel shuffle (sub-pixel convolution, same
 MACs), because ONNX Runtime's ConvTranspose is a slow col2im kernel that its INT8
-quantiser leaves in fp32, while convolutions get its NCHWc and VNNI kernels. The ModelMetadata goes into the ONNX metadata props and a sidecar;
-the export is then compared with torch on real crops (heatmaps and decoded keypoints).
+quantiser leaves in fp32, while convolutions get its NCHWc and VNNI kernels. That
+rewrite is ONNX Runtime's graph ("subpixel-deconv"); OpenVINO runs ConvTranspose
+natively and the rewrite costs it 9-13 %, so its graph ("convtranspose", `graph=`)
+keeps plain deconvolutions (BN still folded). `meta.extra["graph"]` names the kind in
+the sidecar and the embedded metadata. The ModelMetadata goes into the ONNX metadata
+props and a sidecar; the export is then compared with torch on real crops (heatmaps and
+decoded keypoints).
 """
 from __future__ import annotations
 
@@ -30,12 +35,15 @@ from posemum_deploy.artifacts import (
     sha256_file,
     sidecar_path,
 )
-from posemum_deploy.errors import ArtifactError
+from posemum_deploy.errors import ArtifactError, ConfigError
 from posemum_deploy.export.formats import ExportOptions, ExportResult, tool_versions
 
 log = logging.getLogger(__name__)
 INPUT_NAME, OUTPUT_NAME = "input", "heatmaps"
 META_KEY = "posemum.model_meta"
+# graph kinds: ONNX Runtime's (sub-pixel deconvolutions) and OpenVINO's (plain ConvTranspose).
+SUBPIXEL, CONVTRANSPOSE = "subpixel-deconv", "convtranspose"
+GRAPH_KINDS = (SUBPIXEL, CONVTRANSPOSE)
 
 
 def fold_deconv_bn(model: nn.Module) -> nn.Module:
@@ -91,9 +99,13 @@ def _is_subpixel_able(m: nn.Module) -> bool:
             and m.dilation == (1, 1))
 
 
-def runtime_graph(model: nn.Module) -> nn.Module:
-    """A copy of `model` with the exact rewrites above (BN folding, sub-pixel deconvs)."""
+def runtime_graph(model: nn.Module, graph: str = SUBPIXEL) -> nn.Module:
+    """A copy of `model` with the exact rewrites above: BN folding, and for ONNX
+    Runtime's graph the sub-pixel deconvolutions."""
+    check_graph_kind(graph)
     model = fold_deconv_bn(model)
+    if graph == CONVTRANSPOSE:
+        return model
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         for i, layer in enumerate(list(seq)):
             if _is_subpixel_able(layer):
@@ -101,11 +113,19 @@ def runtime_graph(model: nn.Module) -> nn.Module:
     return model
 
 
-def export_network(model: nn.Module, meta: ModelMetadata, out: Path, opset: int) -> Path:
-    """Write the ONNX graph of `model` with a dynamic batch axis and embedded metadata."""
+def check_graph_kind(graph: str) -> None:
+    if graph not in GRAPH_KINDS:
+        raise ConfigError(f"graph kind {graph!r}: choose {', '.join(GRAPH_KINDS)}")
+
+
+def export_network(model: nn.Module, meta: ModelMetadata, out: Path, opset: int,
+                   graph_kind: str = SUBPIXEL) -> Path:
+    """Write the ONNX graph of `model` with a dynamic batch axis and embedded metadata;
+    `meta.extra["graph"]` is set to `graph_kind` (the caller's meta, for its sidecar)."""
     h, w = meta.input_hw
     sample = torch.zeros(2, 3, h, w)
-    graph = runtime_graph(model).cpu()
+    graph = runtime_graph(model, graph_kind).cpu()
+    meta.extra["graph"] = graph_kind
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(graph, (sample,), str(out), dynamo=False,
@@ -171,13 +191,14 @@ def finish_sidecar(artifact: Path, meta: ModelMetadata, fmt: str, precision: str
     return meta
 
 
-def export_onnx(source: Path, out: Path, options: ExportOptions) -> ExportResult:
+def export_onnx(source: Path, out: Path, options: ExportOptions,
+                graph: str = SUBPIXEL) -> ExportResult:
     """Checkpoint → fp32 ONNX + sidecar, then the parity check against torch."""
     from posemum_deploy.models.checkpoint import load_model
 
     model, meta = load_model(source, weights=options.weights)
     meta.precision = "fp32"
-    export_network(model, meta, out, options.opset)
+    export_network(model, meta, out, options.opset, graph)
     meta = finish_sidecar(out, meta, "onnx", "fp32", ("torch", "onnx", "onnxruntime"))
     crops, origin = check_crops(source, meta, options)
     report = parity_report(model, out, crops)
@@ -236,11 +257,26 @@ def parity_report(model: nn.Module, onnx_path: Path, crops: np.ndarray,
             "max_keypoint_px": float(np.abs(xy_o - xy_t).max()) if len(crops) else 0.0}
 
 
-def load_onnx_source(source: Path, options: ExportOptions, out: Path) -> tuple[Path, ModelMetadata]:
-    """An fp32 posemum ONNX for formats built from ONNX: `source` itself, or exported
-    from the checkpoint to `<out stem>.fp32.onnx` (with its own sidecar) beside `out`."""
+def load_onnx_source(source: Path, options: ExportOptions, out: Path,
+                     graph: str = SUBPIXEL) -> tuple[Path, ModelMetadata]:
+    """An fp32 posemum ONNX for formats built from ONNX: `source` itself (whatever graph
+    it holds), or exported from the checkpoint in the `graph` kind to `<out
+    stem>.fp32.onnx` (`<out stem>.<graph>.fp32.onnx` for OpenVINO's graph) beside `out`."""
     if source.suffix.lower() == ".onnx":
         return source, read_sidecar(source)
-    onnx_path = out.with_name(out.stem + ".fp32.onnx")
-    result = export_onnx(source, onnx_path, options)
+    infix = "" if graph == SUBPIXEL else f".{graph}"
+    onnx_path = out.with_name(f"{out.stem}{infix}.fp32.onnx")
+    result = export_onnx(source, onnx_path, options, graph)
     return onnx_path, result.metadata
+
+
+def graph_kind(path: str | Path, meta: ModelMetadata | None = None) -> str:
+    """The graph kind of an ONNX export: its sidecar's `extra["graph"]`, else read from
+    the graph (any ConvTranspose node: OpenVINO's kind; exports before graph kinds were
+    recorded held the sub-pixel graph)."""
+    if meta is not None and meta.extra.get("graph") in GRAPH_KINDS:
+        return str(meta.extra["graph"])
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    return CONVTRANSPOSE if "ConvTranspose" in ops else SUBPIXEL

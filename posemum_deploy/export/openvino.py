@@ -7,6 +7,12 @@ backend then compiles with the bf16 hint). INT8 is NNCF post-training quantisati
 real crops (method "nncf"), or an ORT static-QDQ ONNX converted as is (method "qdq");
 either way the sidecar's `extra["quantization"]` records how it was made.
 A reduced-precision export is checked against fp32 before it is kept (`check_accuracy`).
+
+Graph per runtime: from a checkpoint, the IR is built from OpenVINO's own ONNX graph
+(plain ConvTranspose, BN folded: `export.onnx`, graph kind "convtranspose"), not from
+ONNX Runtime's sub-pixel rewrite, which costs OpenVINO 9-13 % (it runs ConvTranspose
+natively; folding BN or leaving it to OpenVINO compiles to the same executed layers).
+The sidecar's `extra["graph"]` says which graph the IR holds.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from posemum_deploy.errors import ConfigError, PosemumError
 from posemum_deploy.export.accuracy import AccuracyReport, check_accuracy
 from posemum_deploy.export.calibration import CropBatcher, calibration_crops
 from posemum_deploy.export.formats import ExportOptions, ExportResult, tool_versions
+from posemum_deploy.export.onnx import CONVTRANSPOSE, SUBPIXEL, graph_kind
 from posemum_deploy.inference.openvino_backend import (
     OpenVinoBackend,
     is_quantized,
@@ -81,6 +88,7 @@ def export_openvino(onnx_path: str | Path, out: str | Path, precision: str = "fp
     onnx_path, out = Path(onnx_path), _xml_path(out)
     _check_options(precision, int8_method, crops, qdq_onnx)
     meta = load_sidecar(onnx_path)
+    graph_source, graph = onnx_path, graph_kind(onnx_path, meta)
     model = ov.convert_model(str(onnx_path))
     if is_quantized(model):
         raise ConfigError(f"{onnx_path}: already quantised; pass the fp32 ONNX export")
@@ -91,9 +99,14 @@ def export_openvino(onnx_path: str | Path, out: str | Path, precision: str = "fp
         if not is_quantized(model):
             raise ConfigError(f"{qdq_onnx}: has no QuantizeLinear/DequantizeLinear pairs; pass "
                               "the ORT QDQ export (posemum export --format onnx --precision int8)")
+        graph_source, graph = Path(qdq_onnx), graph_kind(qdq_onnx)
+    if graph == SUBPIXEL:
+        log.warning("%s holds ONNX Runtime's sub-pixel graph; OpenVINO runs the ConvTranspose "
+                    "graph faster: export the IR from the checkpoint", graph_source)
     out.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, str(out), compress_to_fp16=False)
     meta = _ir_metadata(meta, out, precision)
+    meta.extra["graph"] = graph
     if precision == "int8":
         meta.extra["quantization"] = _quantization_record(int8_method, crops, calib_source)
     meta.save(sidecar_path(out))
@@ -169,7 +182,7 @@ def export_openvino_ir(source: Path, out: Path, options: ExportOptions) -> Expor
     if options.fp16:
         raise ConfigError("--fp16 is for TensorRT; on the CPU use --precision bf16 or int8")
     method = str(options.extra.get("int8_method") or default_int8_method())
-    onnx_path, meta = load_onnx_source(source, options, out)
+    onnx_path, meta = load_onnx_source(source, options, out, graph=CONVTRANSPOSE)
     crops = None
     if precision != "fp32":
         if options.calib is None:

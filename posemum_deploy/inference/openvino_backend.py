@@ -5,7 +5,11 @@ CPU with an explicit precision, because OpenVINO's own default on CPUs with BF16
 run bf16 silently, which would change fp32 results without anyone asking for it.
 The batch shape is fixed at compile time (static shapes are faster on the CPU plugin),
 and an `AsyncInferQueue` keeps several requests in flight so that JPEG decode and crop
-work in the caller overlap inference.
+work in the caller overlap inference. Threads are always explicit (INFERENCE_NUM_THREADS,
+default: the CPUs this process may use), so a labeler that decodes on one core can give
+OpenVINO the rest. `graph` says which graph the artifact holds (the sidecar's
+`extra["graph"]`, else read from the ops): OpenVINO's own ("convtranspose") or ONNX
+Runtime's sub-pixel rewrite, which runs but 9-13 % slower here.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from posemum_deploy.errors import (
     ConfigError,
     import_optional,
 )
+from posemum_deploy.system import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +38,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "int8")
 # capability OpenVINO must report for each precision (OPTIMIZATION_CAPABILITIES).
 NEEDS = {"fp32": "FP32", "bf16": "BF16", "int8": "INT8"}
 QUANT_OPS = {"FakeQuantize", "FakeConvert"}
+# graph kinds as `export.onnx` names them (that module sits above this one).
+GRAPH_KINDS = ("subpixel-deconv", "convtranspose")
 Callback = Callable[[np.ndarray, Any], None]
 
 
@@ -62,6 +69,15 @@ def check_supported(precision: str, capabilities: Iterable[str], device: str = "
 def is_quantized(model: Any) -> bool:
     """True when an ov.Model carries quantisation (NNCF FakeQuantize or ONNX QDQ pairs)."""
     return any(op.get_type_name() in QUANT_OPS for op in model.get_ops())
+
+
+def graph_of(meta: ModelMetadata, model: Any) -> str:
+    """The sidecar's graph kind, or (exports before kinds were recorded) the ops': an
+    ov.Model with ConvolutionBackpropData holds plain deconvolutions."""
+    if meta.extra.get("graph") in GRAPH_KINDS:
+        return str(meta.extra["graph"])
+    ops = {op.get_type_name() for op in model.get_ops()}
+    return "convtranspose" if "ConvolutionBackpropData" in ops else "subpixel-deconv"
 
 
 def resolve_precision(requested: str, meta: ModelMetadata, quantized: bool) -> str:
@@ -94,7 +110,8 @@ class OpenVinoBackend:
 
     def __init__(self, path: str | Path, precision: str = "auto", threads: int | None = None,
                  streams: int | None = None, batch_size: int = 32, num_requests: int | None = None,
-                 metadata: ModelMetadata | None = None, device: str = "CPU") -> None:
+                 metadata: ModelMetadata | None = None, device: str = "CPU",
+                 perf_counts: bool = False) -> None:
         ov = require_openvino()
         self.path = Path(path)
         self.metadata = metadata if metadata is not None else load_sidecar(self.path)
@@ -105,10 +122,13 @@ class OpenVinoBackend:
         model = _read_model(self.core, self.path)
         self._check_input(model)
         self.precision = resolve_precision(precision, self.metadata, is_quantized(model))
+        self.graph = graph_of(self.metadata, model)
         self._check_cpu_supports(device)
         h, w = self.metadata.input_hw
         model.reshape({model.inputs[0].get_any_name(): [batch_size, 3, h, w]})
         self.config = compile_config(self.precision, threads, streams)
+        if perf_counts:  # per-layer timings for `layer_profile` (costs a little speed)
+            self.config["PERF_COUNT"] = True
         self.compiled = self.core.compile_model(model, device, self.config)
         self._sync_request = self.compiled.create_infer_request()
         n_req = num_requests or max(2, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
@@ -116,8 +136,12 @@ class OpenVinoBackend:
         self._queue.set_callback(self._on_done)
         self._done: list[tuple[Any, np.ndarray]] = []
         self.metadata.precision = self.precision
-        log.info("OpenVINO %s on %s: precision %s, batch %d, %d request(s), config %s",
-                 self.path.name, device, self.precision, batch_size, n_req, self.config)
+        log.info("OpenVINO %s on %s: %s graph, precision %s, batch %d, %d request(s), config %s",
+                 self.path.name, device, self.graph, self.precision, batch_size, n_req, self.config)
+        if self.graph != "convtranspose" and self.path.suffix.lower() == ".xml":
+            log.warning("%s holds ONNX Runtime's sub-pixel graph; re-export the IR from the "
+                        "checkpoint (posemum export CKPT --format openvino) to run OpenVINO's "
+                        "faster ConvTranspose graph", self.path)
 
     @staticmethod
     def is_available(path: str | Path | None = None) -> tuple[bool, str]:
@@ -134,6 +158,27 @@ class OpenVinoBackend:
     @property
     def num_requests(self) -> int:
         return len(self._queue)
+
+    def executed_layers(self) -> list[tuple[str, str, str]]:
+        """(name, layer type, runtime precision) of each layer the CPU plugin runs after
+        its fusions: shows whether deconvolutions really run in int8 or bf16."""
+        return [(op.get_friendly_name(), str(op.get_rt_info()["layerType"].astype(str)),
+                 str(op.get_rt_info()["runtimePrecision"].astype(str)))
+                for op in self.compiled.get_runtime_model().get_ops()]
+
+    def layer_profile(self) -> list[dict[str, Any]]:
+        """Where the last synchronous `predict` call spent its time, per executed layer
+        type and precision (needs `perf_counts=True`), slowest first: says what keeps a
+        backend under its arithmetic's peak."""
+        totals: dict[tuple[str, str], list[float]] = {}
+        for info in self._sync_request.profiling_info:
+            key = (info.node_type, info.exec_type)
+            entry = totals.setdefault(key, [0.0, 0])
+            entry[0] += info.real_time.total_seconds()
+            entry[1] += 1
+        rows = [{"layer": k[0], "kernel": k[1], "seconds": v[0], "count": v[1]}
+                for k, v in totals.items()]
+        return sorted(rows, key=lambda r: -r["seconds"])
 
     def _check_input(self, model: Any) -> None:
         if len(model.inputs) != 1 or len(model.outputs) != 1:
@@ -217,12 +262,13 @@ class OpenVinoBackend:
 
 def compile_config(precision: str, threads: int | None, streams: int | None) -> dict[str, Any]:
     """CPU plugin properties: explicit precision hint (an INT8 model's unquantised ops run
-    f32); threads/streams only when given, else the LATENCY hint (one stream, all cores)."""
+    f32), an explicit thread count (None: the CPUs this process may use, not every core
+    of the host), NUM_STREAMS when given, else the LATENCY hint (one stream)."""
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": FLOAT_HINTS.get(precision, "f32")}
-    if threads is not None:
-        if threads < 1:
-            raise ConfigError(f"threads must be ≥ 1, got {threads}")
-        config["INFERENCE_NUM_THREADS"] = int(threads)
+    threads = usable_cpus() if threads is None else threads
+    if threads < 1:
+        raise ConfigError(f"threads must be ≥ 1, got {threads}")
+    config["INFERENCE_NUM_THREADS"] = int(threads)
     if streams is not None:
         if streams < 1:
             raise ConfigError(f"streams must be ≥ 1, got {streams}")

@@ -185,3 +185,43 @@ def test_cli_export_openvino_int8(onnx_path, coco_mini, tmp_path) -> None:
     assert {p.name for p in out.iterdir()} >= {"model.xml", "model.bin", "model.json"}
     backend = load_backend(out / "model.xml", "auto", batch_size=4)
     assert backend.name == "openvino" and backend.precision == "int8"
+
+
+def _deconv_precisions(backend: OpenVinoBackend) -> set[str]:
+    return {prec for _, kind, prec in backend.executed_layers() if kind == "Deconvolution"}
+
+
+@pytest.mark.slow
+def test_ir_from_a_checkpoint_holds_openvinos_graph(tiny_ckpt, tiny_onnx, coco_mini, tmp_path
+                                                    ) -> None:
+    """fp32 and INT8 (NNCF, and the ORT quantiser's QDQ) IRs made from a checkpoint hold
+    plain ConvTranspose (run natively, in u8 when INT8), say so in the sidecar, and give
+    the keypoints of ONNX Runtime's sub-pixel graph; its own ONNX export stays sub-pixel."""
+    from posemum_deploy.inference.ort_backend import OrtBackend
+    from posemum_deploy.inference.pipeline import PoseEstimator
+
+    ann = coco_mini / "test_coco.json"
+    assert tiny_onnx.meta["extra"]["graph"] == "subpixel-deconv"
+    result = export_model(tiny_ckpt, "openvino", tmp_path / "fp32", ExportOptions(check=ann))
+    assert result.metadata.extra["graph"] == "convtranspose"
+    fp32_onnx = tmp_path / "fp32" / "model.convtranspose.fp32.onnx"
+    assert ModelMetadata.load(sidecar_path(fp32_onnx)).extra["parity"]["keypoints_identical"]
+    ov_fp32 = OpenVinoBackend(result.artifact, batch_size=8, threads=2)
+    assert ov_fp32.graph == "convtranspose" and _deconv_precisions(ov_fp32) == {"f32"}
+    crops = calibration_crops(ann, HW)
+    est_ov = PoseEstimator(ov_fp32, batch_size=8)
+    est_ort = PoseEstimator(OrtBackend(tiny_onnx.artifact, device="cpu"), batch_size=8)
+    hm_ov, hm_ort = est_ov.heatmaps(crops), est_ort.heatmaps(crops)
+    assert np.abs(hm_ov - hm_ort).max() < 1e-4
+    np.testing.assert_array_equal(est_ov.codec.decode(hm_ov)[0], est_ort.codec.decode(hm_ort)[0])
+    for method in ("nncf", "qdq"):
+        if method == "nncf":
+            pytest.importorskip("nncf", reason="NNCF not installed (pip install nncf)")
+        opts = ExportOptions(calib=ann, val_ann=ann, val_images=coco_mini,
+                             extra={"precision": "int8", "int8_method": method})
+        int8 = export_model(tiny_ckpt, "openvino", tmp_path / method, opts)
+        assert int8.metadata.extra["graph"] == "convtranspose"
+        assert int8.metadata.extra["quantization"]["method"] == method
+        assert int8.metadata.extra["accuracy"]["ap_drop"] <= 1.0  # the guard's tolerance
+        backend = OpenVinoBackend(int8.artifact, batch_size=8, threads=2)
+        assert backend.precision == "int8" and _deconv_precisions(backend) <= {"u8", "i8"}

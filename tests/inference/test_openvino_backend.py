@@ -42,10 +42,10 @@ def scaled_model() -> nn.Module:
     return model
 
 
-def export_onnx(model: nn.Module, path: Path) -> Path:
+def export_onnx(model: nn.Module, path: Path, graph: str = "subpixel-deconv") -> Path:
     """`posemum export --format onnx` minus its parity check: graph (BN folded) + sidecar."""
     meta = ModelMetadata()
-    export_network(model, meta, path, 17)
+    export_network(model, meta, path, 17, graph)
     finish_sidecar(path, meta, "onnx", "fp32", ("torch", "onnx"))
     return path
 
@@ -164,3 +164,30 @@ def test_bf16_runs_close_to_fp32(onnx_path, fp32, crops) -> None:
     assert bf16.metadata.precision == "bf16"
     diff = np.abs(bf16.predict(x) - fp32.predict(x))
     assert 0 < diff.max() < 0.05  # really bf16 (not f32), and still close
+
+
+def test_openvinos_graph_matches_torch_and_the_ort_graph(model, onnx_path, crops, fp32_heatmaps,
+                                                         tmp_path) -> None:
+    """The plain-ConvTranspose graph OpenVINO runs and ONNX Runtime's sub-pixel graph are
+    the same network: fp32 within 1e-4 of torch, same decoded keypoints on real crops."""
+    from posemum_deploy.inference.ort_backend import OrtBackend
+    from posemum_deploy.inference.pipeline import codec_for
+
+    ct_path = export_onnx(model, tmp_path / "ct.onnx", "convtranspose")
+    assert ModelMetadata.load(sidecar_path(ct_path)).extra["graph"] == "convtranspose"
+    ct = OpenVinoBackend(ct_path, precision="fp32", batch_size=8, threads=2)
+    assert ct.graph == "convtranspose" and ct.config["INFERENCE_NUM_THREADS"] == 2
+    assert OpenVinoBackend(onnx_path, precision="fp32", batch_size=8).graph == "subpixel-deconv"
+    assert {t for _, t, _ in ct.executed_layers()} >= {"Deconvolution"}
+    x = normalize_numpy(crops)
+    expected = TorchBackend(model, ModelMetadata()).predict(x)
+    got = ct.predict(x)
+    assert np.abs(got - expected).max() < 1e-4
+    codec = codec_for(ModelMetadata())
+    ort_hm = OrtBackend(onnx_path, device="cpu", threads=2).predict(x)
+    np.testing.assert_array_equal(codec.decode(got)[0], codec.decode(ort_hm)[0])
+    np.testing.assert_array_equal(codec.decode(got)[0], codec.decode(fp32_heatmaps)[0])
+    meta = ModelMetadata.load(sidecar_path(ct_path))  # a sidecar without the kind: read the ops
+    meta.extra.pop("graph")
+    meta.save(sidecar_path(ct_path))
+    assert OpenVinoBackend(ct_path, precision="fp32", batch_size=8).graph == "convtranspose"
