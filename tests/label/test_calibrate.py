@@ -82,3 +82,36 @@ def test_calibrate_runs_on_a_labeled_set(tiny_model, coco_mini, tmp_path):
         if entry["score_reached"] and entry["visible"]:
             assert entry["precision_score"] >= 0.5
             assert result.score[j] == pytest.approx(entry["score"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_calibrate_label_merge_commands(tiny_model, coco_mini, tmp_path):
+    """The commands end to end: calibrate writes thresholds, label --tta writes agreement,
+    merge --thresholds/--min-agreement keeps only what passes them."""
+    from typer.testing import CliRunner
+
+    from posemum_deploy.cli.app import app
+
+    runner, ann = CliRunner(), coco_mini / "test_coco.json"
+    thr = tmp_path / "t.json"
+    res = runner.invoke(app, ["calibrate", str(tiny_model), "--ann", str(ann), "--images",
+                              str(coco_mini), "--out", str(thr), "--tta", "flip",
+                              "--precision", "0.5", "--backend", "torch", "--max-images", "1"])
+    assert res.exit_code == 0, res.output
+    assert "left_ankle" in res.output and thr.is_file() and thr.with_suffix(".png").is_file()
+    res = runner.invoke(app, ["calibrate", str(tiny_model), "--ann", str(ann), "--images",
+                              str(coco_mini), "--out", str(thr), "--tta", "scales=0"])
+    assert res.exit_code != 0 and "--tta" in str(res.exception or res.output)
+    out = tmp_path / "labels"
+    res = runner.invoke(app, ["label", str(tiny_model), str(coco_mini), "--out", str(out),
+                              "--boxes", f"gt:{ann}", "--tta", "flip", "--backend", "torch",
+                              "--batch-size", "8"])
+    assert res.exit_code == 0, res.output
+    everything, strict = tmp_path / "all.json", tmp_path / "strict.json"
+    for path, opts in ((everything, ["--min-joint-score", "0"]),
+                       (strict, ["--thresholds", str(thr), "--min-agreement", "0.5"])):
+        res = runner.invoke(app, ["merge", str(out), "--out", str(path), *opts])
+        assert res.exit_code == 0, res.output
+    loose = json.loads(everything.read_text())["annotations"]
+    kept = json.loads(strict.read_text())["annotations"]
+    assert sum(a["num_keypoints"] for a in kept) < sum(a["num_keypoints"] for a in loose)
