@@ -111,6 +111,11 @@ def test_onnx_heatmap_import_cli(tmp_path: Path, coco_mini: Path) -> None:
     ok("evaluate", "--model", str(tmp_path / "w" / "model.onnx"), "--backend", "openvino",
        "--ann", str(coco_mini / "test_coco.json"), "--images", str(coco_mini), "--no-flip",
        "--json-out", str(tmp_path / "m.json"))
+    ok("label", str(tmp_path / "w" / "model.onnx"), str(coco_mini), "--out", str(tmp_path / "l"),
+       "--backend", "onnxruntime", "--boxes", f"gt:{coco_mini / 'test_coco.json'}")
+    records = [json.loads(line) for f in sorted((tmp_path / "l").rglob("*.jsonl"))
+               if f.name.startswith("shard") for line in f.read_text().splitlines()]
+    assert sum(len(r.get("persons", [])) for r in records) > 0
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:

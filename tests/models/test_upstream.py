@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from posemum_deploy.errors import ArtifactError
+from posemum_deploy.errors import ArtifactError, ConfigError
 from posemum_deploy.models.checkpoint import load_model, read_checkpoint
 from posemum_deploy.models.upstream import import_checkpoint, infer_architecture
 
@@ -212,6 +212,19 @@ def test_import_equals_upstream_forward(kind: str, tmp_path: Path) -> None:
         want, got = ref(x), model(x)
     assert want.abs().max() > 1e-2  # a real signal, not near-zero heatmaps
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_bottleneck_resnet50_import_equals_upstream_forward(tmp_path: Path) -> None:
+    """Bottleneck blocks (conv3/bn3, downsample in every first block) map as well."""
+    ref, src = saved("mmpose1", tmp_path, seed=3, block=Bottle, layers=(3, 4, 6, 3))
+    import_checkpoint(src, tmp_path / "r50.pt", input_hw=HW, source="mmpose")
+    model, meta = load_model(tmp_path / "r50.pt")
+    assert meta.backbone == "resnet50"
+    x = torch.randn(1, 3, *HW, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="--from simplebaseline but the keys are a mmpose"):
+        import_checkpoint(src, tmp_path / "x.pt", input_hw=HW, source="simplebaseline")
 
 
 def test_bgr_release_is_exact_on_rgb_crops(tmp_path: Path) -> None:
