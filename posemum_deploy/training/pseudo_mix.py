@@ -32,11 +32,14 @@ from posemum_deploy.errors import ConfigError
 from posemum_deploy.training.config import TrainConfig
 from posemum_deploy.training.device_batches import encoded_items, loader_collate
 from posemum_deploy.training.losses import joints_mse_loss
+from posemum_deploy.training.steps import (STEP_EPOCH_STRIDE, STEP_SEED_STRIDE, StepTeacher,
+                                          UnlabeledBatches)
 from posemum_deploy.training.strong_view import StrongAffine, warp
 
 log = logging.getLogger(__name__)
 NOISES = ("affine", "randaugment", "cutout", "mum")
 WEIGHTS = ("none", "score", "agreement")
+NOISE_SEED_OFFSET = 17  # the noise generator's seed apart from other steps' generators
 # Per-joint reliability fields of a pseudo-label annotation, by --pseudo-weight
 # (label/merge.py writes them when the shards hold them).
 WEIGHT_FIELDS = {"score": ("joint_scores", "scores"), "agreement": ("joint_agreement", "agreement")}
@@ -189,9 +192,11 @@ def make_mixed_loader(cfg: TrainConfig, codec: HeatmapCodec, labeled: TopDownDat
 
 
 class PseudoMixStep:
-    """A supervised step on a mixed batch whose pseudo-labeled part is noised first."""
+    """A supervised step on a mixed batch whose pseudo-labeled part is noised first
+    (a `steps.TrainStep`: no teacher, no unlabeled stream: the pseudo part is in the batch)."""
 
-    teacher = None
+    teacher: StepTeacher | None = None
+    stream: UnlabeledBatches | None = None
 
     def __init__(self, cfg: TrainConfig, model: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, device: torch.device,
@@ -215,7 +220,9 @@ class PseudoMixStep:
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        self.generator.manual_seed(self.seed * 1_000_003 + epoch * 131 + 17)
+        """Re-seed the noise generator for this epoch (a resumed run replays it)."""
+        self.generator.manual_seed(self.seed * STEP_SEED_STRIDE + epoch * STEP_EPOCH_STRIDE
+                                   + NOISE_SEED_OFFSET)
 
     def noised(self, images: Tensor, target: Tensor, weight: Tensor
                ) -> tuple[Tensor, Tensor, Tensor]:

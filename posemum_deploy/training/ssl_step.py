@@ -35,10 +35,20 @@ from posemum_deploy.training.device_batches import batch_crops, encoded_items, l
 from posemum_deploy.training.losses import joints_mse_loss
 from posemum_deploy.training.mum import MixHook, PoseMumMixer, check_group
 from posemum_deploy.training.optimizer import load_adam_state, make_adam
+from posemum_deploy.training.steps import STEP_EPOCH_STRIDE, STEP_SEED_STRIDE
 from posemum_deploy.training.strong_view import StrongAffine, warp
 from posemum_deploy.training.teachers import PAPER_DECAY, Teacher, build_teacher, unwrap
 
 log = logging.getLogger(__name__)
+
+# Seeds derived from `runtime.seed`. Each random source gets its own, so none replays
+# another's sequence (the values are the ones every recorded result was run with):
+UNLABELED_AUGMENT_SEED_OFFSET = 1  # the unlabeled set's weak-view affine (labeled: seed)
+DUAL_PARTNER_SEED_OFFSET = 1  # the initial weights of a dual pair's second network
+UNLABELED_SAMPLER_SEED_OFFSET = 7919  # the unlabeled sampler's shuffle (labeled: seed)
+PASSES_PER_EPOCH_KEY = 1000  # stream key = epoch * this + pass: distinct up to 1000 passes
+# The strong-view generator of epoch e on rank r is seeded with
+# (seed * STEP_SEED_STRIDE + e) * STEP_EPOCH_STRIDE + r (strides in steps.py).
 
 
 class UnlabeledStream:
@@ -60,9 +70,10 @@ class UnlabeledStream:
     def next(self) -> dict[str, Any]:
         while True:
             if self._it is None:
-                key = self.epoch * 1000 + self.passes
+                key = self.epoch * PASSES_PER_EPOCH_KEY + self.passes
                 self.loader.dataset.set_epoch(key)
-                ddp.set_sampler_epoch(self.loader.sampler, self.seed + 7919, key)
+                ddp.set_sampler_epoch(self.loader.sampler,
+                                      self.seed + UNLABELED_SAMPLER_SEED_OFFSET, key)
                 self._it = iter(self.loader)
                 self.passes += 1
             try:
@@ -85,14 +96,16 @@ def make_unlabeled_stream(cfg: TrainConfig, codec: HeatmapCodec, env: ddp.DistEn
     instances = load_unlabeled_instances(ssl.unlabeled, ssl.unlabeled_images, ssl.unlabeled_boxes)
     check_images_found(instances, None if Path(ssl.unlabeled).is_dir() else ssl.unlabeled_images,
                        ssl.unlabeled)
-    dataset = TopDownDataset(instances, codec, AffineAugment(), seed=cfg.runtime.seed + 1,
+    dataset = TopDownDataset(instances, codec, AffineAugment(),
+                             seed=cfg.runtime.seed + UNLABELED_AUGMENT_SEED_OFFSET,
                              with_targets=False, encoded=encoded_items(cfg.data.decode))
     per_rank = len(dataset) // max(env.world_size, 1)
     if per_rank < ssl.unlabeled_batch_size:
         raise ConfigError(f"{ssl.unlabeled}: {len(dataset)} unlabeled crops is fewer than the "
                           f"unlabeled batch size {ssl.unlabeled_batch_size} per process")
     loader = DataLoader(dataset, batch_size=ssl.unlabeled_batch_size, drop_last=True,
-                        sampler=ddp.make_sampler(dataset, env, cfg.runtime.seed + 7919),
+                        sampler=ddp.make_sampler(dataset, env, cfg.runtime.seed
+                                                 + UNLABELED_SAMPLER_SEED_OFFSET),
                         num_workers=cfg.data.workers, pin_memory=torch.cuda.is_available(),
                         collate_fn=loader_collate(cfg.data.decode))
     return UnlabeledStream(loader, cfg.runtime.seed,
@@ -146,7 +159,8 @@ class SemiSupervisedStep:
 
     def set_epoch(self, epoch: int) -> None:
         """Re-seed the augmentation RNG and the unlabeled stream for this epoch and rank."""
-        self.generator.manual_seed((self.cfg.runtime.seed * 1_000_003 + epoch) * 131 + self.env.rank)
+        seed = (self.cfg.runtime.seed * STEP_SEED_STRIDE + epoch) * STEP_EPOCH_STRIDE
+        self.generator.manual_seed(seed + self.env.rank)
         self.stream.set_epoch(epoch)
 
     def _images(self, batch: dict[str, Any]) -> Tensor:
@@ -268,7 +282,7 @@ def _dual_partner(cfg: TrainConfig, model: nn.Module, device: torch.device,
                   env: ddp.DistEnv) -> DualPartner:
     """A second, differently initialised student with its own Adam (Xie's dual setup)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.runtime.seed + 1)
+        torch.manual_seed(cfg.runtime.seed + DUAL_PARTNER_SEED_OFFSET)
         net = build_model(cfg.model.backbone, unwrap(model).num_joints, cfg.model.pretrained,
                           cfg.model.deconv_channels)
     net.to(device)

@@ -1,7 +1,8 @@
 """The training loop, top to bottom: data, model, optimiser, steps, validation, checkpoints.
 
 Supervised training is the `supervised` preset; the semi-supervised presets plug a
-different step (teacher, strong view, Pose-MUM) into the same loop.
+different step (teacher, strong view, Pose-MUM) into the same loop, which knows a step
+only through `steps.TrainStep` (set_epoch, the step call, its teacher and stream).
 """
 from __future__ import annotations
 
@@ -18,20 +19,20 @@ from torch.utils.data import DataLoader
 from posemum_deploy.data.codec import HeatmapCodec
 from posemum_deploy.data.datasets import (TopDownDataset, UnreadableImages, check_images_found,
                                           load_instances)
-from posemum_deploy.data.transforms import AffineAugment, normalize_batch
+from posemum_deploy.data.transforms import AffineAugment
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.system import resolve_device
 from posemum_deploy.models.checkpoint import read_checkpoint
-from posemum_deploy.models.simple_baseline import build_model, check_input_hw
+from posemum_deploy.models.simple_baseline import build_model
 from posemum_deploy.training import distributed as ddp
 from posemum_deploy.training.config import TrainConfig
 from posemum_deploy.training.device_batches import batch_crops, encoded_items, loader_collate
-from posemum_deploy.training.losses import joints_mse_loss
 from posemum_deploy.training.optimizer import load_adam_state, make_adam
 from posemum_deploy.training.run_files import (UNREADABLE_NAME, MetricsLog, record_unreadable,
                                                rng_state, save_checkpoint, seed_everything,
                                                set_rng_state)
+from posemum_deploy.training.steps import TrainStep, build_step
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +127,11 @@ def labeled_batches(loader: DataLoader, steps: int, seed: int, epoch: int):
         passes += 1
 
 
-def epoch_length(cfg: TrainConfig, loader: DataLoader, step_fn) -> int:
+def epoch_length(cfg: TrainConfig, loader: DataLoader, step_fn: TrainStep) -> int:
     """Steps per epoch: the setting, else one pass over the labeled or unlabeled set."""
     if cfg.optim.steps_per_epoch:
         return cfg.optim.steps_per_epoch
-    if cfg.ssl.teacher != "none" and cfg.ssl.epoch_unit == "unlabeled":
+    if step_fn.stream is not None and cfg.ssl.epoch_unit == "unlabeled":
         return len(step_fn.stream)
     return len(loader)
 
@@ -162,49 +163,6 @@ def validate(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> 
                            flip=cfg.runtime.val_flip, batch_size=cfg.optim.batch_size)
     model.train(was_training)
     return evaluate_results(cfg.data.val_ann, results)
-
-
-class SupervisedStep:
-    """One optimisation step on a labeled batch: forward, JointsMSE, backward, Adam."""
-
-    teacher = None
-
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 device: torch.device, amp: torch.dtype | None, channels_last: bool) -> None:
-        self.model, self.optimizer, self.device = model, optimizer, device
-        self.amp, self.channels_last = amp, channels_last
-
-    def inputs(self, batch: dict[str, Any]) -> torch.Tensor:
-        x = normalize_batch(batch["image"].to(self.device, non_blocking=True))
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """One step; the loss stays a device tensor until the trainer logs it."""
-        x = self.inputs(batch)
-        target = batch["target"].to(self.device, non_blocking=True)
-        weight = batch["target_weight"].to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=self.amp or torch.float32,
-                            enabled=self.amp is not None):
-            pred = self.model(x)
-        loss = joints_mse_loss(pred, target, weight)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": loss.detach()}
-
-
-def build_step(cfg: TrainConfig, model, optimizer, device, amp) -> SupervisedStep:
-    """The step for this config: supervised, or the semi-supervised step of the preset."""
-    check_input_hw(tuple(cfg.data.input_hw))
-    if cfg.ssl.teacher == "none" and cfg.pseudo.labels:
-        from posemum_deploy.training.pseudo_mix import PseudoMixStep
-
-        return PseudoMixStep(cfg, model, optimizer, device, amp)
-    if cfg.ssl.teacher == "none":
-        return SupervisedStep(model, optimizer, device, amp, cfg.runtime.channels_last)
-    from posemum_deploy.training.ssl_step import build_ssl_step
-
-    return build_ssl_step(cfg, model, optimizer, device, amp)
 
 
 def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
@@ -268,15 +226,14 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
 
     crops = batch_crops(cfg.data.decode, device, tuple(cfg.data.input_hw))  # decode: device
     unreadable = [UnreadableImages(loader.dataset)]
-    if getattr(step_fn, "stream", None) is not None:
+    if step_fn.stream is not None:
         unreadable.append(step_fn.stream.unreadable)
     skipped: list[str] = []
     model.train()
     for epoch in range(start_epoch, cfg.optim.epochs):
         if step >= total:
             break
-        if hasattr(step_fn, "set_epoch"):
-            step_fn.set_epoch(epoch)  # SSL: augmentation RNG and unlabeled stream
+        step_fn.set_epoch(epoch)  # e.g. SSL: augmentation RNG and unlabeled stream
         t0, seen = time.perf_counter(), 0
         for batch in labeled_batches(loader, steps_per_epoch, cfg.runtime.seed, epoch):
             if step >= total:
@@ -325,7 +282,9 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
     return TrainResult(out, best_ap, last_metrics, step, model, step_fn.teacher, skipped)
 
 
-def _checkpoint(cfg, model, step_fn, optimizer, scheduler, epoch, step, best_ap, metrics) -> dict:
+def _checkpoint(cfg: TrainConfig, model: nn.Module, step_fn: TrainStep,
+                optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int, step: int,
+                best_ap: float, metrics: dict[str, float]) -> dict[str, Any]:
     teacher = step_fn.teacher
     return {"model": model.state_dict(),
             "teacher": teacher.model.state_dict() if teacher is not None else None,
