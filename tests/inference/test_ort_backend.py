@@ -135,3 +135,98 @@ def test_backend_asked_for_a_file_it_cannot_open(onnx_file: Path, tmp_path: Path
     with pytest.raises(ConfigError, match=r"model.onnx: the torch-fast backend cannot open "
                                           r"a \.onnx file \(it opens \.pt, \.pth\)"):
         load_backend(onnx_file, "torch-fast")
+
+
+TRT = "TensorrtExecutionProvider"
+
+
+class RecordingSession:
+    """InferenceSession stand-in: records providers/options and disable_fallback()."""
+
+    made: list[RecordingSession] = []
+    fail_run = False
+
+    def __init__(self, path: str, sess_options: object = None, providers: list | None = None
+                 ) -> None:
+        self.path, self.requested, self.fallback_disabled = path, providers, 0
+        RecordingSession.made.append(self)
+
+    def disable_fallback(self) -> None:
+        self.fallback_disabled += 1
+
+    def get_providers(self) -> list[str]:
+        return [p[0] if isinstance(p, tuple) else p for p in self.requested]
+
+    def get_inputs(self) -> list:
+        from types import SimpleNamespace
+        return [SimpleNamespace(name="input", shape=["batch", 3, 64, 32])]
+
+    def get_outputs(self) -> list:
+        from types import SimpleNamespace
+        return [SimpleNamespace(name="heatmaps", shape=["batch", 17, 16, 8])]
+
+    def run(self, names: list, feeds: dict) -> list:
+        if RecordingSession.fail_run:
+            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : TensorRT EP execution context "
+                               "enqueue failed.\nmore lines")
+        return [np.zeros((len(feeds["input"]), 17, 16, 8), np.float32)]
+
+
+@pytest.fixture()
+def gpu_ort(monkeypatch: pytest.MonkeyPatch) -> type[RecordingSession]:
+    RecordingSession.made, RecordingSession.fail_run = [], False
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [TRT, CUDA, CPU])
+    monkeypatch.setattr(ort, "InferenceSession", RecordingSession)
+    return RecordingSession
+
+
+def test_tensorrt_ep_gets_precision_and_keyed_caches_beside_the_model(
+        onnx_file: Path, gpu_ort: type[RecordingSession]) -> None:
+    fp16 = OrtBackend(onnx_file, device="tensorrt:1", precision="fp16")
+    (trt_name, trt_opts), (cuda_name, cuda_opts), cpu = gpu_ort.made[-1].requested
+    assert (trt_name, cuda_name, cpu) == (TRT, CUDA, (CPU, {}))
+    cache = fp16.trt_cache
+    assert cache.parent == onnx_file.with_name("model.trt_cache") and cache.is_dir()
+    assert trt_opts == {"device_id": "1", "trt_fp16_enable": "1", "trt_int8_enable": "0",
+                        "trt_engine_cache_enable": "1", "trt_engine_cache_path": str(cache),
+                        "trt_timing_cache_enable": "1", "trt_timing_cache_path": str(cache)}
+    assert cuda_opts == {"device_id": "1", "cudnn_conv_algo_search": "EXHAUSTIVE",
+                         "arena_extend_strategy": "kSameAsRequested",
+                         "do_copy_in_default_stream": "1"}
+    assert gpu_ort.made[-1].fallback_disabled == 1 and fp16.gpu
+    fp32 = OrtBackend(onnx_file, device="tensorrt")  # the sidecar's precision: fp32
+    opts = dict(gpu_ort.made[-1].requested[0][1])
+    assert opts["trt_fp16_enable"] == "0" and opts["device_id"] == "0"
+    assert fp32.trt_cache != cache  # another precision, another engine folder
+    assert ort_backend.provider_options([TRT], 0, "int8", None) == [
+        (TRT, {"device_id": "0", "trt_fp16_enable": "1", "trt_int8_enable": "1"})]
+    with pytest.raises(ConfigError, match="precision 'bf8'"):
+        OrtBackend(onnx_file, device="tensorrt", precision="bf8")
+    with pytest.raises(ConfigError, match="KIND:INDEX"):
+        OrtBackend(onnx_file, device="cuda:x")
+
+
+def test_every_gpu_session_disables_fallback_and_a_failing_run_is_one_line(
+        onnx_file: Path, gpu_ort: type[RecordingSession]) -> None:
+    cuda = OrtBackend(onnx_file, device="cuda")
+    assert gpu_ort.made[-1].fallback_disabled == 1 and cuda.trt_cache is None
+    assert [p[0] for p in gpu_ort.made[-1].requested] == [CUDA, CPU]
+    OrtBackend(onnx_file, device="auto")  # auto picks CUDA here: a GPU session too
+    assert gpu_ort.made[-1].fallback_disabled == 1
+    OrtBackend(onnx_file, device="cpu")
+    assert gpu_ort.made[-1].fallback_disabled == 0  # CPU sessions are left as they were
+    gpu_ort.fail_run = True
+    with pytest.raises(BackendUnavailableError,
+                       match=r"model.onnx: CUDAExecutionProvider failed while running "
+                             r"\(\[ONNXRuntimeError\].*enqueue failed.\); it was not retried "
+                             r"on the CPU") as err:
+        cuda.predict(np.zeros((2, 3, 64, 32), np.float32))
+    assert "\n" not in str(err.value)
+
+
+def test_real_sessions_accept_the_options_and_disable_fallback(onnx_file: Path) -> None:
+    """The real onnxruntime takes the (name, options) form and has disable_fallback()."""
+    session = ort.InferenceSession(str(onnx_file), providers=ort_backend.provider_options(
+        [CPU], 0, "fp32", None))
+    session.disable_fallback()
+    assert session.get_providers() == [CPU]
