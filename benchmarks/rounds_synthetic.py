@@ -1,86 +1,267 @@
-"""Pseudo-label retraining on synthetic people: does one round beat `supervised`?
+"""Pseudo-label rounds on synthetic people: does round 1 beat an equal-steps control?
 
-A small labeled split, a large unlabeled folder (person boxes from its json, labels
-ignored, as Xie et al. use COCO's person boxes) and a val set. Round 0 trains the
-supervised teacher; each round exports it, labels the folder with flip test, keeps
-joints scoring ≥ 0.5, retrains (warm start) on labeled + pseudo-labeled crops (labeled
-persons repeated to a 1:1 mix) and evaluates.
+Per seed (the seed draws the labeled, unlabeled and val sets as well as the training
+randomness, so every seed is a fresh draw of the whole experiment): a small labeled
+split, an unlabeled folder ≥ 10× its images (person boxes from its json, labels
+ignored) and 1,000 val images (100 left ±2 AP of per-seed noise in ssl_synthetic).
+Round 0 trains on the labeled split for `--steps` steps; each row below is scored on
+the val set (COCO keypoint AP, GT boxes, flip test), at one total step budget:
 
-    python benchmarks/rounds_synthetic.py --out runs/rounds_bench        # ~15 min on 2 cores
-The same pipeline from the CLI (after `posemum synth`; the CLI keeps the default head
-width 256, lr 1e-3 and rotation 30 where this script uses 128, 2e-3 and 15):
-    posemum rounds --labeled L/annotations.json --images L/images --unlabeled U/images \
-      --boxes gt:U/annotations.json --val-ann V/annotations.json --val-images V/images \
-      --rounds 1 --input-size 128x96 --batch-size 16 --epochs 40 --retrain-max-steps 700 --out RUN
+  a    labeled-only control: 2 × steps on the labeled split (round 0 + round 1's steps)
+  b    round 1, the full recipe: round 0 labels the folder (flip; `--tta` when the label
+       stage supports it), joints ≥ --min-joint-score kept, the student starts from the
+       initial weights and trains `steps` steps on mixed batches (--labeled-ratio) with
+       its pseudo-labeled half noised (--noise)
+  c-*  ablations of b: c-noise (no noise), c-union (one union list, labeled repeated),
+       c-finetune (start from the teacher)
+  d    ResNet-50 teacher (steps on the labeled split) → ResNet-18 student as in b,
+       against row a (a ResNet-18 with as many steps as teacher + student)
+  e    pose-mum-plus: round 0 → round 1 retrained with the preset on mixed batches,
+       against e-control (pose-mum-plus for 2 × steps without pseudo-labels)
+  q    pseudo-label quality against the hidden truth of the unlabeled set: share of
+       kept joints within OKS 0.5, keep rate (kept / visible true joints), mean OKS
+
+The table gives each row's AP as the mean over seeds with the per-seed values, then the
+paired gaps (b−a, c−b, d−a, e−e-control), mean ± standard error over seeds.
+
+    python benchmarks/rounds_synthetic.py                       # default: rows a b q, 3 seeds
+    python benchmarks/rounds_synthetic.py --rows a b c d e q --seeds 3   # the full table
+    python benchmarks/rounds_synthetic.py --seeds 1 --steps 4 --labeled-images 8 \
+        --unlabeled-images 16 --val-images 8 --min-joint-score 0 --min-instance-score 0 \
+        --min-joints 1 --out runs/rs_smoke                                # smoke run
 """
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing
+import statistics
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from posemum_deploy.data.coco import OKS_SIGMAS
 from posemum_deploy.data.synthetic import generate_dataset
-from posemum_deploy.rounds import RoundsConfig, evaluate_stage, run_rounds, train_stage
+from posemum_deploy.rounds import (RoundsConfig, StageLog, _label_stages, evaluate_stage,
+                                   retrain_config, train_stage)
+from posemum_deploy.system import usable_cpus
 from posemum_deploy.training.config import (DataConfig, ModelConfig, OptimConfig, RuntimeConfig,
                                             TrainConfig)
+from posemum_deploy.training.presets import apply_preset
+
+ROWS = ("a", "b", "c", "d", "e", "q")
+GAPS = (("b", "a"), ("c-noise", "b"), ("c-union", "b"), ("c-finetune", "b"), ("d", "a"),
+        ("e", "e-control"))
 
 
-def labeled_only_control(cfg: RoundsConfig, teacher: str, steps: int, out: Path) -> float:
-    """Round 0 trained `steps` more on the labeled set alone, through the rounds' own train
-    and evaluate stages (round 1's schedule): the AP that extra steps buy without
-    pseudo-labels, i.e. what round 1 must beat to matter."""
+def say(line: str) -> None:
+    """One line in one write: seeds trained side by side do not interleave."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def seed_data(root: Path, args: argparse.Namespace, seed: int) -> dict[str, Path]:
+    """The seed's labeled, unlabeled and val sets (generated once, reused)."""
+    sets = {}
+    for i, (name, n) in enumerate((("labeled", args.labeled_images),
+                                   ("unlabeled", args.unlabeled_images),
+                                   ("val", args.val_images))):
+        ann = root / f"data-s{seed}" / f"{name}{n}" / "annotations.json"
+        if not ann.is_file():
+            generate_dataset(ann.parent, n, seed=1000 * seed + i + 1, max_people=4)
+        sets[name] = ann
+    return sets
+
+
+def base_config(args: argparse.Namespace, seed: int, sets: dict[str, Path], out: Path,
+                preset: str = "supervised") -> RoundsConfig:
+    """The rounds config every row of one seed shares (the demo's small recipe)."""
+    lab, unl, val = sets["labeled"], sets["unlabeled"], sets["val"]
+    tcfg = TrainConfig(
+        data=DataConfig(labeled=str(lab), images=str(lab.parent / "images"), val_ann=str(val),
+                        val_images=str(val.parent / "images"), input_hw=args.input, workers=0,
+                        cache_images=True, rotation_factor=15.0),
+        model=ModelConfig(deconv_channels=128),
+        optim=OptimConfig(lr=args.lr, epochs=6, milestones=(4, 5), batch_size=args.batch),
+        runtime=RuntimeConfig(seed=seed, val_every=0, val_flip=True, device="cpu"))
+    apply_preset(tcfg, preset)
+    tcfg.ssl.unlabeled_batch_size = args.batch
+    return RoundsConfig(out=str(out), unlabeled=str(unl.parent / "images"), rounds=1,
+                        boxes=f"gt:{unl}", backend="torch", min_joint_score=args.min_joint_score,
+                        min_instance_score=args.min_instance_score, min_joints=args.min_joints,
+                        labeled_ratio=args.labeled_ratio, pseudo_noise=args.noise,
+                        train=tcfg)
+
+
+def trained(cfg: RoundsConfig, out: Path, steps: int, pseudo: str | None = None,
+            backbone: str | None = None, init_from: str | None = None) -> tuple[str, float]:
+    """(checkpoint, val AP ×100) of one training of `steps` steps in `out`."""
     data = cfg.train.data
-    ckpt = train_stage(cfg, out, data.labeled, data.images, teacher, steps)["checkpoint"]
-    return evaluate_stage(cfg, ckpt, out)["metrics"]["AP"]
+    init = "previous" if init_from else "scratch"
+    labeled, images = data.labeled, data.images
+    if pseudo and not cfg.mixed:
+        from posemum_deploy.rounds import combine_labeled_and_pseudo
+
+        labeled, images = str(combine_labeled_and_pseudo(
+            data.labeled, data.images, pseudo, cfg.unlabeled, out / "combined.json")), "/"
+    tcfg = retrain_config(cfg, pseudo, backbone, init)
+    stages = StageLog(out)
+    ckpt = stages.run("train", lambda: train_stage(cfg, out, labeled, images, init_from,
+                                                   steps, tcfg=tcfg))["checkpoint"]
+    ap = stages.run("evaluate", lambda: evaluate_stage(cfg, ckpt, out))["metrics"]["AP"]
+    return ckpt, 100 * ap
+
+
+def pseudo_labels(cfg: RoundsConfig, out: Path, teacher: str) -> str:
+    """Label the unlabeled folder with `teacher` and merge (resumable); the json path."""
+    _label_stages(cfg, StageLog(out), out, teacher)
+    return str(out / "pseudo.json")
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / max(a[2] * a[3] + b[2] * b[3] - inter, 1e-9)
+
+
+def label_quality(pseudo: str, truth: Path) -> dict[str, float]:
+    """Kept pseudo-joints against the hidden truth (the label boxes are the true ones,
+    clipped to the image: persons match by image and best box IoU): share within OKS
+    0.5, keep rate (kept / visible true joints), mean OKS, all ×100."""
+    gt = json.loads(truth.read_text())
+    names = {im["id"]: im["file_name"] for im in gt["images"]}
+    true: dict[str, list[dict]] = {}
+    for a in gt["annotations"]:
+        true.setdefault(names[a["image_id"]], []).append(a)
+    coco = json.loads(Path(pseudo).read_text())
+    pnames = {im["id"]: im["file_name"] for im in coco["images"]}
+    oks, kept_visible = [], 0
+    for a in coco["annotations"]:
+        cands = true.get(pnames[a["image_id"]], [])
+        t = max(cands, key=lambda c: _iou(c["bbox"], a["bbox"]), default=None)
+        if t is None or _iou(t["bbox"], a["bbox"]) < 0.7:
+            continue
+        p, g = np.asarray(a["keypoints"]).reshape(-1, 3), np.asarray(t["keypoints"]).reshape(-1, 3)
+        keep = (p[:, 2] > 0) & (g[:, 2] > 0)
+        d2 = ((p[:, :2] - g[:, :2]) ** 2).sum(1)
+        area = max(float(t.get("area") or t["bbox"][2] * t["bbox"][3]), 1.0)
+        oks.extend(np.exp(-d2 / (2 * area * (2 * OKS_SIGMAS) ** 2))[keep].tolist())
+        kept_visible += int(keep.sum())
+    visible = sum(int((np.asarray(a["keypoints"]).reshape(-1, 3)[:, 2] > 0).sum())
+                  for a in gt["annotations"])
+    o = np.asarray(oks) if oks else np.zeros(1)
+    return {"q-precision": 100 * float((o >= 0.5).mean()),
+            "q-keep": 100 * kept_visible / max(visible, 1), "q-mean-oks": 100 * float(o.mean())}
+
+
+def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
+    """Every asked row of one seed; AP ×100 per row name (and the q-* quality values)."""
+    torch.set_num_threads(args.threads)
+    root = Path(args.out)
+    sets = seed_data(root, args, seed)
+    rows, res = set(args.rows), {}
+    cfg = base_config(args, seed, sets, root / f"s{seed}")
+    out = Path(cfg.out)
+    t0 = time.perf_counter()
+
+    def done(name: str, value: float) -> None:
+        res[name] = value
+        say(f"seed {seed}: {name:<11} {value:6.2f}  ({time.perf_counter() - t0:.0f}s)")
+
+    if "a" in rows or "d" in rows:
+        done("a", trained(cfg, out / "a", 2 * args.steps)[1])
+    if rows & {"b", "c", "q"}:
+        teacher, ap0 = trained(cfg, out / "round0", args.steps)
+        done("round0", ap0)
+        pseudo = pseudo_labels(cfg, out / "labels", teacher)
+        if "q" in rows:
+            for key, value in label_quality(pseudo, sets["unlabeled"]).items():
+                done(key, value)
+        if rows & {"b", "c"}:
+            done("b", trained(cfg, out / "b", args.steps, pseudo)[1])
+        if "c" in rows:
+            quiet = base_config(args, seed, sets, out)
+            quiet.pseudo_noise = "none"
+            done("c-noise", trained(quiet, out / "c-noise", args.steps, pseudo)[1])
+            union = base_config(args, seed, sets, out)
+            union.mixed = False
+            done("c-union", trained(union, out / "c-union", args.steps, pseudo)[1])
+            done("c-finetune", trained(cfg, out / "c-finetune", args.steps, pseudo,
+                                       init_from=teacher)[1])
+    if "d" in rows:
+        big, ap_big = trained(cfg, out / "d-teacher", args.steps, backbone="resnet50")
+        done("d-teacher", ap_big)
+        pseudo50 = pseudo_labels(cfg, out / "d-labels", big)
+        done("d", trained(cfg, out / "d", args.steps, pseudo50, backbone="resnet18")[1])
+    if "e" in rows:
+        ssl = base_config(args, seed, sets, out, preset="pose-mum-plus")
+        done("e-control", trained(ssl, out / "e-control", 2 * args.steps)[1])
+        teacher_e, ap_e0 = trained(ssl, out / "e-round0", args.steps)
+        done("e-round0", ap_e0)
+        pseudo_e = pseudo_labels(ssl, out / "e-labels", teacher_e)
+        done("e", trained(ssl, out / "e", args.steps, pseudo_e)[1])
+    return res
+
+
+def print_table(per_seed: list[dict[str, float]], seeds: list[int]) -> None:
+    """Each row's mean and per-seed values, then the paired gaps (mean ± SE)."""
+    names = [k for k in per_seed[0]]
+    print(f"{'row':<12}{'mean':>8}  per seed ({', '.join(map(str, seeds))})")
+    for name in names:
+        values = [r[name] for r in per_seed]
+        print(f"{name:<12}{statistics.mean(values):>8.2f}  {' '.join(f'{v:.2f}' for v in values)}")
+    for a, b in GAPS:
+        if a not in names or b not in names:
+            continue
+        gaps = [r[a] - r[b] for r in per_seed]
+        se = f" ± {statistics.stdev(gaps) / len(gaps) ** 0.5:.2f}" if len(gaps) > 1 else ""
+        print(f"{a} - {b}: {statistics.mean(gaps):+.2f}{se}  "
+              f"(per seed {' '.join(f'{g:+.2f}' for g in gaps)})")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/rounds_bench")
-    p.add_argument("--labeled-images", type=int, default=120)
-    p.add_argument("--unlabeled-images", type=int, default=1200)
-    p.add_argument("--val-images", type=int, default=100)
-    p.add_argument("--epochs", type=int, default=40, help="round-0 epochs over the labeled set")
-    p.add_argument("--retrain-steps", type=int, default=700)
-    p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--backend", default="auto")
+    p.add_argument("--out", default="runs/bench_rounds_synthetic")
+    p.add_argument("--rows", nargs="+", default=["a", "b", "q"], choices=ROWS)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--labeled-images", type=int, default=60, help="~2.4 persons each")
+    p.add_argument("--unlabeled-images", type=int, default=600, help="≥ 10× the labeled")
+    p.add_argument("--val-images", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=400,
+                   help="round 0's steps, and round 1's (the control trains twice as many)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--input", type=lambda v: tuple(int(x) for x in v.split("x")),
+                   default=(128, 96), help="crop size HxW (pilots: 64x48)")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--labeled-ratio", type=float, default=0.5)
+    p.add_argument("--noise", default="randaugment,cutout",
+                   help="strong view of the pseudo crops: affine,randaugment,cutout,mum | none")
     p.add_argument("--min-joint-score", type=float, default=0.5)
+    p.add_argument("--min-instance-score", type=float, default=0.3)
+    p.add_argument("--min-joints", type=int, default=6)
+    p.add_argument("--jobs", type=int, default=0, help="seeds side by side (0: one per core)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per job")
     args = p.parse_args()
-    out = Path(args.out)
+    args.jobs = args.jobs or max(1, min(args.seeds, usable_cpus()))
+    args.threads = args.threads or max(1, usable_cpus() // min(args.jobs, args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     t0 = time.perf_counter()
-    sets = {}
-    for name, n, seed in (("labeled", args.labeled_images, 1), ("unlabeled", args.unlabeled_images, 2),
-                          ("val", args.val_images, 3)):
-        ann = out / "data" / name / "annotations.json"
-        sets[name] = ann if ann.is_file() else generate_dataset(ann.parent, n, seed=seed)
-    lab, unl, val = sets["labeled"], sets["unlabeled"], sets["val"]
-    tcfg = TrainConfig(
-        data=DataConfig(labeled=str(lab), images=str(lab.parent / "images"), val_ann=str(val),
-                        val_images=str(val.parent / "images"), input_hw=(128, 96), workers=0,
-                        cache_images=True, rotation_factor=15.0),
-        model=ModelConfig(deconv_channels=128),
-        optim=OptimConfig(lr=2e-3, epochs=args.epochs,
-                          milestones=(int(args.epochs * 0.75), int(args.epochs * 0.92)),
-                          batch_size=16),
-        runtime=RuntimeConfig(val_every=0))
-    cfg = RoundsConfig(out=str(out / "run"), unlabeled=str(unl.parent / "images"),
-                       rounds=args.rounds, boxes=f"gt:{unl}", backend=args.backend, train=tcfg,
-                       min_joint_score=args.min_joint_score)
-    # Retraining passes see far more crops per epoch: bound them by steps instead.
-    cfg.retrain_max_steps = args.retrain_steps
-    records = run_rounds(cfg)
-    control = labeled_only_control(cfg, records[0].checkpoint, args.retrain_steps,
-                                   out / "control_labeled_only")
+    if args.jobs == 1:
+        per_seed = [run_seed(args, s) for s in seeds]
+    else:  # spawn: a forked child would inherit the parent's OpenMP pool state
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            per_seed = list(pool.map(run_seed, [args] * len(seeds), seeds))
     print(f"\n# rounds_synthetic: {args.labeled_images} labeled / {args.unlabeled_images} "
-          f"unlabeled / {args.val_images} val images, {time.perf_counter() - t0:.0f} s")
-    print("| round | val AP | AP50 | pseudo-labeled persons |")
-    print("|---|---|---|---|")
-    for r in records:
-        print(f"| {r.round} | {r.metrics['AP']:.4f} | {r.metrics['AP50']:.4f} | "
-              f"{r.pseudo_annotations} |")
-    print(f"control: round 0 + {args.retrain_steps} steps on the labeled set only: "
-          f"val AP {control:.4f}")
+          f"unlabeled / {args.val_images} val images per seed, {args.steps} steps per stage, "
+          f"noise {args.noise}, ratio {args.labeled_ratio}, {time.perf_counter() - t0:.0f} s")
+    print_table(per_seed, seeds)
 
 
 if __name__ == "__main__":

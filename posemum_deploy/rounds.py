@@ -3,6 +3,14 @@
 Every stage of every round writes its outputs under RUN_DIR/round_k/ and records itself
 in RUN_DIR/round_k/stages.json when it finishes, so a killed run continues at the first
 unfinished stage (and the label stage itself resumes shard by shard).
+
+The retraining stage follows Data Distillation and Noisy Student (issue 21): every batch
+mixes labeled and pseudo-labeled persons at `labeled_ratio` (training/pseudo_mix.py), the
+pseudo-labeled crops are noised, and the student starts from the initial weights with
+round 0's full step budget. A student backbone may differ from the teacher's
+(distillation across sizes), and any preset may retrain (SSL on top of pseudo-labels).
+Over 300 lines: the stages share RoundsConfig and StageLog, and splitting them would
+only move the config plumbing between files.
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 STAGES = ("export", "label", "merge", "train", "evaluate")
+INIT_MODES = ("scratch", "pretrained", "previous")
 CHECKPOINT_BACKENDS = SUFFIX_BACKENDS[".pt"]  # they label from the checkpoint: no export
 
 
@@ -37,15 +46,22 @@ class RoundsConfig:
     rounds: int = 2
     boxes: str = "full"                     # label box source: full | hog | gt:ANN | det:DET
     backend: str = "auto"                   # labeling backend (ONNX export unless torch/torch-fast)
-    init: str = "previous"                  # previous | scratch: how each retraining starts
+    init: str | None = None                 # scratch | pretrained | previous (None: the
+                                            # initial weights, pretrained if given, else scratch)
     initial_checkpoint: str | None = None   # round 0 teacher; None trains one on labeled data
     min_joint_score: float = 0.5            # pseudo joints below this are not trained on
     min_instance_score: float = 0.3
     min_joints: int = 6
     label_batch_size: int = 32
     label_flip: bool = True                 # the teacher labels with flip test (better pseudo-labels)
-    labeled_repeat: int | None = None       # None: repeat labeled persons to match the pseudo count
-    retrain_max_steps: int | None = None    # bound each retraining (labeled+pseudo is larger)
+    labeled_repeat: int | None = None       # union mode: repeat labeled persons (None: to match)
+    retrain_max_steps: int | None = None    # steps of each retraining (None: round 0's steps)
+    mixed: bool = True                      # mixed batches; False: one union list with repeats
+    labeled_ratio: float = 0.5              # labeled share of every mixed batch (exact)
+    pseudo_noise: str = "randaugment,cutout"  # strong view of the pseudo crops (or "none")
+    pseudo_weight: str = "none"             # none | score | agreement: per-joint loss weight
+    teacher_backbone: str | None = None     # round 0 (None: train.model.backbone)
+    student_backbone: str | None = None     # rounds ≥ 1 (None: train.model.backbone)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def save(self, path: Path) -> None:
@@ -132,14 +148,74 @@ def fit_schedule(optim: OptimConfig, max_steps: int) -> OptimConfig:
     return optim
 
 
+def resolve_init(cfg: RoundsConfig) -> str:
+    """How retraining starts: the asked mode, else the initial weights (ImageNet when
+    --pretrained is given, else random); fine-tuning a smaller student from a bigger
+    teacher is impossible, which is said here rather than at round 1's train stage."""
+    init = cfg.init or ("pretrained" if cfg.train.model.pretrained else "scratch")
+    if init not in INIT_MODES:
+        raise ConfigError(f"--init must be one of {', '.join(INIT_MODES)}, got {init!r}")
+    if init == "pretrained" and not cfg.train.model.pretrained:
+        raise ConfigError("--init pretrained needs --pretrained (an ImageNet state_dict); "
+                          "or use --init scratch")
+    teacher, student = backbones(cfg)
+    if init == "previous" and teacher != student:
+        raise ConfigError(f"--init previous cannot start a {student} student from a {teacher} "
+                          "teacher; use --init scratch or pretrained")
+    return init
+
+
+def check_retrain_options(cfg: RoundsConfig) -> None:
+    """The mixed-batch options parse, before round 0 spends its training."""
+    from posemum_deploy.training.pseudo_mix import WEIGHTS, parse_noise, split_batch
+
+    if cfg.mixed:
+        split_batch(cfg.train.optim.batch_size, cfg.labeled_ratio)
+        parse_noise(cfg.pseudo_noise)
+    if cfg.pseudo_weight not in WEIGHTS:
+        raise ConfigError(f"--pseudo-weight must be one of {', '.join(WEIGHTS)}, "
+                          f"got {cfg.pseudo_weight!r}")
+
+
+def backbones(cfg: RoundsConfig) -> tuple[str, str]:
+    """(round-0 teacher, retrained student) backbones."""
+    base = cfg.train.model.backbone
+    return cfg.teacher_backbone or base, cfg.student_backbone or base
+
+
+def retrain_config(cfg: RoundsConfig, pseudo: str | None, backbone: str | None = None,
+                   init: str = "previous") -> TrainConfig:
+    """The TrainConfig of a retraining stage: cfg.train with the pseudo-labels mixed into
+    its batches (`pseudo` None: labeled data only), the given backbone and init; a
+    semi-supervised preset reads the unlabeled folder's boxes as its unlabeled stream."""
+    tcfg = copy.deepcopy(cfg.train)
+    if backbone:
+        tcfg.model.backbone = backbone
+    if init == "scratch":
+        tcfg.model.pretrained = None
+    if pseudo and cfg.mixed:
+        p = tcfg.pseudo
+        p.labels, p.images = pseudo, cfg.unlabeled
+        p.labeled_ratio, p.noise, p.weight = cfg.labeled_ratio, cfg.pseudo_noise, cfg.pseudo_weight
+    if tcfg.ssl.teacher != "none" and not tcfg.ssl.unlabeled:
+        kind, _, source = cfg.boxes.partition(":")
+        if kind == "gt":
+            tcfg.ssl.unlabeled, tcfg.ssl.unlabeled_images = source, cfg.unlabeled
+        else:
+            tcfg.ssl.unlabeled = cfg.unlabeled
+            tcfg.ssl.unlabeled_boxes = source if kind == "det" else "whole"
+    return tcfg
+
+
 def train_stage(cfg: RoundsConfig, round_dir: Path, labeled: str, images: str,
                 init_from: str | None, max_steps: int | None = None,
-                callbacks: Any = None) -> dict[str, Any]:
-    """Train cfg.train on `labeled` into round_dir/train (resuming a killed run there),
-    starting from `init_from`; `max_steps` bounds it and the schedule is fitted to it."""
+                callbacks: Any = None, tcfg: TrainConfig | None = None) -> dict[str, Any]:
+    """Train `tcfg` (default cfg.train) on `labeled` into round_dir/train (resuming a
+    killed run there), starting from `init_from`; `max_steps` bounds it and the schedule
+    is fitted to it."""
     from posemum_deploy.training.trainer import train
 
-    tcfg = copy.deepcopy(cfg.train)
+    tcfg = copy.deepcopy(tcfg or retrain_config(cfg, None))
     if max_steps:
         tcfg.optim = fit_schedule(tcfg.optim, max_steps)
     tcfg.out = str(round_dir / "train")
@@ -215,8 +291,8 @@ def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None
     """Round 0 (teacher on labeled data, or the given checkpoint) then cfg.rounds rounds of
     pseudo-label retraining; returns one record per round and writes a table and a plot.
     `train_callbacks` and `label_progress` see every training and labeling stage."""
-    if cfg.init not in ("previous", "scratch"):
-        raise ConfigError(f"--init must be 'previous' or 'scratch', got {cfg.init!r}")
+    init = resolve_init(cfg)
+    check_retrain_options(cfg)
     if not cfg.train.data.val_ann:
         raise ConfigError("rounds need a val set (--val-ann/--val-images) to measure each round")
     check_round_inputs(cfg)
@@ -229,9 +305,11 @@ def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None
     if cfg.initial_checkpoint:
         teacher = cfg.initial_checkpoint
     else:
+        r0 = retrain_config(cfg, None, backbones(cfg)[0], "pretrained")
         teacher = log0.run("train", lambda: train_stage(
             cfg, out / "round_0", data.labeled, data.images, None,
-            callbacks=train_callbacks))["checkpoint"]
+            callbacks=train_callbacks, tcfg=r0))["checkpoint"]
+    budget = cfg.retrain_max_steps or log0.done.get("train", {}).get("steps")
     m0 = log0.run("evaluate", lambda: evaluate_stage(cfg, teacher, out / "round_0"))
     records.append(RoundRecord(0, teacher, m0["metrics"]))
     if on_round:
@@ -240,13 +318,17 @@ def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None
         round_dir = out / f"round_{k}"
         stages = StageLog(round_dir)
         merged = _label_stages(cfg, stages, round_dir, teacher, label_progress)
-        combined = combine_labeled_and_pseudo(data.labeled, data.images, round_dir / "pseudo.json",
-                                              cfg.unlabeled, round_dir / "train_combined.json",
-                                              cfg.labeled_repeat)
-        init = teacher if cfg.init == "previous" else None
+        pseudo = str(round_dir / "pseudo.json")
+        tcfg = retrain_config(cfg, pseudo, backbones(cfg)[1], init)
+        labeled, images = data.labeled, data.images
+        if not cfg.mixed:  # the ablation: one union list, labeled persons repeated
+            labeled, images = str(combine_labeled_and_pseudo(
+                data.labeled, data.images, pseudo, cfg.unlabeled,
+                round_dir / "train_combined.json", cfg.labeled_repeat)), "/"
+        init_from = teacher if init == "previous" else None
         teacher = stages.run("train", lambda: train_stage(
-            cfg, round_dir, str(combined), "/", init, cfg.retrain_max_steps,
-            train_callbacks))["checkpoint"]
+            cfg, round_dir, labeled, images, init_from, budget, train_callbacks,
+            tcfg))["checkpoint"]
         mk = stages.run("evaluate", lambda: evaluate_stage(cfg, teacher, round_dir))
         records.append(RoundRecord(k, teacher, mk["metrics"], merged["annotations"],
                                    merged["images"]))

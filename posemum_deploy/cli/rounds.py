@@ -17,10 +17,28 @@ def rounds(
     val_images: Path = typer.Option(..., "--val-images"),
     out: Path = typer.Option(Path("runs/rounds"), "--out"),
     n_rounds: int = typer.Option(2, "--rounds"),
-    preset: str = typer.Option("supervised", "--preset", help="retraining preset"),
+    preset: str = typer.Option("supervised", "--preset",
+                               help="every training's preset (pose-mum-plus: pseudo-labels "
+                                    "as extra labeled data plus the unlabeled loss)"),
     boxes: str = typer.Option("full", "--boxes", help="full | hog | gt:ANN.json | det:DET.json"),
     backend: str = typer.Option("auto", "--backend", help="labeling backend"),
-    init: str = typer.Option("previous", "--init", help="previous | scratch"),
+    init: Optional[str] = typer.Option(
+        None, "--init", help="scratch | pretrained | previous: how each retraining starts "
+        "(default: the initial weights)"),
+    labeled_ratio: float = typer.Option(0.5, "--labeled-ratio",
+                                        help="labeled share of every retraining batch (exact)"),
+    mixed: bool = typer.Option(True, "--mixed/--union",
+                               help="mixed batches, or one union list with labeled repeats"),
+    pseudo_noise: str = typer.Option(
+        "randaugment,cutout", "--pseudo-noise",
+        help="strong view of pseudo-labeled crops: comma list of affine, randaugment, "
+             "cutout, mum; or none"),
+    pseudo_weight: str = typer.Option("none", "--pseudo-weight",
+                                      help="none | score | agreement: per-joint loss weight"),
+    teacher_backbone: Optional[str] = typer.Option(None, "--teacher-backbone",
+                                                   help="round 0's backbone (default --backbone)"),
+    student_backbone: Optional[str] = typer.Option(
+        None, "--student-backbone", help="the retrained students' backbone (default --backbone)"),
     initial_checkpoint: Optional[Path] = typer.Option(None, "--initial-checkpoint",
                                                       help="round-0 teacher (else trained)"),
     min_joint_score: float = typer.Option(0.5, "--min-joint-score"),
@@ -29,10 +47,11 @@ def rounds(
     label_flip: bool = typer.Option(True, "--label-flip/--no-label-flip",
                                     help="the teacher labels with flip test"),
     labeled_repeat: Optional[int] = typer.Option(
-        None, "--labeled-repeat", help="list each labeled person N times in retraining "
+        None, "--labeled-repeat", help="--union: list each labeled person N times "
         "(default: as often as makes labeled ≈ pseudo-labeled)"),
     retrain_max_steps: Optional[int] = typer.Option(
-        None, "--retrain-max-steps", help="bound each retraining (the schedule spans it)"),
+        None, "--retrain-max-steps",
+        help="steps of each retraining (default: round 0's; the schedule spans them)"),
     backbone: str = typer.Option("resnet18", "--backbone"),
     input_size: str = typer.Option("256x192", "--input-size"),
     epochs: int = typer.Option(30, "--epochs"),
@@ -64,7 +83,9 @@ def rounds(
                        min_joint_score=min_joint_score, min_instance_score=min_instance_score,
                        min_joints=min_joints, label_flip=label_flip,
                        labeled_repeat=labeled_repeat, retrain_max_steps=retrain_max_steps,
-                       train=tcfg)
+                       mixed=mixed, labeled_ratio=labeled_ratio, pseudo_noise=pseudo_noise,
+                       pseudo_weight=pseudo_weight, teacher_backbone=teacher_backbone,
+                       student_backbone=student_backbone, train=tcfg)
     show_rounds(_shown(lambda **display: run_rounds(cfg, on_round=_announce, **display)), out)
 
 

@@ -1,0 +1,128 @@
+"""The retraining stage of `rounds` (issue 21, items 4-5) on tiny real data: init modes,
+a student backbone other than the teacher's, a semi-supervised preset in a round."""
+import json
+
+import pytest
+import torch
+import yaml
+
+from posemum_deploy.data.synthetic import generate_dataset
+from posemum_deploy.errors import ConfigError
+from posemum_deploy.rounds import RoundsConfig, resolve_init, run_rounds
+from posemum_deploy.training.config import TrainConfig
+
+from testdata import make_checkpoint
+
+CONV1 = "stages.0.0.weight"
+
+
+def _cfg(labeled, unlabeled, out, **kw) -> RoundsConfig:
+    t = TrainConfig()
+    t.data.labeled = t.data.val_ann = str(labeled)
+    t.data.images = t.data.val_images = str(labeled.parent / "images")
+    t.data.input_hw, t.data.workers = (64, 64), 0
+    t.optim.batch_size, t.optim.epochs, t.optim.milestones = 8, 1, (1,)
+    t.runtime.precision, t.runtime.val_every, t.runtime.log_every = "fp32", 0, 1
+    kw.setdefault("retrain_max_steps", 1)
+    return RoundsConfig(out=str(out), unlabeled=str(unlabeled), rounds=1, boxes="full",
+                        backend="torch", min_joint_score=0.0, min_instance_score=0.0,
+                        min_joints=1, label_batch_size=8, label_flip=False,
+                        train=t, **kw)
+
+
+@pytest.fixture(scope="module")
+def unlabeled(tmp_path_factory):
+    return generate_dataset(tmp_path_factory.mktemp("unl"), 12, seed=5).parent / "images"
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+@pytest.mark.slow
+def test_init_modes_start_the_student_where_asked(synthetic_small, unlabeled, tmp_path):
+    """lr 0: the retrained student keeps its starting weights, so they show where it
+    started: the teacher (previous), ImageNet weights (pretrained), or a fresh init."""
+    from torchvision.models import resnet18
+
+    teacher = make_checkpoint(tmp_path / "teacher.pt", input_hw=(64, 64), seed=3)
+    torch.manual_seed(7)
+    imagenet = tmp_path / "resnet18.pth"
+    torch.save(resnet18(weights=None).state_dict(), imagenet)
+    starts = {}
+    for init in ("previous", "pretrained", "scratch"):
+        cfg = _cfg(synthetic_small, unlabeled, tmp_path / init, init=init,
+                   initial_checkpoint=str(teacher))
+        cfg.train.optim.lr = 0.0
+        cfg.train.model.pretrained = str(imagenet) if init == "pretrained" else None
+        records = run_rounds(cfg)
+        starts[init] = _weights(records[1].checkpoint)[CONV1]
+        stages = json.loads((tmp_path / init / "round_1" / "stages.json").read_text())
+        assert stages["train"]["steps"] == 1
+    torch.testing.assert_close(starts["previous"], _weights(teacher)[CONV1])
+    torch.testing.assert_close(starts["pretrained"], torch.load(imagenet)["conv1.weight"])
+    assert not torch.equal(starts["scratch"], starts["previous"])
+    assert not torch.equal(starts["scratch"], starts["pretrained"])
+
+
+def test_init_mode_errors_and_default(synthetic_small, unlabeled, tmp_path):
+    cfg = _cfg(synthetic_small, unlabeled, tmp_path / "r")
+    assert resolve_init(cfg) == "scratch"  # the initial weights: no ImageNet file given
+    cfg.train.model.pretrained = "imagenet.pth"
+    assert resolve_init(cfg) == "pretrained"
+    with pytest.raises(ConfigError, match="--init must be one of scratch, pretrained, previous"):
+        resolve_init(_cfg(synthetic_small, unlabeled, tmp_path / "r", init="warm"))
+    with pytest.raises(ConfigError, match="--init pretrained needs --pretrained"):
+        resolve_init(_cfg(synthetic_small, unlabeled, tmp_path / "r", init="pretrained"))
+    with pytest.raises(ConfigError, match="cannot start a resnet34 student from a resnet18"):
+        resolve_init(_cfg(synthetic_small, unlabeled, tmp_path / "r", init="previous",
+                          student_backbone="resnet34"))
+    for bad, message in ((dict(labeled_ratio=1.0), "--labeled-ratio 1.0 leaves 8 of 8"),
+                         (dict(pseudo_noise="blur"), "--pseudo-noise: unknown blur"),
+                         (dict(pseudo_weight="oks"), "--pseudo-weight must be one of")):
+        with pytest.raises(ConfigError, match=message):
+            run_rounds(_cfg(synthetic_small, unlabeled, tmp_path / "bad", **bad))
+    assert not (tmp_path / "bad").exists()  # refused before round 0 trained
+
+
+@pytest.mark.slow
+def test_student_backbone_differs_from_the_teacher(synthetic_small, unlabeled, tmp_path):
+    """--teacher-backbone resnet34 --student-backbone resnet18: round 0 trains the big
+    teacher on the labeled split, which labels the folder; round 1 is a ResNet-18 on
+    mixed batches, for as many steps as round 0 took."""
+    cfg = _cfg(synthetic_small, unlabeled, tmp_path / "r", teacher_backbone="resnet34",
+               student_backbone="resnet18", retrain_max_steps=None)
+    cfg.train.optim.max_steps = 2
+    records = run_rounds(cfg)
+    metas = [torch.load(r.checkpoint, weights_only=True)["model_meta"] for r in records]
+    assert [m["backbone"] for m in metas] == ["resnet34", "resnet18"]
+    r1 = yaml.safe_load((tmp_path / "r" / "round_1" / "train" / "config.yaml").read_text())
+    assert r1["model"]["backbone"] == "resnet18"
+    assert r1["pseudo"]["labels"].endswith("round_1/pseudo.json")
+    assert r1["pseudo"]["labeled_ratio"] == 0.5
+    assert r1["ssl"]["init_from"] is None  # fresh init
+    r0_steps = json.loads((tmp_path / "r" / "round_0" / "stages.json").read_text())["train"]["steps"]
+    r1_steps = json.loads((tmp_path / "r" / "round_1" / "stages.json").read_text())["train"]["steps"]
+    assert r0_steps == r1_steps == 2  # the full step budget of round 0
+
+
+@pytest.mark.slow
+def test_a_round_retrains_with_a_semi_supervised_preset(synthetic_small, unlabeled, tmp_path):
+    """--preset pose-mum-plus: the round-1 student trains on mixed labeled/pseudo batches
+    *and* the unlabeled consistency loss over the folder's crops."""
+    from posemum_deploy.training.presets import apply_preset
+
+    cfg = _cfg(synthetic_small, unlabeled, tmp_path / "r")
+    apply_preset(cfg.train, "pose-mum-plus")
+    cfg.train.ssl.unlabeled_batch_size, cfg.train.ssl.tiles = 4, (2, 2)  # 64x64 crops
+    records = run_rounds(cfg)
+    assert len(records) == 2
+    r1 = yaml.safe_load((tmp_path / "r" / "round_1" / "train" / "config.yaml").read_text())
+    assert r1["preset"] == "pose-mum-plus" and r1["ssl"]["teacher"] == "eman"
+    assert r1["ssl"]["unlabeled"] == str(unlabeled) and r1["ssl"]["unlabeled_boxes"] == "whole"
+    assert r1["pseudo"]["labels"].endswith("round_1/pseudo.json")
+    rows = [json.loads(line) for line in
+            (tmp_path / "r" / "round_1" / "train" / "metrics.jsonl").read_text().splitlines()]
+    step = next(r for r in rows if r["kind"] == "train")
+    assert step["loss_unsup"] > 0 and step["loss_sup"] > 0
+    assert torch.load(records[1].checkpoint, weights_only=True)["teacher"] is not None
