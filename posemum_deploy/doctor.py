@@ -80,12 +80,53 @@ def check_onnxruntime() -> list[Check]:
     return rows
 
 
+def tensorrt_cuda_major() -> int | None:
+    """The CUDA major version the installed TensorRT wheel was built for (None: unknown,
+    e.g. a tarball install). Wheels are named tensorrt-cuNN(-bindings/-libs)."""
+    for major in (13, 12, 11):
+        for dist in (f"tensorrt-cu{major}-bindings", f"tensorrt-cu{major}-libs",
+                     f"tensorrt-cu{major}"):
+            if _version(dist):
+                return major
+    return None
+
+
+def driver_cuda_version() -> tuple[int, int] | None:
+    """The newest CUDA the NVIDIA driver supports (cuDriverGetVersion), None without one."""
+    import ctypes
+
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        version = ctypes.c_int(0)
+        if lib.cuDriverGetVersion(ctypes.byref(version)) == 0:
+            return version.value // 1000, (version.value % 1000) // 10
+    return None
+
+
 def check_tensorrt() -> list[Check]:
+    """TensorRT's version, the CUDA it was built for, and whether the driver can run it."""
+    build = tensorrt_cuda_major()
+    extra = f"'posemum[trt-cu{build}]'" if build else "'posemum[trt]'"
     trt, err = _import("tensorrt")
     if trt is None:
         return [Check("TensorRT", False, err or "not installed",
-                      "pip install 'posemum[trt]' on a machine with an NVIDIA GPU and driver")]
-    return [Check("TensorRT", True, str(trt.__version__))]
+                      "pip install 'posemum[trt]' on a machine with an NVIDIA GPU and driver "
+                      "(trt-cu12 / trt-cu13 to match torch's CUDA)")]
+    detail = f"{trt.__version__} (CUDA {build or '?'} build)"
+    driver = driver_cuda_version()
+    if driver is None:
+        return [Check("TensorRT", False, f"{detail}; no NVIDIA driver (libcuda) found",
+                      "TensorRT runs only on a machine with an NVIDIA GPU and its driver")]
+    detail += f"; driver supports CUDA {driver[0]}.{driver[1]}"
+    if build and driver[0] < build:
+        other = f"'posemum[trt-cu{driver[0]}]'" if driver[0] in (12, 13) else "an older TensorRT"
+        return [Check("TensorRT", False, f"{detail}: too old for this build",
+                      f"update the NVIDIA driver to one for CUDA {build}, or install {other} "
+                      f"instead of {extra}")]
+    return [Check("TensorRT", True, detail)]
 
 
 def check_module(label: str, module: str, fix: str) -> list[Check]:

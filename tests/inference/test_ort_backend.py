@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -143,7 +144,7 @@ TRT = "TensorrtExecutionProvider"
 class RecordingSession:
     """InferenceSession stand-in: records providers/options and disable_fallback()."""
 
-    made: list[RecordingSession] = []
+    made: ClassVar[list[RecordingSession]] = []
     fail_run = False
 
     def __init__(self, path: str, sess_options: object = None, providers: list | None = None
