@@ -8,9 +8,14 @@
 # --jpeg-decoder nvimgcodec), installed with --no-index into /tmp/site. ../shared/data
 # must exist (tests read the COCO sample there). SECTIONS (default "tests,labeling") may
 # add "training" and "mps" (8 labelers under a private CUDA MPS daemon, if the machine has
-# nvidia-cuda-mps-control: do several labelers time-slice the GPU without it?). Writes
-# gpu_tests.txt, gpu_label.* (gpu_train.*, gpu_mps.*) to OUT_DIR; the default sections are
-# sized for at most 9.5 minutes (a call's limit is 10): add a section by dropping another.
+# nvidia-cuda-mps-control: do several labelers time-slice the GPU without it?) and
+# "tensorrt" (needs `tensorrt` importable, or its tensorrt-cuNN, -libs and -bindings wheels
+# in WHEELS_DIR: the TensorRT tests, then benchmarks/tensorrt_bench.py: FP16 and INT8
+# engines built from the fp32 ONNX and its QDQ quantisation, parity with torch fp32,
+# crops/s at batch 1/32/256, `posemum label --backend tensorrt`; about 5 minutes). Writes
+# gpu_tests.txt, gpu_label.* (gpu_train.*, gpu_mps.*, gpu_trt.*) to OUT_DIR; the default
+# sections are sized for at most 9.5 minutes (a call's limit is 10): add a section by
+# dropping another, e.g. SECTIONS=tests,tensorrt.
 set -u
 out=${1:?usage: gpu_session.sh OUT_DIR [WHEELS_DIR] [SECTIONS]}
 sections=${3:-tests,labeling}
@@ -35,6 +40,19 @@ if [[ $sections == *tests* ]]; then
     tests/training/test_device_batches.py tests/training/test_trainer.py::test_resume_on_cuda \
     > "$out/gpu_tests.txt" 2>&1
   tail -25 "$out/gpu_tests.txt"
+fi
+if [[ $sections == *tensorrt* ]]; then
+  # TensorRT has never run in this project before this section: every line counts.
+  { python3 -c "import tensorrt; print('tensorrt', tensorrt.__version__)" 2>&1
+    python3 -c "from posemum_deploy.doctor import check_tensorrt as c; print(c())" 2>&1
+  } | tee "$out/gpu_trt.txt"
+  timeout 150 python3 -m pytest -q -p no:cacheprovider -rfEs --tb=short \
+    tests/inference/test_trt_backend.py tests/inference/test_trt_backend_fake.py \
+    tests/export/test_tensorrt.py tests/export/test_tensorrt_api.py \
+    tests/inference/test_ort_backend.py >> "$out/gpu_trt.txt" 2>&1
+  tail -15 "$out/gpu_trt.txt"
+  timeout 330 python3 benchmarks/tensorrt_bench.py --json-out "$out/gpu_trt.json" 2>&1 \
+    | grep -v Warning | tee -a "$out/gpu_trt.txt"
 fi
 if [[ $sections == *training* ]]; then  # host-bound step: compare runs within one machine
   timeout 120 python3 benchmarks/gpu_bench.py --images 300 --sections training \
