@@ -4,13 +4,24 @@ Coordinate convention (pixel centres aligned): a crop pixel x maps to heatmap
 coordinate (x + 0.5) / stride − 0.5. With it, flipping a crop and flipping its heatmap
 are the same operation, so flip-test averaging needs no one-pixel shift, and encoding
 at sub-pixel positions makes encode → decode exact to the quarter-pixel decode step.
+
+The decode exists here once per array library, side by side: NumPy (`argmax_numpy`,
+`HeatmapCodec.decode_heatmap_coords`, `HeatmapCodec.to_input`) for host batches and
+DARK, torch (`argmax_torch`, `decode_quarter_torch`, `to_input_torch`) for heatmaps that
+stay on the accelerator (device labeling, Joint Cutout's teacher joints).
+tests/data/test_codec.py runs both on the same heatmaps. torch is imported only by the
+torch functions, so a NumPy-only caller does not pay for it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -61,11 +72,7 @@ class HeatmapCodec:
         """Argmax + quarter-pixel shift toward the higher neighbour (or DARK), in heatmap
         coordinates. Vectorised over every instance and joint."""
         hm = np.asarray(heatmaps, dtype=np.float32)
-        n, k, h, w = hm.shape
-        flat = hm.reshape(n, k, -1)
-        idx = flat.argmax(axis=2)
-        scores = np.take_along_axis(flat, idx[..., None], axis=2)[..., 0]
-        x, y = (idx % w).astype(np.int64), (idx // w).astype(np.int64)
+        x, y, scores = argmax_numpy(hm)
         if dark:
             offset = _dark_offsets(hm, x, y, self.sigma)
         else:
@@ -73,6 +80,57 @@ class HeatmapCodec:
         coords = np.stack([x, y], axis=-1).astype(np.float64) + offset
         coords[scores <= 0] = np.stack([x, y], axis=-1)[scores <= 0]
         return coords, scores
+
+
+def argmax_numpy(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Heatmaps [N, K, h, w] → integer x, y [N, K] (int64) of each map's maximum (the
+    first in row-major order on a tie) and that maximum [N, K]."""
+    n, k, h, w = heatmaps.shape
+    flat = heatmaps.reshape(n, k, -1)
+    idx = flat.argmax(axis=2)
+    scores = np.take_along_axis(flat, idx[..., None], axis=2)[..., 0]
+    return (idx % w).astype(np.int64), (idx // w).astype(np.int64), scores
+
+
+def argmax_torch(heatmaps: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    """`argmax_numpy` on the tensor's device: x, y [N, K] (int64) and the maximum [N, K]."""
+    import torch
+
+    n, k, h, w = heatmaps.shape
+    scores, idx = heatmaps.reshape(n, k, h * w).max(dim=-1)
+    return idx % w, torch.div(idx, w, rounding_mode="floor"), scores
+
+
+def decode_quarter_torch(heatmaps: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Heatmaps [N, K, h, w] → heatmap coords [N, K, 2] and max scores [N, K] on the
+    device: argmax, then ±0.25 toward the higher neighbour (a neighbour beyond the border
+    counts as 0), exactly `HeatmapCodec.decode_heatmap_coords(dark=False)`."""
+    import torch
+
+    n, k, h, w = heatmaps.shape
+    x, y, scores = argmax_torch(heatmaps)
+    padded = torch.nn.functional.pad(heatmaps, (1, 1, 1, 1)).reshape(n, k, -1)
+    wp = w + 2
+
+    def at(dx: int, dy: int) -> torch.Tensor:
+        return padded.gather(-1, ((y + 1 + dy) * wp + (x + 1 + dx)).unsqueeze(-1))[..., 0]
+
+    offset = 0.25 * torch.stack([torch.sign(at(1, 0) - at(-1, 0)),
+                                 torch.sign(at(0, 1) - at(0, -1))], dim=-1)
+    coords = torch.stack([x, y], dim=-1).to(heatmaps.dtype)
+    coords = torch.where((scores > 0).unsqueeze(-1), coords + offset, coords)
+    return coords, scores
+
+
+def to_input_torch(xy: "torch.Tensor", input_hw: tuple[int, int],
+                   heatmap_hw: tuple[int, int]) -> "torch.Tensor":
+    """`HeatmapCodec.to_input` for a tensor of heatmap coords [..., 2] (x, y), in its
+    dtype on its device (the stride is copied up without a host sync)."""
+    from posemum_deploy.data.device import device_constant
+
+    stride = device_constant([input_hw[1] / heatmap_hw[1], input_hw[0] / heatmap_hw[0]],
+                             xy.device)
+    return (xy + 0.5) * stride - 0.5
 
 
 def _gather(hm: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:

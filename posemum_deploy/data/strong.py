@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from posemum_deploy.data.codec import argmax_torch, to_input_torch
 from posemum_deploy.data.device import device_constant, generator_device, host_to_device
 from posemum_deploy.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -38,15 +39,14 @@ def _randint(high: int, shape: tuple[int, ...], generator: torch.Generator | Non
 
 
 def heatmap_argmax(heatmaps: Tensor, input_hw: tuple[int, int]) -> Tensor:
-    """Argmax of heatmaps [B, K, h, w] as input-pixel coordinates [B, K, 2] (x, y).
+    """Argmax of heatmaps [B, K, h, w] as input-pixel coordinates [B, K, 2] (x, y), float32.
 
-    Uses the codec convention x_input = (x_heatmap + 0.5)·stride − 0.5 per axis.
+    The codec's torch argmax and convention x_input = (x_heatmap + 0.5)·stride − 0.5, with
+    no sub-pixel step: a cutout is placed to ~10 px anyway.
     """
-    b, k, h, w = heatmaps.shape
-    flat = heatmaps.reshape(b, k, h * w).argmax(dim=-1)
-    xy = torch.stack([flat % w, torch.div(flat, w, rounding_mode="floor")], dim=-1).float()
-    stride = device_constant([input_hw[1] / w, input_hw[0] / h], heatmaps.device)
-    return (xy + 0.5) * stride - 0.5
+    x, y, _ = argmax_torch(heatmaps)
+    return to_input_torch(torch.stack([x, y], dim=-1).float(), input_hw,
+                          tuple(heatmaps.shape[-2:]))
 
 
 def joint_cutout(images: Tensor, teacher_heatmaps: Tensor, generator: torch.Generator | None = None,

@@ -3,8 +3,8 @@
 The GPU labeling path decodes JPEGs and warps crops on the device; copying those crops
 back to the host for `PoseEstimator` and the heatmaps back again would cost more than
 the network. `TensorPoseEstimator` keeps everything on the device: fixed-size padded
-batches, flip test, and the argmax + quarter-pixel decode of `HeatmapCodec`, so only
-[N, K, 3] keypoints cross to the host. DARK refinement runs on the host copy (it blurs
+batches, flip test, and the argmax + quarter-pixel decode of `HeatmapCodec` (its torch
+twin, `codec.decode_quarter_torch`), so only [N, K, 3] keypoints cross to the host. DARK refinement runs on the host copy (it blurs
 every heatmap with cv2), as `PoseEstimator` does it.
 """
 from __future__ import annotations
@@ -12,32 +12,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from posemum_deploy.data.codec import flip_back
+from posemum_deploy.data.codec import decode_quarter_torch, flip_back
 from posemum_deploy.data.device import host_to_device
 from posemum_deploy.data.transforms import normalize_batch, transform_points
 from posemum_deploy.inference.backends import Backend
 from posemum_deploy.inference.pipeline import PoseEstimator
-
-
-def decode_quarter_torch(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Heatmaps [N, K, h, w] → heatmap coords [N, K, 2] and max scores [N, K] on the
-    device: argmax, then ±0.25 toward the higher neighbour (a neighbour beyond the border
-    counts as 0), exactly `HeatmapCodec.decode_heatmap_coords(dark=False)`."""
-    n, k, h, w = heatmaps.shape
-    flat = heatmaps.reshape(n, k, h * w)
-    scores, idx = flat.max(dim=-1)
-    x, y = idx % w, torch.div(idx, w, rounding_mode="floor")
-    padded = torch.nn.functional.pad(heatmaps, (1, 1, 1, 1)).reshape(n, k, -1)
-    wp = w + 2
-
-    def at(dx: int, dy: int) -> torch.Tensor:
-        return padded.gather(-1, ((y + 1 + dy) * wp + (x + 1 + dx)).unsqueeze(-1))[..., 0]
-
-    offset = 0.25 * torch.stack([torch.sign(at(1, 0) - at(-1, 0)),
-                                 torch.sign(at(0, 1) - at(0, -1))], dim=-1)
-    coords = torch.stack([x, y], dim=-1).to(heatmaps.dtype)
-    coords = torch.where((scores > 0).unsqueeze(-1), coords + offset, coords)
-    return coords, scores
 
 
 class TensorPoseEstimator(PoseEstimator):

@@ -72,3 +72,48 @@ def test_flip_back_torch_matches_numpy():
     hm = np.random.default_rng(0).random((2, 17, 8, 6)).astype(np.float32)
     perm = flip_permutation()
     np.testing.assert_allclose(flip_back(torch.from_numpy(hm), perm).numpy(), flip_back(hm, perm))
+
+
+def test_numpy_and_torch_decodes_agree_on_the_same_heatmaps():
+    """The decode's two implementations (NumPy on the host, torch on the device) on one
+    set of heatmaps with every awkward case: argmax, the quarter step, the input-pixel
+    conversion and Joint Cutout's argmax must agree."""
+    import torch
+
+    from posemum_deploy.data.codec import (argmax_numpy, argmax_torch, decode_quarter_torch,
+                                           to_input_torch)
+    from posemum_deploy.data.strong import heatmap_argmax
+
+    rng = np.random.default_rng(0)
+    hm = rng.random((7, 17, 16, 12)).astype(np.float32)
+    hm[0, 0] = 0.0                      # no peak: coords stay at the argmax, no shift
+    hm[1, 1, 0, 0] = 5.0                # peak in a corner: out-of-map neighbours count 0
+    hm[2, 2, 15, 11] = 5.0
+    hm[3, 3] = -hm[3, 3]                # negative map: score ≤ 0, no shift
+    hm[4, 4, 3, 7] = hm[4, 4, 9, 2] = 5.0  # a tie: the first in row-major order wins
+    hm[5, 5, 8, 6], hm[5, 5, 8, 7] = 5.0, 4.0  # neighbours decide the step's sign
+    hm[5, 5, 8, 5], hm[5, 5, 7, 6], hm[5, 5, 9, 6] = 1.0, 3.0, 2.0
+    codec = HeatmapCodec((64, 48), (16, 12))
+    t = torch.from_numpy(hm)
+
+    x, y, s = argmax_numpy(hm)
+    tx, ty, ts = argmax_torch(t)
+    np.testing.assert_array_equal(tx.numpy(), x)
+    np.testing.assert_array_equal(ty.numpy(), y)
+    np.testing.assert_array_equal(ts.numpy(), s)
+    assert (x[4, 4], y[4, 4]) == (7, 3) and (x[1, 1], y[1, 1]) == (0, 0)
+
+    ref_xy, ref_s = codec.decode_heatmap_coords(hm)
+    xy, scores = decode_quarter_torch(t)
+    np.testing.assert_allclose(xy.numpy(), ref_xy, atol=1e-6)
+    np.testing.assert_array_equal(scores.numpy(), ref_s)
+    np.testing.assert_array_equal(ref_xy[5, 5], [6.25, 7.75])  # toward (7, 8) and (6, 7)
+    np.testing.assert_array_equal(ref_xy[0, 0], [x[0, 0], y[0, 0]])
+    np.testing.assert_array_equal(ref_xy[3, 3], [x[3, 3], y[3, 3]])
+
+    image_xy = to_input_torch(xy, codec.input_hw, codec.heatmap_hw)
+    np.testing.assert_allclose(image_xy.numpy(), codec.to_input(ref_xy), atol=1e-5)
+    np.testing.assert_allclose(codec.decode(hm)[0], codec.to_input(ref_xy))
+    cutout_xy = heatmap_argmax(t, codec.input_hw)
+    np.testing.assert_allclose(cutout_xy.numpy(), codec.to_input(np.stack([x, y], -1)),
+                               atol=1e-5)

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from posemum_deploy.data.codec import HeatmapCodec
 from posemum_deploy.data.synthetic import generate_dataset
 from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.inference.pipeline import PoseEstimator
-from posemum_deploy.inference.tensor_pipeline import TensorPoseEstimator, decode_quarter_torch
+from posemum_deploy.inference.tensor_pipeline import TensorPoseEstimator
 from posemum_deploy.inference.torch_backend import TorchBackend
 from posemum_deploy.label.runner import LabelSettings, RunSettings, label_folder
 from posemum_deploy.label.writer import iter_indexed
@@ -142,20 +141,6 @@ def test_device_jpeg_decode_is_close_to_cv2(tmp_path: Path, device: str) -> None
     ann = generate_dataset(tmp_path / "syn", 6, seed=5, image_size=(200, 260))
     diffs = _crop_differences(ann, torch.device(device))
     assert diffs.mean() < 4.0, (diffs.mean(), np.percentile(diffs, 99))
-
-
-def test_quarter_decode_on_device_equals_codec() -> None:
-    rng = np.random.default_rng(0)
-    hm = rng.random((6, 17, 16, 12)).astype(np.float32)
-    hm[0, 0] = 0.0                      # no peak: coords stay at the argmax, no shift
-    hm[1, 1, 0, 0] = 5.0                # peak in a corner: out-of-map neighbours count 0
-    hm[2, 2, 15, 11] = 5.0
-    hm[3, 3] = -hm[3, 3]                # negative map: score ≤ 0, no shift
-    codec = HeatmapCodec((64, 48), (16, 12))
-    ref_xy, ref_s = codec.decode_heatmap_coords(hm)
-    xy, s = decode_quarter_torch(torch.from_numpy(hm))
-    np.testing.assert_allclose(xy.numpy(), ref_xy, atol=1e-6)
-    np.testing.assert_allclose(s.numpy(), ref_s)
 
 
 def test_tensor_estimator_equals_host_estimator_with_flip() -> None:
