@@ -83,8 +83,8 @@ def adopt_architecture(cfg: TrainConfig, meta: dict[str, Any]) -> None:
     for key in ("backbone", "deconv_channels"):
         theirs = meta.get(key, getattr(cfg.model, key))
         if theirs != getattr(cfg.model, key):
-            log.info("--init-from %s: model.%s %s (was %s)", cfg.ssl.init_from, key, theirs,
-                     getattr(cfg.model, key))
+            log.warning("--init-from %s is a %s=%s model: training that (config said %s)",
+                        cfg.ssl.init_from, key, theirs, getattr(cfg.model, key))
             setattr(cfg.model, key, theirs)
 
 
