@@ -8,7 +8,8 @@ neckline and zip only on the front, toes point forward) and from limb stripes sl
 way on the left and the other way on the right: both are mirror-consistent, so they stay
 true under horizontal-flip augmentation (a plain left-only pattern would not). People are
 drawn far to near; a joint covered by something drawn later gets v=1. One numpy
-Generator per image: same seed, same bytes.
+Generator per image: same seed, same bytes. The body itself (poses, proportions, 3D
+points) is `synthetic_body`; here it is turned, placed, drawn and annotated.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ import cv2
 import numpy as np
 
 from posemum_deploy.data.coco import NUM_KEYPOINTS, person_category, save_json
+from posemum_deploy.data.synthetic_body import (HEAD, NECK, PROP, TOES, TORSO, body_points,
+                                                rot, sample_pose)
 from posemum_deploy.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -29,101 +32,24 @@ JPEG_QUALITY = 90
 _JPEG = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
 _SHIFT = 4  # cv2 fixed-point bits: sub-pixel drawing so joints sit where they are drawn
 _ONE = 1 << _SHIFT
-_SIDE = np.array([1.0, -1.0])  # index 0 = person's left = +x in the body frame
-# Body proportions as fractions of standing height (head top to ground).
-_PROP = dict(torso=0.30, neck=0.10, head=0.065, shoulder=0.115, hip=0.085,
-             upper_arm=0.175, forearm=0.155, thigh=0.245, shin=0.245)
 # Capsule thickness as a fraction of height.
 _THICK = dict(upper_arm=0.060, forearm=0.048, thigh=0.085, shin=0.065, neck=0.05,
               hand=0.026, foot=0.035)
 _SKIN = np.array([[60, 90, 140], [80, 120, 180], [110, 150, 210], [140, 180, 230],
                   [40, 60, 100], [95, 140, 200]], dtype=np.float64)  # BGR
-_POSES = {"stand": 0.3, "walk": 0.28, "arms": 0.2, "sit": 0.16, "random": 0.06}
 # Facing: mostly toward the camera, a quarter from behind; side views come from the spread.
 _BACK_FACING = 0.15
-# Extra body points after the 17 COCO joints (torso: the 8 corners of a chest-to-hip box).
-_HEAD, _NECK, _TOES, _TORSO = 17, 18, 19, 21
 # Nose, eyes, ears are drawn and labelled only if their surface normal's z (toward the
 # camera) is above this: no eyes on the back of a head, no far ear in profile.
 _FACE_MIN_Z = np.array([0.0, 0.0, 0.0, -0.2, -0.2])
 # Capsules (joint a, joint b, thickness, colour) for the left side; +1 gives the right.
 _LIMBS = ((5, 7, "upper_arm", "shirt"), (7, 9, "forearm", "sleeve"), (11, 13, "thigh", "pants"),
-          (13, 15, "shin", "legs"), (15, _TOES, "foot", "shoes"))
+          (13, 15, "shin", "legs"), (15, TOES, "foot", "shoes"))
 # Pads at the body joints, one fixed colour per joint type (BGR), the same on both sides
 # so that horizontal-flip augmentation never contradicts them.
 _MARKS = {j + s: c for j, c in {5: (0, 0, 230), 7: (0, 220, 255), 9: (255, 0, 200),
                                 11: (0, 140, 255), 13: (255, 200, 0), 15: (40, 220, 40)}.items()
           for s in (0, 1)}
-
-
-def _rot(axis: int, t: float) -> np.ndarray:
-    """Rotation by t about body axis 0 = x (turns +y toward +z: bend forward), 1 = y
-    (turns +z toward +x: facing), 2 = z (turns +x toward +y: side bend, lying down)."""
-    return cv2.Rodrigues(np.eye(3)[axis] * t)[0]
-
-
-def _limb_dirs(flex: np.ndarray, abd: np.ndarray) -> np.ndarray:
-    """Unit directions (2, 3) of a hanging limb flexed forward by `flex`, raised sideways
-    (away from the body) by `abd`, for the left and right side at once."""
-    cf = np.cos(flex)
-    return np.stack([_SIDE * cf * np.sin(abd), -cf * np.cos(abd), np.sin(flex)], axis=1)
-
-
-def _sample_pose(rng: np.random.Generator) -> dict[str, Any]:
-    """Joint angles (radians, arrays are [left, right]) for one of a few pose families,
-    so the set covers standing, walking, raised arms, sitting/crouching and odd poses."""
-    kind = list(_POSES)[rng.choice(len(_POSES), p=list(_POSES.values()))]
-    u = lambda lo, hi, n=2: np.radians(rng.uniform(lo, hi, n))  # noqa: E731
-    p = dict(arm_f=u(-15, 20), arm_a=u(3, 25), elbow=u(0, 35), leg_f=u(-8, 12),
-             leg_a=u(0, 10), knee=u(0, 15), lean=u(-8, 12, 1)[0], side=u(-8, 8, 1)[0])
-    if kind == "walk":
-        swing = u(15, 40, 1)[0] * np.array([1.0, -1.0]) * rng.choice([-1, 1])
-        p.update(leg_f=swing, arm_f=-0.8 * swing, elbow=u(10, 60), knee=u(5, 50))
-    elif kind == "arms":
-        p.update(arm_f=u(-30, 180), arm_a=u(0, 170), elbow=u(0, 140))
-    elif kind == "sit":
-        crouch = rng.random() < 0.4
-        p.update(leg_f=u(90, 130) if crouch else u(60, 105), leg_a=u(0, 30),
-                 knee=u(110, 150) if crouch else u(60, 120), arm_f=u(-20, 90),
-                 elbow=u(0, 120), lean=u(15, 50, 1)[0] if crouch else u(-10, 25, 1)[0])
-    elif kind == "random":
-        p.update(arm_f=u(-40, 180), arm_a=u(0, 170), elbow=u(0, 150), leg_f=u(-30, 120),
-                 leg_a=u(0, 45), knee=u(0, 150), lean=u(-20, 60, 1)[0],
-                 side=u(-20, 20, 1)[0])
-    p.update(head_yaw=u(-45, 45, 1)[0], head_pitch=u(-20, 20, 1)[0])
-    return p
-
-
-def _body(rng: np.random.Generator, pose: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """3D body points (29, 3) for unit height, pelvis at the origin, facing +z, and unit
-    normals (7, 3): nose, eyes, ears (they decide whether those can be seen at all), the
-    head's and the chest's forward directions."""
-    k = {name: v * rng.uniform(0.93, 1.07) for name, v in _PROP.items()}
-    torso = _rot(0, pose["lean"]) @ _rot(2, pose["side"])
-    head = torso @ _rot(1, pose["head_yaw"]) @ _rot(0, -pose["head_pitch"])
-    neck = torso @ np.array([0.0, k["torso"], 0.0])
-    hc = neck + torso @ np.array([0.0, k["neck"], 0.0])
-    face = np.array([[0, -0.15, 0.98], [0.38, 0.2, 0.85], [-0.38, 0.2, 0.85],
-                     [0.98, 0.05, -0.1], [-0.98, 0.05, -0.1]])
-    normals = np.concatenate([face[:3] * [0.6, 0.3, 1.0], face[3:], [[0, 0, 1]]])
-    normals = (normals / np.linalg.norm(normals, axis=1, keepdims=True)) @ head.T
-    normals = np.concatenate([normals, torso[None, :, 2]])
-    lateral = np.stack([_SIDE, 0 * _SIDE, 0 * _SIDE], axis=1)  # (2, 3): +x left, -x right
-    shoulders = neck + k["shoulder"] * lateral @ torso.T
-    elbows = shoulders + k["upper_arm"] * _limb_dirs(pose["arm_f"], pose["arm_a"]) @ torso.T
-    wrists = elbows + k["forearm"] * _limb_dirs(pose["arm_f"] + pose["elbow"],
-                                                pose["arm_a"]) @ torso.T
-    hips = k["hip"] * lateral
-    knees = hips + k["thigh"] * _limb_dirs(pose["leg_f"], pose["leg_a"])
-    ankles = knees + k["shin"] * _limb_dirs(pose["leg_f"] - pose["knee"], pose["leg_a"])
-    toes = ankles + np.array([0.0, -0.02, 0.075])
-    corners = np.array([[x, 0, z] for x in (1, -1) for z in (1, -1)], dtype=np.float64)
-    top = neck + (corners * [k["shoulder"] + 0.03, 0, 0.055]) @ torso.T
-    bottom = corners * [k["hip"] + 0.035, 0, 0.05]
-    pts = np.concatenate([hc + (face * k["head"]) @ head.T, np.stack([shoulders, elbows, wrists,
-                          hips, knees, ankles]).reshape(12, 3), hc[None], neck[None],
-                          toes, top, bottom])
-    return pts, normals
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -181,9 +107,9 @@ def _draw_head(img: np.ndarray, mask: np.ndarray, xy: np.ndarray, normals: np.nd
     """Hair-coloured skull, a face disc shifted toward where the head looks, and eyes,
     nose and mouth only on the side facing the camera: front, profile and back differ."""
     nz, fwd = normals[:, 2], normals[5]
-    _disc(img, mask, xy[_HEAD], r, hair)
+    _disc(img, mask, xy[HEAD], r, hair)
     if fwd[2] > -0.35:
-        _disc(img, None, xy[_HEAD] + 0.32 * r * fwd[:2] * [1, -1], 0.8 * r, skin)
+        _disc(img, None, xy[HEAD] + 0.32 * r * fwd[:2] * [1, -1], 0.8 * r, skin)
     # Face marks big enough to be seen in a 128x96 crop of a small person.
     dot, shown = max(1.5, 0.26 * r), nz[:5] > _FACE_MIN_Z
     for j, size, colour in ((1, 1.0, (25, 20, 20)), (2, 1.0, (25, 20, 20)), (0, 1.3, skin * 0.6),
@@ -191,18 +117,18 @@ def _draw_head(img: np.ndarray, mask: np.ndarray, xy: np.ndarray, normals: np.nd
         if shown[j]:
             _disc(img, None, xy[j], size * dot, colour)
     if shown[0] and fwd[2] > 0.3:
-        _disc(img, None, xy[0] + 0.35 * r * _unit(xy[0] - xy[_HEAD]), dot, (40, 40, 150))
+        _disc(img, None, xy[0] + 0.35 * r * _unit(xy[0] - xy[HEAD]), dot, (40, 40, 150))
 
 
 def _sample_person(rng: np.random.Generator, img_h: int, img_w: int) -> dict[str, Any]:
     """Pose, facing, tilt, size, clothes and a place in the image (sometimes partly out)."""
-    pts, normals = _body(rng, _sample_pose(rng))
+    pts, normals = body_points(rng, sample_pose(rng))
     u = rng.random()
     roll = (np.radians(rng.uniform(60, 110)) * rng.choice([-1, 1]) if u < 0.04
             else np.radians(rng.normal(0, 10)) if u < 0.45 else 0.0)
     back = rng.random() < _BACK_FACING
     yaw = np.radians(rng.normal(180.0 if back else 0.0, 20.0 if back else 30.0))
-    g = _rot(2, roll) @ _rot(1, yaw)
+    g = rot(2, roll) @ rot(1, yaw)
     hpx = rng.uniform(0.3, 0.95) * img_h
     cam, normals = pts @ g.T * hpx, normals @ g.T
     xy = cam[:, :2] * [1.0, -1.0]
@@ -224,14 +150,14 @@ def _draw_person(img: np.ndarray, mask: np.ndarray, p: dict[str, Any]) -> None:
     """Paint one person onto `img` and its silhouette onto `mask`, far parts first so
     limbs overlap correctly; a skin V and a zip mark the front of the chest."""
     xy, z, h, c = p["xy"], p["z"], p["h"], p["colours"]
-    tz = float(z[_TORSO:].mean())
-    parts = [(tz, _poly, (cv2.convexHull(xy[_TORSO:].astype(np.float32))[:, 0], c["shirt"])),
-             (z[_NECK] + 1e-3, _capsule, (xy[_NECK], xy[_HEAD], _THICK["neck"] * h,
+    tz = float(z[TORSO:].mean())
+    parts = [(tz, _poly, (cv2.convexHull(xy[TORSO:].astype(np.float32))[:, 0], c["shirt"])),
+             (z[NECK] + 1e-3, _capsule, (xy[NECK], xy[HEAD], _THICK["neck"] * h,
                                           c["skin"], 0)),
-             (z[_HEAD] + 0.02 * h, _draw_head, (xy, p["normals"], _PROP["head"] * h,
+             (z[HEAD] + 0.02 * h, _draw_head, (xy, p["normals"], PROP["head"] * h,
                                                  c["skin"], c["hair"]))]
     if p["normals"][6, 2] > 0.2:
-        neck, across = xy[_NECK], 0.3 * (xy[5] - xy[6])
+        neck, across = xy[NECK], 0.3 * (xy[5] - xy[6])
         vee = np.stack([neck + across, neck - across, neck + 0.25 * (xy[11:13].mean(0) - neck)])
         parts.append((tz + 1e-4, _poly, (vee, c["skin"])))
         zip_colour = c["shirt"] * 0.4 + (150 if c["shirt"].mean() < 110 else 0)

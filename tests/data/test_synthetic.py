@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from posemum_deploy.data import synthetic
+from posemum_deploy.data import synthetic_body
 from posemum_deploy.data.coco import NUM_KEYPOINTS, load_coco_keypoints
 from posemum_deploy.data.synthetic import generate_dataset
 from posemum_deploy.errors import ConfigError
@@ -111,9 +111,9 @@ def test_ground_truth_as_results_scores_ap_one(dataset: tuple[Path, dict]) -> No
 
 
 def test_front_facing_person_has_left_on_image_right() -> None:
-    pose = synthetic._sample_pose(np.random.default_rng(0))
+    pose = synthetic_body.sample_pose(np.random.default_rng(0))
     pose.update(arm_a=np.full(2, 0.2), lean=0.0, side=0.0, head_yaw=0.0, head_pitch=0.0)
-    pts, normals = synthetic._body(np.random.default_rng(0), pose)
+    pts, normals = synthetic_body.body_points(np.random.default_rng(0), pose)
     assert pts[5, 0] > pts[6, 0] and pts[11, 0] > pts[12, 0] and pts[1, 0] > pts[2, 0]
     assert normals[0, 2] > 0.9 and pts[0, 1] > pts[5, 1] > pts[11, 1]
 
