@@ -182,8 +182,13 @@ class OrtBackend:
                               f"{', '.join(PRECISIONS)}")
         self.device_id = split_device(device)[1]
         self.trt_cache: Path | None = None
+        if self.precision == "int8" and self.metadata.precision != "int8":
+            raise ConfigError(f"{self.path}: precision int8 needs a QDQ model, this one is "
+                              f"{self.metadata.precision}; use fp32/fp16, or run an INT8 "
+                              "TensorRT engine (posemum export --format tensorrt --int8)")
         if "TensorrtExecutionProvider" in names:
-            sha = self.metadata.artifact_sha256 or sha256_file(self.path)
+            sha = ((self.metadata.artifact_sha256 if metadata is None else None)
+                   or sha256_file(self.path))
             self.trt_cache = trt_cache_folder(self.path, sha, self.precision, self.device_id,
                                               Path(cache_dir) if cache_dir else None)
             self.trt_cache.mkdir(parents=True, exist_ok=True)

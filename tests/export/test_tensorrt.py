@@ -22,9 +22,9 @@ from posemum_deploy.export.trt_cache import entry_sidecar
 from posemum_deploy.inference.trt_backend import TrtBackend, verify_engine
 from posemum_deploy.inference.trt_engine import EngineKey, check_engine, engine_key
 
-KEY = dict(onnx_sha256="ab" * 32, network_sha256="ef" * 32, precision="fp16",
-           profile=(1, 32, 64), trt_version="10.16.1", gpu_name="NVIDIA L4",
-           compute_capability=(8, 9), hardware_compatibility="none")
+KEY = {"onnx_sha256": "ab" * 32, "network_sha256": "ef" * 32, "precision": "fp16",
+       "profile": (1, 32, 64), "trt_version": "10.16.1", "gpu_name": "NVIDIA L4",
+       "compute_capability": (8, 9), "hardware_compatibility": "none"}
 GPU = ("NVIDIA H200", "9.0")
 
 

@@ -42,7 +42,8 @@ def _store_and_kill(path: Path, stall_at: int) -> None:
     try:
         assert child.stdout.readline().strip() == "stalled"
     finally:
-        os.kill(child.pid, signal.SIGKILL)
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=60)
     assert child.returncode == -signal.SIGKILL
 

@@ -201,6 +201,8 @@ def test_tensorrt_ep_gets_precision_and_keyed_caches_beside_the_model(
     assert fp32.trt_cache != cache  # another precision, another engine folder
     assert ort_backend.provider_options([TRT], 0, "int8", None) == [
         (TRT, {"device_id": "0", "trt_fp16_enable": "1", "trt_int8_enable": "1"})]
+    with pytest.raises(ConfigError, match="precision int8 needs a QDQ model, this one is fp32"):
+        OrtBackend(onnx_file, device="tensorrt", precision="int8")
     with pytest.raises(ConfigError, match="precision 'bf8'"):
         OrtBackend(onnx_file, device="tensorrt", precision="bf8")
     with pytest.raises(ConfigError, match="KIND:INDEX"):
