@@ -24,7 +24,7 @@ from posemum_deploy.export.onnx import check_onnx, embed_metadata, finish_sideca
 
 log = logging.getLogger(__name__)
 KEYPOINT_SETS = {"coco17": (KEYPOINT_NAMES, FLIP_PAIRS)}
-RGB_INPUT = "posemum_rgb_input"
+RGB_INPUT = "posemum_bgr_input"  # the network's own input, behind the Gather
 
 
 def _dims(value_info: Any) -> list[Any]:
@@ -65,6 +65,35 @@ def dynamic_batch(model: Any) -> Any:
     return model
 
 
+def _rename(graph: Any, old: str, new: str) -> None:
+    """Rename one value everywhere in `graph` and its subgraphs (If/Loop bodies)."""
+    for node in graph.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                _rename(sub, old, new)
+    for v in [*graph.input, *graph.output, *graph.value_info]:
+        if v.name == old:
+            v.name = new
+
+
+def posemum_names(model: Any) -> Any:
+    """Input and output named as posemum's own exports name them (`input`, `heatmaps`):
+    the INT8 calibration readers feed `input` by name."""
+    from posemum_deploy.export.onnx import INPUT_NAME, OUTPUT_NAME
+
+    model = copy.deepcopy(model)
+    graph = model.graph
+    init = {t.name for t in graph.initializer}
+    used = {n for node in graph.node for n in [*node.input, *node.output]} | init
+    current = (next(i for i in graph.input if i.name not in init).name, graph.output[0].name)
+    for old, new in zip(current, (INPUT_NAME, OUTPUT_NAME)):
+        if old != new and new not in used:
+            _rename(graph, old, new)
+    return model
+
+
 def reverse_channels(model: Any) -> Any:
     """Put a Gather(axis=1, [2, 1, 0]) in front of the input: RGB in, BGR to the network."""
     import onnx
@@ -74,11 +103,13 @@ def reverse_channels(model: Any) -> Any:
     init = {t.name for t in model.graph.initializer}
     original = next(i for i in model.graph.input if i.name not in init)
     new_input = copy.deepcopy(original)
-    new_input.name = RGB_INPUT
+    new_input.name = original.name  # the network's input now comes from the Gather
+    _rename(model.graph, original.name, RGB_INPUT)
+    original = next(i for i in model.graph.input if i.name == RGB_INPUT)
     model.graph.initializer.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64),
                                                            "posemum_bgr_index"))
-    model.graph.node.insert(0, helper.make_node("Gather", [RGB_INPUT, "posemum_bgr_index"],
-                                                [original.name], axis=1, name="posemum_rgb_to_bgr"))
+    model.graph.node.insert(0, helper.make_node("Gather", [new_input.name, "posemum_bgr_index"],
+                                                [RGB_INPUT], axis=1, name="posemum_rgb_to_bgr"))
     index = list(model.graph.input).index(original)
     model.graph.input.remove(original)
     model.graph.input.insert(index, new_input)
@@ -133,7 +164,7 @@ def import_onnx_heatmap(src: str | Path, out_dir: str | Path, input_hw: tuple[in
         raise ArtifactError(f"{src}: not an ONNX model ({type(e).__name__}); pass a .onnx "
                             "file exported from the pose network") from e
     check_signature(model, src, input_hw)
-    model = dynamic_batch(model)
+    model = posemum_names(dynamic_batch(model))
     if order == "BGR":
         model = reverse_channels(model)
         mean, std = tuple(mean)[::-1], tuple(std)[::-1]

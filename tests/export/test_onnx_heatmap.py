@@ -79,6 +79,12 @@ class BgrReference(nn.Module):
 
 
 def test_sidecar_reads_sizes_from_graph(imported: Path) -> None:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(imported), providers=["CPUExecutionProvider"])
+    (x,), (y,) = session.get_inputs(), session.get_outputs()
+    assert (x.name, y.name) == ("input", "heatmaps")  # as posemum's exports (INT8 readers)
+    assert x.shape == ["batch", 3, *HW] and y.shape == ["batch", 17, 16, 12]
     meta = read_sidecar(imported)
     assert tuple(meta.input_hw) == HW and tuple(meta.heatmap_hw) == (16, 12)  # stride 8
     assert meta.channel_order == "RGB" and meta.extra["imported_from"]["channel_order"] == "BGR"
