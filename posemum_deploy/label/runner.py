@@ -11,12 +11,11 @@ else's output; `RunSettings` (backend, batch, engine, processes...) may change f
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from posemum_deploy.artifacts import sha256_file
 from posemum_deploy.data.images import IMAGE_SUFFIXES, list_images
@@ -27,12 +26,8 @@ from posemum_deploy.inference.tta import parse_tta
 from posemum_deploy.label.boxes import BoxSource, parse_box_source
 from posemum_deploy.label.processes import run_processes
 from posemum_deploy.label.shard import StageTimes
-from posemum_deploy.label.worker import (
-    LabelerInfo,
-    ShardResult,
-    ShardWorker,
-    WorkerSpec,
-)
+from posemum_deploy.label.summary import LabelProgress, LabelSummary
+from posemum_deploy.label.worker import ShardResult, ShardWorker, WorkerSpec
 from posemum_deploy.label.writer import ShardStore
 from posemum_deploy.system import usable_cpus
 
@@ -74,66 +69,6 @@ class RunSettings:
     shards_per_task: int | None = None  # a labeler's run of shards (default: process_tasks)
     gpus: list[str] | None = None  # CUDA_VISIBLE_DEVICES entries for the labelers (default all)
     ray_actors: int | None = None  # --engine ray: model actors (default one per GPU, else CPUs/2)
-
-
-@dataclass
-class LabelSummary:
-    """What a run did; rates count only the work done in this invocation."""
-
-    images: int = 0
-    persons: int = 0
-    skipped: int = 0
-    crops: int = 0
-    shards_total: int = 0
-    shards_written: int = 0
-    shards_resumed: int = 0
-    seconds: float = 0.0
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    # (time.time() when labeled, images, crops) per shard, stamped where it was labeled
-    shard_marks: list[tuple[float, int, int]] = field(default_factory=list)
-    # per labeler (process id): when it loaded its model, its shards' times, stage seconds
-    labelers: dict[int, dict[str, Any]] = field(default_factory=dict)
-
-    @property
-    def images_per_s(self) -> float:
-        return self.images / self.seconds if self.seconds else 0.0
-
-    @property
-    def crops_per_s(self) -> float:
-        return self.crops / self.seconds if self.seconds else 0.0
-
-    def mark_shard(self, finished_at: float, images: int, crops: int, labeler: LabelerInfo,
-                   stage_s: float = 0.0, cpu_s: float = 0.0) -> None:
-        """Note when a shard was labeled (worker-side clock) and by which labeler, for the
-        rates and per-labeler timings (stage seconds, and the process's CPU seconds)."""
-        self.shard_marks.append((finished_at, images, crops))
-        entry = self.labelers.setdefault(labeler.pid, {
-            "started_at": labeler.started_at, "ready_at": labeler.ready_at, "gpu": labeler.gpu,
-            "shards": [], "stage_s": 0.0, "cpu_s": 0.0})
-        entry["shards"].append(finished_at)
-        entry["stage_s"] += stage_s
-        entry["cpu_s"] += cpu_s
-
-    def steady_crops_per_s(self, skip: float = 0.2) -> float:
-        """Crops/s once the first `skip` of the images are labeled: the rate without
-        start-up (spawning labelers, loading models, capturing graphs), which a long job
-        pays once. Timed where shards were labeled, so late delivery cannot skew it."""
-        marks = sorted(self.shard_marks)
-        done = 0
-        for i, (t, images, _) in enumerate(marks[:-1]):
-            done += images
-            if done >= skip * self.images:
-                crops = sum(c for _, _, c in marks[i + 1:])
-                return crops / (marks[-1][0] - t) if marks[-1][0] > t else 0.0
-        return 0.0
-
-
-class LabelProgress(Protocol):
-    """Progress display the CLI hands down (the library itself only logs)."""
-
-    def start(self, total_images: int, done_images: int) -> None: ...
-
-    def advance(self, images: int, crops: int, skipped: int) -> None: ...
 
 
 @dataclass
@@ -323,13 +258,3 @@ def record_shard(result: ShardResult, store: ShardStore, summary: LabelSummary,
                        sum(result.seconds.values()), result.cpu_s)
     if progress:
         progress.advance(entry["images"], result.crops, entry["errors"])
-
-
-def summary_json(summary: LabelSummary) -> str:
-    """The summary as one json object (benchmarks and logs)."""
-    data = asdict(summary)
-    data.pop("shard_marks")
-    data.pop("labelers")
-    data.update(images_per_s=summary.images_per_s, crops_per_s=summary.crops_per_s,
-                steady_crops_per_s=summary.steady_crops_per_s())
-    return json.dumps(data)
