@@ -21,6 +21,8 @@ def calibrate(
         "--tta", help="The views the labels will use: flip | scales=0.8,1.0,1.2 | ...")] = "none",
     ensemble: Annotated[Optional[list[Path]], typer.Option(
         "--model", help="Another teacher of the ensemble (as with `posemum label`).")] = None,
+    models_file: Annotated[Optional[Path], typer.Option(
+        "--models", help="A text file of further teachers, one path a line.")] = None,
     precision: Annotated[float, typer.Option(
         "--precision", help="Share of kept joints that must lie within OKS 0.5.")] = 0.9,
     backend: Annotated[str, typer.Option(
@@ -31,11 +33,14 @@ def calibrate(
 ) -> None:
     """Per joint type, the lowest score (and agreement) threshold whose kept joints are
     right (OKS ≥ 0.5) at least --precision of the time; for `merge --thresholds`."""
+    from posemum_deploy.inference.tta import read_model_list
     from posemum_deploy.label.calibrate import calibrate as run
 
+    members = [str(model), *map(str, ensemble or [])]
+    members += read_model_list(models_file) if models_file is not None else []
     with make_progress() as bar:
         task = bar.add_task("calibrate", total=None)
-        result = run([model, *(ensemble or [])], ann, images, out, tta, precision,
+        result = run(members, ann, images, out, tta, precision,
                      backend=backend, batch_size=batch_size, max_images=max_images,
                      progress=lambda done, total: bar.update(task, completed=done, total=total))
     table = Table(title=f"thresholds at precision {precision:g} → {out}")
