@@ -126,3 +126,24 @@ def test_an_engine_from_another_tensorrt_is_refused_before_deserializing(cuda,
     assert not trt.on_device
     with pytest.raises(ConfigError, match="TensorRT runs on CUDA only"):
         TrtBackend(_engine(tmp_path), device="cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: the GPU tests run")
+@pytest.mark.parametrize("version", ["10.16.1.11", "11.4.0.106"])
+def test_gpu_tests_skip_with_their_reason_on_both_tensorrt_majors(version: str) -> None:
+    """With TensorRT importable (either major) but no GPU, the GPU test module is
+    collected and skips with the reason, instead of erroring on a missing name."""
+    import subprocess
+    import sys
+
+    tests = Path(__file__).resolve().parents[1]
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from fake_tensorrt import FakeTrt; "
+            "sys.modules['tensorrt'] = FakeTrt(sys.argv[2]); import pytest; "
+            "sys.exit(pytest.main(['-q', '-rs', '-p', 'no:cacheprovider', sys.argv[3]]))")
+    proc = subprocess.run([sys.executable, "-c", code, str(tests), version,
+                           str(tests / "inference" / "test_trt_backend.py")],
+                          capture_output=True, text=True, timeout=300, check=False,
+                          cwd=tests.parent)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "2 skipped" in proc.stdout and "error" not in proc.stdout.lower()
+    assert "TensorRT/GPU unavailable: TensorRT needs a CUDA GPU" in proc.stdout
