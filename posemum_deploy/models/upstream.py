@@ -193,20 +193,22 @@ def to_posemum_state(state: dict[str, Tensor], flavour: str, path: Path
                      ) -> tuple[dict[str, Tensor], Architecture]:
     """Upstream tensors renamed to posemum's, checked key by key against the built model."""
     backbone, head = FLAVOURS[flavour]
-    plain = {k[len(backbone):]: v for k, v in state.items()
-             if backbone and k.startswith(backbone)}
-    plain.update({k[len(head):]: v for k, v in state.items() if head and k.startswith(head)})
-    if not backbone:
-        plain = dict(state)
-    dropped = [k for k in state if backbone and not k.startswith((backbone, head))]
+    origin: dict[str, str] = {}  # key without the flavour prefix -> the file's key
+    for key in state:
+        for prefix in dict.fromkeys((backbone, head)):
+            if key.startswith(prefix):
+                origin[key[len(prefix):]] = key
+                break
+    plain = {k: state[v] for k, v in origin.items()}
+    dropped = [k for k in state if k not in origin.values()]
     arch = infer_architecture(plain, path)
     check_supported(arch, plain, path)
-    own = rename_prefixes(plain, {**TORCHVISION_TO_STAGES, **HEAD_TO_POSEMUM})
-    unmapped = [k for k in plain if not k.startswith(tuple({**TORCHVISION_TO_STAGES,
-                                                          **HEAD_TO_POSEMUM}))]
+    mapping = {**TORCHVISION_TO_STAGES, **HEAD_TO_POSEMUM}
+    own = rename_prefixes(plain, mapping)
     model = build_model(arch.backbone, arch.num_joints, deconv_channels=arch.deconv_widths[0])
     expected = model.state_dict()
-    extra = dropped + unmapped + [k for k in own if k not in expected]
+    extra = dropped + [origin[k] for k in plain if not k.startswith(tuple(mapping))]
+    extra += [upstream_name(k, flavour) for k in own if k not in expected]
     # Files saved before PyTorch 0.4.1 (the original release) have no num_batches_tracked.
     missing = [k for k in expected if k not in own and not k.endswith("num_batches_tracked")]
     missing = [upstream_name(k, flavour) for k in missing]

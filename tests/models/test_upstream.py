@@ -8,7 +8,6 @@ from posemum's classes; each is saved the way its project saves it.
 from __future__ import annotations
 
 import io
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -165,17 +164,12 @@ def mmengine_meta() -> dict:
 
 
 def save_numpy1_style(obj: dict, path: Path) -> None:
-    """torch.save, with the pickle naming `numpy.core.multiarray` as NumPy 1.x wrote it
-    (the name inside every released mmpose checkpoint)."""
+    """torch.save as mmpose's tools/misc/publish_model.py does (the legacy, non-zip format:
+    `_use_new_zipfile_serialization=False`), with the pickle naming
+    `numpy.core.multiarray` as NumPy 1.x wrote it in every released checkpoint."""
     buf = io.BytesIO()
-    torch.save(obj, buf)
-    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
-        for info in src.infolist():
-            data = src.read(info.filename)
-            if info.filename.endswith("data.pkl"):
-                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
-            dst.writestr(info.filename, data)
+    torch.save(obj, buf, _use_new_zipfile_serialization=False)
+    path.write_bytes(buf.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
 
 
 def saved(kind: str, tmp_path: Path, seed: int = 0, **arch) -> tuple[nn.Module, Path]:
@@ -186,7 +180,7 @@ def saved(kind: str, tmp_path: Path, seed: int = 0, **arch) -> tuple[nn.Module, 
     elif kind == "mmpose0":
         ref = randomise(MMPose("keypoint_head", **arch), seed)
         torch.save({"meta": {"mmcv_version": "1.7.0", "epoch": 210},
-                    "state_dict": ref.state_dict()}, path)
+                    "state_dict": ref.state_dict()}, path, _use_new_zipfile_serialization=False)
     elif kind == "simplebaseline":  # final_state.pth.tar: model.module.state_dict()
         ref = randomise(PoseResNet(**arch), seed)
         torch.save(ref.state_dict(), path)
