@@ -1,11 +1,11 @@
 """Real person crops for INT8 calibration and parity checks, and a batcher over them.
 
 Quantisation ranges calibrated on noise or on a handful of crops clip real activations,
-so every calibrator (ORT static QDQ, the TensorRT entropy calibrator) reads crops made
+so every calibration (ORT static QDQ, the TensorRT QDQ graph, OpenVINO/NNCF) reads crops made
 exactly as at inference time (`make_crops`: aspect-fixed box, 1.25 padding) from real
 images: person boxes of a COCO keypoints json, or each image of a folder whole (a
-folder of pre-cropped people). `CropBatcher` is plain NumPy so the batching that the
-TensorRT calibrator wraps is testable without TensorRT.
+folder of pre-cropped people). `CropBatcher` is plain NumPy, so the batching that every
+quantiser reads is testable without any runtime.
 """
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ class CropBatcher:
     """Fixed-size normalised float32 NCHW batches over uint8 crops, then exhaustion.
 
     Calibrators ask for one batch at a time and expect exactly `batch_size` images; the
-    last partial batch is dropped (TensorRT's calibrator binds a fixed shape), unless
+    last partial batch is dropped (a calibration graph may bind a fixed shape), unless
     there are fewer crops than one batch, in which case it is padded by repeating crops.
     """
 
