@@ -69,6 +69,7 @@ class RunSettings:
     shards_per_task: int | None = None  # a labeler's run of shards (default: process_tasks)
     gpus: list[str] | None = None  # CUDA_VISIBLE_DEVICES entries for the labelers (default all)
     ray_actors: int | None = None  # --engine ray: model actors (default one per GPU, else CPUs/2)
+    pipeline: bool = True  # ORT/OpenVINO: inference on its own thread; False: in turn (same shards)
 
 
 @dataclass
@@ -184,7 +185,8 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
                       flip=settings.flip, dark=settings.dark, oks_nms=settings.oks_nms,
                       decode=settings.decode, jpeg_decoder=settings.jpeg_decoder,
                       tta=str(parse_tta(settings.tta)),
-                      ensemble=tuple(str(Path(m).resolve()) for m in settings.ensemble))
+                      ensemble=tuple(str(Path(m).resolve()) for m in settings.ensemble),
+                      pipeline=run.pipeline)
     # One process loads its model here, before progress and the clock start (rates count
     # labeling only); spawned labelers and Ray actors load their own.
     worker = (ShardWorker(spec, None if isinstance(backend, str) else backend)

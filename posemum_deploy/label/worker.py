@@ -50,6 +50,7 @@ class WorkerSpec:
     cpu_threads: int | None = None  # this labeler's share of the cores (None: all)
     tta: str = "none"  # TTA views of every person (`inference.tta.parse_tta`)
     ensemble: tuple[str, ...] = ()  # further teachers averaged with `model`
+    pipeline: bool = True  # ORT/OpenVINO: inference on its own thread (`ShardLabeler`)
 
 
 class LabelerInfo(NamedTuple):
@@ -163,6 +164,10 @@ class ShardWorker:
         else:
             self.estimator = host_crops_estimator(be, spec)
         self.infer_stream = inference_stream(be)
+        # Plain host-crop estimators of the CPU runtimes only: their calls release the GIL
+        # and are the same from any thread (torch's thread pools are per thread).
+        self.pipelined = (spec.pipeline and type(self.estimator) is PoseEstimator
+                          and getattr(be, "name", "") in ("onnxruntime", "openvino"))
         self.info = LabelerInfo(os.getpid(), self.started_at, time.time(),
                                 os.environ.get("CUDA_VISIBLE_DEVICES", ""))
 
@@ -185,7 +190,7 @@ class ShardWorker:
         them all, so decoding runs ahead across shard ends (a stream per shard would stall
         at every start and idle while the finished shard is encoded); each shard still
         starts its own batches, so numbers match a shard labeled alone."""
-        labeler = ShardLabeler(self.estimator, self.spec.oks_nms, times)
+        labeler = ShardLabeler(self.estimator, self.spec.oks_nms, times, self.pipelined)
         prepared = self.stream(((index, rel) for index, files in jobs for rel in files), times)
         for index, group in groupby(prepared, key=lambda x: x[0]):
             with self._on_inference_stream():
