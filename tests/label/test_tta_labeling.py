@@ -111,3 +111,29 @@ def test_sigkill_and_resume_of_a_tta_run_is_exact(tmp_path, tiny_model):
     assert done.returncode == 0, done.stderr
     assert _shards(out) == _shards(reference) and len(_shards(out)) == 4
     assert json.loads((out / "manifest.json").read_text())["complete"] is True
+
+
+@pytest.mark.slow
+def test_ray_engine_labels_tta_ensembles_like_the_local_engine(tmp_path, tiny_model):
+    import numpy as np
+
+    ray = pytest.importorskip("ray", reason="ray not installed (pip install 'ray[data]')")
+    from posemum_deploy.label.writer import iter_indexed
+
+    write_images(tmp_path / "images", 4)
+    second = make_checkpoint(tmp_path / "second.pt", seed=3)
+    settings = LabelSettings(shard_size=2, tta="flip,scales=0.9,1.2", ensemble=[str(second)])
+    local, cluster = tmp_path / "local", tmp_path / "ray"
+    label_folder(tiny_model, tmp_path / "images", local, settings, RunSettings(batch_size=3))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        label_folder(tiny_model, tmp_path / "images", cluster, settings,
+                     RunSettings(batch_size=3, engine="ray", ray_actors=1))
+    finally:
+        ray.shutdown()
+    a, b = [r for _, r in iter_indexed(local)], [r for _, r in iter_indexed(cluster)]
+    assert [r["file"] for r in a] == [r["file"] for r in b] and len(a) == 4
+    for ra, rb in zip(a, b):
+        for pa, pb in zip(ra["persons"], rb["persons"], strict=True):
+            for key in ("keypoints", "joint_scores", "joint_agreement"):
+                np.testing.assert_allclose(pa[key], pb[key], atol=1e-4)
