@@ -62,6 +62,7 @@ def label(
     """Pseudo-label every image under IMAGES_DIR into resumable JSONL shards."""
     from posemum_deploy.inference.tta import read_model_list
     from posemum_deploy.label.runner import LabelSettings, RunSettings, label_folder
+    from posemum_deploy.label.summary import hours_per_million_images
 
     members = [str(m) for m in ensemble or []]
     members += read_model_list(models_file) if models_file is not None else []
@@ -89,6 +90,11 @@ def label(
     steady = summary.steady_crops_per_s()
     if steady:  # without the start-up (labelers loading models), which a long job pays once
         rows.append(("crops/s after the first 20 % of images", f"{steady:.1f}"))
+    # A number to plan with: the steady rate when there is one, else the run's own.
+    per_s = summary.steady_images_per_s() or summary.images_per_s
+    if per_s:
+        rows.append(("hours per million images on this machine",
+                     f"{hours_per_million_images(per_s):.2f}"))
     rows += [(f"  {k} (s, summed over threads)", f"{v:.2f}")
              for k, v in sorted(summary.stage_seconds.items())]
     for row in rows:

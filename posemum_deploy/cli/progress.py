@@ -8,6 +8,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgress
                            TextColumn, TimeElapsedColumn, TimeRemainingColumn)
 
 console = Console(stderr=True)
+# labeled images after which the progress line shows hours per million images
+ESTIMATE_AFTER_IMAGES = 100
 
 
 def make_progress(*extra: TextColumn) -> Progress:
@@ -72,4 +74,8 @@ class RichLabelProgress:
         dt = max(time.perf_counter() - self.t0, 1e-9)
         info = (f"{self.images / dt:.1f} img/s  {self.crops / dt:.1f} crops/s  "
                 f"skipped {self.skipped}")
+        if self.images >= ESTIMATE_AFTER_IMAGES:  # past the first shards: a planning number
+            from posemum_deploy.label.summary import hours_per_million_images
+
+            info += f"  ≈{hours_per_million_images(self.images / dt):.1f} h/1M img"
         self.progress.update(self.task, advance=images, info=info)

@@ -55,14 +55,27 @@ class LabelSummary:
         """Crops/s once the first `skip` of the images are labeled: the rate without
         start-up (spawning labelers, loading models, capturing graphs), which a long job
         pays once. Timed where shards were labeled, so late delivery cannot skew it."""
+        return self._steady(skip, 2)
+
+    def steady_images_per_s(self, skip: float = 0.2) -> float:
+        """Images/s after the first `skip` of the images, as `steady_crops_per_s`."""
+        return self._steady(skip, 1)
+
+    def _steady(self, skip: float, column: int) -> float:
         marks = sorted(self.shard_marks)
         done = 0
         for i, (t, images, _) in enumerate(marks[:-1]):
             done += images
             if done >= skip * self.images:
-                crops = sum(c for _, _, c in marks[i + 1:])
-                return crops / (marks[-1][0] - t) if marks[-1][0] > t else 0.0
+                count = sum(m[column] for m in marks[i + 1:])
+                return count / (marks[-1][0] - t) if marks[-1][0] > t else 0.0
         return 0.0
+
+
+def hours_per_million_images(images_per_s: float) -> float:
+    """Wall-clock hours to label a million images at `images_per_s` on this machine: the
+    planning number `posemum label` and the throughput benchmark print."""
+    return 1e6 / images_per_s / 3600.0 if images_per_s > 0 else float("inf")
 
 
 class LabelProgress(Protocol):

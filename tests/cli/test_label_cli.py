@@ -90,6 +90,7 @@ def test_coco_mini_detections_label_merge_visualize(tmp_path: Path, model: Path)
                                  "--max-people", "4", "--batch-size", "8"])
     assert result.exit_code == 0, result.output
     assert "crops/s" in result.output and "skipped" in result.output
+    assert "hours per million images" in result.output
     pseudo, results = tmp_path / "pseudo.json", tmp_path / "results.json"
     result = runner.invoke(app, ["merge", str(out), "--out", str(pseudo), "--min-joint-score", "0",
                                  "--min-joints", "1", "--results-out", str(results)])

@@ -57,3 +57,15 @@ def test_pipelined_inference_writes_the_same_shards(exports, backend, tmp_path) 
     new = {p.name: p.read_bytes() for p in (tmp_path / "pipelined").glob("shard-*.jsonl")}
     assert len(old) == 2 and new == old
     assert b'"persons": []' not in b"".join(old.values())  # people were labeled
+
+
+def test_hours_per_million_images_from_the_steady_rate() -> None:
+    from posemum_deploy.label.summary import LabelSummary, hours_per_million_images
+
+    # 10 shards of 100 images: the first after a 60 s start-up, then one every 2 s.
+    marks = [(1000.0 + 60 + 2 * i, 100, 150) for i in range(10)]
+    summary = LabelSummary(images=1000, crops=1500, shard_marks=marks[::-1])
+    assert summary.steady_images_per_s() == pytest.approx(50.0)  # 800 images in 16 s
+    assert summary.steady_crops_per_s() == pytest.approx(75.0)
+    assert hours_per_million_images(summary.steady_images_per_s()) == pytest.approx(1e6 / 50 / 3600)
+    assert hours_per_million_images(0.0) == float("inf")
