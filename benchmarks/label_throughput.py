@@ -1,73 +1,106 @@
-"""Bulk labeling throughput: end-to-end labeled crops/s versus model-only crops/s.
+"""Bulk labeling throughput per CPU runtime: end-to-end versus model-only, and a number
+to plan with (hours per million images on this machine).
 
-Measured in one process on the same backend object and batch size: model-only runs
-(pre-normalised batches, no decode, no crops, no writing) alternate with end-to-end
-`label_folder` runs, and the best of each is compared (load from other processes only
-slows a run, so the best is the least disturbed). The end-to-end rate counts real crops:
-the padding of each shard's last batch is part of its cost.
-Target: end-to-end ≥ 0.85 × model-only, i.e. decode, boxes, crops, heatmap decode and
-writing hide behind inference. Also prints the per-stage breakdown (seconds summed over
-threads: decode/boxes/crop run on the decode threads, in parallel with inference).
+One row per runtime/precision (default: OpenVINO INT8, OpenVINO bf16, ONNX Runtime
+INT8), each on the graph its runtime runs best (OpenVINO: plain ConvTranspose; ONNX
+Runtime: sub-pixel deconvolutions) and each in a fresh spawned process, so no thread
+pool of an earlier row (spinning or asleep) is alive while a row is timed. In a row,
+model-only runs (pre-normalised batches through `predict`, no decode, no crops, no
+writing) alternate with end-to-end `label_folder` runs on the same backend object and
+batch size, and the best of each is compared (load from other processes only slows a
+run). End-to-end counts real crops: the padding of each shard's last batch is part of
+its cost. Threads are pinned: the runtime gets `--threads` (default: all usable CPUs),
+JPEG decode and crops run `--workers` threads ahead (default 1), OpenCV 1 thread.
+Target (issue 24): end-to-end ≥ 0.85 × model-only for OpenVINO INT8 at 256×192, batch 32.
 
-    python benchmarks/label_throughput.py --images 256 --batch 32 --backend onnxruntime
-    python benchmarks/label_throughput.py --backend openvino
+Stage seconds are summed over threads: decode/boxes/crop run on the decode thread,
+infer on the inference thread, decode_heatmaps/records/encode/write on the main thread;
+wait_for_decode and wait_for_infer are the main thread blocked on the other two (near
+zero when neither waits for the other).
 
-Synthetic people (`posemum_deploy.data.synthetic`) with ground-truth boxes; the network
-is a random-weight SimpleBaseline-ResNet-18 (speed does not depend on the weights).
+    python benchmarks/label_throughput.py                         # the three default rows
+    python benchmarks/label_throughput.py --rows openvino-int8 --images 512 --repeats 3
+    python benchmarks/label_throughput.py --sequential            # the pre-pipeline schedule
+
+Synthetic people (`posemum_deploy.data.synthetic`, JPEG) with ground-truth boxes; the
+network is a random-weight SimpleBaseline-ResNet-18 (speed does not depend on weights).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.data.synthetic import generate_dataset
-from posemum_deploy.artifacts import ModelMetadata, sidecar_path
 from posemum_deploy.label.runner import LabelSettings, RunSettings, label_folder
+from posemum_deploy.label.summary import hours_per_million_images
 from posemum_deploy.models.simple_baseline import build_model
+from posemum_deploy.system import usable_cpus
+
+ROWS = ("openvino-int8", "openvino-bf16", "onnxruntime-int8", "openvino-fp32",
+        "onnxruntime-fp32")
+DEFAULT_ROWS = "openvino-int8,openvino-bf16,onnxruntime-int8"
 
 
-def make_artifacts(work: Path, input_hw: tuple[int, int], backend: str) -> Path:
-    """Random-weight checkpoint → ONNX (+ sidecar) → OpenVINO IR when asked."""
+def make_artifacts(work: Path, input_hw: tuple[int, int], rows: list[str], calib: Path
+                   ) -> dict[str, Path]:
+    """Random-weight network → each row's artifact, on its runtime's graph."""
+    from posemum_deploy.export.calibration import CropBatcher, calibration_crops
+    from posemum_deploy.export.onnx import export_network, finish_sidecar
+
+    torch.manual_seed(0)
     meta = ModelMetadata(input_hw=input_hw, heatmap_hw=(input_hw[0] // 4, input_hw[1] // 4))
     model = build_model("resnet18", 17).eval()
-    onnx_path = work / "model.onnx"
-    try:  # the export helper's path: BN folding, embedded metadata, checks
-        from posemum_deploy.export.onnx import export_network, finish_sidecar
+    onnx = {}
+    for runtime, graph in (("onnxruntime", "subpixel-deconv"), ("openvino", "convtranspose")):
+        if any(r.startswith(runtime) for r in rows):
+            onnx[runtime] = work / f"model.{graph}.onnx"
+            export_network(model, meta, onnx[runtime], 17, graph)
+            finish_sidecar(onnx[runtime], meta, "onnx", "fp32", ("torch", "onnx"))
+    crops = calibration_crops(calib, input_hw, 64) if any(
+        not r.endswith("fp32") for r in rows) else None
+    out: dict[str, Path] = {}
+    for row in rows:
+        runtime, precision = row.split("-")
+        if precision == "fp32":
+            out[row] = onnx[runtime]
+        elif runtime == "onnxruntime":
+            from posemum_deploy.export.quantize import quantize_qdq
 
-        export_network(model, meta, onnx_path, 17)
-        finish_sidecar(onnx_path, meta, "onnx", "fp32", ("torch", "onnx", "onnxruntime"))
-    except ImportError:
-        torch.onnx.export(model, (torch.zeros(2, 3, *input_hw),), str(onnx_path), dynamo=False,
-                          opset_version=17, input_names=["input"], output_names=["heatmaps"],
-                          dynamic_axes={"input": {0: "batch"}, "heatmaps": {0: "batch"}})
-        meta.format = "onnx"
-        meta.save(sidecar_path(onnx_path))
-    if backend != "openvino":
-        return onnx_path
-    from posemum_deploy.export.openvino import export_openvino
+            out[row] = work / "model_int8.onnx"
+            quantize_qdq(onnx[runtime], out[row], CropBatcher(crops, 16, meta.mean, meta.std))
+            finish_sidecar(out[row], meta, "onnx", "int8", ("onnxruntime",))
+        else:
+            from posemum_deploy.export.openvino import export_openvino
 
-    return export_openvino(onnx_path, work / "model.xml", precision="fp32")[0]
+            out[row] = export_openvino(onnx[runtime], work / f"ov_{precision}" / "model.xml",
+                                       precision, crops, batch_size=16)[0]
+    return out
 
 
-def open_backend(kind: str, path: Path, batch: int, threads: int | None):
-    if kind == "openvino":
+def open_backend(row: str, path: Path, batch: int, threads: int, ort_spinning: bool) -> Any:
+    """The row's backend with its runtime's threads pinned to `threads`."""
+    runtime, precision = row.split("-")
+    if runtime == "openvino":
         from posemum_deploy.inference.openvino_backend import OpenVinoBackend
 
-        return OpenVinoBackend(path, batch_size=batch, threads=threads)
+        return OpenVinoBackend(path, precision=precision, batch_size=batch, threads=threads)
     from posemum_deploy.inference.ort_backend import OrtBackend
 
-    return OrtBackend(path, device="cpu", threads=threads)
+    return OrtBackend(path, device="cpu", threads=threads, spinning=ort_spinning)
 
 
-def model_only(backend, batch: int, crops: int) -> float:
+def model_only(backend: Any, batch: int, crops: int) -> float:
     """Crops/s of `backend.predict` alone on ready, normalised batches of `batch`."""
     h, w = backend.metadata.input_hw
     x = np.random.default_rng(0).standard_normal((batch, 3, h, w), dtype=np.float32)
@@ -79,22 +112,69 @@ def model_only(backend, batch: int, crops: int) -> float:
     return calls * batch / (time.perf_counter() - t0)
 
 
+def run_row(row: str, artifact: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One row, in its own process: alternate model-only and end-to-end runs."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(args.threads)
+    backend = open_backend(row, artifact, args.batch, args.threads, args.ort_spinning)
+    n_crops = len(json.loads((data / "annotations.json").read_text())["annotations"])
+    alone = [model_only(backend, args.batch, n_crops)]
+    runs = []
+    for _ in range(args.repeats):
+        out = Path(tempfile.mkdtemp(prefix=f"label_{row}_"))
+        runs.append(label_folder(artifact, data / "images", out,
+                                 LabelSettings(boxes=f"gt:{data / 'annotations.json'}",
+                                               oks_nms=None),
+                                 RunSettings(backend=backend, batch_size=args.batch,
+                                             workers=args.workers,
+                                             pipeline=not args.sequential)))
+        alone.append(model_only(backend, args.batch, n_crops))
+    best = max(runs, key=lambda s: s.crops_per_s)
+    reference = max(alone)
+    return {"row": row, "graph": getattr(backend, "graph", "subpixel-deconv"),
+            "images": best.images, "crops": best.crops,
+            "images_per_s": round(best.images_per_s, 2), "crops_per_s": round(best.crops_per_s, 2),
+            "model_only_crops_per_s": round(reference, 2),
+            "ratio": round(best.crops_per_s / reference, 3),
+            "hours_per_million_images": round(hours_per_million_images(best.images_per_s), 2),
+            "all_model_only": [round(v, 2) for v in alone],
+            "all_end_to_end": [round(r.crops_per_s, 2) for r in runs],
+            "stage_seconds": {k: round(v, 3) for k, v in sorted(best.stage_seconds.items())},
+            "wall_seconds": round(best.seconds, 2)}
+
+
+def print_rows(results: list[dict[str, Any]]) -> None:
+    print(f"{'row':<18}{'img/s':>8}{'crops/s':>9}{'model-only':>11}{'e2e/model':>10}"
+          f"{'h / 1M img':>11}  stage seconds")
+    for r in results:
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["stage_seconds"].items(),
+                                                              key=lambda kv: -kv[1]))
+        print(f"{r['row']:<18}{r['images_per_s']:>8.1f}{r['crops_per_s']:>9.1f}"
+              f"{r['model_only_crops_per_s']:>11.1f}{r['ratio']:>10.3f}"
+              f"{r['hours_per_million_images']:>11.2f}  {stages}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma list of {', '.join(ROWS)}")
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--image-size", default="480x640", help="synthetic image HxW")
     ap.add_argument("--input", default="256x192", help="network input HxW")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--backend", choices=("onnxruntime", "openvino"), default="onnxruntime")
-    ap.add_argument("--workers", type=int, default=2, help="decode threads")
-    ap.add_argument("--threads", type=int, default=None, help="inference threads (runtime default)")
-    ap.add_argument("--cv-threads", type=int, default=1, help="cv2.setNumThreads in this process")
-    ap.add_argument("--repeats", type=int, default=2, help="end-to-end runs (best counts)")
+    ap.add_argument("--workers", type=int, default=1, help="decode threads")
+    ap.add_argument("--threads", type=int, default=usable_cpus(), help="inference threads")
+    ap.add_argument("--ort-spinning", action="store_true", help="ONNX Runtime pool spins")
+    ap.add_argument("--sequential", action="store_true",
+                    help="inference in turn with heatmap decode (the pre-pipeline schedule)")
+    ap.add_argument("--repeats", type=int, default=2, help="end-to-end runs per row (best counts)")
     ap.add_argument("--work", type=Path, default=None, help="keep files here")
+    ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
-    import cv2
-
-    cv2.setNumThreads(args.cv_threads)
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    if unknown := [r for r in rows if r not in ROWS]:
+        raise SystemExit(f"--rows: unknown {', '.join(unknown)}; choose from {', '.join(ROWS)}")
     work = args.work or Path(tempfile.mkdtemp(prefix="posemum_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     input_hw = tuple(int(v) for v in args.input.split("x"))
@@ -102,35 +182,24 @@ def main() -> int:
     data = work / "data"
     if not (data / "annotations.json").exists():
         generate_dataset(data, args.images, 0, image_size=image_hw)
-    artifact = make_artifacts(work, input_hw, args.backend)
-    backend = open_backend(args.backend, artifact, args.batch, args.threads)
-    n_crops = sum(1 for _ in json.loads((data / "annotations.json").read_text())["annotations"])
-    # Alternate model-only and end-to-end runs and compare the best of each: load from
-    # other processes on a shared machine only ever slows a run down.
-    alone = [model_only(backend, args.batch, n_crops)]
-    runs = []
-    for _ in range(args.repeats):
-        out = work / f"out_{args.backend}_{time.time_ns()}"
-        runs.append(label_folder(artifact, data / "images", out,
-                                 LabelSettings(boxes=f"gt:{data / 'annotations.json'}",
-                                               oks_nms=None),
-                                 RunSettings(backend=backend, batch_size=args.batch,
-                                             workers=args.workers)))
-        alone.append(model_only(backend, args.batch, n_crops))
-    summary = max(runs, key=lambda s: s.crops_per_s)
-    reference = max(alone)
-    report = {"backend": args.backend, "batch": args.batch, "input_hw": input_hw,
-              "image_hw": image_hw, "images": summary.images, "crops": summary.crops,
-              "workers": args.workers, "threads": args.threads, "cpus": os.cpu_count(),
-              "model_only_crops_per_s": [round(v, 2) for v in alone],
-              "end_to_end_crops_per_s": [round(r.crops_per_s, 2) for r in runs],
-              "end_to_end_images_per_s": round(summary.images_per_s, 2),
-              "ratio": round(summary.crops_per_s / reference, 3),
-              "stage_seconds": {k: round(v, 3) for k, v in sorted(summary.stage_seconds.items())},
-              "wall_seconds": round(summary.seconds, 2),
-              "load_avg": os.getloadavg()}
-    print(json.dumps(report, indent=1))
-    print(f"end-to-end / model-only = {report['ratio']:.3f} (target >= 0.85)", file=sys.stderr)
+    artifacts = make_artifacts(work, input_hw, rows, data / "annotations.json")
+    print(f"{args.images} synthetic {image_hw[0]}x{image_hw[1]} JPEGs, input {args.input}, "
+          f"batch {args.batch}, {args.threads} inference threads, {args.workers} decode "
+          f"thread(s), {usable_cpus()} CPUs, schedule "
+          f"{'sequential' if args.sequential else 'pipelined'}, ORT spinning "
+          f"{'on' if args.ort_spinning else 'off'}; load average {os.getloadavg()[0]:.2f}",
+          file=sys.stderr)
+    results = []
+    ctx = multiprocessing.get_context("spawn")
+    for row in rows:  # each row in a fresh process: no earlier runtime's pool alive
+        with ctx.Pool(1) as pool:
+            results.append(pool.apply(run_row, (row, artifacts[row], data, args)))
+    print_rows(results)
+    print(f"load average at end {os.getloadavg()[0]:.2f}; target: e2e/model ≥ 0.85 for "
+          "openvino-int8 at 256x192, batch 32", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                         "rows": results}, indent=1))
     return 0
 
 
