@@ -55,6 +55,10 @@ def import_(
         "--channel-order", help="rgb | bgr: what the network expects.",
         show_default="mmpose and ONNX: rgb; simplebaseline: bgr")] = None,
     keypoints: Annotated[str, typer.Option("--keypoints", help="Joint layout: coco17.")] = "coco17",
+    heatmap_offset: Annotated[float, typer.Option(
+        "--heatmap-offset", help="--onnx-heatmap: 0 if heatmaps peak at crop_xy/stride "
+        "(mmpose MSRA, original SimpleBaseline), 0.5 for posemum's pixel-centre convention")
+    ] = 0.0,
 ) -> None:
     """Import a SimpleBaseline checkpoint (mmpose / original) or wrap an ONNX heatmap model."""
     from posemum_deploy.models.upstream import normalisation
@@ -68,7 +72,7 @@ def import_(
         if source != "auto":
             raise ConfigError("--from is for checkpoints; --onnx-heatmap reads any ONNX layout")
         meta = import_onnx_heatmap(src, out, hw, *normalisation(mean_v, std_v),
-                                   channel_order or "rgb", keypoints)
+                                   channel_order or "rgb", keypoints, heatmap_offset)
         written = out / "model.onnx"
     else:
         from posemum_deploy.models.upstream import import_checkpoint

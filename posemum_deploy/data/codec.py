@@ -31,6 +31,9 @@ class HeatmapCodec:
     input_hw: tuple[int, int] = (256, 192)
     heatmap_hw: tuple[int, int] = (64, 48)
     sigma: float = 2.0
+    # crop x ↔ heatmap (x + offset)/stride − offset: 0.5 is the convention above; 0 that of
+    # models trained elsewhere (mmpose's MSRA heatmaps, the original SimpleBaseline).
+    offset: float = 0.5
 
     @property
     def stride(self) -> np.ndarray:
@@ -39,10 +42,10 @@ class HeatmapCodec:
                          self.input_hw[0] / self.heatmap_hw[0]])
 
     def to_heatmap(self, xy: np.ndarray) -> np.ndarray:
-        return (np.asarray(xy, dtype=np.float64) + 0.5) / self.stride - 0.5
+        return (np.asarray(xy, dtype=np.float64) + self.offset) / self.stride - self.offset
 
     def to_input(self, xy: np.ndarray) -> np.ndarray:
-        return (np.asarray(xy, dtype=np.float64) + 0.5) * self.stride - 0.5
+        return (np.asarray(xy, dtype=np.float64) + self.offset) * self.stride - self.offset
 
     def encode(self, keypoints: np.ndarray, visibility: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:

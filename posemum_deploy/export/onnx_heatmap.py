@@ -145,9 +145,11 @@ def heatmap_hw(shape: tuple[int, ...], input_hw: tuple[int, int], path: Path) ->
 
 def import_onnx_heatmap(src: str | Path, out_dir: str | Path, input_hw: tuple[int, int],
                         mean: tuple[float, ...], std: tuple[float, ...], channel_order: str,
-                        keypoints: str = "coco17") -> ModelMetadata:
+                        keypoints: str = "coco17", heatmap_offset: float = 0.0) -> ModelMetadata:
     """Write OUT_DIR/model.onnx (+ model.json) from a foreign heatmap ONNX; returns its
-    metadata. `mean`/`std` are on posemum's 0..1 scale, in the network's channel order."""
+    metadata. `mean`/`std` are on posemum's 0..1 scale, in the network's channel order;
+    `heatmap_offset` is the decoding convention (0: the peak at crop_xy / stride, as
+    mmpose's MSRA heatmaps; 0.5: posemum's pixel centres, see data/codec.py)."""
     import onnx
 
     src, out_dir = Path(src), Path(out_dir)
@@ -182,7 +184,8 @@ def import_onnx_heatmap(src: str | Path, out_dir: str | Path, input_hw: tuple[in
                          keypoint_names=names, flip_pairs=flips, format="onnx",
                          source_checkpoint_sha256=sha256_file(src),
                          extra={"imported_from": {"file": src.name, "layout": "onnx-heatmap",
-                                                  "channel_order": order}})
+                                                  "channel_order": order},
+                                "heatmap_offset": float(heatmap_offset)})
     embed_metadata(out, meta, shape[1:])
     check_onnx(out)
     meta = finish_sidecar(out, meta, "onnx", "fp32", ("onnx", "onnxruntime"))

@@ -283,7 +283,9 @@ def import_checkpoint(src: str | Path, out: str | Path, source: str = "auto",
                          channel_order="RGB", weights="student", format="torch",
                          source_checkpoint_sha256=sha256_file(src),
                          extra={"imported_from": {"file": src.name, "layout": flavour,
-                                                  "channel_order": order}})
+                                                  "channel_order": order},
+                                # upstream heatmaps peak at crop_xy / stride (MSRA encoding)
+                                "heatmap_offset": 0.0})
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict(), "model_meta": meta.to_dict(),
                 "imported": {"source": SOURCE_OF[flavour], "layout": flavour}}, out)

@@ -62,7 +62,8 @@ def test_imported_checkpoint_evaluates_labels_and_exports(imported: Path, coco_m
     assert "AP" in json.loads((tmp_path / "m.json").read_text())
     ok("export", str(imported), "--format", "onnx", "--out", str(tmp_path / "onnx"),
        "--check", str(coco_mini))
-    assert (tmp_path / "onnx" / "model.onnx").is_file()
+    exported = json.loads((tmp_path / "onnx" / "model.json").read_text())
+    assert exported["extra"]["heatmap_offset"] == 0.0  # the decoding convention travels on
     ok("label", str(imported), str(coco_mini), "--out", str(tmp_path / "run"),
        "--boxes", f"gt:{ann}", "--workers", "1")
     # merge --format yolo: pseudo-labels straight into an Ultralytics dataset

@@ -88,6 +88,7 @@ def test_sidecar_reads_sizes_from_graph(imported: Path) -> None:
     meta = read_sidecar(imported)
     assert tuple(meta.input_hw) == HW and tuple(meta.heatmap_hw) == (16, 12)  # stride 8
     assert meta.channel_order == "RGB" and meta.extra["imported_from"]["channel_order"] == "BGR"
+    assert meta.extra["heatmap_offset"] == 0.0  # mmpose's MSRA convention, the default
     np.testing.assert_allclose(meta.mean, (0.485, 0.456, 0.406), atol=1e-9)
 
 

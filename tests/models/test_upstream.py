@@ -301,3 +301,25 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
     torch.save({"state_dict": {}, "obj": Opaque()}, tmp_path / "obj.pth")
     with pytest.raises(ArtifactError, match="beyond tensors"):
         import_checkpoint(tmp_path / "obj.pth", tmp_path / "m.pt")
+
+
+def test_imported_heatmaps_decode_in_upstream_convention(tmp_path: Path) -> None:
+    """Upstream (MSRA) targets put a crop point x at heatmap x / stride; the imported
+    model's codec reads them back there, where posemum's own convention would add
+    (stride - 1) / 2 = 1.5 crop pixels."""
+    from posemum_deploy.data.codec import HeatmapCodec
+    from posemum_deploy.inference.pipeline import codec_for
+
+    _, src = saved("mmpose1", tmp_path)
+    meta = import_checkpoint(src, tmp_path / "m.pt", input_hw=HW)
+    _, loaded = load_model(tmp_path / "m.pt")
+    codec = codec_for(loaded)
+    assert meta.extra["heatmap_offset"] == 0.0 and codec.offset == 0.0
+    crop_xy = np.array([[[20.0, 36.0], [44.0, 8.0]]])  # on the 4-px grid: exact peaks
+    yy, xx = np.mgrid[0:16, 0:16]
+    mu = crop_xy / 4.0  # MSRA encoding: keypoint / stride
+    heatmaps = np.exp(-((xx - mu[..., 0, None, None]) ** 2 + (yy - mu[..., 1, None, None]) ** 2)
+                      / (2 * 2.0 ** 2)).astype(np.float32)
+    np.testing.assert_allclose(codec.decode(heatmaps)[0], crop_xy, atol=1e-9)
+    posemum = HeatmapCodec(HW, (16, 16))  # the default convention, unchanged
+    np.testing.assert_allclose(posemum.decode(heatmaps)[0], crop_xy + 1.5, atol=1e-9)
