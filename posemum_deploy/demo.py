@@ -108,24 +108,42 @@ def run_demo(cfg: DemoConfig, callbacks: TrainCallbacks | None = None) -> DemoRe
                       time.perf_counter() - start)
 
 
+@dataclass
+class DemoRounds:
+    """`posemum demo --rounds N`: the round records and the equal-steps control."""
+
+    records: list            # rounds.RoundRecord per round, round 0 first
+    control_ap: float        # round 0 trained N × its steps more on the labeled set only
+    control_steps: int
+    round_steps: int         # steps of round 0, and of each retraining
+
+
 def run_demo_rounds(cfg: DemoConfig, result: DemoResult, n_rounds: int, on_round=None,
-                    train_callbacks=None, label_progress=None):
+                    train_callbacks=None, label_progress=None) -> DemoRounds:
     """Pseudo-label a fresh synthetic folder (boxes from its json, labels ignored) with the
-    demo's model and retrain for `n_rounds` rounds; returns the round records."""
-    from posemum_deploy.rounds import RoundsConfig, run_rounds
-    from posemum_deploy.training.config import TrainConfig
+    demo's model and retrain for `n_rounds` rounds (the rounds' default recipe: TTA labels,
+    per-joint thresholds calibrated on the val set, a fresh student on mixed, noised
+    batches with round 0's step budget); then the control: round 0 trained as many steps
+    more on the labeled set alone. All rows are scored alike (rounds' evaluate stage)."""
+    from posemum_deploy.models.checkpoint import read_checkpoint
+    from posemum_deploy.rounds import (RoundsConfig, evaluate_stage, retrain_config, run_rounds,
+                                       train_stage)
 
     unlabeled_ann = Path(cfg.out) / "data" / "unlabeled" / "annotations.json"
     if not unlabeled_ann.is_file():
-        generate_dataset(unlabeled_ann.parent, cfg.train_images, seed=cfg.seed + 20_000)
+        generate_dataset(unlabeled_ann.parent, cfg.train_images, seed=cfg.seed + 20_000,
+                         max_people=cfg.max_people)
     tcfg = TrainConfig.load(result.run_dir / "config.yaml")
-    tcfg.optim.epochs = max(2, cfg.epochs // 2)
-    tcfg.optim.milestones = (max(1, int(tcfg.optim.epochs * 0.75)),)
-    tcfg.optim.lr = cfg.lr / 4
+    steps = int(read_checkpoint(result.run_dir / "checkpoints" / "last.pt")["step"])
+    teacher = str(result.run_dir / "checkpoints" / "best.pt")
     rcfg = RoundsConfig(out=str(Path(cfg.out) / "rounds"),
                         unlabeled=str(unlabeled_ann.parent / "images"), rounds=n_rounds,
-                        boxes=f"gt:{unlabeled_ann}", backend="auto",
-                        initial_checkpoint=str(result.run_dir / "checkpoints" / "best.pt"),
-                        train=tcfg)
-    return run_rounds(rcfg, on_round=on_round, train_callbacks=train_callbacks,
-                      label_progress=label_progress)
+                        boxes=f"gt:{unlabeled_ann}", backend="torch",
+                        initial_checkpoint=teacher, retrain_max_steps=steps, train=tcfg)
+    records = run_rounds(rcfg, on_round=on_round, train_callbacks=train_callbacks,
+                         label_progress=label_progress)
+    control_dir = Path(rcfg.out) / "control_labeled_only"
+    ckpt = train_stage(rcfg, control_dir, tcfg.data.labeled, tcfg.data.images, teacher,
+                       n_rounds * steps, train_callbacks, retrain_config(rcfg, None))["checkpoint"]
+    control = evaluate_stage(rcfg, ckpt, control_dir)["metrics"]["AP"]
+    return DemoRounds(records, control, n_rounds * steps, steps)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
 from posemum_deploy.data.coco import load_coco_keypoints, person_category, save_json
 from posemum_deploy.data.images import IMAGE_SUFFIXES
 from posemum_deploy.errors import ConfigError
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from posemum_deploy.training.trainer import TrainCallbacks
 
 log = logging.getLogger(__name__)
-STAGES = ("export", "label", "merge", "train", "evaluate")
+STAGES = ("export", "calibrate", "label", "merge", "train", "evaluate")
 INIT_MODES = ("scratch", "pretrained", "previous")
 CHECKPOINT_BACKENDS = SUFFIX_BACKENDS[".pt"]  # they label from the checkpoint: no export
 
@@ -54,6 +55,10 @@ class RoundsConfig:
     min_joints: int = 6
     label_batch_size: int = 32
     label_flip: bool = True                 # the teacher labels with flip test (better pseudo-labels)
+    label_tta: str = "flip,scales=0.8,1.0,1.2"  # TTA views, averaged before decoding ("none": off)
+    thresholds: str | None = None           # per-joint thresholds json (`posemum calibrate`)
+    calibrate: bool = True                  # else: calibrate on the val set every round
+    calibrate_precision: float = 0.9        # share of kept val joints within OKS 0.5
     labeled_repeat: int | None = None       # union mode: repeat labeled persons (None: to match)
     retrain_max_steps: int | None = None    # steps of each retraining (None: round 0's steps)
     mixed: bool = True                      # mixed batches; False: one union list with repeats
@@ -256,13 +261,60 @@ def _label_stages(cfg: RoundsConfig, log_: StageLog, round_dir: Path, teacher: s
         return {"artifact": str(out)}
 
     artifact = log_.run("export", export)["artifact"]
-    settings = LabelSettings(boxes=cfg.boxes, flip=cfg.label_flip)
+    thresholds = _thresholds_stage(cfg, log_, round_dir, artifact)
+    settings = LabelSettings(boxes=cfg.boxes, flip=cfg.label_flip, tta=cfg.label_tta)
     run = RunSettings(backend=cfg.backend, batch_size=cfg.label_batch_size, resume=True)
     log_.run("label", lambda: asdict(label_folder(
         artifact, cfg.unlabeled, round_dir / "labels", settings, run, progress)) | {"ok": True})
-    flt = MergeFilter(cfg.min_joint_score, cfg.min_instance_score, cfg.min_joints)
-    return log_.run("merge", lambda: asdict(merge_labels(round_dir / "labels",
-                                                         round_dir / "pseudo.json", flt)))
+    flt = MergeFilter(cfg.min_joint_score, cfg.min_instance_score, cfg.min_joints,
+                      thresholds=thresholds)
+
+    def merge() -> dict[str, Any]:
+        stats = asdict(merge_labels(round_dir / "labels", round_dir / "pseudo.json", flt))
+        if cfg.pseudo_weight != "none":
+            attach_joint_reliability(round_dir / "labels", round_dir / "pseudo.json")
+        return stats
+
+    return log_.run("merge", merge)
+
+
+def _thresholds_stage(cfg: RoundsConfig, log_: StageLog, round_dir: Path, artifact: str) -> Any:
+    """The per-joint thresholds this round's merge keeps joints by: the given file, else
+    calibrated on the val set for this teacher and TTA (None: cfg.min_joint_score)."""
+    from posemum_deploy.label.calibrate import calibrate, load_thresholds
+
+    if cfg.thresholds:
+        return load_thresholds(cfg.thresholds)
+    if not cfg.calibrate:
+        return None
+    data = cfg.train.data
+    out = round_dir / "thresholds.json"
+    log_.run("calibrate", lambda: {"thresholds": str(out), "precision": calibrate(
+        artifact, data.val_ann, data.val_images, out, tta=cfg.label_tta,
+        precision=cfg.calibrate_precision, backend=cfg.backend,
+        batch_size=cfg.label_batch_size).precision})
+    return load_thresholds(out)
+
+
+def attach_joint_reliability(labels_dir: Path, pseudo_json: Path) -> None:
+    """Copy each kept person's per-joint `joint_scores` (and `joint_agreement`, when the
+    labels have it) from the shards into its pseudo-label annotation, for
+    `--pseudo-weight`. Persons match by image id (position + 1, as merge numbers them)
+    and box."""
+    from posemum_deploy.data.coco import load_json
+    from posemum_deploy.label.writer import iter_indexed
+
+    coco = load_json(pseudo_json)
+    wanted = {(a["image_id"], tuple(np.round(a["bbox"], 2))): a for a in coco["annotations"]}
+    for position, record in iter_indexed(labels_dir):
+        for person in record.get("persons", []):
+            ann = wanted.get((position + 1, tuple(np.round(person["box"], 2))))
+            if ann is None:
+                continue
+            ann["joint_scores"] = np.round(person["joint_scores"], 4).tolist()
+            if "joint_agreement" in person:
+                ann["joint_agreement"] = np.round(person["joint_agreement"], 4).tolist()
+    save_json(coco, pseudo_json)
 
 
 def check_round_inputs(cfg: RoundsConfig) -> None:
@@ -318,10 +370,15 @@ def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None
         round_dir = out / f"round_{k}"
         stages = StageLog(round_dir)
         merged = _label_stages(cfg, stages, round_dir, teacher, label_progress)
-        pseudo = str(round_dir / "pseudo.json")
+        pseudo: str | None = str(round_dir / "pseudo.json")
+        if not merged["annotations"]:
+            log.warning("%s: no pseudo-labeled person passed the filter (lower "
+                        "--calibrate-precision or --min-joint-score, or pass --thresholds); "
+                        "round %d trains on the labeled set only", pseudo, k)
+            pseudo = None
         tcfg = retrain_config(cfg, pseudo, backbones(cfg)[1], init)
         labeled, images = data.labeled, data.images
-        if not cfg.mixed:  # the ablation: one union list, labeled persons repeated
+        if pseudo and not cfg.mixed:  # the ablation: one union list, labeled repeated
             labeled, images = str(combine_labeled_and_pseudo(
                 data.labeled, data.images, pseudo, cfg.unlabeled,
                 round_dir / "train_combined.json", cfg.labeled_repeat)), "/"

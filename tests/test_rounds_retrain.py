@@ -24,6 +24,8 @@ def _cfg(labeled, unlabeled, out, **kw) -> RoundsConfig:
     t.optim.batch_size, t.optim.epochs, t.optim.milestones = 8, 1, (1,)
     t.runtime.precision, t.runtime.val_every, t.runtime.log_every = "fp32", 0, 1
     kw.setdefault("retrain_max_steps", 1)
+    kw.setdefault("calibrate", False)
+    kw.setdefault("label_tta", "none")
     return RoundsConfig(out=str(out), unlabeled=str(unlabeled), rounds=1, boxes="full",
                         backend="torch", min_joint_score=0.0, min_instance_score=0.0,
                         min_joints=1, label_batch_size=8, label_flip=False,
@@ -126,3 +128,39 @@ def test_a_round_retrains_with_a_semi_supervised_preset(synthetic_small, unlabel
     step = next(r for r in rows if r["kind"] == "train")
     assert step["loss_unsup"] > 0 and step["loss_sup"] > 0
     assert torch.load(records[1].checkpoint, weights_only=True)["teacher"] is not None
+
+
+def test_label_stage_calibrates_on_val_and_carries_reliability(synthetic_small, unlabeled,
+                                                               tmp_path):
+    """TTA labels, per-joint thresholds calibrated on the val set (used by merge), and,
+    for --pseudo-weight, each kept person's joint scores and agreement from its shard."""
+    from posemum_deploy.label.writer import iter_indexed
+    from posemum_deploy.rounds import StageLog, _label_stages
+
+    teacher = make_checkpoint(tmp_path / "teacher.pt", input_hw=(64, 64), seed=3)
+    cfg = _cfg(synthetic_small, unlabeled, tmp_path / "r", calibrate=True,
+               label_tta="flip,scales=0.9,1.1", pseudo_weight="agreement")
+    stages = StageLog(tmp_path / "r1")
+    _label_stages(cfg, stages, tmp_path / "r1", str(teacher))
+    assert set(stages.done) == {"export", "calibrate", "label", "merge"}
+    thresholds = json.loads((tmp_path / "r1" / "thresholds.json").read_text())
+    merged = json.loads((tmp_path / "r1" / "pseudo.json").read_text())
+    pick = lambda joints: [(j["score"], j["agreement"]) for j in joints]  # noqa: E731
+    assert pick(merged["info"]["filter"]["thresholds"]["joints"]) == pick(thresholds["joints"])
+    # a random teacher reaches 0.9 precision on few joint types: the calibrated filter
+    # keeps no person (min_joints 1 aside), where min_joint_score 0 keeps all 12 (below)
+    assert sum(j["score_reached"] for j in thresholds["joints"]) < 17
+    assert merged["annotations"] == []
+    assert thresholds["source"]["tta"] == "flip,scales=0.9,1.1"
+    assert (tmp_path / "r1" / "thresholds.png").is_file()
+
+    cfg.calibrate = False  # keep every joint: all persons reach the reliability copy
+    stages = StageLog(tmp_path / "r2")
+    _label_stages(cfg, stages, tmp_path / "r2", str(teacher))
+    merged = json.loads((tmp_path / "r2" / "pseudo.json").read_text())
+    shards = [p for _, r in iter_indexed(tmp_path / "r2" / "labels") for p in r["persons"]]
+    assert len(merged["annotations"]) == len(shards) == 12  # one full-image box each
+    for ann, person in zip(merged["annotations"], shards):
+        assert ann["joint_scores"] == pytest.approx(person["joint_scores"], abs=1e-4)
+        assert ann["joint_agreement"] == pytest.approx(person["joint_agreement"], abs=1e-4)
+        assert len(set(ann["joint_agreement"])) > 1  # real per-joint values, not a constant

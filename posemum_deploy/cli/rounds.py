@@ -46,6 +46,15 @@ def rounds(
     min_joints: int = typer.Option(6, "--min-joints"),
     label_flip: bool = typer.Option(True, "--label-flip/--no-label-flip",
                                     help="the teacher labels with flip test"),
+    tta: str = typer.Option("flip,scales=0.8,1.0,1.2", "--tta",
+                            help="labeling views averaged before decoding ('none': one pass)"),
+    thresholds: Optional[Path] = typer.Option(
+        None, "--thresholds", help="per-joint thresholds json (posemum calibrate) for every round"),
+    calibrate: bool = typer.Option(
+        True, "--calibrate/--no-calibrate",
+        help="calibrate per-joint thresholds on the val set each round (else --min-joint-score)"),
+    calibrate_precision: float = typer.Option(
+        0.9, "--calibrate-precision", help="share of kept val joints within OKS 0.5"),
     labeled_repeat: Optional[int] = typer.Option(
         None, "--labeled-repeat", help="--union: list each labeled person N times "
         "(default: as often as makes labeled ≈ pseudo-labeled)"),
@@ -81,7 +90,9 @@ def rounds(
                        backend=backend, init=init,
                        initial_checkpoint=str(initial_checkpoint) if initial_checkpoint else None,
                        min_joint_score=min_joint_score, min_instance_score=min_instance_score,
-                       min_joints=min_joints, label_flip=label_flip,
+                       min_joints=min_joints, label_flip=label_flip, label_tta=tta,
+                       thresholds=str(thresholds) if thresholds else None, calibrate=calibrate,
+                       calibrate_precision=calibrate_precision,
                        labeled_repeat=labeled_repeat, retrain_max_steps=retrain_max_steps,
                        mixed=mixed, labeled_ratio=labeled_ratio, pseudo_noise=pseudo_noise,
                        pseudo_weight=pseudo_weight, teacher_backbone=teacher_backbone,
@@ -121,9 +132,25 @@ def show_rounds(records, out: Path) -> None:
 
 
 def demo_rounds(demo_cfg, demo_result, n_rounds: int) -> None:
-    """`posemum demo --rounds N`: pseudo-label a fresh synthetic folder and retrain."""
+    """`posemum demo --rounds N`: pseudo-label a fresh synthetic folder, retrain, and show
+    round 0, each round and the equal-steps labeled-only control side by side."""
+    from rich.table import Table
+
+    from posemum_deploy.cli.progress import console
     from posemum_deploy.demo import run_demo_rounds
 
-    out = Path(demo_cfg.out) / "rounds"
-    show_rounds(_shown(lambda **display: run_demo_rounds(demo_cfg, demo_result, n_rounds,
-                                                         on_round=_announce, **display)), out)
+    result = _shown(lambda **display: run_demo_rounds(demo_cfg, demo_result, n_rounds,
+                                                      on_round=_announce, **display))
+    table = Table(title="pseudo-label rounds vs the equal-steps control (val set, GT boxes)")
+    for col in ("model", "training steps", "AP", "pseudo persons"):
+        table.add_column(col)
+    for r in result.records:
+        name = "round 0 (labeled only)" if r.round == 0 else f"round {r.round} (labeled + pseudo)"
+        table.add_row(name, str(result.round_steps * (r.round + 1)), f"{r.metrics['AP']:.4f}",
+                      str(r.pseudo_annotations))
+    table.add_row("control: labeled only",
+                  str(result.round_steps + result.control_steps), f"{result.control_ap:.4f}", "0")
+    console.print(table)
+    gap = result.records[-1].metrics["AP"] - result.control_ap
+    console.print(f"round {n_rounds} - control: {gap:+.4f} AP; "
+                  f"run dir: {Path(demo_cfg.out) / 'rounds'}")

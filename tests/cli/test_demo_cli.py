@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import torch
+
 
 def test_demo_with_one_round_writes_the_round_table_and_plot(tmp_path):
     out = tmp_path / "demo"
@@ -16,3 +18,10 @@ def test_demo_with_one_round_writes_the_round_table_and_plot(tmp_path):
     assert (out / "rounds" / "rounds.png").stat().st_size > 0
     assert (out / "rounds" / "round_1" / "labels" / "label_log.jsonl").is_file()
     assert "label" in proc.stderr and "round 1: val AP" in proc.stderr  # the live display
+    # round 0, round 1 and the equal-steps labeled-only control, side by side
+    control = json.loads((out / "rounds" / "control_labeled_only" / "metrics.json").read_text())
+    assert "control: labeled only" in proc.stdout
+    assert f"{control['AP']:.4f}" in proc.stdout and f"{rows[1]['metrics']['AP']:.4f}" in proc.stdout
+    stages = json.loads((out / "rounds" / "round_1" / "stages.json").read_text())
+    demo_steps = torch.load(out / "run" / "checkpoints" / "last.pt", weights_only=True)["step"]
+    assert stages["train"]["steps"] == demo_steps  # round 0's full step budget

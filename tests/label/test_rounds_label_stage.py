@@ -18,7 +18,8 @@ def test_checkpoint_backends_label_from_the_checkpoint(tmp_path: Path, backend: 
     write_images(tmp_path / "unlabeled", 3)
     cfg = RoundsConfig(out=str(tmp_path), unlabeled=str(tmp_path / "unlabeled"),
                        backend=backend, min_joint_score=0.0, min_instance_score=0.0,
-                       min_joints=1, label_batch_size=4, label_flip=False)
+                       min_joints=1, label_batch_size=4, label_flip=False,
+                       label_tta="none", calibrate=False)
     stages = StageLog(tmp_path / "round_1")
     merged = _label_stages(cfg, stages, tmp_path / "round_1", str(ckpt))
     assert stages.done["export"]["artifact"] == str(ckpt)
