@@ -122,11 +122,12 @@ def make_view_crops(image: np.ndarray, boxes: np.ndarray, box_scores: np.ndarray
                      np.asarray(box_scores, dtype=np.float64).reshape(-1), areas)
 
 
-def zoom_plan(hw: tuple[int, int], factor: float) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear plan for out(u) = hm(c + (u - c)·factor), c the map's pixel centre: flat
-    source indices [4, h·w] and weights [4, h·w] (0 for corners outside the map)."""
+def zoom_plan(hw: tuple[int, int], factor: float, center: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear plan for out(u) = hm(c + (u - c)·factor), c the map's pixel centre (or
+    `center`): flat source indices [4, h·w] and weights [4, h·w] (0 outside the map)."""
     h, w = hw
-    c = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
+    c = np.array([(w - 1) / 2.0, (h - 1) / 2.0]) if center is None else np.asarray(center)
     ys, xs = np.mgrid[0:h, 0:w]
     src = c + (np.stack([xs.ravel(), ys.ravel()], axis=1) - c) * factor
     x0, y0 = np.floor(src[:, 0]).astype(np.int64), np.floor(src[:, 1]).astype(np.int64)
@@ -237,8 +238,11 @@ class TTAEstimator:
         self.dark = members[0].dark
         self.flip_perm = members[0].flip_perm
         hw = tuple(self.meta.heatmap_hw)
-        self.plans = {s: zoom_plan(hw, 1.0 / s) for s in spec.scales if s != 1.0}
         h, w = self.meta.input_hw
+        # the crop's pixel centre, about which views zoom, in this codec's heatmap frame
+        # ((w-1)/2, (h-1)/2 under pixel centres; imported teachers may use another offset)
+        self.hm_center = self.codec.to_heatmap(np.array([(w - 1) / 2.0, (h - 1) / 2.0]))
+        self.plans = {s: zoom_plan(hw, 1.0 / s, self.hm_center) for s in spec.scales if s != 1.0}
         k = 2.0 * joint_sigmas(self.meta)
         self.inv_var = 1.0 / (2.0 * (h * w / CROP_PADDING ** 2) * k ** 2)  # [K]
 
@@ -252,7 +256,7 @@ class TTAEstimator:
             crops = crops[:, None]
         total: np.ndarray | None = None
         views = []
-        hm_center = (np.array(self.meta.heatmap_hw[::-1], dtype=np.float64) - 1) / 2.0
+        hm_center = self.hm_center
         for member in self.members:
             for si, scale in enumerate(self.spec.scales):
                 batch = crops[:, si]
