@@ -8,18 +8,21 @@ Round 0 trains on the labeled split for `--steps` steps; each row below is score
 the val set (COCO keypoint AP, GT boxes, flip test), at one total step budget:
 
   a    labeled-only control: 2 × steps on the labeled split (round 0 + round 1's steps)
-  b    round 1, the full recipe: round 0 labels the folder (flip; `--tta` when the label
-       stage supports it), joints ≥ --min-joint-score kept, the student starts from the
-       initial weights and trains `steps` steps on mixed batches (--labeled-ratio) with
-       its pseudo-labeled half noised (--noise)
-  c-*  ablations of b: c-noise (no noise), c-union (one union list, labeled repeated),
-       c-finetune (start from the teacher)
+  b    round 1, the full recipe: round 0 labels the folder with TTA (--tta), joints kept
+       at per-joint thresholds calibrated on the val set (--precision; --no-calibrate:
+       score ≥ --min-joint-score), the student starts from the initial weights and
+       trains `steps` steps on mixed batches (--labeled-ratio) with its pseudo-labeled
+       part noised (--noise)
+  c-*  ablations of b: c-tta (labels from one flip-test pass, thresholds calibrated for
+       it), c-noise (no noise), c-union (one union list, labeled repeated), c-finetune
+       (start from the teacher)
   d    ResNet-50 teacher (steps on the labeled split) → ResNet-18 student as in b,
        against row a (a ResNet-18 with as many steps as teacher + student)
   e    pose-mum-plus: round 0 → round 1 retrained with the preset on mixed batches,
        against e-control (pose-mum-plus for 2 × steps without pseudo-labels)
   q    pseudo-label quality against the hidden truth of the unlabeled set: share of
-       kept joints within OKS 0.5, keep rate (kept / visible true joints), mean OKS
+       kept joints within OKS 0.5, keep rate (kept / visible true joints), mean OKS; with
+       TTA (q-*) and from one flip-test pass (q-notta-*), each at its calibrated thresholds
 
 The table gives each row's AP as the mean over seeds with the per-seed values, then the
 paired gaps (b−a, c−b, d−a, e−e-control), mean ± standard error over seeds.
@@ -54,7 +57,7 @@ from posemum_deploy.training.config import (DataConfig, ModelConfig, OptimConfig
 from posemum_deploy.training.presets import apply_preset
 
 ROWS = ("a", "b", "c", "d", "e", "q")
-GAPS = (("b", "a"), ("c-noise", "b"), ("c-union", "b"), ("c-finetune", "b"), ("d", "a"),
+GAPS = (("b", "a"), ("c-tta", "b"), ("c-noise", "b"), ("c-union", "b"), ("c-finetune", "b"), ("d", "a"),
         ("e", "e-control"))
 
 
@@ -94,7 +97,8 @@ def base_config(args: argparse.Namespace, seed: int, sets: dict[str, Path], out:
                         boxes=f"gt:{unl}", backend="torch", min_joint_score=args.min_joint_score,
                         min_instance_score=args.min_instance_score, min_joints=args.min_joints,
                         labeled_ratio=args.labeled_ratio, pseudo_noise=args.noise,
-                        train=tcfg)
+                        label_tta=args.tta, calibrate=args.calibrate,
+                        calibrate_precision=args.precision, train=tcfg)
 
 
 def trained(cfg: RoundsConfig, out: Path, steps: int, pseudo: str | None = None,
@@ -184,7 +188,15 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
                 done(key, value)
         if rows & {"b", "c"}:
             done("b", trained(cfg, out / "b", args.steps, pseudo)[1])
+        if "c" in rows or "q" in rows:
+            single = base_config(args, seed, sets, out)
+            single.label_tta = "none"  # one pass with flip test, as before issue 21
+            pseudo1 = pseudo_labels(single, out / "labels-notta", teacher)
+            if "q" in rows:
+                for key, value in label_quality(pseudo1, sets["unlabeled"]).items():
+                    done(key.replace("q-", "q-notta-"), value)
         if "c" in rows:
+            done("c-tta", trained(cfg, out / "c-tta", args.steps, pseudo1)[1])
             quiet = base_config(args, seed, sets, out)
             quiet.pseudo_noise = "none"
             done("c-noise", trained(quiet, out / "c-noise", args.steps, pseudo)[1])
@@ -244,6 +256,11 @@ def main() -> None:
     p.add_argument("--noise", default="randaugment,cutout",
                    help="strong view of the pseudo crops: affine,randaugment,cutout,mum | none")
     p.add_argument("--min-joint-score", type=float, default=0.5)
+    p.add_argument("--tta", default="flip,scales=0.8,1.0,1.2")
+    p.add_argument("--precision", type=float, default=0.9,
+                   help="calibrated thresholds: share of kept val joints within OKS 0.5")
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="keep joints by --min-joint-score instead")
     p.add_argument("--min-instance-score", type=float, default=0.3)
     p.add_argument("--min-joints", type=int, default=6)
     p.add_argument("--jobs", type=int, default=0, help="seeds side by side (0: one per core)")
@@ -260,7 +277,9 @@ def main() -> None:
             per_seed = list(pool.map(run_seed, [args] * len(seeds), seeds))
     print(f"\n# rounds_synthetic: {args.labeled_images} labeled / {args.unlabeled_images} "
           f"unlabeled / {args.val_images} val images per seed, {args.steps} steps per stage, "
-          f"noise {args.noise}, ratio {args.labeled_ratio}, {time.perf_counter() - t0:.0f} s")
+          f"noise {args.noise}, ratio {args.labeled_ratio}, tta {args.tta}, "
+          f"{'calibrated at ' + str(args.precision) if args.calibrate else 'fixed'} "
+          f"thresholds, {time.perf_counter() - t0:.0f} s")
     print_table(per_seed, seeds)
 
 
