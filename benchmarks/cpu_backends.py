@@ -1,4 +1,6 @@
 """CPU backends in one run: torch eager, ORT fp32/INT8, OpenVINO fp32/bf16/INT8 — speed and AP.
+(Over 300 lines: building every row's artifact, in-process and isolated timing, the
+roofline table and the profiles are one run, and splitting them would scatter it.)
 
 All backends are built from one network (a trained checkpoint, or random weights when
 no --ckpt is given, said so in the output) and timed on the same real crops at a fixed

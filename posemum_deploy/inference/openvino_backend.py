@@ -1,4 +1,6 @@
 """OpenVINO backend: the CPU fast path for labeling and evaluation without a GPU.
+(Slightly over 300 lines: the async API and the layer introspection belong to the one
+compiled model.)
 
 Reads an exported ONNX file or an OpenVINO IR (.xml + .bin) and compiles it for the
 CPU with an explicit precision, because OpenVINO's own default on CPUs with BF16 is to
