@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("export",),
     ("label", "training"),
     ("rounds",),
-    ("demo", "doctor"),
+    ("demo", "doctor", "plots"),
     ("cli", "__init__", "__main__"),
 )
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}

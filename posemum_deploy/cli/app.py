@@ -34,6 +34,7 @@ _COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "import_model": ("import",),
     "convert": ("convert",),
     "calibrate": ("calibrate",),
+    "plot": ("plot",),
 }
 
 for _module_name, _commands in _COMMAND_MODULES.items():
