@@ -17,10 +17,20 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 NVIMGCODEC_GPU = torch.cuda.is_available() and nvimgcodec_installed()
 
 
-def test_a_gpu_decoder_needs_a_gpu_and_torchvision_works_anywhere() -> None:
-    check_jpeg_decoder("torchvision", CPU)
-    check_jpeg_decoder("torchvision", CUDA)
-    check_jpeg_decoder("nvimgcodec", CUDA)
+def test_a_gpu_decoder_needs_a_gpu_and_torchvision_works_anywhere(tmp_path: Path) -> None:
+    """No GPU needed: torchvision is accepted for either device and decodes on the CPU;
+    nvimgcodec is accepted for a model on a GPU only (installed or not: the model's
+    device is checked first)."""
+    for device in (CPU, CUDA):
+        assert check_jpeg_decoder("torchvision", device) is None
+    assert check_jpeg_decoder("nvimgcodec", CUDA) is None
+    with pytest.raises(ConfigError, match="nvimgcodec decodes on a GPU, but the model runs on cpu"):
+        check_jpeg_decoder("nvimgcodec", CPU)
+    decoder = make_jpeg_decoder("torchvision", CPU)
+    assert isinstance(decoder, TorchvisionJpeg) and decoder.device == CPU
+    expected = _jpeg_with_orientation(tmp_path / "a.jpg", 1)
+    (image,) = decoder([(tmp_path / "a.jpg").read_bytes()])
+    assert image.device == CPU and tuple(image.shape) == (3, *expected.shape[:2])
 
 
 def test_refusals_name_the_option_and_the_fix() -> None:
