@@ -41,6 +41,13 @@ class HeatmapCodec:
         return np.array([self.input_hw[1] / self.heatmap_hw[1],
                          self.input_hw[0] / self.heatmap_hw[0]])
 
+    @property
+    def flip_shift(self) -> float:
+        """Heatmap pixels (rightward) that `flip_back` must move a mirrored heatmap by to
+        line up with the unmirrored one: 0 under pixel centres, (1 − 2·offset)(1 − 1/stride)
+        otherwise (0.75 at offset 0, stride 4; mmpose shifts by a whole pixel)."""
+        return float((1.0 - 2.0 * self.offset) * (1.0 - 1.0 / self.stride[0]))
+
     def to_heatmap(self, xy: np.ndarray) -> np.ndarray:
         return (np.asarray(xy, dtype=np.float64) + self.offset) / self.stride - self.offset
 
@@ -178,14 +185,30 @@ def _dark_offsets(hm: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: float) ->
     return np.where(ok[..., None], offset, _quarter_offsets(hm, x, y))
 
 
-def flip_back(heatmaps_of_flipped: np.ndarray, flip_perm: np.ndarray) -> np.ndarray:
+def flip_back(heatmaps_of_flipped: np.ndarray, flip_perm: np.ndarray,
+              shift: float = 0.0) -> np.ndarray:
     """Heatmaps predicted on mirrored crops → heatmaps for the original crops.
 
     Mirror along W and swap left/right joints; exact under the pixel-centre convention.
-    Works on NumPy arrays and torch tensors alike.
+    Other conventions (`HeatmapCodec.flip_shift`) also move the result `shift` heatmap
+    pixels right (|shift| < 1), by linear interpolation. Works on NumPy arrays and torch
+    tensors alike.
     """
     if isinstance(heatmaps_of_flipped, np.ndarray):
-        return heatmaps_of_flipped[:, flip_perm, :, ::-1]
+        out = heatmaps_of_flipped[:, flip_perm, :, ::-1]
+        if shift:
+            side = np.zeros_like(out)
+            if shift > 0:
+                side[..., 1:] = out[..., :-1]
+            else:
+                side[..., :-1] = out[..., 1:]
+            out = (1.0 - abs(shift)) * out + abs(shift) * side
+        return out
     import torch
+    import torch.nn.functional as F
 
-    return torch.flip(heatmaps_of_flipped, dims=[3])[:, torch.as_tensor(flip_perm)]
+    out = torch.flip(heatmaps_of_flipped, dims=[3])[:, torch.as_tensor(flip_perm)]
+    if shift:
+        side = F.pad(out[..., :-1], (1, 0)) if shift > 0 else F.pad(out[..., 1:], (0, 1))
+        out = (1.0 - abs(shift)) * out + abs(shift) * side
+    return out

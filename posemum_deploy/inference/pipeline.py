@@ -77,7 +77,7 @@ class PoseEstimator:
         out = self._run(normalize_numpy(crops, self.meta.mean, self.meta.std))
         if self.flip:
             flipped = self._run(normalize_numpy(crops[:, :, ::-1], self.meta.mean, self.meta.std))
-            out = 0.5 * (out + flip_back(flipped, self.flip_perm))
+            out = 0.5 * (out + flip_back(flipped, self.flip_perm, self.codec.flip_shift))
         return out
 
     def _run(self, batch: np.ndarray) -> np.ndarray:

@@ -50,7 +50,8 @@ class TensorPoseEstimator(PoseEstimator):
         """Normalised crops [N, 3, H, W] → heatmaps [N, K, h, w] (flip-averaged if enabled)."""
         out = self._run(crops)
         if self.flip:
-            out = 0.5 * (out + flip_back(self._run(crops.flip(-1)), self.flip_perm))
+            out = 0.5 * (out + flip_back(self._run(crops.flip(-1)), self.flip_perm,
+                                         self.codec.flip_shift))
         return out
 
     def decode(self, heatmaps: torch.Tensor, inverse: np.ndarray) -> np.ndarray:

@@ -264,7 +264,8 @@ class TTAEstimator:
                 if self.spec.flip:
                     batch = np.concatenate([batch, batch[:, :, ::-1]])
                 out = _host(member.heatmaps(batch))
-                parts = [out[:n]] + ([flip_back(out[n:], self.flip_perm)] if self.spec.flip else [])
+                parts = [out[:n]] + ([flip_back(out[n:], self.flip_perm, self.codec.flip_shift)]
+                                      if self.spec.flip else [])
                 for hm in parts:
                     coords, _ = self.codec.decode_heatmap_coords(hm, self.dark)
                     views.append(hm_center + (coords - hm_center) * scale)

@@ -323,3 +323,58 @@ def test_imported_heatmaps_decode_in_upstream_convention(tmp_path: Path) -> None
     np.testing.assert_allclose(codec.decode(heatmaps)[0], crop_xy, atol=1e-9)
     posemum = HeatmapCodec(HW, (16, 16))  # the default convention, unchanged
     np.testing.assert_allclose(posemum.decode(heatmaps)[0], crop_xy + 1.5, atol=1e-9)
+
+
+class MsraBackend:
+    """A stand-in teacher trained in upstream's convention: each crop holds one bright
+    pixel u, the heatmap a Gaussian at u / stride for every joint (MSRA encoding)."""
+
+    name = "fake"
+
+    def __init__(self, meta) -> None:
+        self.metadata = meta
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        h, w = self.metadata.heatmap_hw
+        stride = self.metadata.input_hw[0] / h
+        yy, xx = np.mgrid[0:h, 0:w]
+        out = []
+        for crop in batch:
+            v, u = np.unravel_index(crop[0].argmax(), crop[0].shape)
+            g = np.exp(-((xx - u / stride) ** 2 + (yy - v / stride) ** 2) / (2 * 2.0 ** 2))
+            out.append(np.repeat(g[None], self.metadata.num_joints, 0))
+        return np.asarray(out, np.float32)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_flip_test_lines_up_in_upstream_convention(flip: bool, tmp_path: Path) -> None:
+    """Mirrored upstream heatmaps are (stride - 1)/stride pixels off once mirrored back;
+    flip_back moves them by HeatmapCodec.flip_shift, so flip test decodes where the
+    unflipped view does (DARK: sub-pixel), instead of 1.5 crop pixels to the left."""
+    from posemum_deploy.inference.pipeline import PoseEstimator
+
+    _, src = saved("mmpose1", tmp_path)
+    import_checkpoint(src, tmp_path / "m.pt", input_hw=(128, 128))  # DARK away from borders
+    _, meta = load_model(tmp_path / "m.pt")
+    crops = np.zeros((3, 128, 128, 3), np.uint8)
+    points = np.array([[41, 60], [77, 38], [53, 87]])  # (x, y) crop pixels
+    for crop, (x, y) in zip(crops, points):
+        crop[y, x] = 255
+    est = PoseEstimator(MsraBackend(meta), batch_size=4, flip=flip, dark=True)
+    xy, _ = est.codec.decode(est.heatmaps(crops), dark=True)
+    assert np.abs(xy - points[:, None, :]).max() < 0.2
+
+
+def test_flip_back_shift_same_in_numpy_and_torch() -> None:
+    from posemum_deploy.data.codec import flip_back
+
+    hm = np.random.default_rng(0).random((2, 17, 8, 6)).astype(np.float32)
+    perm = np.arange(17)[::-1].copy()
+    for shift in (0.0, 0.75, -0.5):
+        want = flip_back(hm, perm, shift)
+        got = flip_back(torch.from_numpy(hm), perm, shift).numpy()
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_array_equal(flip_back(hm, perm), hm[:, perm, :, ::-1])  # unchanged
+    np.testing.assert_allclose(flip_back(hm, perm, 0.75)[..., 1:],
+                               0.25 * hm[:, perm, :, ::-1][..., 1:]
+                               + 0.75 * hm[:, perm, :, ::-1][..., :-1], atol=1e-6)
