@@ -36,6 +36,7 @@ def _wait_for(path, key, proc, timeout=600):
     return False
 
 
+@pytest.mark.slow
 def test_rounds_killed_between_stages_resume_and_reuse(synthetic_small, tmp_path):
     unlabeled = generate_dataset(tmp_path / "unl", 8, seed=11).parent / "images"
     out = tmp_path / "rounds"

@@ -3,9 +3,11 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 
+@pytest.mark.slow
 def test_demo_with_one_round_writes_the_round_table_and_plot(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "posemum_deploy.cli", "demo", "--out", str(out),

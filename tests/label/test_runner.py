@@ -53,7 +53,8 @@ def _gt_for(folder: Path, names: list[str], skip: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("decode,processes", [("host", 1), ("device", 1), ("host", 2)])
+@pytest.mark.parametrize("decode,processes", [("host", 1), ("device", 1),
+                                              pytest.param("host", 2, marks=pytest.mark.slow)])
 def test_bad_inputs_land_in_output_or_errors(tmp_path: Path, tiny_model: Path, decode: str,
                                              processes: int) -> None:
     expected = _bad_corpus(tmp_path / "images")
@@ -96,6 +97,7 @@ def test_batch_size_and_workers_do_not_change_results(tmp_path: Path, tiny_model
             np.testing.assert_allclose(pa["joint_scores"], pb["joint_scores"], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_processes_write_the_same_shards_as_one_process(tmp_path: Path, tiny_model: Path) -> None:
     """--processes 2: spawned labelers, each with its own model, take whole shards; the
     shard files are byte for byte those of a one-process run, and a resume mixes both."""
@@ -223,6 +225,7 @@ def test_a_gpu_labeler_infers_on_its_own_stream(tiny_model: Path) -> None:
         assert stream is not None and stream != torch.cuda.default_stream()
 
 
+@pytest.mark.slow
 def test_a_labeler_that_dies_ends_the_run_with_an_error_and_keeps_finished_shards(
         tmp_path: Path, tiny_model: Path, monkeypatch) -> None:
     """A spawned labeler killed mid-run (OOM, segfault) must end `label_folder` with an
@@ -246,6 +249,7 @@ def test_a_labeler_that_dies_ends_the_run_with_an_error_and_keeps_finished_shard
     assert len(list(iter_indexed(out))) == 8
 
 
+@pytest.mark.slow
 def test_a_labeler_error_reaches_the_caller_while_the_others_finish(
         tmp_path: Path, tiny_model: Path, monkeypatch) -> None:
     """An exception in one labeling process (not a bad file: those become error records)
@@ -293,6 +297,7 @@ def test_run_log_has_a_line_per_shard_and_a_resume_appends(tmp_path: Path,
     assert lines[8]["images"] == 7 and lines[8]["done_images"] == 2 and lines[8]["complete"]
 
 
+@pytest.mark.slow
 def test_labelers_are_spread_over_gpus_round_robin(tmp_path: Path, tiny_model: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """--processes N --gpus ...: labeler k takes GPU k mod len(gpus) as its only visible

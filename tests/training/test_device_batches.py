@@ -98,6 +98,7 @@ def test_decode_setting_is_checked(coco_mini: Path) -> None:
     assert DeviceCropBatches(CPU, (4, 4))(batch) is batch  # crops already made: untouched
 
 
+@pytest.mark.slow
 def test_training_with_device_decode_runs_supervised_and_ssl(synthetic_small: Path,
                                                              tmp_path: Path) -> None:
     from posemum_deploy.training.config import TrainConfig

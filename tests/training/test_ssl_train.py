@@ -136,6 +136,7 @@ def test_two_process_gloo_ddp_keeps_teachers_identical(tmp_path):
     assert init.ssl.teacher == "eman"
 
 
+@pytest.mark.slow
 def test_unreadable_images_are_reported_at_the_end(tmp_path):
     """Broken images are skipped inside loader workers (whose own records die with them)
     yet reported: TrainResult.unreadable, RUN_DIR/unreadable_images.txt and a metrics row,

@@ -17,6 +17,7 @@ def _cfg(ann, out, **optim):
         runtime=RuntimeConfig(precision="fp32", log_every=1))
 
 
+@pytest.mark.slow
 def test_train_writes_run_dir_and_resumes(synthetic_small, tmp_path):
     cfg = _cfg(synthetic_small, tmp_path / "run", steps_per_epoch=2)
     cfg.optim.epochs = 1
@@ -37,6 +38,7 @@ def test_train_writes_run_dir_and_resumes(synthetic_small, tmp_path):
     assert state["epoch"] == 1 and state["scheduler"]["last_epoch"] == 2
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(synthetic_small, tmp_path):
     """Two epochs in one go == one epoch, stop, resume one more (same weights)."""
     straight = _cfg(synthetic_small, tmp_path / "a", steps_per_epoch=2)
@@ -79,6 +81,7 @@ def test_resume_on_cuda(synthetic_small, tmp_path):
     assert state["epoch"] == 1 and state["rng"]["torch"].device.type == "cpu"
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_a_tiny_set(synthetic_small, tmp_path):
     cfg = _cfg(synthetic_small, tmp_path / "run", max_steps=30)
     cfg.optim.epochs = 30
