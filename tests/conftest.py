@@ -1,13 +1,17 @@
-"""Shared fixtures: the project's shared test data and small synthetic sets."""
+"""Shared fixtures: the project's shared test data, tiny checkpoints, small synthetic sets.
+
+Paths and the checkpoint builder live in tests/testdata.py (importable by test modules);
+per-folder conftests wrap these fixtures, they do not build their own.
+"""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+from testdata import COCO_MINI, NO_SHARED_DATA, SHARED_DATA, make_checkpoint
 
 torch.set_num_threads(2)
 
@@ -15,13 +19,36 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared test data not found at {SHARED_DATA}")
+        pytest.skip(NO_SHARED_DATA)
     return SHARED_DATA
 
 
 @pytest.fixture(scope="session")
 def coco_mini(shared_data: Path) -> Path:
-    return shared_data / "coco_mini"
+    """../shared/data/coco_mini: real COCO images, test_coco.json and detections."""
+    return COCO_MINI
+
+
+@pytest.fixture(scope="session")
+def coco_mini_dir(coco_mini: Path) -> Path:
+    """The same folder as `coco_mini` (the export tests' name for it)."""
+    return coco_mini
+
+
+@pytest.fixture(scope="session")
+def checkpoint_builder() -> Callable[..., Path]:
+    """`build(path, input_hw=(128, 96), seed=0, spread_deconv=True)` -> a tiny checkpoint
+    with fixed random weights (see testdata.make_checkpoint); for tests that need their
+    own size or seed. Most tests want `tiny_ckpt` instead."""
+    return make_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(checkpoint_builder: Callable[..., Path],
+              tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SimpleBaseline-R18 at 128x96, fixed random weights with BN to fold (read-only:
+    tests share the file)."""
+    return checkpoint_builder(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,7 @@ import sys
 
 import torch
 
-from posemum_deploy.artifacts import ModelMetadata
-from posemum_deploy.models import build_model
+from testdata import make_checkpoint
 
 
 def _run(*args):
@@ -16,10 +15,7 @@ def _run(*args):
 
 def _checkpoint(path, input_hw):
     """A random-weight ResNet-18 checkpoint at `input_hw`, as `posemum train` writes one."""
-    meta = ModelMetadata(input_hw=input_hw, heatmap_hw=(input_hw[0] // 4, input_hw[1] // 4))
-    torch.save({"model": build_model().state_dict(), "teacher": None,
-                "model_meta": meta.to_dict()}, path)
-    return path
+    return make_checkpoint(path, input_hw=input_hw)
 
 
 def _one_line_error(proc, *needles):

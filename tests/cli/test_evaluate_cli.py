@@ -13,12 +13,13 @@ from typer.testing import CliRunner
 from posemum_deploy.cli.app import app, main
 from posemum_deploy.evaluation.coco_eval import STAT_NAMES
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from testdata import NO_SHARED_DATA, SHARED_DATA as SHARED, make_checkpoint
+
 GOLDEN = SHARED / "eval_golden" / "faster_coco_eval_keypoints"
 COCO_MINI = SHARED / "coco_mini" / "test_coco.json"
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(),
-                                reason=f"shared test data not found at {SHARED}")
+                                reason=NO_SHARED_DATA)
 
 
 def _gt_as_results() -> list[dict]:
@@ -130,13 +131,7 @@ def _require_predict_coco() -> None:
 def test_model_mode_end_to_end(tmp_path: Path) -> None:
     """A real (untrained) checkpoint through predict_coco on coco_mini with GT boxes."""
     _require_predict_coco()
-    torch = pytest.importorskip("torch")
-    from posemum_deploy.artifacts import ModelMetadata
-    from posemum_deploy.models.simple_baseline import build_model
-
-    ckpt = tmp_path / "tiny.pt"  # the minimal posemum checkpoint models/checkpoint.py reads
-    torch.save({"model": build_model("resnet18").state_dict(),
-                "model_meta": ModelMetadata().to_dict()}, ckpt)
+    ckpt = make_checkpoint(tmp_path / "tiny.pt")
     out = tmp_path / "metrics.json"
     result = CliRunner().invoke(app, ["evaluate", "--ann", str(COCO_MINI), "--model", str(ckpt),
                                       "--batch-size", "8", "--backend", "torch",

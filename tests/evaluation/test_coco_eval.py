@@ -10,12 +10,13 @@ import pytest
 from posemum_deploy.errors import AnnotationError
 from posemum_deploy.evaluation.coco_eval import STAT_NAMES, evaluate_results
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from testdata import NO_SHARED_DATA, SHARED_DATA as SHARED
+
 GOLDEN = SHARED / "eval_golden" / "faster_coco_eval_keypoints"
 COCO_MINI = SHARED / "coco_mini" / "test_coco.json"
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(),
-                                reason=f"shared test data not found at {SHARED}")
+                                reason=NO_SHARED_DATA)
 
 
 def gt_as_results(gt: dict) -> list[dict]:

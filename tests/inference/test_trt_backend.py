@@ -12,7 +12,9 @@ from posemum_deploy.export.calibration import calibration_crops
 from posemum_deploy.export.formats import ExportOptions, export_model
 from posemum_deploy.inference.trt_backend import TrtBackend
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco_mini"
+from testdata import COCO_MINI, make_checkpoint
+
+SHARED = COCO_MINI
 AVAILABLE, WHY = TrtBackend.is_available()
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not AVAILABLE, reason=f"TensorRT/GPU unavailable: {WHY}"),
@@ -21,17 +23,7 @@ pytestmark = [pytest.mark.gpu,
 
 def _checkpoint(path: Path) -> Path:
     """SimpleBaseline-R18 at 256x192 with fixed random weights (peaky head)."""
-    from posemum_deploy.artifacts import ModelMetadata
-    from posemum_deploy.models.simple_baseline import build_model
-
-    torch.manual_seed(0)
-    model = build_model("resnet18")
-    with torch.no_grad():
-        model.final.weight.normal_(0, 0.05)
-    state = model.state_dict()
-    torch.save({"model": state, "teacher": state, "model_meta": ModelMetadata().to_dict(),
-                "config": {}}, path)
-    return path
+    return make_checkpoint(path, input_hw=(256, 192), spread_deconv=False)
 
 
 @pytest.fixture(scope="module")

@@ -6,24 +6,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
-from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.label.boxes import FullImageBoxes
-from posemum_deploy.models.simple_baseline import build_model
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from testdata import SHARED_DATA as SHARED  # noqa: F401  (imported by label tests)
+from testdata import make_checkpoint as _make_checkpoint
 
 
 def make_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A random-weight ResNet-18 SimpleBaseline at 128x96, as `load_model` reads it."""
-    torch.manual_seed(seed)
-    model = build_model("resnet18", 17)
-    with torch.no_grad():  # make heatmaps peak somewhere, so scores are not all ~0
-        model.final.weight.normal_(0, 0.05)
-    meta = ModelMetadata(input_hw=(128, 96), heatmap_hw=(32, 24))
-    torch.save({"model": model.state_dict(), "teacher": None, "model_meta": meta.to_dict()}, path)
-    return path
+    """The labeling tests' model (head spread only), from the one builder in testdata."""
+    return _make_checkpoint(path, seed=seed, spread_deconv=False)
 
 
 def write_images(folder: Path, n: int, seed: int = 0, size: tuple[int, int] = (120, 90)) -> list[Path]:
