@@ -56,6 +56,9 @@ def train(
     val_every: Optional[int] = typer.Option(None, "--val-every", help="epochs between val"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config to start from"),
     resume: bool = typer.Option(False, "--resume", help="continue RUN_DIR's last checkpoint"),
+    tensorboard: bool = typer.Option(
+        False, "--tensorboard", help="also write TensorBoard scalars to RUN_DIR/tensorboard "
+        "(needs the tensorboard package: pip install 'posemum[tensorboard]')"),
 ) -> None:
     """Train a SimpleBaseline student (supervised or semi-supervised preset)."""
     from posemum_deploy.cli.progress import RichTrainCallbacks, console
@@ -98,8 +101,13 @@ def train(
     if int(os.environ.get("RANK", "0")) > 0:  # torchrun: rank 0 alone shows progress
         run_training(cfg, None, resume=resume)
         return
-    with RichTrainCallbacks() as callbacks:
-        result = run_training(cfg, callbacks, resume=resume)
+    board = _tensorboard(out) if tensorboard else None  # refused before any training
+    try:
+        with RichTrainCallbacks() as callbacks:
+            result = run_training(cfg, _with_board(callbacks, board), resume=resume)
+    finally:
+        if board is not None:
+            board.close()
     console.print(f"done: {result.steps} steps, best val AP {result.best_ap:.4f}; "
                   f"checkpoints in {result.out_dir / 'checkpoints'}")
     if result.unreadable:
@@ -107,6 +115,18 @@ def train(
 
         console.print(f"[yellow]skipped {len(result.unreadable)} unreadable images[/] (listed "
                       f"in {result.out_dir / UNREADABLE_NAME})", highlight=False)
+
+
+def _tensorboard(out: Path):
+    from posemum_deploy.training.tensorboard import LOG_SUBDIR, TensorBoardCallbacks
+
+    return TensorBoardCallbacks(out / LOG_SUBDIR)
+
+
+def _with_board(callbacks, board):
+    from posemum_deploy.training.tensorboard import FanOut
+
+    return callbacks if board is None else FanOut(callbacks, board)
 
 
 def _from_yolo(cfg, out: Path) -> None:
