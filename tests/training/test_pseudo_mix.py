@@ -101,13 +101,13 @@ def test_score_weights_need_the_field(synthetic_small, tmp_path):
         make_labeled_loader(cfg, HeatmapCodec((64, 64), (16, 16), 2.0))
 
 
-@pytest.mark.parametrize("noise", ["none", "affine,randaugment,cutout"])
+@pytest.mark.parametrize("noise", ["none", "affine,randaugment,cutout", "mum"])
 def test_mixed_training_noises_only_the_pseudo_part(synthetic_small, tmp_path, noise):
-    """Two real steps; the labeled loss is the plain JointsMSE of the labeled crops and
-    the noise changes only the pseudo-labeled half's loss."""
+    """Two real steps with each noise; the logged loss is the batch mean of both parts."""
     pseudo = _pseudo_json(synthetic_small, tmp_path / "pseudo.json")
     cfg = _cfg(synthetic_small, pseudo, tmp_path / noise.replace(",", "_"), ratio=0.5,
                noise=noise)
+    cfg.ssl.tiles = (2, 2)  # MUM's grid for 64x64 crops
     result = train(cfg)
     assert result.steps == 2
     rows = [json.loads(line) for line in (result.out_dir / "metrics.jsonl").read_text().splitlines()]
@@ -118,3 +118,23 @@ def test_mixed_training_noises_only_the_pseudo_part(synthetic_small, tmp_path, n
                                           rel=1e-5)
     ckpt = torch.load(result.out_dir / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["config"]["pseudo"]["noise"] == noise
+
+
+def test_noise_touches_only_the_pseudo_crops(synthetic_small, tmp_path):
+    """Same batch, same weights (eval-mode BN, lr 0): the labeled loss is identical with
+    and without noise, the pseudo-labeled loss is not."""
+    from posemum_deploy.models.simple_baseline import build_model
+    from posemum_deploy.training.pseudo_mix import PseudoMixStep
+
+    pseudo = _pseudo_json(synthetic_small, tmp_path / "pseudo.json")
+    cfg = _cfg(synthetic_small, pseudo, tmp_path / "run", ratio=0.5)
+    batch = next(iter(make_labeled_loader(cfg, HeatmapCodec((64, 64), (16, 16), 2.0))))
+    torch.manual_seed(0)
+    model = build_model("resnet18", 17, deconv_channels=64).eval()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.0)
+    logs = {}
+    for noise in ("none", "affine,randaugment,cutout"):
+        cfg.pseudo.noise = noise
+        logs[noise] = PseudoMixStep(cfg, model, optimizer, torch.device("cpu"), None)(batch)
+    assert torch.equal(logs["none"]["loss_labeled"], logs["affine,randaugment,cutout"]["loss_labeled"])
+    assert not torch.equal(logs["none"]["loss_pseudo"], logs["affine,randaugment,cutout"]["loss_pseudo"])
