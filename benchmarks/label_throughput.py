@@ -21,6 +21,7 @@ zero when neither waits for the other).
     python benchmarks/label_throughput.py                         # the three default rows
     python benchmarks/label_throughput.py --rows openvino-int8 --images 512 --repeats 3
     python benchmarks/label_throughput.py --sequential            # the pre-pipeline schedule
+    python benchmarks/label_throughput.py --rows openvino-int8 --streams 2   # 2 × 1 thread
 
 Synthetic people (`posemum_deploy.data.synthetic`, JPEG) with ground-truth boxes; the
 network is a random-weight SimpleBaseline-ResNet-18 (speed does not depend on weights).
@@ -88,13 +89,16 @@ def make_artifacts(work: Path, input_hw: tuple[int, int], rows: list[str], calib
     return out
 
 
-def open_backend(row: str, path: Path, batch: int, threads: int, ort_spinning: bool) -> Any:
-    """The row's backend with its runtime's threads pinned to `threads`."""
+def open_backend(row: str, path: Path, batch: int, threads: int, ort_spinning: bool,
+                 streams: int | None = None) -> Any:
+    """The row's backend with its runtime's threads pinned to `threads` (OpenVINO: split
+    over `streams`, each labeling its own batch)."""
     runtime, precision = row.split("-")
     if runtime == "openvino":
         from posemum_deploy.inference.openvino_backend import OpenVinoBackend
 
-        return OpenVinoBackend(path, precision=precision, batch_size=batch, threads=threads)
+        return OpenVinoBackend(path, precision=precision, batch_size=batch, threads=threads,
+                               streams=streams)
     from posemum_deploy.inference.ort_backend import OrtBackend
 
     return OrtBackend(path, device="cpu", threads=threads, spinning=ort_spinning)
@@ -118,7 +122,8 @@ def run_row(row: str, artifact: Path, data: Path, args: argparse.Namespace) -> d
 
     cv2.setNumThreads(1)
     torch.set_num_threads(args.threads)
-    backend = open_backend(row, artifact, args.batch, args.threads, args.ort_spinning)
+    backend = open_backend(row, artifact, args.batch, args.threads, args.ort_spinning,
+                           args.streams)
     n_crops = len(json.loads((data / "annotations.json").read_text())["annotations"])
     alone = [model_only(backend, args.batch, n_crops)]
     runs = []
@@ -166,6 +171,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1, help="decode threads")
     ap.add_argument("--threads", type=int, default=usable_cpus(), help="inference threads")
     ap.add_argument("--ort-spinning", action="store_true", help="ONNX Runtime pool spins")
+    ap.add_argument("--streams", type=int, default=None,
+                    help="OpenVINO streams (default: the LATENCY hint, one stream); the "
+                         "labeler keeps one batch in each")
     ap.add_argument("--sequential", action="store_true",
                     help="inference in turn with heatmap decode (the pre-pipeline schedule)")
     ap.add_argument("--repeats", type=int, default=2, help="end-to-end runs per row (best counts)")
@@ -187,7 +195,7 @@ def main() -> int:
           f"batch {args.batch}, {args.threads} inference threads, {args.workers} decode "
           f"thread(s), {usable_cpus()} CPUs, schedule "
           f"{'sequential' if args.sequential else 'pipelined'}, ORT spinning "
-          f"{'on' if args.ort_spinning else 'off'}; load average {os.getloadavg()[0]:.2f}",
+          f"{'on' if args.ort_spinning else 'off'}, OpenVINO streams {args.streams or 'hint'}; load average {os.getloadavg()[0]:.2f}",
           file=sys.stderr)
     results = []
     ctx = multiprocessing.get_context("spawn")

@@ -147,7 +147,8 @@ class ShardLabeler:
     """Batches crops across the images of a shard and turns keypoints into records."""
 
     def __init__(self, estimator: PoseEstimator | TTAEstimator, oks_nms_threshold: float | None = 0.9,
-                 times: StageTimes | None = None, pipelined: bool = False) -> None:
+                 times: StageTimes | None = None, pipelined: bool = False,
+                 inflight: int = 1) -> None:
         self.estimator = estimator
         self.nms = oks_nms_threshold
         self.times = times or StageTimes()
@@ -155,6 +156,9 @@ class ShardLabeler:
         # heatmaps and builds records: the runtime's pool never waits for that Python work.
         # Same batches, same order, same calls: the records are byte-identical.
         self.pipelined = pipelined
+        # Batches running at once when pipelined: one per OpenVINO stream, so a core taken
+        # by the decode thread slows one single-threaded stream, not every thread of one.
+        self.inflight = max(1, inflight)
 
     def label(self, items: Iterable[Prepared], on_image: ImageDone | None = None
               ) -> list[dict[str, Any]]:
@@ -173,8 +177,8 @@ class ShardLabeler:
                 on_image(len(kpts), int(item.error is not None))
 
         self._pending: deque[tuple[Future, np.ndarray]] = deque()
-        self._pool = (ThreadPoolExecutor(1, thread_name_prefix="label-infer") if self.pipelined
-                      else None)
+        self._pool = (ThreadPoolExecutor(self.inflight, thread_name_prefix="label-infer")
+                      if self.pipelined else None)
         try:
             self._label(items, records, queue, buf_crops, buf_inv, batch, finish)
         finally:
@@ -211,7 +215,7 @@ class ShardLabeler:
         buf_inv[:] = [inv[k:]] if len(inv) > k else []
         if self._pool is not None:
             self._pending.append((self._pool.submit(self._infer, crops[:k]), inv[:k]))
-            while len(self._pending) > 1:  # one batch queued behind the running one
+            while len(self._pending) > self.inflight:  # one queued behind the running ones
                 self._collect(queue, finish)
             return
         t0 = time.perf_counter()

@@ -168,6 +168,7 @@ class ShardWorker:
         # and are the same from any thread (torch's thread pools are per thread).
         self.pipelined = (spec.pipeline and type(self.estimator) is PoseEstimator
                           and getattr(be, "name", "") in ("onnxruntime", "openvino"))
+        self.inflight = int(getattr(be, "streams", 1)) if self.pipelined else 1
         self.info = LabelerInfo(os.getpid(), self.started_at, time.time(),
                                 os.environ.get("CUDA_VISIBLE_DEVICES", ""))
 
@@ -190,7 +191,8 @@ class ShardWorker:
         them all, so decoding runs ahead across shard ends (a stream per shard would stall
         at every start and idle while the finished shard is encoded); each shard still
         starts its own batches, so numbers match a shard labeled alone."""
-        labeler = ShardLabeler(self.estimator, self.spec.oks_nms, times, self.pipelined)
+        labeler = ShardLabeler(self.estimator, self.spec.oks_nms, times, self.pipelined,
+                               self.inflight)
         prepared = self.stream(((index, rel) for index, files in jobs for rel in files), times)
         for index, group in groupby(prepared, key=lambda x: x[0]):
             with self._on_inference_stream():

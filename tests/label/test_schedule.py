@@ -37,10 +37,10 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-def _label(model: Path, backend: str, out: Path, pipeline: bool):
+def _label(model: Path, backend: str, out: Path, pipeline: bool, **options):
     settings = LabelSettings(boxes=f"gt:{COCO_MINI / 'test_coco.json'}", shard_size=3)
-    run = RunSettings(backend=backend, backend_options={"threads": 2}, batch_size=5, workers=1,
-                      pipeline=pipeline)
+    run = RunSettings(backend=backend, backend_options={"threads": 2, **options}, batch_size=5,
+                      workers=1, pipeline=pipeline)
     return label_folder(model, COCO_MINI, out, settings, run)
 
 
@@ -57,6 +57,26 @@ def test_pipelined_inference_writes_the_same_shards(exports, backend, tmp_path) 
     new = {p.name: p.read_bytes() for p in (tmp_path / "pipelined").glob("shard-*.jsonl")}
     assert len(old) == 2 and new == old
     assert b'"persons": []' not in b"".join(old.values())  # people were labeled
+
+
+def test_two_openvino_streams_label_two_batches_at_once_with_the_same_shards(exports, tmp_path
+                                                                            ) -> None:
+    """streams=2 (one thread each): the labeler keeps a batch in each stream, each calling
+    thread with its own request; the shards equal the sequential path's on that backend."""
+    pytest.importorskip("openvino")
+    from posemum_deploy.label.worker import ShardWorker, WorkerSpec
+    from posemum_deploy.label.boxes import FullImageBoxes
+
+    spec = WorkerSpec(model=str(exports["openvino"]), root=str(COCO_MINI), boxes=FullImageBoxes(),
+                      backend="openvino", backend_options={"threads": 2, "streams": 2})
+    assert ShardWorker(spec).inflight == 2
+    model = exports["openvino"]
+    before = _label(model, "openvino", tmp_path / "sequential", False, streams=2)
+    after = _label(model, "openvino", tmp_path / "pipelined", True, streams=2)
+    assert "wait_for_infer" in after.stage_seconds and after.crops == before.crops == 14
+    old = {p.name: p.read_bytes() for p in (tmp_path / "sequential").glob("shard-*.jsonl")}
+    new = {p.name: p.read_bytes() for p in (tmp_path / "pipelined").glob("shard-*.jsonl")}
+    assert len(old) == 2 and new == old
 
 
 def test_hours_per_million_images_from_the_steady_rate() -> None:
