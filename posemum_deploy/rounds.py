@@ -183,9 +183,16 @@ def check_retrain_options(cfg: RoundsConfig) -> None:
 
 
 def backbones(cfg: RoundsConfig) -> tuple[str, str]:
-    """(round-0 teacher, retrained student) backbones."""
+    """(round-0 teacher, retrained student) backbones; a given initial checkpoint says
+    its own (so `--initial-checkpoint BIG.pt --student-backbone resnet18` distils)."""
     base = cfg.train.model.backbone
-    return cfg.teacher_backbone or base, cfg.student_backbone or base
+    teacher = cfg.teacher_backbone or base
+    if cfg.initial_checkpoint and Path(cfg.initial_checkpoint).is_file():
+        from posemum_deploy.models.checkpoint import read_checkpoint
+
+        teacher = read_checkpoint(cfg.initial_checkpoint).get("model_meta", {}).get(
+            "backbone", teacher)
+    return teacher, cfg.student_backbone or base
 
 
 def retrain_config(cfg: RoundsConfig, pseudo: str | None, backbone: str | None = None,

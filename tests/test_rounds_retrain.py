@@ -79,6 +79,10 @@ def test_init_mode_errors_and_default(synthetic_small, unlabeled, tmp_path):
     with pytest.raises(ConfigError, match="cannot start a resnet34 student from a resnet18"):
         resolve_init(_cfg(synthetic_small, unlabeled, tmp_path / "r", init="previous",
                           student_backbone="resnet34"))
+    big = make_checkpoint(tmp_path / "big.pt", input_hw=(64, 64), backbone="resnet34")
+    with pytest.raises(ConfigError, match="cannot start a resnet18 student from a resnet34"):
+        resolve_init(_cfg(synthetic_small, unlabeled, tmp_path / "r", init="previous",
+                          initial_checkpoint=str(big)))
     for bad, message in ((dict(labeled_ratio=1.0), "--labeled-ratio 1.0 leaves 8 of 8"),
                          (dict(pseudo_noise="blur"), "--pseudo-noise: unknown blur"),
                          (dict(pseudo_weight="oks"), "--pseudo-weight must be one of")):
