@@ -64,8 +64,8 @@ def test_two_openvino_streams_label_two_batches_at_once_with_the_same_shards(exp
     """streams=2 (one thread each): the labeler keeps a batch in each stream, each calling
     thread with its own request; the shards equal the sequential path's on that backend."""
     pytest.importorskip("openvino")
-    from posemum_deploy.label.worker import ShardWorker, WorkerSpec
     from posemum_deploy.label.boxes import FullImageBoxes
+    from posemum_deploy.label.worker import ShardWorker, WorkerSpec
 
     spec = WorkerSpec(model=str(exports["openvino"]), root=str(COCO_MINI), boxes=FullImageBoxes(),
                       backend="openvino", backend_options={"threads": 2, "streams": 2})
