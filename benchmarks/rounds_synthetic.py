@@ -105,6 +105,9 @@ def trained(cfg: RoundsConfig, out: Path, steps: int, pseudo: str | None = None,
             backbone: str | None = None, init_from: str | None = None) -> tuple[str, float]:
     """(checkpoint, val AP ×100) of one training of `steps` steps in `out`."""
     data = cfg.train.data
+    if pseudo and not json.loads(Path(pseudo).read_text())["annotations"]:
+        say(f"{out.name}: no pseudo-labeled person passed the filter; trains labeled-only")
+        pseudo = None
     init = "previous" if init_from else "scratch"
     labeled, images = data.labeled, data.images
     if pseudo and not cfg.mixed:
@@ -262,7 +265,9 @@ def main() -> None:
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="keep joints by --min-joint-score instead")
     p.add_argument("--min-instance-score", type=float, default=0.3)
-    p.add_argument("--min-joints", type=int, default=6)
+    p.add_argument("--min-joints", type=int, default=1,
+                   help="kept joints a person needs (calibrated thresholds keep joints that "
+                        "are right 90%% of the time; a partial person is a good partial label)")
     p.add_argument("--jobs", type=int, default=0, help="seeds side by side (0: one per core)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per job")
     args = p.parse_args()
