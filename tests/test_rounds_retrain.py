@@ -134,6 +134,7 @@ def test_a_round_retrains_with_a_semi_supervised_preset(synthetic_small, unlabel
     assert torch.load(records[1].checkpoint, weights_only=True)["teacher"] is not None
 
 
+@pytest.mark.slow
 def test_label_stage_calibrates_on_val_and_carries_reliability(synthetic_small, unlabeled,
                                                                tmp_path):
     """TTA labels, per-joint thresholds calibrated on the val set (used by merge), and,

@@ -73,6 +73,7 @@ def test_ssl_synthetic_makes_a_data_folder_per_size(tmp_path):
     assert [len(json.loads(v.read_text())["images"]) for v in (val_a, val_b)] == [2, 4]
 
 
+@pytest.mark.slow
 def test_ssl_synthetic_seeds_trained_side_by_side_train_as_one_at_a_time(tmp_path):
     """--jobs 2 runs each seed in its own spawned process; seed 1 there takes the same
     steps (losses, final weights) as seed 1 trained alone in this process, and the table
@@ -115,6 +116,7 @@ def test_ssl_synthetic_seeds_trained_side_by_side_train_as_one_at_a_time(tmp_pat
     assert losses(out / "pose-mum-plus-s0") != losses(out / "pose-mum-plus-s1")
 
 
+@pytest.mark.slow
 def test_ssl_rescore_reproduces_the_trainers_ap_on_the_runs_own_val_set(tmp_path, monkeypatch):
     """Rescoring a finished run on its own val set gives the AP its training printed, for a
     student-only preset and a teacher preset (the teacher is what is scored)."""

@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from testdata import make_checkpoint
@@ -55,6 +56,7 @@ def test_evaluate_missing_checkpoint_and_corrupt_checkpoint(tmp_path, coco_mini)
     assert "weights_only` set to `False" not in proc.stderr  # torch's unsafe advice
 
 
+@pytest.mark.slow
 def test_evaluate_model_with_detector_boxes_on_real_images(tmp_path, coco_mini):
     torch.manual_seed(0)
     ckpt = _checkpoint(tmp_path / "m.pt", (128, 96))
