@@ -92,7 +92,7 @@ def base_config(args: argparse.Namespace, seed: int, sets: dict[str, Path], out:
         optim=OptimConfig(lr=args.lr, epochs=6, milestones=(4, 5), batch_size=args.batch),
         runtime=RuntimeConfig(seed=seed, val_every=0, val_flip=True, device="cpu"))
     apply_preset(tcfg, preset)
-    tcfg.ssl.unlabeled_batch_size = args.batch
+    tcfg.ssl.unlabeled_batch_size, tcfg.ssl.tiles = args.batch, args.tiles
     return RoundsConfig(out=str(out), unlabeled=str(unl.parent / "images"), rounds=1,
                         boxes=f"gt:{unl}", backend="torch", min_joint_score=args.min_joint_score,
                         min_instance_score=args.min_instance_score, min_joints=args.min_joints,
@@ -252,6 +252,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=400,
                    help="round 0's steps, and round 1's (the control trains twice as many)")
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--tiles", type=lambda v: tuple(int(x) for x in v.split("x")),
+                   default=(4, 3), help="row e: MUM tile grid (2x2 for 64x64 crops)")
     p.add_argument("--input", type=lambda v: tuple(int(x) for x in v.split("x")),
                    default=(128, 96), help="crop size HxW (pilots: 64x48)")
     p.add_argument("--lr", type=float, default=2e-3)

@@ -1,0 +1,142 @@
+"""Retraining rounds: export → label → filter → retrain → evaluate, N times.
+
+Every stage of every round writes its outputs under RUN_DIR/round_k/ and records itself
+in RUN_DIR/round_k/stages.json when it finishes, so a killed run continues at the first
+unfinished stage (and the label stage itself resumes shard by shard).
+
+The retraining stage follows Data Distillation and Noisy Student (issue 21): every batch
+mixes labeled and pseudo-labeled persons at `labeled_ratio` (training/pseudo_mix.py), the
+pseudo-labeled crops are noised, and the student starts from the initial weights with
+round 0's full step budget. A student backbone may differ from the teacher's
+(distillation across sizes), and any preset may retrain (SSL on top of pseudo-labels).
+The package: config.py (RoundsConfig, RoundRecord, StageLog), label_stage.py (export →
+calibrate → label → merge), retrain.py (the retraining TrainConfig and stages); here the
+loop itself.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from posemum_deploy.data.coco import save_json
+from posemum_deploy.data.images import IMAGE_SUFFIXES
+from posemum_deploy.errors import ConfigError
+from posemum_deploy.rounds.config import (CHECKPOINT_BACKENDS, INIT_MODES, STAGES, RoundRecord,
+                                          RoundsConfig, StageLog)
+from posemum_deploy.rounds.label_stage import (_label_stages, _thresholds_stage,
+                                               attach_joint_reliability)
+from posemum_deploy.rounds.retrain import (backbones, check_retrain_options,
+                                           combine_labeled_and_pseudo, evaluate_stage,
+                                           fit_schedule, resolve_init, retrain_config,
+                                           train_stage)
+
+if TYPE_CHECKING:
+    from posemum_deploy.label.runner import LabelProgress
+    from posemum_deploy.training.trainer import TrainCallbacks
+
+__all__ = ["CHECKPOINT_BACKENDS", "INIT_MODES", "STAGES", "RoundRecord", "RoundsConfig",
+           "StageLog", "_label_stages", "_thresholds_stage", "attach_joint_reliability",
+           "backbones", "check_retrain_options", "check_round_inputs",
+           "combine_labeled_and_pseudo", "evaluate_stage", "fit_schedule", "resolve_init",
+           "retrain_config", "run_rounds", "train_stage", "write_summary"]
+log = logging.getLogger(__name__)
+
+
+def check_round_inputs(cfg: RoundsConfig) -> None:
+    """Every input path exists, and the unlabeled folder holds an image, before RUN_DIR
+    is made: otherwise a typo surfaces only when round 1 reaches its label stage, after
+    round 0's training."""
+    data = cfg.train.data
+    files = {"--labeled": data.labeled, "--val-ann": data.val_ann,
+             "--initial-checkpoint": cfg.initial_checkpoint}
+    folders = {"--images": data.images, "--val-images": data.val_images,
+               "--unlabeled": cfg.unlabeled}
+    for option, path in files.items():
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{path}: file not found (given as {option})")
+    for option, path in folders.items():
+        if path and not Path(path).is_dir():
+            raise ConfigError(f"{path}: not a folder (given as {option})")
+    if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in Path(cfg.unlabeled).rglob("*")):
+        raise ConfigError(f"{cfg.unlabeled}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) "
+                          "under this folder (given as --unlabeled); nothing to pseudo-label")
+
+
+def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None = None,
+               train_callbacks: "TrainCallbacks | None" = None,
+               label_progress: "LabelProgress | None" = None) -> list[RoundRecord]:
+    """Round 0 (teacher on labeled data, or the given checkpoint) then cfg.rounds rounds of
+    pseudo-label retraining; returns one record per round and writes a table and a plot.
+    `train_callbacks` and `label_progress` see every training and labeling stage."""
+    init = resolve_init(cfg)
+    check_retrain_options(cfg)
+    if not cfg.train.data.val_ann:
+        raise ConfigError("rounds need a val set (--val-ann/--val-images) to measure each round")
+    check_round_inputs(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "rounds.yaml")
+    data = cfg.train.data
+    records: list[RoundRecord] = []
+    log0 = StageLog(out / "round_0")
+    if cfg.initial_checkpoint:
+        teacher = cfg.initial_checkpoint
+    else:
+        r0 = retrain_config(cfg, None, backbones(cfg)[0], "pretrained")
+        teacher = log0.run("train", lambda: train_stage(
+            cfg, out / "round_0", data.labeled, data.images, None,
+            callbacks=train_callbacks, tcfg=r0))["checkpoint"]
+    budget = cfg.retrain_max_steps or log0.done.get("train", {}).get("steps")
+    m0 = log0.run("evaluate", lambda: evaluate_stage(cfg, teacher, out / "round_0"))
+    records.append(RoundRecord(0, teacher, m0["metrics"]))
+    if on_round:
+        on_round(records[-1])
+    for k in range(1, cfg.rounds + 1):
+        round_dir = out / f"round_{k}"
+        stages = StageLog(round_dir)
+        merged = _label_stages(cfg, stages, round_dir, teacher, label_progress)
+        pseudo: str | None = str(round_dir / "pseudo.json")
+        if not merged["annotations"]:
+            log.warning("%s: no pseudo-labeled person passed the filter (lower "
+                        "--calibrate-precision or --min-joint-score, or pass --thresholds); "
+                        "round %d trains on the labeled set only", pseudo, k)
+            pseudo = None
+        tcfg = retrain_config(cfg, pseudo, backbones(cfg)[1], init)
+        labeled, images = data.labeled, data.images
+        if pseudo and not cfg.mixed:  # the ablation: one union list, labeled repeated
+            labeled, images = str(combine_labeled_and_pseudo(
+                data.labeled, data.images, pseudo, cfg.unlabeled,
+                round_dir / "train_combined.json", cfg.labeled_repeat)), "/"
+        init_from = teacher if init == "previous" else None
+        teacher = stages.run("train", lambda: train_stage(
+            cfg, round_dir, labeled, images, init_from, budget, train_callbacks,
+            tcfg))["checkpoint"]
+        mk = stages.run("evaluate", lambda: evaluate_stage(cfg, teacher, round_dir))
+        records.append(RoundRecord(k, teacher, mk["metrics"], merged["annotations"],
+                                   merged["images"]))
+        if on_round:
+            on_round(records[-1])
+    write_summary(records, out)
+    return records
+
+
+def write_summary(records: list[RoundRecord], out: Path) -> None:
+    """rounds.json (one row per round) and rounds.png (AP per round)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    save_json([asdict(r) for r in records], out / "rounds.json")
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    ax.plot([r.round for r in records], [r.metrics["AP"] for r in records], marker="o")
+    ax.set_xlabel("round")
+    ax.set_ylabel("val AP")
+    ax.set_xticks([r.round for r in records])
+    ax.set_title("pseudo-label retraining")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "rounds.png")
+    plt.close(fig)

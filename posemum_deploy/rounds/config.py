@@ -1,0 +1,82 @@
+"""The rounds' configuration, per-round record and stage log (see posemum_deploy.rounds)."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from posemum_deploy.data.coco import save_json
+from posemum_deploy.inference.backends import SUFFIX_BACKENDS
+from posemum_deploy.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+STAGES = ("export", "calibrate", "label", "merge", "train", "evaluate")
+INIT_MODES = ("scratch", "pretrained", "previous")
+CHECKPOINT_BACKENDS = SUFFIX_BACKENDS[".pt"]  # they label from the checkpoint: no export
+
+
+@dataclass
+class RoundsConfig:
+    """What the rounds use; `train` is the template every retraining starts from."""
+
+    out: str
+    unlabeled: str                          # folder of unlabeled images
+    rounds: int = 2
+    boxes: str = "full"                     # label box source: full | hog | gt:ANN | det:DET
+    backend: str = "auto"                   # labeling backend (ONNX export unless torch/torch-fast)
+    init: str | None = None                 # scratch | pretrained | previous (None: the
+                                            # initial weights, pretrained if given, else scratch)
+    initial_checkpoint: str | None = None   # round 0 teacher; None trains one on labeled data
+    min_joint_score: float = 0.5            # pseudo joints below this are not trained on
+    min_instance_score: float = 0.3
+    min_joints: int = 6
+    label_batch_size: int = 32
+    label_flip: bool = True                 # the teacher labels with flip test (better pseudo-labels)
+    label_tta: str = "flip,scales=0.8,1.0,1.2"  # TTA views, averaged before decoding ("none": off)
+    thresholds: str | None = None           # per-joint thresholds json (`posemum calibrate`)
+    calibrate: bool = True                  # else: calibrate on the val set every round
+    calibrate_precision: float = 0.9        # share of kept val joints within OKS 0.5
+    labeled_repeat: int | None = None       # union mode: repeat labeled persons (None: to match)
+    retrain_max_steps: int | None = None    # steps of each retraining (None: round 0's steps)
+    mixed: bool = True                      # mixed batches; False: one union list with repeats
+    labeled_ratio: float = 0.5              # labeled share of every mixed batch (exact)
+    pseudo_noise: str = "randaugment,cutout"  # strong view of the pseudo crops (or "none")
+    pseudo_weight: str = "none"             # none | score | agreement: per-joint loss weight
+    teacher_backbone: str | None = None     # round 0 (None: train.model.backbone)
+    student_backbone: str | None = None     # rounds ≥ 1 (None: train.model.backbone)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def save(self, path: Path) -> None:
+        import yaml
+
+        data = asdict(self)
+        data["train"] = self.train.to_dict()
+        path.write_text(yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False))
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    checkpoint: str
+    metrics: dict[str, float]
+    pseudo_annotations: int = 0
+    labeled_images: int = 0
+
+
+class StageLog:
+    """round_k/stages.json: which stages finished and what they produced."""
+
+    def __init__(self, round_dir: Path) -> None:
+        self.path = round_dir / "stages.json"
+        round_dir.mkdir(parents=True, exist_ok=True)
+        self.done: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def run(self, stage: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        if stage in self.done:
+            log.info("%s: %s already done, reusing it", self.path.parent.name, stage)
+            return self.done[stage]
+        self.done[stage] = fn()
+        save_json(self.done, self.path)
+        return self.done[stage]

@@ -1,0 +1,83 @@
+"""The label side of a round: export, calibrate, label, merge (and per-joint reliability
+copied into the pseudo-labels for --pseudo-weight)."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from posemum_deploy.data.coco import save_json
+from posemum_deploy.rounds.config import CHECKPOINT_BACKENDS, RoundsConfig, StageLog
+
+def _label_stages(cfg: RoundsConfig, log_: StageLog, round_dir: Path, teacher: str,
+                  progress: Any = None) -> dict:
+    from posemum_deploy.label.merge import MergeFilter, merge_labels
+    from posemum_deploy.label.runner import LabelSettings, RunSettings, label_folder
+
+    def export() -> dict[str, Any]:
+        if cfg.backend in CHECKPOINT_BACKENDS:  # they run the checkpoint itself
+            return {"artifact": teacher}
+        from posemum_deploy.export.formats import ExportOptions, export_model
+
+        out = round_dir / "export" / "teacher.onnx"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        export_model(teacher, "onnx", out, ExportOptions())
+        return {"artifact": str(out)}
+
+    artifact = log_.run("export", export)["artifact"]
+    thresholds = _thresholds_stage(cfg, log_, round_dir, artifact)
+    settings = LabelSettings(boxes=cfg.boxes, flip=cfg.label_flip, tta=cfg.label_tta)
+    run = RunSettings(backend=cfg.backend, batch_size=cfg.label_batch_size, resume=True)
+    log_.run("label", lambda: asdict(label_folder(
+        artifact, cfg.unlabeled, round_dir / "labels", settings, run, progress)) | {"ok": True})
+    flt = MergeFilter(cfg.min_joint_score, cfg.min_instance_score, cfg.min_joints,
+                      thresholds=thresholds)
+
+    def merge() -> dict[str, Any]:
+        stats = asdict(merge_labels(round_dir / "labels", round_dir / "pseudo.json", flt))
+        if cfg.pseudo_weight != "none":
+            attach_joint_reliability(round_dir / "labels", round_dir / "pseudo.json")
+        return stats
+
+    return log_.run("merge", merge)
+
+
+def _thresholds_stage(cfg: RoundsConfig, log_: StageLog, round_dir: Path, artifact: str) -> Any:
+    """The per-joint thresholds this round's merge keeps joints by: the given file, else
+    calibrated on the val set for this teacher and TTA (None: cfg.min_joint_score)."""
+    from posemum_deploy.label.calibrate import calibrate, load_thresholds
+
+    if cfg.thresholds:
+        return load_thresholds(cfg.thresholds)
+    if not cfg.calibrate:
+        return None
+    data = cfg.train.data
+    out = round_dir / "thresholds.json"
+    log_.run("calibrate", lambda: {"thresholds": str(out), "precision": calibrate(
+        artifact, data.val_ann, data.val_images, out, tta=cfg.label_tta,
+        precision=cfg.calibrate_precision, backend=cfg.backend,
+        batch_size=cfg.label_batch_size).precision})
+    return load_thresholds(out)
+
+
+def attach_joint_reliability(labels_dir: Path, pseudo_json: Path) -> None:
+    """Copy each kept person's per-joint `joint_scores` (and `joint_agreement`, when the
+    labels have it) from the shards into its pseudo-label annotation, for
+    `--pseudo-weight`. Persons match by image id (position + 1, as merge numbers them)
+    and box."""
+    from posemum_deploy.data.coco import load_json
+    from posemum_deploy.label.writer import iter_indexed
+
+    coco = load_json(pseudo_json)
+    wanted = {(a["image_id"], tuple(np.round(a["bbox"], 2))): a for a in coco["annotations"]}
+    for position, record in iter_indexed(labels_dir):
+        for person in record.get("persons", []):
+            ann = wanted.get((position + 1, tuple(np.round(person["box"], 2))))
+            if ann is None:
+                continue
+            ann["joint_scores"] = np.round(person["joint_scores"], 4).tolist()
+            if "joint_agreement" in person:
+                ann["joint_agreement"] = np.round(person["joint_agreement"], 4).tolist()
+    save_json(coco, pseudo_json)

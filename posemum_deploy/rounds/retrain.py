@@ -1,0 +1,160 @@
+"""The retraining stage of a round: its TrainConfig (mixed pseudo-labeled batches, init,
+student backbone, preset), its step budget, the union-list ablation, and evaluation."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from posemum_deploy.data.coco import load_coco_keypoints, person_category, save_json
+from posemum_deploy.errors import ConfigError
+from posemum_deploy.rounds.config import INIT_MODES, RoundsConfig
+from posemum_deploy.training.config import OptimConfig, TrainConfig
+
+def combine_labeled_and_pseudo(labeled: str | Path, labeled_images: str | Path,
+                               pseudo: str | Path, pseudo_images: str | Path,
+                               out: str | Path, labeled_repeat: int | None = 1) -> Path:
+    """One training json holding both sets; file_names become absolute paths so each
+    set keeps its own image folder (the dataset joins folder / file_name).
+
+    A small labeled split drowns in a large pseudo-labeled one: each labeled person is
+    listed `labeled_repeat` times (None: as often as makes the two sets about equal,
+    the 1:1 mix the semi-supervised trainer draws per step), so clean labels keep
+    their weight in every epoch.
+    """
+    parts = [(load_coco_keypoints(labeled), Path(labeled_images)),
+             (load_coco_keypoints(pseudo, require_persons=False), Path(pseudo_images))]
+    if labeled_repeat is None:
+        n_labeled = max(1, len(parts[0][0]["annotations"]))
+        labeled_repeat = max(1, round(len(parts[1][0]["annotations"]) / n_labeled))
+    images, anns = [], []
+    for (coco, folder), repeat in zip(parts, (labeled_repeat, 1)):
+        id_map = {}
+        for im in coco["images"]:
+            id_map[im["id"]] = len(images) + 1
+            images.append({**im, "id": id_map[im["id"]],
+                           "file_name": str((folder / im["file_name"]).resolve())})
+        for _ in range(repeat):
+            for ann in coco["annotations"]:
+                anns.append({**ann, "id": len(anns) + 1, "image_id": id_map[ann["image_id"]]})
+    return save_json({"images": images, "annotations": anns,
+                      "categories": [person_category()]}, out)
+
+
+def fit_schedule(optim: OptimConfig, max_steps: int) -> OptimConfig:
+    """A copy of `optim` that trains exactly `max_steps` steps over its schedule.
+
+    Retraining passes see far more crops per epoch than the labeled-only round 0, so they
+    are bounded by steps. Epochs of ceil(max_steps / epochs) steps, and as many of them
+    as `max_steps` needs (the last one may be partial), with the milestones scaled to the
+    new epoch count: the step or cosine schedule keeps its shape and ends on time. An
+    explicit `steps_per_epoch` is kept as given (then `max_steps` only stops training).
+    """
+    optim = copy.deepcopy(optim)
+    optim.max_steps = max_steps
+    if optim.steps_per_epoch:
+        return optim
+    per_epoch = -(-max_steps // optim.epochs)
+    epochs = -(-max_steps // per_epoch)
+    optim.milestones = tuple(max(1, round(m * epochs / optim.epochs)) for m in optim.milestones)
+    optim.epochs, optim.steps_per_epoch = epochs, per_epoch
+    return optim
+
+
+def resolve_init(cfg: RoundsConfig) -> str:
+    """How retraining starts: the asked mode, else the initial weights (ImageNet when
+    --pretrained is given, else random); fine-tuning a smaller student from a bigger
+    teacher is impossible, which is said here rather than at round 1's train stage."""
+    init = cfg.init or ("pretrained" if cfg.train.model.pretrained else "scratch")
+    if init not in INIT_MODES:
+        raise ConfigError(f"--init must be one of {', '.join(INIT_MODES)}, got {init!r}")
+    if init == "pretrained" and not cfg.train.model.pretrained:
+        raise ConfigError("--init pretrained needs --pretrained (an ImageNet state_dict); "
+                          "or use --init scratch")
+    teacher, student = backbones(cfg)
+    if init == "previous" and teacher != student:
+        raise ConfigError(f"--init previous cannot start a {student} student from a {teacher} "
+                          "teacher; use --init scratch or pretrained")
+    return init
+
+
+def check_retrain_options(cfg: RoundsConfig) -> None:
+    """The mixed-batch options parse, before round 0 spends its training."""
+    from posemum_deploy.training.pseudo_mix import WEIGHTS, parse_noise, split_batch
+
+    if cfg.mixed:
+        split_batch(cfg.train.optim.batch_size, cfg.labeled_ratio)
+        parse_noise(cfg.pseudo_noise)
+    if cfg.pseudo_weight not in WEIGHTS:
+        raise ConfigError(f"--pseudo-weight must be one of {', '.join(WEIGHTS)}, "
+                          f"got {cfg.pseudo_weight!r}")
+
+
+def backbones(cfg: RoundsConfig) -> tuple[str, str]:
+    """(round-0 teacher, retrained student) backbones; a given initial checkpoint says
+    its own (so `--initial-checkpoint BIG.pt --student-backbone resnet18` distils)."""
+    base = cfg.train.model.backbone
+    teacher = cfg.teacher_backbone or base
+    if cfg.initial_checkpoint and Path(cfg.initial_checkpoint).is_file():
+        from posemum_deploy.models.checkpoint import read_checkpoint
+
+        teacher = read_checkpoint(cfg.initial_checkpoint).get("model_meta", {}).get(
+            "backbone", teacher)
+    return teacher, cfg.student_backbone or base
+
+
+def retrain_config(cfg: RoundsConfig, pseudo: str | None, backbone: str | None = None,
+                   init: str = "previous") -> TrainConfig:
+    """The TrainConfig of a retraining stage: cfg.train with the pseudo-labels mixed into
+    its batches (`pseudo` None: labeled data only), the given backbone and init; a
+    semi-supervised preset reads the unlabeled folder's boxes as its unlabeled stream."""
+    tcfg = copy.deepcopy(cfg.train)
+    if backbone:
+        tcfg.model.backbone = backbone
+    if init == "scratch":
+        tcfg.model.pretrained = None
+    if pseudo and cfg.mixed:
+        p = tcfg.pseudo
+        p.labels, p.images = pseudo, cfg.unlabeled
+        p.labeled_ratio, p.noise, p.weight = cfg.labeled_ratio, cfg.pseudo_noise, cfg.pseudo_weight
+    if tcfg.ssl.teacher != "none" and not tcfg.ssl.unlabeled:
+        kind, _, source = cfg.boxes.partition(":")
+        if kind == "gt":
+            tcfg.ssl.unlabeled, tcfg.ssl.unlabeled_images = source, cfg.unlabeled
+        else:
+            tcfg.ssl.unlabeled = cfg.unlabeled
+            tcfg.ssl.unlabeled_boxes = source if kind == "det" else "whole"
+    return tcfg
+
+
+def train_stage(cfg: RoundsConfig, round_dir: Path, labeled: str, images: str,
+                init_from: str | None, max_steps: int | None = None,
+                callbacks: Any = None, tcfg: TrainConfig | None = None) -> dict[str, Any]:
+    """Train `tcfg` (default cfg.train) on `labeled` into round_dir/train (resuming a
+    killed run there), starting from `init_from`; `max_steps` bounds it and the schedule
+    is fitted to it."""
+    from posemum_deploy.training.trainer import train
+
+    tcfg = copy.deepcopy(tcfg or retrain_config(cfg, None))
+    if max_steps:
+        tcfg.optim = fit_schedule(tcfg.optim, max_steps)
+    tcfg.out = str(round_dir / "train")
+    tcfg.data.labeled, tcfg.data.images = labeled, images
+    tcfg.ssl.init_from = init_from
+    resume = (Path(tcfg.out) / "checkpoints" / "last.pt").is_file()
+    result = train(tcfg, callbacks, resume=resume)
+    return {"checkpoint": str(result.out_dir / "checkpoints" / "best.pt"), "steps": result.steps}
+
+
+def evaluate_stage(cfg: RoundsConfig, checkpoint: str, round_dir: Path) -> dict[str, Any]:
+    """Val AP of `checkpoint` (GT boxes); results and metrics are saved in round_dir."""
+    from posemum_deploy.evaluation.coco_eval import evaluate_results
+    from posemum_deploy.inference.predict import predict_coco
+
+    data = cfg.train.data
+    results = predict_coco(checkpoint, data.val_ann, data.val_images, backend="torch",
+                           flip=cfg.train.runtime.val_flip)
+    save_json(results, round_dir / "val_results.json")
+    metrics = evaluate_results(data.val_ann, results)
+    save_json(metrics, round_dir / "metrics.json")
+    return {"metrics": metrics}
