@@ -172,7 +172,7 @@ def test_fp16_build_is_strongly_typed_with_no_precision_flags(
     # A damaged cache entry is not reused: rebuilt (with the saved timings) and replaced.
     cached = Path(result.report["cached"])
     cached.write_bytes(cached.read_bytes()[:5])
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="posemum_deploy.export.tensorrt"):
         third = export_model(tiny_onnx.artifact, "tensorrt", tmp_path / "c.engine", opts)
     assert fake.builds == 2 and "size/sha256 differ" in caplog.text
     assert third.artifact.read_bytes() == result.artifact.read_bytes() == cached.read_bytes()
@@ -187,7 +187,7 @@ def test_timing_cache_mismatch_or_garbage_falls_back_to_a_fresh_cache(
     timing = trt_export.timing_cache_file(tmp_path, key)
     store_entry(timing, b"from another GPU")
     trt = FakeTrt(timing_mismatch=True)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="posemum_deploy.export.tensorrt"):
         engine = trt_export.build_engine(trt, tiny_onnx.artifact, key, (128, 96), tmp_path)
     assert engine.startswith(b"engine of ")
     assert _calls(trt, "set_timing_cache") == [(b"from another GPU", False), (b"", False)]
@@ -195,7 +195,9 @@ def test_timing_cache_mismatch_or_garbage_falls_back_to_a_fresh_cache(
     assert timing.read_bytes() == b"+timings"  # the fresh cache replaced the foreign one
     store_entry(timing, b"garbage")
     trt = FakeTrt()
-    trt_export.build_engine(trt, tiny_onnx.artifact, key, (128, 96), tmp_path)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="posemum_deploy.export.tensorrt"):  # another test may have raised the logger's level
+        trt_export.build_engine(trt, tiny_onnx.artifact, key, (128, 96), tmp_path)
     assert "cannot read this timing cache" in caplog.text
     assert _calls(trt, "set_timing_cache") == [(b"", False)]
 
