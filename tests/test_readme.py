@@ -26,6 +26,7 @@ MAX_LINES = 200
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
+GROUPS = ("convert",)  # commands with subcommands
 
 
 def readme() -> str:
@@ -57,8 +58,11 @@ def posemum_calls() -> list[tuple[str, list[str], str]]:
         for i, token in enumerate(tokens):
             module = token == "posemum_deploy.cli" and tokens[i - 1] == "-m"
             if token.endswith("posemum") or module:
-                options = [t.split("=")[0] for t in tokens[i + 2:] if t.startswith("--")]
-                calls.append((tokens[i + 1], options, command))
+                sub, rest = tokens[i + 1], tokens[i + 2:]
+                if sub in GROUPS:  # `posemum convert yolo2coco ...`: the options are the leaf's
+                    sub, rest = f"{sub} {rest[0]}", rest[1:]
+                options = [t.split("=")[0] for t in rest if t.startswith("--")]
+                calls.append((sub, options, command))
                 break
     return calls
 
@@ -76,7 +80,7 @@ def run_cli(*args: str, cwd: Path = REPO, timeout: int = 120) -> subprocess.Comp
 
 @cache
 def help_options(subcommand: str) -> frozenset[str]:
-    done = run_cli(subcommand, "--help")
+    done = run_cli(*subcommand.split(), "--help")
     assert done.returncode == 0, f"posemum {subcommand} --help failed:\n{done.stderr}"
     return frozenset(re.findall(r"--[a-z0-9][a-z0-9-]*", done.stdout))
 
@@ -89,7 +93,8 @@ def test_readme_is_short() -> None:
 def test_readme_shows_every_command() -> None:
     shown = {sub for sub, _, _ in posemum_calls()}
     for command in ("synth", "train", "presets", "evaluate", "export", "label", "merge",
-                    "visualize", "rounds", "demo", "doctor"):
+                    "visualize", "rounds", "demo", "doctor", "import", "convert yolo2coco",
+                    "calibrate", "plot"):
         assert command in shown, f"README shows no `posemum {command}`"
 
 
