@@ -47,8 +47,13 @@ class CropReader:
         self.batcher.reset()
 
 
-def quantize_qdq(fp32_onnx: Path, out: Path, batcher: CropBatcher, method: str = "minmax") -> None:
-    """Static QDQ quantisation of `fp32_onnx` into `out` (per-channel s8 weights, u8 activations)."""
+def quantize_qdq(fp32_onnx: Path, out: Path, batcher: CropBatcher, method: str = "minmax",
+                 tensorrt: bool = False) -> None:
+    """Static QDQ quantisation of `fp32_onnx` into `out` (per-channel s8 weights).
+
+    Activations are u8 with a zero point for the CPU runtimes; `tensorrt=True` makes them
+    s8 and symmetric with fp32 biases, the only Q/DQ TensorRT builds.
+    """
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -67,9 +72,14 @@ def quantize_qdq(fp32_onnx: Path, out: Path, batcher: CropBatcher, method: str =
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
+        extra = ({"ActivationSymmetric": True, "WeightSymmetric": True,
+                  "QuantizeBias": False}  # no int32 bias DQ in TensorRT
+                 if tensorrt else {})
         quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=methods[method])
+                        per_channel=True,
+                        activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=methods[method],
+                        extra_options=extra)
 
 
 def export_onnx_int8(source: Path, out: Path, options: ExportOptions) -> ExportResult:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from posemum_deploy.artifacts import ModelMetadata
-from posemum_deploy.errors import ArtifactError, ConfigError
+from posemum_deploy.errors import ArtifactError
 from posemum_deploy.export.trt_cache import entry_info, load_entry, store_entry
 
 FP16_CONVERTER = "posemum.export.fp16/1"
@@ -69,30 +69,9 @@ def int8_network(onnx_path: Path, onnx_sha: str, meta: ModelMetadata, calib: Pat
 
 def quantize_for_tensorrt(fp32_onnx: Path, out: Path, batcher: Any, method: str) -> None:
     """Static QDQ with TensorRT's constraints: int8 both ways, symmetric, zero point 0."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from posemum_deploy.export.quantize import quantize_qdq
 
-    from posemum_deploy.export.quantize import CALIBRATE_METHODS, CropReader
-
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    if method not in methods:
-        raise ConfigError(f"calibration method {method!r}: choose {', '.join(CALIBRATE_METHODS)}")
-    CalibrationDataReader.register(CropReader)
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(out), CropReader(batcher), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=methods[method],
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                       "QuantizeBias": False})  # no int32 bias DQ in TensorRT
+    quantize_qdq(fp32_onnx, out, batcher, method, tensorrt=True)
 
 
 def check_tensorrt_qdq(path: Path) -> None:
