@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from posemum_deploy.cli.options import parse_hw
 from posemum_deploy.errors import ConfigError
 
 
@@ -22,16 +23,6 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
         raise ConfigError(f"{flag} {text!r}: expected 3 numbers (one per channel"
                           f"{', all > 0' if flag == '--std' else ''})")
     return values
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError as e:
-        raise ConfigError(f"--input-size {text!r}: expected HEIGHTxWIDTH, e.g. 256x192") from e
-    if h <= 0 or w <= 0:
-        raise ConfigError(f"--input-size {text!r}: height and width must be positive")
-    return h, w
 
 
 def import_(
@@ -63,7 +54,7 @@ def import_(
     """Import a SimpleBaseline checkpoint (mmpose / original) or wrap an ONNX heatmap model."""
     from posemum_deploy.models.upstream import normalisation
 
-    hw = _size(input_size)
+    hw = parse_hw(input_size, "--input-size", model_rule=False)
     mean_v, std_v = _floats(mean, "--mean"), _floats(std, "--std")
     console = Console()
     if onnx_heatmap:

@@ -1,4 +1,6 @@
 """Test-time augmentation and teacher ensembles: better pseudo-labels than one pass.
+(Just over 300 lines: the spec, the view crops, the warp back and the agreement share one
+coordinate convention and are checked against each other; split, they would drift.)
 
 Data Distillation (Radosavovic et al. 2018) labels with several transforms of one model,
 heatmaps averaged before the argmax. Here every person is cropped at several box scales
