@@ -25,6 +25,10 @@ Roofline columns: each backend's achieved GMAC/s (images/s × the network's MACs
 crop) as a share of this CPU's measured GEMM peak in the arithmetic it runs (fp32,
 bf16 or int8; `roofline.py`), and the ceiling that peak puts on "× torch": a ratio
 target above the ceiling cannot be met on this CPU by any runtime of that arithmetic.
+The peaks are measured between the repetitions (each rep: every backend, then one
+best-of-3 GEMM per arithmetic) and the share is median rate / median peak, so a row and
+its peak are taken side by side, as every other ratio here; a peak measured once after
+the rows (as before 2026-12-05) compared a median to a best-of-8 taken minutes later.
 
     python benchmarks/cpu_backends.py                                   # random weights
     python benchmarks/cpu_backends.py --isolate --ort-spinning          # fresh process per row
@@ -169,26 +173,31 @@ def make_backends(model: torch.nn.Module, meta: ModelMetadata, paths: dict[str, 
 
 def _isolated_rates(name: str, model: torch.nn.Module, meta: ModelMetadata,
                     paths: dict[str, Path], batch: np.ndarray, args: argparse.Namespace
-                    ) -> tuple[list[float], list[dict[str, Any]]]:
-    """Runs in a fresh process: one backend's repetitions (and its layer profile)."""
+                    ) -> tuple[list[float], dict[str, list[float]], list[dict[str, Any]]]:
+    """Runs in a fresh process: one backend's repetitions, the GEMM peaks measured
+    between them, and its layer profile."""
     be = make_backend(name, model, meta, paths, len(batch), args.threads, args.ort_spinning,
                       args.profile)
-    rates = throughput({name: be}, batch, args.reps, args.calls)[name]
-    return rates, be.layer_profile() if args.profile and name.startswith("openvino") else []
+    rates, peaks = throughput({name: be}, batch, args.reps, args.calls, args.threads)
+    return rates[name], peaks, (be.layer_profile() if args.profile
+                                and name.startswith("openvino") else [])
 
 
 def isolated_throughput(model: torch.nn.Module, meta: ModelMetadata, paths: dict[str, Path],
                         batch: np.ndarray, args: argparse.Namespace
-                        ) -> tuple[dict[str, list[float]], dict[str, list[dict[str, Any]]]]:
+                        ) -> tuple[dict[str, list[float]], dict[str, list[float]],
+                                   dict[str, list[dict[str, Any]]]]:
     """Each row in its own spawned process, one after another: no pool of an earlier
     runtime (spinning or not) is alive while a row is timed."""
-    rates, profiles = {}, {}
+    rates, peaks, profiles = {}, {}, {}
     ctx = multiprocessing.get_context("spawn")
     for name in backend_names():
         with ctx.Pool(1) as pool:
-            rates[name], profiles[name] = pool.apply(
+            rates[name], row_peaks, profiles[name] = pool.apply(
                 _isolated_rates, (name, model, meta, paths, batch, args))
-    return rates, profiles
+        for dtype, values in row_peaks.items():
+            peaks.setdefault(dtype, []).extend(values)
+    return rates, peaks, profiles
 
 
 def print_profiles(profiles: dict[str, list[dict[str, Any]]], top: int = 6) -> None:
@@ -201,19 +210,26 @@ def print_profiles(profiles: dict[str, list[dict[str, Any]]], top: int = 6) -> N
                                        f"{100 * r['seconds'] / total:.0f}%" for r in rows[:top]))
 
 
-def throughput(backends: dict[str, Any], batch: np.ndarray, reps: int, calls: int
-               ) -> dict[str, list[float]]:
-    """Images/s per repetition, repetitions interleaved across backends."""
+def throughput(backends: dict[str, Any], batch: np.ndarray, reps: int, calls: int,
+               peak_threads: int | None = None
+               ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Images/s per repetition, repetitions interleaved across backends; with
+    `peak_threads`, each repetition also measures the GEMM peaks (GMAC/s, best of 3
+    products each), so every row's share of the peak compares rates taken side by side."""
     for be in backends.values():  # warm-up: first-call allocations and kernel selection
         be.predict(batch)
     rates: dict[str, list[float]] = {name: [] for name in backends}
+    peaks: dict[str, list[float]] = {}
     for _ in range(reps):
         for name, be in backends.items():
             t = time.perf_counter()
             for _ in range(calls):
                 be.predict(batch)
             rates[name].append(calls * len(batch) / (time.perf_counter() - t))
-    return rates
+        if peak_threads:
+            for dtype, value in gemm_peaks(peak_threads, reps=3).items():
+                peaks.setdefault(dtype, []).append(value)
+    return rates, peaks
 
 
 def val_aps(backends: dict[str, Any], ann: Path, images: Path, batch: int) -> dict[str, float]:
@@ -285,22 +301,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = build_artifacts(model, meta, crops, Path(tmp), args.batch, print, args.ov_graph)
         if args.isolate:
-            rates, profiles = isolated_throughput(model, meta, paths, batch, args)
+            rates, peak_reps, profiles = isolated_throughput(model, meta, paths, batch, args)
             backends = make_backends(model, meta, paths, args.batch, args.threads) \
                 if args.val_ann else {}
         else:
             backends = make_backends(model, meta, paths, args.batch, args.threads,
                                      args.ort_spinning, args.profile)
-            rates = throughput(backends, batch, args.reps, args.calls)
+            rates, peak_reps = throughput(backends, batch, args.reps, args.calls, args.threads)
             if args.profile:
                 profiles = {n: be.layer_profile() for n, be in backends.items()
                             if n.startswith("openvino")}
         aps = val_aps(backends, args.val_ann, args.val_images, args.batch) if args.val_ann else {}
     print(f"load average at end {os.getloadavg()[0]:.2f} (other processes share these cores)")
     gmacs = count_macs(model, tuple(meta.input_hw)) / 1e9
-    peaks = gemm_peaks(args.threads)
-    print(f"network: {gmacs:.2f} GMAC per crop; GEMM peaks on {args.threads} threads: "
-          + ", ".join(f"{k} {v:.0f} GMAC/s" for k, v in peaks.items()))
+    peaks = {k: statistics.median(v) for k, v in peak_reps.items()}
+    print(f"network: {gmacs:.2f} GMAC per crop; GEMM peaks on {args.threads} threads, measured "
+          "between the reps (median of reps; min–max): " + ", ".join(
+              f"{k} {v:.0f} ({min(peak_reps[k]):.0f}–{max(peak_reps[k]):.0f}) GMAC/s"
+              for k, v in peaks.items()))
     rows = table(rates, aps, gmacs, peaks)
     print_rows(rows)
     print_profiles(profiles)

@@ -53,12 +53,13 @@ def _best_rate(dtype: str, n: int, reps: int) -> float:
     return n ** 3 / best / 1e9
 
 
-def gemm_peaks(threads: int) -> dict[str, float]:
-    """GMAC/s for each arithmetic the CPU backends use; a dtype this torch cannot run is left out."""
+def gemm_peaks(threads: int, reps: int = 8) -> dict[str, float]:
+    """GMAC/s for each arithmetic the CPU backends use (best of `reps` products); a dtype
+    this torch cannot run is left out."""
     peaks = {}
     for name in DTYPES:
         try:
-            peaks[name] = gemm_gmacs(name, threads)
+            peaks[name] = gemm_gmacs(name, threads, reps=reps)
         except RuntimeError:  # e.g. no int8 matmul kernel for this CPU/torch
             continue
     return peaks

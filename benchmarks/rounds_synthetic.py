@@ -7,15 +7,18 @@ ignored) and 1,000 val images (100 left ±2 AP of per-seed noise in ssl_syntheti
 Round 0 trains on the labeled split for `--steps` steps; each row below is scored on
 the val set (COCO keypoint AP, GT boxes, flip test), at one total step budget:
 
-  a    labeled-only control: 2 × steps on the labeled split (round 0 + round 1's steps)
+  a    labeled-only control at the same total steps (round 0 + round 1), at its best
+       schedule per seed: the better of a-single (one schedule of 2 × steps) and
+       a-restart (round 0, then `steps` more labeled-only steps from it: b's own
+       schedule without the pseudo-labels)
   b    round 1, the full recipe: round 0 labels the folder with TTA (--tta), joints kept
        at per-joint thresholds calibrated on the val set (--precision; --no-calibrate:
-       score ≥ --min-joint-score), the student starts from the initial weights and
-       trains `steps` steps on mixed batches (--labeled-ratio) with its pseudo-labeled
-       part noised (--noise)
+       score ≥ --min-joint-score), the student (--init: fine-tuned from the round-0
+       teacher, or from the initial weights) trains `steps` steps on mixed batches
+       (--labeled-ratio) with its pseudo-labeled part noised (--noise)
   c-*  ablations of b: c-tta (labels from one flip-test pass, thresholds calibrated for
-       it), c-noise (no noise), c-union (one union list, labeled repeated), c-finetune
-       (start from the teacher)
+       it), c-noise (no noise), c-union (one union list, labeled repeated), c-init (the
+       other --init)
   d    ResNet-50 teacher (steps on the labeled split) → ResNet-18 student as in b,
        against row a (a ResNet-18 with as many steps as teacher + student)
   e    pose-mum-plus: round 0 → round 1 retrained with the preset on mixed batches,
@@ -26,6 +29,8 @@ the val set (COCO keypoint AP, GT boxes, flip test), at one total step budget:
 
 The table gives each row's AP as the mean over seeds with the per-seed values, then the
 paired gaps (b−a, c−b, d−a, e−e-control), mean ± standard error over seeds.
+With --steps 800 (the default) one seed of rows a, b and q takes about 15 minutes on
+2 cores.
 
     python benchmarks/rounds_synthetic.py                       # default: rows a b q, 3 seeds
     python benchmarks/rounds_synthetic.py --rows a b c d e q --seeds 3   # the full table
@@ -57,7 +62,7 @@ from posemum_deploy.training.config import (DataConfig, ModelConfig, OptimConfig
 from posemum_deploy.training.presets import apply_preset
 
 ROWS = ("a", "b", "c", "d", "e", "q")
-GAPS = (("b", "a"), ("c-tta", "b"), ("c-noise", "b"), ("c-union", "b"), ("c-finetune", "b"), ("d", "a"),
+GAPS = (("b", "a"), ("c-tta", "b"), ("c-noise", "b"), ("c-union", "b"), ("c-init", "b"), ("d", "a"),
         ("e", "e-control"))
 
 
@@ -181,16 +186,22 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
         say(f"seed {seed}: {name:<11} {value:6.2f}  ({time.perf_counter() - t0:.0f}s)")
 
     if "a" in rows or "d" in rows:
-        done("a", trained(cfg, out / "a", 2 * args.steps)[1])
-    if rows & {"b", "c", "q"}:
+        done("a-single", trained(cfg, out / "a", 2 * args.steps)[1])
+    if rows & {"a", "b", "c", "q"}:
         teacher, ap0 = trained(cfg, out / "round0", args.steps)
         done("round0", ap0)
+    if "a" in rows:  # b's own schedule without pseudo-labels: round 0, then `steps` more
+        done("a-restart", trained(cfg, out / "a-restart", args.steps, init_from=teacher)[1])
+    if "a" in rows or "d" in rows:  # the control at its best schedule, per seed
+        done("a", max(res["a-single"], res.get("a-restart", res["a-single"])))
+    if rows & {"b", "c", "q"}:
         pseudo = pseudo_labels(cfg, out / "labels", teacher)
         if "q" in rows:
             for key, value in label_quality(pseudo, sets["unlabeled"]).items():
                 done(key, value)
+        start = teacher if args.init == "previous" else None
         if rows & {"b", "c"}:
-            done("b", trained(cfg, out / "b", args.steps, pseudo)[1])
+            done("b", trained(cfg, out / "b", args.steps, pseudo, init_from=start)[1])
         if "c" in rows or "q" in rows:
             single = base_config(args, seed, sets, out)
             single.label_tta = "none"  # one pass with flip test, as before issue 21
@@ -199,15 +210,18 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
                 for key, value in label_quality(pseudo1, sets["unlabeled"]).items():
                     done(key.replace("q-", "q-notta-"), value)
         if "c" in rows:
-            done("c-tta", trained(cfg, out / "c-tta", args.steps, pseudo1)[1])
+            done("c-tta", trained(cfg, out / "c-tta", args.steps, pseudo1, init_from=start)[1])
             quiet = base_config(args, seed, sets, out)
             quiet.pseudo_noise = "none"
-            done("c-noise", trained(quiet, out / "c-noise", args.steps, pseudo)[1])
+            done("c-noise", trained(quiet, out / "c-noise", args.steps, pseudo,
+                                    init_from=start)[1])
             union = base_config(args, seed, sets, out)
             union.mixed = False
-            done("c-union", trained(union, out / "c-union", args.steps, pseudo)[1])
-            done("c-finetune", trained(cfg, out / "c-finetune", args.steps, pseudo,
-                                       init_from=teacher)[1])
+            done("c-union", trained(union, out / "c-union", args.steps, pseudo,
+                                    init_from=start)[1])
+            other = None if start else teacher
+            done("c-init", trained(cfg, out / f"c-init-{'scratch' if start else 'previous'}",
+                                   args.steps, pseudo, init_from=other)[1])
     if "d" in rows:
         big, ap_big = trained(cfg, out / "d-teacher", args.steps, backbone="resnet50")
         done("d-teacher", ap_big)
@@ -258,6 +272,9 @@ def main() -> None:
                    default=(128, 96), help="crop size HxW (pilots: 64x48)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--labeled-ratio", type=float, default=0.5)
+    p.add_argument("--init", choices=("previous", "scratch"), default="previous",
+                   help="row b's student: fine-tuned from the round-0 teacher, or from the "
+                        "initial weights (row c-init runs the other)")
     p.add_argument("--noise", default="randaugment,cutout",
                    help="strong view of the pseudo crops: affine,randaugment,cutout,mum | none")
     p.add_argument("--min-joint-score", type=float, default=0.5)
@@ -270,7 +287,9 @@ def main() -> None:
     p.add_argument("--min-joints", type=int, default=1,
                    help="kept joints a person needs (calibrated thresholds keep joints that "
                         "are right 90%% of the time; a partial person is a good partial label)")
-    p.add_argument("--jobs", type=int, default=0, help="seeds side by side (0: one per core)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="seeds side by side (0: one per core; 3 seeds on 2 cores finish "
+                        "sooner one after another on both cores)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per job")
     args = p.parse_args()
     args.jobs = args.jobs or max(1, min(args.seeds, usable_cpus()))

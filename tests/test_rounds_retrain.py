@@ -69,7 +69,9 @@ def test_init_modes_start_the_student_where_asked(synthetic_small, unlabeled, tm
 
 def test_init_mode_errors_and_default(synthetic_small, unlabeled, tmp_path):
     cfg = _cfg(synthetic_small, unlabeled, tmp_path / "r")
-    assert resolve_init(cfg) == "scratch"  # the initial weights: no ImageNet file given
+    assert resolve_init(cfg) == "previous"  # same backbone: fine-tune the last round's model
+    cfg.student_backbone = "resnet34"  # another backbone: the initial weights
+    assert resolve_init(cfg) == "scratch"  # no ImageNet file given
     cfg.train.model.pretrained = "imagenet.pth"
     assert resolve_init(cfg) == "pretrained"
     with pytest.raises(ConfigError, match="--init must be one of scratch, pretrained, previous"):

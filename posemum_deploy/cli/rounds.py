@@ -24,7 +24,8 @@ def rounds(
     backend: str = typer.Option("auto", "--backend", help="labeling backend"),
     init: Optional[str] = typer.Option(
         None, "--init", help="scratch | pretrained | previous: how each retraining starts "
-        "(default: the initial weights)"),
+        "(default: previous, the last round's model; a student of another backbone starts "
+        "from the initial weights)"),
     labeled_ratio: float = typer.Option(0.5, "--labeled-ratio",
                                         help="labeled share of every retraining batch (exact)"),
     mixed: bool = typer.Option(True, "--mixed/--union",

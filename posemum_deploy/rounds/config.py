@@ -26,8 +26,9 @@ class RoundsConfig:
     rounds: int = 2
     boxes: str = "full"                     # label box source: full | hog | gt:ANN | det:DET
     backend: str = "auto"                   # labeling backend (ONNX export unless torch/torch-fast)
-    init: str | None = None                 # scratch | pretrained | previous (None: the
-                                            # initial weights, pretrained if given, else scratch)
+    init: str | None = None                 # scratch | pretrained | previous (None: previous
+                                            # when teacher and student share a backbone, else
+                                            # the initial weights: pretrained if given, else scratch)
     initial_checkpoint: str | None = None   # round 0 teacher; None trains one on labeled data
     min_joint_score: float = 0.5            # pseudo joints below this are not trained on
     min_instance_score: float = 0.3
