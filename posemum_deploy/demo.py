@@ -122,7 +122,7 @@ def run_demo_rounds(cfg: DemoConfig, result: DemoResult, n_rounds: int, on_round
                     train_callbacks=None, label_progress=None) -> DemoRounds:
     """Pseudo-label a fresh synthetic folder (boxes from its json, labels ignored) with the
     demo's model and retrain for `n_rounds` rounds (the rounds' default recipe: TTA labels,
-    per-joint thresholds calibrated on the val set, a fresh student on mixed, noised
+    per-joint thresholds calibrated on the val set, the student fine-tuned on mixed, noised
     batches with round 0's step budget); then the control: round 0 trained as many steps
     more on the labeled set alone. All rows are scored alike (rounds' evaluate stage)."""
     from posemum_deploy.models.checkpoint import read_checkpoint

@@ -6,9 +6,10 @@ unfinished stage (and the label stage itself resumes shard by shard).
 
 The retraining stage follows Data Distillation and Noisy Student (issue 21): every batch
 mixes labeled and pseudo-labeled persons at `labeled_ratio` (training/pseudo_mix.py), the
-pseudo-labeled crops are noised, and the student starts from the initial weights with
-round 0's full step budget. A student backbone may differ from the teacher's
-(distillation across sizes), and any preset may retrain (SSL on top of pseudo-labels).
+pseudo-labeled crops are noised, and the student fine-tunes the previous round's model
+(or starts from the initial weights, `init`) with round 0's full step budget. A student
+backbone may differ from the teacher's (distillation across sizes), and any preset may
+retrain (SSL on top of pseudo-labels).
 The package: config.py (RoundsConfig, RoundRecord, StageLog), label_stage.py (export →
 calibrate → label → merge), retrain.py (the retraining TrainConfig and stages); here the
 loop itself.
