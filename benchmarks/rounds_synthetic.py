@@ -25,7 +25,8 @@ the val set (COCO keypoint AP, GT boxes, flip test), at one total step budget:
        against e-control (pose-mum-plus for 2 × steps without pseudo-labels)
   u    the bound: b trained on the unlabeled set's hidden truth instead of its
        pseudo-labels (perfect labels, every visible joint kept): what any labeling could
-       give at this budget; u − a ≤ 0 means the control is not data-limited here
+       give at this budget; u − a ≤ 0 means the control is not data-limited here;
+       with b, also u-masked: the true positions only at the joints the labels kept
   q    pseudo-label quality against the hidden truth of the unlabeled set: share of
        kept joints within OKS 0.5, keep rate (kept / visible true joints), mean OKS; with
        TTA (q-*) and from one flip-test pass (q-notta-*), each at its calibrated thresholds
@@ -174,6 +175,29 @@ def label_quality(pseudo: str, truth: Path) -> dict[str, float]:
             "q-keep": 100 * kept_visible / max(visible, 1), "q-mean-oks": 100 * float(o.mean())}
 
 
+def truth_at_kept_joints(truth: dict, pseudo: dict) -> dict:
+    """The true labels, each joint kept only where the pseudo-label of the same person
+    (same image, box IoU ≥ 0.7) kept it: row u-masked, which splits b's loss against u
+    into dropped joints (u − u-masked) and position errors (u-masked − b)."""
+    names = {im["id"]: im["file_name"] for im in pseudo["images"]}
+    by_image: dict[str, list[dict]] = {}
+    for a in pseudo["annotations"]:
+        by_image.setdefault(names[a["image_id"]], []).append(a)
+    true_names = {im["id"]: im["file_name"] for im in truth["images"]}
+    anns = []
+    for a in truth["annotations"]:
+        cands = by_image.get(true_names[a["image_id"]], [])
+        match = max(cands, key=lambda c: _iou(c["bbox"], a["bbox"]), default=None)
+        if match is None or _iou(match["bbox"], a["bbox"]) < 0.7:
+            continue
+        k = np.asarray(a["keypoints"], dtype=float).reshape(-1, 3)
+        k[np.asarray(match["keypoints"]).reshape(-1, 3)[:, 2] <= 0] = 0
+        if (k[:, 2] > 0).any():
+            anns.append({**a, "keypoints": k.reshape(-1).tolist(), "score": 1.0,
+                         "num_keypoints": int((k[:, 2] > 0).sum())})
+    return {**truth, "annotations": anns}
+
+
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
     """Every asked row of one seed; AP ×100 per row name (and the q-* quality values)."""
     torch.set_num_threads(args.threads)
@@ -232,8 +256,15 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
             for ann in coco["annotations"]:
                 ann["score"] = 1.0
             truth.write_text(json.dumps(coco))
-        done("u", trained(cfg, out / "u", args.steps, str(truth),
-                          init_from=teacher if args.init == "previous" else None)[1])
+        start = teacher if args.init == "previous" else None
+        done("u", trained(cfg, out / "u", args.steps, str(truth), init_from=start)[1])
+        if rows & {"b", "c", "q"}:  # the true positions at the joints the labels kept
+            masked = out / "truth_masked_as_pseudo.json"
+            if not masked.is_file():
+                masked.write_text(json.dumps(truth_at_kept_joints(
+                    json.loads(truth.read_text()), json.loads(Path(pseudo).read_text()))))
+            done("u-masked", trained(cfg, out / "u-masked", args.steps, str(masked),
+                                     init_from=start)[1])
     if "d" in rows:
         big, ap_big = trained(cfg, out / "d-teacher", args.steps, backbone="resnet50")
         done("d-teacher", ap_big)

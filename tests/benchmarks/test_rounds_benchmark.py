@@ -55,3 +55,19 @@ def test_the_seed_draws_every_data_set(tmp_path):
         assert json.loads(a[name].read_text())["annotations"] != \
             json.loads(b[name].read_text())["annotations"]
     assert bench.seed_data(tmp_path, args, 0) == a  # generated once, then reused
+
+
+def test_truth_at_kept_joints_keeps_true_positions_where_the_labels_kept_joints():
+    bench = _bench()
+    truth = np.zeros((17, 3))
+    truth[:, 0], truth[:, 1], truth[:, 2] = np.arange(17) * 3 + 100, 150, 2
+    pseudo = truth.copy()
+    pseudo[:, 0] += 5               # kept joints sit off the truth
+    pseudo[13:, :] = 0              # 4 joints dropped by the filter
+    t, p = _coco(truth, [90, 100, 80, 120]), _coco(pseudo, [90, 100, 79, 119])
+    masked = bench.truth_at_kept_joints(t, p)
+    k = np.asarray(masked["annotations"][0]["keypoints"]).reshape(-1, 3)
+    np.testing.assert_array_equal(k[:13], truth[:13])    # true positions, not the pseudo ones
+    assert (k[13:] == 0).all() and masked["annotations"][0]["num_keypoints"] == 13
+    far = _coco(pseudo, [200, 10, 30, 30])                 # no person at the true box
+    assert bench.truth_at_kept_joints(t, far)["annotations"] == []
