@@ -217,6 +217,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
     if rows & {"a", "b", "c", "q", "u"}:
         teacher, ap0 = trained(cfg, out / "round0", args.steps)
         done("round0", ap0)
+        start = teacher if args.init == "previous" else None  # where b, c-*, u start
     if "a" in rows:  # b's own schedule without pseudo-labels: round 0, then `steps` more
         done("a-restart", trained(cfg, out / "a-restart", args.steps, init_from=teacher)[1])
     if "a" in rows or "d" in rows:  # the control at its best schedule, per seed
@@ -226,7 +227,6 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
         if "q" in rows:
             for key, value in label_quality(pseudo, sets["unlabeled"]).items():
                 done(key, value)
-        start = teacher if args.init == "previous" else None
         if rows & {"b", "c"}:
             done("b", trained(cfg, out / "b", args.steps, pseudo, init_from=start)[1])
         if "c" in rows or "q" in rows:
@@ -256,7 +256,6 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
             for ann in coco["annotations"]:
                 ann["score"] = 1.0
             truth.write_text(json.dumps(coco))
-        start = teacher if args.init == "previous" else None
         done("u", trained(cfg, out / "u", args.steps, str(truth), init_from=start)[1])
         if rows & {"b", "c", "q"}:  # the true positions at the joints the labels kept
             masked = out / "truth_masked_as_pseudo.json"
