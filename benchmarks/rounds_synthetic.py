@@ -4,11 +4,12 @@ Per seed (the seed draws the labeled, unlabeled and val sets as well as the trai
 randomness, so every seed is a fresh draw of the whole experiment): a small labeled
 split, an unlabeled folder ≥ 10× its images (person boxes from its json, labels
 ignored) and 1,000 val images (100 left ±2 AP of per-seed noise in ssl_synthetic).
-Round 0 trains on the labeled split for `--steps` steps; each row below is scored on
-the val set (COCO keypoint AP, GT boxes, flip test), at one total step budget:
+Round 0 trains on the labeled split for `--teacher-steps` (default: `--steps`), round 1
+for `--steps`; each row below is scored on the val set (COCO keypoint AP, GT boxes, flip
+test), at one total step budget:
 
   a    labeled-only control at the same total steps (round 0 + round 1), at its best
-       schedule per seed: the better of a-single (one schedule of 2 × steps) and
+       schedule per seed: the better of a-single (one schedule of all the steps) and
        a-restart (round 0, then `steps` more labeled-only steps from it: b's own
        schedule without the pseudo-labels)
   b    round 1, the full recipe: round 0 labels the folder with TTA (--tta), joints kept
@@ -22,7 +23,7 @@ the val set (COCO keypoint AP, GT boxes, flip test), at one total step budget:
   d    ResNet-50 teacher (steps on the labeled split) → ResNet-18 student as in b,
        against row a (a ResNet-18 with as many steps as teacher + student)
   e    pose-mum-plus: round 0 → round 1 retrained with the preset on mixed batches,
-       against e-control (pose-mum-plus for 2 × steps without pseudo-labels)
+       against e-control (pose-mum-plus for all the steps without pseudo-labels)
   u    the bound: b trained on the unlabeled set's hidden truth instead of its
        pseudo-labels (perfect labels, every visible joint kept): what any labeling could
        give at this budget; u − a ≤ 0 means the control is not data-limited here;
@@ -204,7 +205,13 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
     root = Path(args.out)
     sets = seed_data(root, args, seed)
     rows, res = set(args.rows), {}
-    cfg = base_config(args, seed, sets, root / f"s{seed}")
+    teacher_steps = args.teacher_steps or args.steps
+    total = teacher_steps + args.steps
+    # labeled-only trainings from scratch are named by their steps (round 0 of one split
+    # is then the a-single of another); the rest of a split with a longer round 0 apart
+    seed_dir = root / f"s{seed}"
+    split = "" if teacher_steps == args.steps else f"t{teacher_steps}"
+    cfg = base_config(args, seed, sets, seed_dir / split)
     out = Path(cfg.out)
     t0 = time.perf_counter()
 
@@ -213,9 +220,9 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
         say(f"seed {seed}: {name:<11} {value:6.2f}  ({time.perf_counter() - t0:.0f}s)")
 
     if "a" in rows or "d" in rows:
-        done("a-single", trained(cfg, out / "a", 2 * args.steps)[1])
+        done("a-single", trained(cfg, seed_dir / f"labeled-{total}", total)[1])
     if rows & {"a", "b", "c", "q", "u"}:
-        teacher, ap0 = trained(cfg, out / "round0", args.steps)
+        teacher, ap0 = trained(cfg, seed_dir / f"labeled-{teacher_steps}", teacher_steps)
         done("round0", ap0)
         start = teacher if args.init == "previous" else None  # where b, c-*, u start
     if "a" in rows:  # b's own schedule without pseudo-labels: round 0, then `steps` more
@@ -265,14 +272,14 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
             done("u-masked", trained(cfg, out / "u-masked", args.steps, str(masked),
                                      init_from=start)[1])
     if "d" in rows:
-        big, ap_big = trained(cfg, out / "d-teacher", args.steps, backbone="resnet50")
+        big, ap_big = trained(cfg, out / "d-teacher", teacher_steps, backbone="resnet50")
         done("d-teacher", ap_big)
         pseudo50 = pseudo_labels(cfg, out / "d-labels", big)
         done("d", trained(cfg, out / "d", args.steps, pseudo50, backbone="resnet18")[1])
     if "e" in rows:
         ssl = base_config(args, seed, sets, out, preset="pose-mum-plus")
-        done("e-control", trained(ssl, out / "e-control", 2 * args.steps)[1])
-        teacher_e, ap_e0 = trained(ssl, out / "e-round0", args.steps)
+        done("e-control", trained(ssl, out / "e-control", total)[1])
+        teacher_e, ap_e0 = trained(ssl, out / "e-round0", teacher_steps)
         done("e-round0", ap_e0)
         pseudo_e = pseudo_labels(ssl, out / "e-labels", teacher_e)
         done("e", trained(ssl, out / "e", args.steps, pseudo_e)[1])
@@ -308,7 +315,9 @@ def main() -> None:
     p.add_argument("--unlabeled-images", type=int, default=600, help="≥ 10× the labeled")
     p.add_argument("--val-images", type=int, default=1000)
     p.add_argument("--steps", type=int, default=800,
-                   help="round 0's steps, and round 1's (the control trains twice as many)")
+                   help="round 1's steps (and round 0's unless --teacher-steps)")
+    p.add_argument("--teacher-steps", type=int, default=0,
+                   help="round 0's steps (0: --steps); the controls train round 0 + round 1")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--tiles", type=lambda v: tuple(int(x) for x in v.split("x")),
                    default=(4, 3), help="row e: MUM tile grid (2x2 for 64x64 crops)")
@@ -346,7 +355,8 @@ def main() -> None:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             per_seed = list(pool.map(run_seed, [args] * len(seeds), seeds))
     print(f"\n# rounds_synthetic: {args.labeled_images} labeled / {args.unlabeled_images} "
-          f"unlabeled / {args.val_images} val images per seed, {args.steps} steps per stage, "
+          f"unlabeled / {args.val_images} val images per seed, "
+          f"{args.teacher_steps or args.steps} + {args.steps} steps, "
           f"noise {args.noise}, ratio {args.labeled_ratio}, tta {args.tta}, "
           f"{'calibrated at ' + str(args.precision) if args.calibrate else 'fixed'} "
           f"thresholds, {time.perf_counter() - t0:.0f} s")
