@@ -107,6 +107,7 @@ def base_config(args: argparse.Namespace, seed: int, sets: dict[str, Path], out:
                         boxes=f"gt:{unl}", backend="torch", min_joint_score=args.min_joint_score,
                         min_instance_score=args.min_instance_score, min_joints=args.min_joints,
                         labeled_ratio=args.labeled_ratio, pseudo_noise=args.noise,
+                        pseudo_loss_weight=args.pseudo_loss_weight,
                         label_tta=args.tta, calibrate=args.calibrate,
                         calibrate_precision=args.precision, train=tcfg)
 
@@ -213,6 +214,14 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
     split = "" if teacher_steps == args.steps else f"t{teacher_steps}"
     cfg = base_config(args, seed, sets, seed_dir / split)
     out = Path(cfg.out)
+    # a student knob away from its default names the student runs apart (cached stages
+    # are reused by folder name)
+    knobs = "".join(f"-{k}{v:g}" for k, v, default in (
+        ("ratio", args.labeled_ratio, 0.5), ("lw", args.pseudo_loss_weight, 1.0)) if v != default)
+
+    def student(name: str) -> Path:
+        return out / f"{name}{knobs}"
+
     t0 = time.perf_counter()
 
     def done(name: str, value: float) -> None:
@@ -235,7 +244,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
             for key, value in label_quality(pseudo, sets["unlabeled"]).items():
                 done(key, value)
         if rows & {"b", "c"}:
-            done("b", trained(cfg, out / "b", args.steps, pseudo, init_from=start)[1])
+            done("b", trained(cfg, student("b"), args.steps, pseudo, init_from=start)[1])
         if "c" in rows or "q" in rows:
             single = base_config(args, seed, sets, out)
             single.label_tta = "none"  # one pass with flip test, as before issue 21
@@ -244,17 +253,17 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
                 for key, value in label_quality(pseudo1, sets["unlabeled"]).items():
                     done(key.replace("q-", "q-notta-"), value)
         if "c" in rows:
-            done("c-tta", trained(cfg, out / "c-tta", args.steps, pseudo1, init_from=start)[1])
+            done("c-tta", trained(cfg, student("c-tta"), args.steps, pseudo1, init_from=start)[1])
             quiet = base_config(args, seed, sets, out)
             quiet.pseudo_noise = "none"
-            done("c-noise", trained(quiet, out / "c-noise", args.steps, pseudo,
+            done("c-noise", trained(quiet, student("c-noise"), args.steps, pseudo,
                                     init_from=start)[1])
             union = base_config(args, seed, sets, out)
             union.mixed = False
-            done("c-union", trained(union, out / "c-union", args.steps, pseudo,
+            done("c-union", trained(union, student("c-union"), args.steps, pseudo,
                                     init_from=start)[1])
             other = None if start else teacher
-            done("c-init", trained(cfg, out / f"c-init-{'scratch' if start else 'previous'}",
+            done("c-init", trained(cfg, student(f"c-init-{'scratch' if start else 'previous'}"),
                                    args.steps, pseudo, init_from=other)[1])
     if "u" in rows:
         truth = out / "truth_as_pseudo.json"
@@ -263,13 +272,13 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
             for ann in coco["annotations"]:
                 ann["score"] = 1.0
             truth.write_text(json.dumps(coco))
-        done("u", trained(cfg, out / "u", args.steps, str(truth), init_from=start)[1])
+        done("u", trained(cfg, student("u"), args.steps, str(truth), init_from=start)[1])
         if rows & {"b", "c", "q"}:  # the true positions at the joints the labels kept
             masked = out / "truth_masked_as_pseudo.json"
             if not masked.is_file():
                 masked.write_text(json.dumps(truth_at_kept_joints(
                     json.loads(truth.read_text()), json.loads(Path(pseudo).read_text()))))
-            done("u-masked", trained(cfg, out / "u-masked", args.steps, str(masked),
+            done("u-masked", trained(cfg, student("u-masked"), args.steps, str(masked),
                                      init_from=start)[1])
     if "d" in rows:
         big, ap_big = trained(cfg, out / "d-teacher", teacher_steps, backbone="resnet50")
@@ -325,6 +334,8 @@ def main() -> None:
                    default=(128, 96), help="crop size HxW (pilots: 64x48)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--labeled-ratio", type=float, default=0.5)
+    p.add_argument("--pseudo-loss-weight", type=float, default=1.0,
+                   help="scale of the pseudo part's loss (rounds --pseudo-loss-weight)")
     p.add_argument("--init", choices=("previous", "scratch"), default="previous",
                    help="row b's student: fine-tuned from the round-0 teacher, or from the "
                         "initial weights (row c-init runs the other)")
@@ -357,7 +368,8 @@ def main() -> None:
     print(f"\n# rounds_synthetic: {args.labeled_images} labeled / {args.unlabeled_images} "
           f"unlabeled / {args.val_images} val images per seed, "
           f"{args.teacher_steps or args.steps} + {args.steps} steps, "
-          f"noise {args.noise}, ratio {args.labeled_ratio}, tta {args.tta}, "
+          f"noise {args.noise}, ratio {args.labeled_ratio}, "
+          f"pseudo loss x{args.pseudo_loss_weight:g}, tta {args.tta}, "
           f"{'calibrated at ' + str(args.precision) if args.calibrate else 'fixed'} "
           f"thresholds, {time.perf_counter() - t0:.0f} s")
     print_table(per_seed, seeds)

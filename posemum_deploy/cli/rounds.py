@@ -36,6 +36,10 @@ def rounds(
              "cutout, mum; or none"),
     pseudo_weight: str = typer.Option("none", "--pseudo-weight",
                                       help="none | score | agreement: per-joint loss weight"),
+    pseudo_loss_weight: float = typer.Option(
+        1.0, "--pseudo-loss-weight",
+        help="scale of the pseudo-labeled crops' loss in each batch (e.g. 0.3: they pull "
+             "less than the clean labels)"),
     teacher_backbone: Optional[str] = typer.Option(None, "--teacher-backbone",
                                                    help="round 0's backbone (default --backbone)"),
     student_backbone: Optional[str] = typer.Option(
@@ -96,7 +100,8 @@ def rounds(
                        calibrate_precision=calibrate_precision,
                        labeled_repeat=labeled_repeat, retrain_max_steps=retrain_max_steps,
                        mixed=mixed, labeled_ratio=labeled_ratio, pseudo_noise=pseudo_noise,
-                       pseudo_weight=pseudo_weight, teacher_backbone=teacher_backbone,
+                       pseudo_weight=pseudo_weight, pseudo_loss_weight=pseudo_loss_weight,
+                       teacher_backbone=teacher_backbone,
                        student_backbone=student_backbone, train=tcfg)
     show_rounds(_shown(lambda **display: run_rounds(cfg, on_round=_announce, **display)), out)
 

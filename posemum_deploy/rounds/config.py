@@ -45,6 +45,7 @@ class RoundsConfig:
     labeled_ratio: float = 0.5              # labeled share of every mixed batch (exact)
     pseudo_noise: str = "randaugment,cutout"  # strong view of the pseudo crops (or "none")
     pseudo_weight: str = "none"             # none | score | agreement: per-joint loss weight
+    pseudo_loss_weight: float = 1.0         # scale of the pseudo part's loss in each batch
     teacher_backbone: str | None = None     # round 0 (None: train.model.backbone)
     student_backbone: str | None = None     # rounds ≥ 1 (None: train.model.backbone)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -86,11 +86,13 @@ def resolve_init(cfg: RoundsConfig) -> str:
 
 def check_retrain_options(cfg: RoundsConfig) -> None:
     """The mixed-batch options parse, before round 0 spends its training."""
-    from posemum_deploy.training.pseudo_mix import WEIGHTS, parse_noise, split_batch
+    from posemum_deploy.training.pseudo_mix import (WEIGHTS, check_loss_weight, parse_noise,
+                                                    split_batch)
 
     if cfg.mixed:
         split_batch(cfg.train.optim.batch_size, cfg.labeled_ratio)
         parse_noise(cfg.pseudo_noise)
+        check_loss_weight(cfg.pseudo_loss_weight)
     if cfg.pseudo_weight not in WEIGHTS:
         raise ConfigError(f"--pseudo-weight must be one of {', '.join(WEIGHTS)}, "
                           f"got {cfg.pseudo_weight!r}")
@@ -123,6 +125,7 @@ def retrain_config(cfg: RoundsConfig, pseudo: str | None, backbone: str | None =
         p = tcfg.pseudo
         p.labels, p.images = pseudo, cfg.unlabeled
         p.labeled_ratio, p.noise, p.weight = cfg.labeled_ratio, cfg.pseudo_noise, cfg.pseudo_weight
+        p.loss_weight = cfg.pseudo_loss_weight
     if tcfg.ssl.teacher != "none" and not tcfg.ssl.unlabeled:
         kind, _, source = cfg.boxes.partition(":")
         if kind == "gt":

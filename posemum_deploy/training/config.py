@@ -88,7 +88,9 @@ class PseudoConfig:
     `labels` empty: plain training. Otherwise each batch holds exactly
     round(labeled_ratio × batch_size) labeled crops, then pseudo-labeled ones, which are
     noised (`noise`, comma list of affine|randaugment|cutout|mum, or none) and whose joint
-    losses are weighted by `weight` (none | score | agreement, read from the json).
+    losses are weighted by `weight` (none | score | agreement, read from the json); the
+    pseudo part's loss is scaled by `loss_weight` (below 1: the clean labels set the
+    precise peak positions, the pseudo-labels add robustness without pulling as hard).
     """
 
     labels: str | None = None         # COCO json of pseudo-labels (written by merge)
@@ -96,6 +98,7 @@ class PseudoConfig:
     labeled_ratio: float = 0.5
     noise: str = "randaugment,cutout"
     weight: str = "none"              # none | score | agreement
+    loss_weight: float = 1.0          # scale of the pseudo part's loss (≥ 0)
 
 
 @dataclass

@@ -64,6 +64,13 @@ def split_batch(batch_size: int, ratio: float) -> tuple[int, int]:
     return n_labeled, batch_size - n_labeled
 
 
+def check_loss_weight(value: float) -> float:
+    """The pseudo part's loss scale, checked (0 trains on the labeled crops alone)."""
+    if not value >= 0:
+        raise ConfigError(f"--pseudo-loss-weight {value}: must be ≥ 0, e.g. 0.3 or 1")
+    return float(value)
+
+
 def reliability(ann: dict[str, Any], mode: str, k: int, source: str) -> np.ndarray:
     """Per-joint loss weights in [0, 1] of one pseudo-label annotation for `mode`."""
     if mode == "none":
@@ -205,6 +212,7 @@ class PseudoMixStep:
         self.channels_last, self.seed = cfg.runtime.channels_last, cfg.runtime.seed
         self.n_labeled, n_pseudo = split_batch(cfg.optim.batch_size, cfg.pseudo.labeled_ratio)
         self.noise = parse_noise(cfg.pseudo.noise)
+        self.loss_weight = check_loss_weight(cfg.pseudo.loss_weight)
         self.affine = StrongAffine() if "affine" in self.noise else None
         self.mixer = None
         if "mum" in self.noise:
@@ -258,9 +266,10 @@ class PseudoMixStep:
         sup = joints_mse_loss(pred[:n], target[:n], weight[:n])
         pseudo = joints_mse_loss(pred[n:], pseudo_target, pseudo_weight)
         # Each part is a mean over its own crops; weighted by their share of the batch,
-        # the sum is the mean over the whole batch, as a plain supervised step computes.
+        # the sum is the mean over the whole batch, as a plain supervised step computes
+        # (at loss_weight 1).
         share = n / x.shape[0]
-        loss = share * sup + (1 - share) * pseudo
+        loss = share * sup + (1 - share) * self.loss_weight * pseudo
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -138,3 +138,30 @@ def test_noise_touches_only_the_pseudo_crops(synthetic_small, tmp_path):
         logs[noise] = PseudoMixStep(cfg, model, optimizer, torch.device("cpu"), None)(batch)
     assert torch.equal(logs["none"]["loss_labeled"], logs["affine,randaugment,cutout"]["loss_labeled"])
     assert not torch.equal(logs["none"]["loss_pseudo"], logs["affine,randaugment,cutout"]["loss_pseudo"])
+
+
+def test_pseudo_loss_weight_scales_only_the_pseudo_part(synthetic_small, tmp_path):
+    """Same batch and weights (eval-mode BN, lr 0): both parts' losses are unchanged, the
+    total is share·labeled + (1 − share)·w·pseudo; w 0 trains on the labeled crops alone."""
+    from posemum_deploy.models.simple_baseline import build_model
+    from posemum_deploy.training.pseudo_mix import PseudoMixStep
+
+    pseudo = _pseudo_json(synthetic_small, tmp_path / "pseudo.json")
+    cfg = _cfg(synthetic_small, pseudo, tmp_path / "run", ratio=0.5, noise="none")
+    batch = next(iter(make_labeled_loader(cfg, HeatmapCodec((64, 64), (16, 16), 2.0))))
+    torch.manual_seed(0)
+    model = build_model("resnet18", 17, deconv_channels=64).eval()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.0)
+    logs = {}
+    for w in (1.0, 0.3, 0.0):
+        cfg.pseudo.loss_weight = w
+        logs[w] = PseudoMixStep(cfg, model, optimizer, torch.device("cpu"), None)(batch)
+    for w, log in logs.items():
+        assert torch.equal(log["loss_labeled"], logs[1.0]["loss_labeled"])
+        assert torch.equal(log["loss_pseudo"], logs[1.0]["loss_pseudo"])
+        expected = 0.5 * log["loss_labeled"] + 0.5 * w * log["loss_pseudo"]
+        assert float(log["loss"]) == pytest.approx(float(expected), rel=1e-6)
+    assert float(logs[0.3]["loss"]) < float(logs[1.0]["loss"])
+    cfg.pseudo.loss_weight = -0.5
+    with pytest.raises(ConfigError, match="--pseudo-loss-weight -0.5: must be ≥ 0"):
+        PseudoMixStep(cfg, model, optimizer, torch.device("cpu"), None)
