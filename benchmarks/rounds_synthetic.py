@@ -147,22 +147,40 @@ def _iou(a: list[float], b: list[float]) -> float:
     return inter / max(a[2] * a[3] + b[2] * b[3] - inter, 1e-9)
 
 
+def file_names(coco: dict) -> dict[int, str]:
+    """Image id → file name: the key that the unlabeled set and its pseudo-labels share
+    (their image ids differ)."""
+    return {im["id"]: im["file_name"] for im in coco["images"]}
+
+
+def persons_by_file(coco: dict) -> dict[str, list[dict]]:
+    """A COCO json's annotations grouped by their image's file name."""
+    names = file_names(coco)
+    by_file: dict[str, list[dict]] = {}
+    for a in coco["annotations"]:
+        by_file.setdefault(names[a["image_id"]], []).append(a)
+    return by_file
+
+
+def same_person(box: list[float], candidates: list[dict], min_iou: float = 0.7) -> dict | None:
+    """The candidate whose box overlaps `box` most, if that IoU reaches `min_iou` (label
+    boxes are the true ones, clipped to the image)."""
+    best = max(candidates, key=lambda c: _iou(c["bbox"], box), default=None)
+    return best if best is not None and _iou(best["bbox"], box) >= min_iou else None
+
+
 def label_quality(pseudo: str, truth: Path) -> dict[str, float]:
-    """Kept pseudo-joints against the hidden truth (the label boxes are the true ones,
-    clipped to the image: persons match by image and best box IoU): share within OKS
-    0.5, keep rate (kept / visible true joints), mean OKS, all ×100."""
+    """Kept pseudo-joints against the hidden truth (persons match by image and best box
+    IoU, `same_person`): share within OKS 0.5, keep rate (kept / visible true joints),
+    mean OKS, all ×100."""
     gt = json.loads(truth.read_text())
-    names = {im["id"]: im["file_name"] for im in gt["images"]}
-    true: dict[str, list[dict]] = {}
-    for a in gt["annotations"]:
-        true.setdefault(names[a["image_id"]], []).append(a)
+    true = persons_by_file(gt)
     coco = json.loads(Path(pseudo).read_text())
-    pnames = {im["id"]: im["file_name"] for im in coco["images"]}
+    names = file_names(coco)
     oks, kept_visible = [], 0
     for a in coco["annotations"]:
-        cands = true.get(pnames[a["image_id"]], [])
-        t = max(cands, key=lambda c: _iou(c["bbox"], a["bbox"]), default=None)
-        if t is None or _iou(t["bbox"], a["bbox"]) < 0.7:
+        t = same_person(a["bbox"], true.get(names[a["image_id"]], []))
+        if t is None:
             continue
         p, g = np.asarray(a["keypoints"]).reshape(-1, 3), np.asarray(t["keypoints"]).reshape(-1, 3)
         keep = (p[:, 2] > 0) & (g[:, 2] > 0)
@@ -179,18 +197,13 @@ def label_quality(pseudo: str, truth: Path) -> dict[str, float]:
 
 def truth_at_kept_joints(truth: dict, pseudo: dict) -> dict:
     """The true labels, each joint kept only where the pseudo-label of the same person
-    (same image, box IoU ≥ 0.7) kept it: row u-masked, which splits b's loss against u
-    into dropped joints (u − u-masked) and position errors (u-masked − b)."""
-    names = {im["id"]: im["file_name"] for im in pseudo["images"]}
-    by_image: dict[str, list[dict]] = {}
-    for a in pseudo["annotations"]:
-        by_image.setdefault(names[a["image_id"]], []).append(a)
-    true_names = {im["id"]: im["file_name"] for im in truth["images"]}
+    (`same_person`) kept it: row u-masked, which splits b's loss against u into dropped
+    joints (u − u-masked) and position errors (u-masked − b)."""
+    labels, names = persons_by_file(pseudo), file_names(truth)
     anns = []
     for a in truth["annotations"]:
-        cands = by_image.get(true_names[a["image_id"]], [])
-        match = max(cands, key=lambda c: _iou(c["bbox"], a["bbox"]), default=None)
-        if match is None or _iou(match["bbox"], a["bbox"]) < 0.7:
+        match = same_person(a["bbox"], labels.get(names[a["image_id"]], []))
+        if match is None:
             continue
         k = np.asarray(a["keypoints"], dtype=float).reshape(-1, 3)
         k[np.asarray(match["keypoints"]).reshape(-1, 3)[:, 2] <= 0] = 0
