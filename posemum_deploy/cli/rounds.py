@@ -66,6 +66,11 @@ def rounds(
     retrain_max_steps: Optional[int] = typer.Option(
         None, "--retrain-max-steps",
         help="steps of each retraining (default: round 0's; the schedule spans them)"),
+    schedule: str = typer.Option(
+        "restart", "--schedule",
+        help="restart: each retraining runs the whole LR schedule; continue: the run is one "
+             "schedule (--epochs, --max-steps): round 0 trains to its first milestone, the "
+             "rounds share the decayed epochs after it (equal compute to one labeled-only run)"),
     backbone: str = typer.Option("resnet18", "--backbone"),
     input_size: str = typer.Option("256x192", "--input-size"),
     epochs: int = typer.Option(30, "--epochs"),
@@ -99,6 +104,7 @@ def rounds(
                        thresholds=str(thresholds) if thresholds else None, calibrate=calibrate,
                        calibrate_precision=calibrate_precision,
                        labeled_repeat=labeled_repeat, retrain_max_steps=retrain_max_steps,
+                       schedule=schedule,
                        mixed=mixed, labeled_ratio=labeled_ratio, pseudo_noise=pseudo_noise,
                        pseudo_weight=pseudo_weight, pseudo_loss_weight=pseudo_loss_weight,
                        teacher_backbone=teacher_backbone,

@@ -7,12 +7,14 @@ unfinished stage (and the label stage itself resumes shard by shard).
 The retraining stage follows Data Distillation and Noisy Student (issue 21): every batch
 mixes labeled and pseudo-labeled persons at `labeled_ratio` (training/pseudo_mix.py), the
 pseudo-labeled crops are noised, and the student fine-tunes the previous round's model
-(or starts from the initial weights, `init`) with round 0's full step budget. A student
+(or starts from the initial weights, `init`) with round 0's full step budget, or, with
+`schedule="continue"`, the run is one LR schedule: round 0 trains it to its first
+milestone and the rounds continue it at the decayed LR (schedule.py). A student
 backbone may differ from the teacher's (distillation across sizes), and any preset may
 retrain (SSL on top of pseudo-labels).
 The package: config.py (RoundsConfig, RoundRecord, StageLog), label_stage.py (export →
-calibrate → label → merge), retrain.py (the retraining TrainConfig and stages); here the
-loop itself.
+calibrate → label → merge), retrain.py (the retraining TrainConfig and stages),
+schedule.py (restarted or continued LR schedules); here the loop itself.
 """
 from __future__ import annotations
 
@@ -30,18 +32,19 @@ from posemum_deploy.rounds.label_stage import (_label_stages, _thresholds_stage,
                                                attach_joint_reliability)
 from posemum_deploy.rounds.retrain import (backbones, check_retrain_options,
                                            combine_labeled_and_pseudo, evaluate_stage,
-                                           fit_schedule, resolve_init, retrain_config,
-                                           train_stage)
+                                           resolve_init, retrain_config, train_stage)
+from posemum_deploy.rounds.schedule import SCHEDULES, continued_schedule, fit_schedule
 
 if TYPE_CHECKING:
     from posemum_deploy.label.runner import LabelProgress
     from posemum_deploy.training.trainer import TrainCallbacks
 
-__all__ = ["CHECKPOINT_BACKENDS", "INIT_MODES", "STAGES", "RoundRecord", "RoundsConfig",
-           "StageLog", "_label_stages", "_thresholds_stage", "attach_joint_reliability",
-           "backbones", "check_retrain_options", "check_round_inputs",
-           "combine_labeled_and_pseudo", "evaluate_stage", "fit_schedule", "resolve_init",
-           "retrain_config", "run_rounds", "train_stage", "write_summary"]
+__all__ = ["CHECKPOINT_BACKENDS", "INIT_MODES", "SCHEDULES", "STAGES", "RoundRecord",
+           "RoundsConfig", "StageLog", "_label_stages", "_thresholds_stage",
+           "attach_joint_reliability", "backbones", "check_retrain_options",
+           "check_round_inputs", "combine_labeled_and_pseudo", "continued_schedule",
+           "evaluate_stage", "fit_schedule", "resolve_init", "retrain_config", "run_rounds",
+           "train_stage", "write_summary"]
 log = logging.getLogger(__name__)
 
 
@@ -82,14 +85,19 @@ def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None
     data = cfg.train.data
     records: list[RoundRecord] = []
     log0 = StageLog(out / "round_0")
+    continued = cfg.schedule == "continue"
     if cfg.initial_checkpoint:
         teacher = cfg.initial_checkpoint
     else:
         r0 = retrain_config(cfg, None, backbones(cfg)[0], "pretrained")
+        if continued:  # up to the schedule's first LR milestone
+            r0.optim = continued_schedule(cfg.train.optim, cfg.rounds)[0]
         teacher = log0.run("train", lambda: train_stage(
             cfg, out / "round_0", data.labeled, data.images, None,
             callbacks=train_callbacks, tcfg=r0))["checkpoint"]
-    budget = cfg.retrain_max_steps or log0.done.get("train", {}).get("steps")
+    steps0 = log0.done.get("train", {}).get("steps")
+    budget = None if continued else cfg.retrain_max_steps or steps0
+    segments = continued_schedule(cfg.train.optim, cfg.rounds, steps0) if continued else []
     m0 = log0.run("evaluate", lambda: evaluate_stage(cfg, teacher, out / "round_0"))
     records.append(RoundRecord(0, teacher, m0["metrics"]))
     if on_round:
@@ -105,6 +113,8 @@ def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None
                         "round %d trains on the labeled set only", pseudo, k)
             pseudo = None
         tcfg = retrain_config(cfg, pseudo, backbones(cfg)[1], init)
+        if continued:  # this round's epochs of the one schedule, at their decayed LR
+            tcfg.optim = segments[k]
         labeled, images = data.labeled, data.images
         if pseudo and not cfg.mixed:  # the ablation: one union list, labeled repeated
             labeled, images = str(combine_labeled_and_pseudo(

@@ -41,6 +41,9 @@ class RoundsConfig:
     calibrate_precision: float = 0.9        # share of kept val joints within OKS 0.5
     labeled_repeat: int | None = None       # union mode: repeat labeled persons (None: to match)
     retrain_max_steps: int | None = None    # steps of each retraining (None: round 0's steps)
+    schedule: str = "restart"               # restart: each retraining runs the whole LR
+                                            # schedule; continue: one schedule for the run,
+                                            # round 0 up to its first milestone (schedule.py)
     mixed: bool = True                      # mixed batches; False: one union list with repeats
     labeled_ratio: float = 0.5              # labeled share of every mixed batch (exact)
     pseudo_noise: str = "randaugment,cutout"  # strong view of the pseudo crops (or "none")

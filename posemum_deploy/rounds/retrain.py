@@ -9,7 +9,8 @@ from typing import Any
 from posemum_deploy.data.coco import load_coco_keypoints, person_category, save_json
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.rounds.config import INIT_MODES, RoundsConfig
-from posemum_deploy.training.config import OptimConfig, TrainConfig
+from posemum_deploy.rounds.schedule import SCHEDULES, continued_schedule, fit_schedule
+from posemum_deploy.training.config import TrainConfig
 
 def combine_labeled_and_pseudo(labeled: str | Path, labeled_images: str | Path,
                                pseudo: str | Path, pseudo_images: str | Path,
@@ -41,26 +42,6 @@ def combine_labeled_and_pseudo(labeled: str | Path, labeled_images: str | Path,
                       "categories": [person_category()]}, out)
 
 
-def fit_schedule(optim: OptimConfig, max_steps: int) -> OptimConfig:
-    """A copy of `optim` that trains exactly `max_steps` steps over its schedule.
-
-    Retraining passes see far more crops per epoch than the labeled-only round 0, so they
-    are bounded by steps. Epochs of ceil(max_steps / epochs) steps, and as many of them
-    as `max_steps` needs (the last one may be partial), with the milestones scaled to the
-    new epoch count: the step or cosine schedule keeps its shape and ends on time. An
-    explicit `steps_per_epoch` is kept as given (then `max_steps` only stops training).
-    """
-    optim = copy.deepcopy(optim)
-    optim.max_steps = max_steps
-    if optim.steps_per_epoch:
-        return optim
-    per_epoch = -(-max_steps // optim.epochs)
-    epochs = -(-max_steps // per_epoch)
-    optim.milestones = tuple(max(1, round(m * epochs / optim.epochs)) for m in optim.milestones)
-    optim.epochs, optim.steps_per_epoch = epochs, per_epoch
-    return optim
-
-
 def resolve_init(cfg: RoundsConfig) -> str:
     """How retraining starts: the asked mode; by default fine-tuned from the previous
     round's model when teacher and student share a backbone, else the initial weights
@@ -73,6 +54,9 @@ def resolve_init(cfg: RoundsConfig) -> str:
     teacher, student = backbones(cfg)
     initial = "pretrained" if cfg.train.model.pretrained else "scratch"
     init = cfg.init or ("previous" if teacher == student else initial)
+    if cfg.schedule == "continue" and init != "previous":
+        raise ConfigError(f"--schedule continue trains each round on from the last round's "
+                          f"model, so --init {init} does not apply; use --schedule restart")
     if init not in INIT_MODES:
         raise ConfigError(f"--init must be one of {', '.join(INIT_MODES)}, got {init!r}")
     if init == "pretrained" and not cfg.train.model.pretrained:
@@ -85,10 +69,23 @@ def resolve_init(cfg: RoundsConfig) -> str:
 
 
 def check_retrain_options(cfg: RoundsConfig) -> None:
-    """The mixed-batch options parse, before round 0 spends its training."""
+    """The schedule and mixed-batch options parse, before round 0 spends its training."""
     from posemum_deploy.training.pseudo_mix import (WEIGHTS, check_loss_weight, parse_noise,
                                                     split_batch)
 
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, "
+                          f"got {cfg.schedule!r}")
+    if cfg.schedule == "continue":
+        if cfg.retrain_max_steps:
+            raise ConfigError("--retrain-max-steps does not apply with --schedule continue "
+                              "(the rounds share the epochs after the first LR milestone); "
+                              "set the whole run's steps with --max-steps")
+        optim = cfg.train.optim
+        if cfg.initial_checkpoint and not (optim.max_steps or optim.steps_per_epoch):
+            raise ConfigError("--schedule continue with --initial-checkpoint needs --max-steps "
+                              "(the whole schedule's steps; no round 0 measures an epoch)")
+        continued_schedule(optim, cfg.rounds)  # the schedule can be split: else its error
     if cfg.mixed:
         split_batch(cfg.train.optim.batch_size, cfg.labeled_ratio)
         parse_noise(cfg.pseudo_noise)

@@ -1,0 +1,110 @@
+"""`rounds --schedule continue`: the rounds together train one LR schedule (round 0 up to
+its first milestone, the rounds on the decayed epochs), checked step by step against the
+schedule itself, then on a tiny real run."""
+import json
+
+import pytest
+
+from posemum_deploy.errors import ConfigError
+from posemum_deploy.rounds import RoundsConfig, continued_schedule, run_rounds
+from posemum_deploy.rounds.schedule import fit_schedule
+from posemum_deploy.training.config import OptimConfig, TrainConfig
+
+
+def _lrs(optim: OptimConfig) -> list[float]:
+    """The LR of every step the trainer runs under `optim`: MultiStepLR stepped once per
+    epoch, min(epochs × steps/epoch, max_steps) steps."""
+    per = optim.steps_per_epoch
+    total = optim.epochs * per if not optim.max_steps else min(optim.epochs * per,
+                                                                optim.max_steps)
+    return [optim.lr * optim.gamma ** sum(m <= s // per for m in optim.milestones)
+            for s in range(total)]
+
+
+@pytest.mark.parametrize("epochs,milestones,max_steps,rounds", [
+    (6, (4, 5), 2400, 1), (6, (4, 5), 2400, 2), (30, (20, 25), 700, 3), (7, (3,), 701, 2),
+    (30, (20, 25), 95, 1), (12, (5, 9, 11), 1000, 4)])
+def test_the_rounds_together_train_the_schedule_once(epochs, milestones, max_steps, rounds):
+    optim = OptimConfig(lr=2e-3, epochs=epochs, milestones=milestones, max_steps=max_steps)
+    parts = continued_schedule(optim, rounds)
+    assert len(parts) == rounds + 1
+    whole = _lrs(fit_schedule(optim, max_steps))
+    assert [lr for p in parts for lr in _lrs(p)] == pytest.approx(whole)
+    assert sum(p.max_steps for p in parts) == max_steps
+    # round 0 ends where the LR first decays: every round after it trains below the peak
+    assert _lrs(parts[0]) == pytest.approx([2e-3] * len(_lrs(parts[0])))
+    assert all(max(_lrs(p)) < 2e-3 for p in parts[1:] if p.max_steps)
+    assert optim.max_steps == max_steps and optim.steps_per_epoch is None  # untouched
+
+
+def test_epoch_length_comes_from_round_0_without_max_steps():
+    """No --max-steps: an epoch is one pass over the labeled set, which round 0 measures;
+    until it has, only round 0's part exists."""
+    optim = OptimConfig(lr=1e-3, epochs=30, milestones=(20, 25))
+    first = continued_schedule(optim, 2)
+    assert len(first) == 1 and first[0].epochs == 20 and first[0].milestones == ()
+    assert first[0].steps_per_epoch is None and first[0].max_steps is None
+    r1, r2 = continued_schedule(optim, 2, round0_steps=20 * 7)[1:]
+    assert (r1.epochs, r1.steps_per_epoch, r1.milestones, r1.lr) == (5, 7, (), pytest.approx(1e-4))
+    assert (r2.epochs, r2.milestones, r2.lr) == (5, (), pytest.approx(1e-5))
+
+
+@pytest.mark.parametrize("optim,rounds,words", [
+    (OptimConfig(schedule="cosine"), 1, "step LR schedule"),
+    (OptimConfig(epochs=6, milestones=(6,)), 1, "have none inside the 6 epochs"),
+    (OptimConfig(epochs=6, milestones=()), 1, "have none inside"),
+    (OptimConfig(epochs=6, milestones=(4, 5)), 3, "--rounds 3 needs one each")])
+def test_schedules_that_cannot_be_continued_are_refused(optim, rounds, words):
+    with pytest.raises(ConfigError, match=words):
+        continued_schedule(optim, rounds)
+
+
+def _cfg(labeled, unlabeled, out, **kw) -> RoundsConfig:
+    t = TrainConfig()
+    t.data.labeled = t.data.val_ann = str(labeled)
+    t.data.images = t.data.val_images = str(labeled.parent / "images")
+    t.data.input_hw, t.data.workers = (64, 64), 0
+    t.optim.batch_size, t.optim.lr, t.optim.epochs, t.optim.milestones = 4, 1e-3, 3, (2,)
+    t.optim.max_steps = 6
+    t.runtime.precision, t.runtime.val_every, t.runtime.log_every = "fp32", 0, 1
+    kw.setdefault("schedule", "continue")
+    return RoundsConfig(out=str(out), unlabeled=str(unlabeled), rounds=1, boxes="full",
+                        backend="torch", min_joint_score=0.0, min_instance_score=0.0,
+                        min_joints=1, label_batch_size=8, label_flip=False, calibrate=False,
+                        label_tta="none", train=t, **kw)
+
+
+@pytest.mark.parametrize("kw,words", [
+    ({"schedule": "resume"}, "--schedule must be one of restart, continue"),
+    ({"retrain_max_steps": 5}, "--retrain-max-steps does not apply"),
+    ({"init": "scratch"}, "--init scratch does not apply"),
+    ({"initial_checkpoint": "x.pt", "max_steps": None}, "needs --max-steps")])
+def test_continue_refuses_options_it_cannot_honour(synthetic_small, tmp_path, kw, words):
+    max_steps = kw.pop("max_steps", 6)
+    cfg = _cfg(synthetic_small, tmp_path, tmp_path / "run", **kw)
+    cfg.train.optim.max_steps = max_steps
+    with pytest.raises(ConfigError, match=words):
+        run_rounds(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_continued_rounds_train_round_0_to_the_milestone_then_decay(synthetic_small, tmp_path):
+    """3 epochs of 2 steps (6 steps), LR ×0.1 after epoch 2: round 0 trains 4 steps at
+    1e-3, round 1 the last 2 at 1e-4, starting from round 0's model."""
+    from posemum_deploy.data.synthetic import generate_dataset
+
+    unlabeled = generate_dataset(tmp_path / "unl", 4, seed=5).parent / "images"
+    cfg = _cfg(synthetic_small, unlabeled, tmp_path / "run")
+    records = run_rounds(cfg)
+
+    def train_rows(k):
+        lines = (tmp_path / "run" / f"round_{k}" / "train" / "metrics.jsonl").read_text()
+        return [r for r in map(json.loads, lines.splitlines()) if r["kind"] == "train"]
+
+    r0, r1 = train_rows(0), train_rows(1)
+    assert [r["step"] for r in r0] == [1, 2, 3, 4] and {r["lr"] for r in r0} == {1e-3}
+    assert [r["step"] for r in r1] == [1, 2] and [r["lr"] for r in r1] == pytest.approx([1e-4] * 2)
+    saved = TrainConfig.load(tmp_path / "run" / "round_1" / "train" / "config.yaml")
+    assert saved.ssl.init_from == records[0].checkpoint
+    assert saved.pseudo.labels  # round 1 trained on mixed batches
