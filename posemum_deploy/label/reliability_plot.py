@@ -20,9 +20,11 @@ BINS = 10
 def binned_precision(scores: np.ndarray, correct: np.ndarray, bins: int = BINS
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Equal-width score bins over [0, max]: (mean score, share correct, count) of every
-    bin that holds joints."""
-    top = max(float(scores.max()) if len(scores) else 1.0, 1e-6)
-    idx = np.minimum((scores / top * bins).astype(int), bins - 1)
+    bin that holds joints. Heatmap maxima of an undertrained model can be negative; the
+    bins then start at the lowest score."""
+    low = min(float(scores.min()), 0.0) if len(scores) else 0.0
+    top = max(float(scores.max()) if len(scores) else 1.0, low + 1e-6)
+    idx = np.clip(((scores - low) / (top - low) * bins).astype(int), 0, bins - 1)
     count = np.bincount(idx, minlength=bins)
     hit = np.bincount(idx, weights=correct.astype(float), minlength=bins)
     mean = np.bincount(idx, weights=scores, minlength=bins)

@@ -115,3 +115,18 @@ def test_calibrate_label_merge_commands(tiny_model, coco_mini, tmp_path):
     loose = json.loads(everything.read_text())["annotations"]
     kept = json.loads(strict.read_text())["annotations"]
     assert sum(a["num_keypoints"] for a in kept) < sum(a["num_keypoints"] for a in loose)
+
+
+def test_reliability_bins_take_negative_scores():
+    """An undertrained teacher's heatmap maxima can be below 0: the plot's bins start at
+    the lowest score instead of failing on a negative bin index."""
+    from posemum_deploy.label.reliability_plot import binned_precision
+
+    scores = np.array([-0.2, -0.1, 0.0, 0.4, 0.8])
+    correct = np.array([False, False, True, True, True])
+    mean, share, count = binned_precision(scores, correct, bins=5)  # bins 0.2 wide from -0.2
+    assert list(count) == [2, 1, 1, 1] and list(share) == [0.0, 1.0, 1.0, 1.0]
+    assert mean == pytest.approx([-0.15, 0.0, 0.4, 0.8])
+    mean, share, count = binned_precision(np.array([0.1, 0.5, 1.0]),
+                                          np.array([False, True, True]), bins=2)
+    assert list(count) == [1, 2] and list(share) == [0.0, 1.0]  # [0, 0.5) and [0.5, 1]
