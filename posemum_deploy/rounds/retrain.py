@@ -90,6 +90,13 @@ def check_retrain_options(cfg: RoundsConfig) -> None:
         split_batch(cfg.train.optim.batch_size, cfg.labeled_ratio)
         parse_noise(cfg.pseudo_noise)
         check_loss_weight(cfg.pseudo_loss_weight)
+    else:  # the union list is plain training: these would be silently ignored
+        defaults = RoundsConfig(out="", unlabeled="")
+        for name in ("labeled_ratio", "pseudo_noise", "pseudo_weight", "pseudo_loss_weight"):
+            if getattr(cfg, name) != getattr(defaults, name):
+                option = "--" + name.replace("_", "-")
+                raise ConfigError(f"{option} applies to mixed batches, and --union trains one "
+                                  f"list; drop {option} or --union")
     if cfg.pseudo_weight not in WEIGHTS:
         raise ConfigError(f"--pseudo-weight must be one of {', '.join(WEIGHTS)}, "
                           f"got {cfg.pseudo_weight!r}")
