@@ -32,6 +32,12 @@ test), at one total step budget:
        kept joints within OKS 0.5, keep rate (kept / visible true joints), mean OKS; with
        TTA (q-*) and from one flip-test pass (q-notta-*), each at its calibrated thresholds
 
+With --schedule continue (rounds --schedule continue) the run is one schedule of
+--teacher-steps + --steps: round 0 trains its first 2/3, up to the first LR decay, and
+round 1 (or --rounds R, splitting the rest) continues it from round 0's model at the
+decayed LR on mixed batches; a-continue is that continuation labeled-only, a-single the
+schedule unbroken (rows a b q).
+
 The table gives each row's AP as the mean over seeds with the per-seed values, then the
 paired gaps (b−a, c−b, d−a, e−e-control), mean ± standard error over seeds.
 With --steps 800 (the default) one seed of rows a, b and q takes about 15 minutes on
@@ -39,6 +45,8 @@ With --steps 800 (the default) one seed of rows a, b and q takes about 15 minute
 
     python benchmarks/rounds_synthetic.py                       # default: rows a b q, 3 seeds
     python benchmarks/rounds_synthetic.py --rows a b c d e q --seeds 3   # the full table
+    python benchmarks/rounds_synthetic.py --schedule continue --teacher-steps 1600 \
+        --pseudo-loss-weight 0.3                                   # the continued schedule
     python benchmarks/rounds_synthetic.py --seeds 1 --steps 4 --labeled-images 8 \
         --unlabeled-images 16 --val-images 8 --min-joint-score 0 --min-instance-score 0 \
         --min-joints 1 --out runs/rs_smoke                                # smoke run
@@ -51,6 +59,7 @@ import multiprocessing
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -59,16 +68,31 @@ import torch
 
 from posemum_deploy.data.coco import OKS_SIGMAS
 from posemum_deploy.data.synthetic import generate_dataset
-from posemum_deploy.rounds import (RoundsConfig, StageLog, _label_stages, evaluate_stage,
-                                   retrain_config, train_stage)
+from posemum_deploy.rounds import (
+    RoundsConfig,
+    StageLog,
+    _label_stages,
+    continued_schedule,
+    evaluate_stage,
+    fit_schedule,
+    retrain_config,
+    train_stage,
+)
+from posemum_deploy.rounds.schedule import schedule_segment
 from posemum_deploy.system import usable_cpus
-from posemum_deploy.training.config import (DataConfig, ModelConfig, OptimConfig, RuntimeConfig,
-                                            TrainConfig)
+from posemum_deploy.training.config import (
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    RuntimeConfig,
+    TrainConfig,
+)
 from posemum_deploy.training.presets import apply_preset
 
 ROWS = ("a", "b", "c", "d", "e", "q", "u")
-GAPS = (("b", "a"), ("c-tta", "b"), ("c-noise", "b"), ("c-union", "b"), ("c-init", "b"), ("d", "a"),
-        ("e", "e-control"), ("u", "a"))
+GAPS = (("b", "a"), ("b", "a-single"), ("b", "a-restart"), ("b", "a-continue"), ("c-tta", "b"),
+        ("c-noise", "b"), ("c-union", "b"), ("c-init", "b"), ("d", "a"), ("e", "e-control"),
+        ("u", "a"))
 
 
 def say(line: str) -> None:
@@ -112,9 +136,11 @@ def base_config(args: argparse.Namespace, seed: int, sets: dict[str, Path], out:
                         calibrate_precision=args.precision, train=tcfg)
 
 
-def trained(cfg: RoundsConfig, out: Path, steps: int, pseudo: str | None = None,
-            backbone: str | None = None, init_from: str | None = None) -> tuple[str, float]:
-    """(checkpoint, val AP ×100) of one training of `steps` steps in `out`."""
+def trained(cfg: RoundsConfig, out: Path, steps: int | None, pseudo: str | None = None,
+            backbone: str | None = None, init_from: str | None = None,
+            optim: OptimConfig | None = None) -> tuple[str, float]:
+    """(checkpoint, val AP ×100) of one training in `out`: `steps` steps over the whole
+    schedule, or the given `optim` (a part of a continued schedule) as it is."""
     data = cfg.train.data
     if pseudo and not json.loads(Path(pseudo).read_text())["annotations"]:
         say(f"{out.name}: no pseudo-labeled person passed the filter; trains labeled-only")
@@ -127,6 +153,8 @@ def trained(cfg: RoundsConfig, out: Path, steps: int, pseudo: str | None = None,
         labeled, images = str(combine_labeled_and_pseudo(
             data.labeled, data.images, pseudo, cfg.unlabeled, out / "combined.json")), "/"
     tcfg = retrain_config(cfg, pseudo, backbone, init)
+    if optim is not None:
+        tcfg.optim = optim
     stages = StageLog(out)
     ckpt = stages.run("train", lambda: train_stage(cfg, out, labeled, images, init_from,
                                                    steps, tcfg=tcfg))["checkpoint"]
@@ -213,12 +241,66 @@ def truth_at_kept_joints(truth: dict, pseudo: dict) -> dict:
     return {**truth, "annotations": anns}
 
 
+def run_continued(args: argparse.Namespace, seed: int, sets: dict[str, Path],
+                  res: dict[str, float], done: Callable[[str, float], None]) -> None:
+    """Rows a, b, q with `--schedule continue` (rounds --schedule continue): the run is one
+    schedule of teacher + student steps; round 0 trains it to its first LR milestone and
+    labels the folder; each round continues the schedule from the last round's model at
+    the decayed LR on mixed batches (round k ≥ 2 relabels with round k − 1's model).
+    a-continue is the same continuation labeled-only; a-single the schedule unbroken."""
+    rows, total = set(args.rows), args.teacher_steps + args.steps
+    seed_dir = Path(args.out) / f"s{seed}"
+    cfg = base_config(args, seed, sets, seed_dir / f"continue{total}")
+    cfg.schedule, cfg.rounds, cfg.train.optim.max_steps = "continue", args.rounds, total
+    parts = continued_schedule(cfg.train.optim, args.rounds)
+    if parts[0].max_steps != args.teacher_steps:
+        raise SystemExit(f"--schedule continue: round 0 ends at the first LR milestone, step "
+                         f"{parts[0].max_steps} of {total}; give --teacher-steps so that it "
+                         f"is 2/3 of the total (e.g. 2 × --steps)")
+    out = Path(cfg.out)
+    knobs = "".join(f"-{k}{v:g}" for k, v, default in (
+        ("ratio", args.labeled_ratio, 0.5), ("lw", args.pseudo_loss_weight, 1.0)) if v != default)
+    if "a" in rows:
+        done("a-single", trained(cfg, seed_dir / f"labeled-{total}", total)[1])
+    teacher, ap0 = trained(cfg, out / "round0", None, optim=parts[0])
+    done("round0", ap0)
+    if "a" in rows:  # the epochs after the milestone, labeled-only, in one training
+        whole = fit_schedule(cfg.train.optim, total)
+        tail = schedule_segment(whole, parts[0].epochs, whole.epochs)
+        done("a-continue", trained(cfg, out / "a-continue", None, init_from=teacher,
+                                   optim=tail)[1])
+        done("a", max(res["a-single"], res["a-continue"]))
+    for k in range(1, args.rounds + 1):
+        if not rows & {"b", "q"}:
+            break
+        labels = out / ("labels" if k == 1 else f"labels-r{k}{knobs}")
+        pseudo = pseudo_labels(cfg, labels, teacher)
+        if "q" in rows:
+            for key, value in label_quality(pseudo, sets["unlabeled"]).items():
+                done(key if k == 1 else key.replace("q-", f"q-r{k}-"), value)
+        if "b" not in rows:
+            break
+        name = "b" if k == args.rounds else f"b-r{k}"
+        teacher, ap = trained(cfg, out / f"{name}{knobs}", None, pseudo, init_from=teacher,
+                              optim=parts[k])
+        done(name, ap)
+
+
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
     """Every asked row of one seed; AP ×100 per row name (and the q-* quality values)."""
     torch.set_num_threads(args.threads)
     root = Path(args.out)
     sets = seed_data(root, args, seed)
     rows, res = set(args.rows), {}
+    t0 = time.perf_counter()
+
+    def done(name: str, value: float) -> None:
+        res[name] = value
+        say(f"seed {seed}: {name:<11} {value:6.2f}  ({time.perf_counter() - t0:.0f}s)")
+
+    if args.schedule == "continue":
+        run_continued(args, seed, sets, res, done)
+        return res
     teacher_steps = args.teacher_steps or args.steps
     total = teacher_steps + args.steps
     # labeled-only trainings from scratch are named by their steps (round 0 of one split
@@ -234,12 +316,6 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
 
     def student(name: str) -> Path:
         return out / f"{name}{knobs}"
-
-    t0 = time.perf_counter()
-
-    def done(name: str, value: float) -> None:
-        res[name] = value
-        say(f"seed {seed}: {name:<11} {value:6.2f}  ({time.perf_counter() - t0:.0f}s)")
 
     if "a" in rows or "d" in rows:
         done("a-single", trained(cfg, seed_dir / f"labeled-{total}", total)[1])
@@ -340,6 +416,14 @@ def main() -> None:
                    help="round 1's steps (and round 0's unless --teacher-steps)")
     p.add_argument("--teacher-steps", type=int, default=0,
                    help="round 0's steps (0: --steps); the controls train round 0 + round 1")
+    p.add_argument("--schedule", choices=("restart", "continue"), default="restart",
+                   help="continue: round 0 is the first 2/3 of one schedule of "
+                        "--teacher-steps + --steps (give --teacher-steps 2 × --steps), the "
+                        "rounds continue it at the decayed LR (rounds --schedule continue); "
+                        "rows a b q")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="--schedule continue: rounds sharing the decayed epochs (2: each "
+                        "relabels with the last)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--tiles", type=lambda v: tuple(int(x) for x in v.split("x")),
                    default=(4, 3), help="row e: MUM tile grid (2x2 for 64x64 crops)")
@@ -369,6 +453,10 @@ def main() -> None:
                         "sooner one after another on both cores)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per job")
     args = p.parse_args()
+    if args.schedule == "continue" and set(args.rows) - {"a", "b", "q"}:
+        p.error("--schedule continue runs rows a, b and q only")
+    if args.rounds != 1 and args.schedule != "continue":
+        p.error("--rounds needs --schedule continue (restart runs one round)")
     args.jobs = args.jobs or max(1, min(args.seeds, usable_cpus()))
     args.threads = args.threads or max(1, usable_cpus() // min(args.jobs, args.seeds))
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
@@ -380,7 +468,8 @@ def main() -> None:
             per_seed = list(pool.map(run_seed, [args] * len(seeds), seeds))
     print(f"\n# rounds_synthetic: {args.labeled_images} labeled / {args.unlabeled_images} "
           f"unlabeled / {args.val_images} val images per seed, "
-          f"{args.teacher_steps or args.steps} + {args.steps} steps, "
+          f"{args.teacher_steps or args.steps} + {args.steps} steps "
+          f"(schedule {args.schedule}, {args.rounds} round(s)), "
           f"noise {args.noise}, ratio {args.labeled_ratio}, "
           f"pseudo loss x{args.pseudo_loss_weight:g}, tta {args.tta}, "
           f"{'calibrated at ' + str(args.precision) if args.calibrate else 'fixed'} "

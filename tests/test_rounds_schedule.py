@@ -108,3 +108,23 @@ def test_continued_rounds_train_round_0_to_the_milestone_then_decay(synthetic_sm
     saved = TrainConfig.load(tmp_path / "run" / "round_1" / "train" / "config.yaml")
     assert saved.ssl.init_from == records[0].checkpoint
     assert saved.pseudo.labels  # round 1 trained on mixed batches
+
+
+def test_cli_schedule_reaches_the_rounds(synthetic_small, tmp_path):
+    """`posemum rounds --schedule continue` with one epoch has no LR milestone to end
+    round 0 at: exit 2 and one line saying so, before --out is made."""
+    import subprocess
+    import sys
+
+    images = str(synthetic_small.parent / "images")
+    out = tmp_path / "run"
+    proc = subprocess.run([
+        sys.executable, "-m", "posemum_deploy.cli", "rounds", "--labeled", str(synthetic_small),
+        "--images", images, "--unlabeled", images, "--val-ann", str(synthetic_small),
+        "--val-images", images, "--out", str(out), "--epochs", "1", "--schedule", "continue"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--schedule continue ends round 0 at the first LR milestone" in lines[0]
+    assert not out.exists()
