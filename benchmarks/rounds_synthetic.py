@@ -288,7 +288,9 @@ def run_continued(args: argparse.Namespace, seed: int, sets: dict[str, Path],
     for k in range(1, args.rounds + 1):
         if not rows & {"b", "q"}:
             break
-        labels = out / ("labels" if k == 1 else f"labels-r{k}{knobs}")
+        # rounds split the same epochs differently for each --rounds: their own folders
+        of = f"r{k}of{args.rounds}" if args.rounds > 1 else ""
+        labels = out / ("labels" if k == 1 else f"labels-{of}{knobs}")
         pseudo = pseudo_labels(cfg, labels, teacher)
         if "q" in rows:
             for key, value in label_quality(pseudo, sets["unlabeled"]).items():
@@ -296,8 +298,8 @@ def run_continued(args: argparse.Namespace, seed: int, sets: dict[str, Path],
         if "b" not in rows:
             break
         name = "b" if k == args.rounds else f"b-r{k}"
-        teacher, ap = trained(cfg, out / f"{name}{knobs}", None, pseudo, init_from=teacher,
-                              optim=parts[k])
+        folder = out / (f"b-{of}{knobs}" if of else f"b{knobs}")
+        teacher, ap = trained(cfg, folder, None, pseudo, init_from=teacher, optim=parts[k])
         done(name, ap)
 
 
