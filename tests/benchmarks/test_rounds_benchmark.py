@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("rounds_synthetic", ROOT / "rounds_synthetic.py")
+def _bench(name: str = "rounds_synthetic"):
+    """A benchmark script as a module; benchmarks/ goes on sys.path as when it is run
+    (rounds_synthetic imports rounds_label_quality beside it)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -29,7 +34,7 @@ def _coco(kps, bbox):
 
 
 def test_label_quality_against_hand_made_truth(tmp_path):
-    bench = _bench()
+    bench = _bench("rounds_label_quality")
     truth = np.zeros((17, 3))
     truth[:, 0], truth[:, 1], truth[:, 2] = np.arange(17) * 3 + 100, 150, 2
     pseudo = truth.copy()
@@ -58,7 +63,7 @@ def test_the_seed_draws_every_data_set(tmp_path):
 
 
 def test_truth_at_kept_joints_keeps_true_positions_where_the_labels_kept_joints():
-    bench = _bench()
+    bench = _bench("rounds_label_quality")
     truth = np.zeros((17, 3))
     truth[:, 0], truth[:, 1], truth[:, 2] = np.arange(17) * 3 + 100, 150, 2
     pseudo = truth.copy()
