@@ -57,169 +57,23 @@ import argparse
 import json
 import multiprocessing
 import statistics
-import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-from rounds_label_quality import (  # benchmarks/ is on sys.path when run
-    label_quality,
-    truth_as_pseudo,
-    truth_at_kept_joints,
-)
 
-from posemum_deploy.data.synthetic import generate_dataset
-from posemum_deploy.rounds import (
-    RoundsConfig,
-    StageLog,
-    _label_stages,
-    continued_schedule,
-    evaluate_stage,
-    fit_schedule,
-    retrain_config,
-    train_stage,
-)
-from posemum_deploy.rounds.schedule import schedule_segment
+# benchmarks/ is on sys.path when run
+from rounds_continued import run_continued
+from rounds_label_quality import label_quality, truth_as_pseudo, truth_at_kept_joints
+from rounds_stages import base_config, pseudo_labels, say, seed_data, trained
+
 from posemum_deploy.system import usable_cpus
-from posemum_deploy.training.config import (
-    DataConfig,
-    ModelConfig,
-    OptimConfig,
-    RuntimeConfig,
-    TrainConfig,
-)
-from posemum_deploy.training.presets import apply_preset
 
 ROWS = ("a", "b", "c", "d", "e", "q", "u")
 GAPS = (("b", "a"), ("b", "a-single"), ("b", "a-restart"), ("b", "a-continue"), ("c-tta", "b"),
         ("c-noise", "b"), ("c-union", "b"), ("c-init", "b"), ("d", "a"), ("e", "e-control"),
         ("u", "a"))
-
-
-def say(line: str) -> None:
-    """One line in one write: seeds trained side by side do not interleave."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-def seed_data(root: Path, args: argparse.Namespace, seed: int) -> dict[str, Path]:
-    """The seed's labeled, unlabeled and val sets (generated once, reused)."""
-    sets = {}
-    for i, (name, n) in enumerate((("labeled", args.labeled_images),
-                                   ("unlabeled", args.unlabeled_images),
-                                   ("val", args.val_images))):
-        ann = root / f"data-s{seed}" / f"{name}{n}" / "annotations.json"
-        if not ann.is_file():
-            generate_dataset(ann.parent, n, seed=1000 * seed + i + 1, max_people=4)
-        sets[name] = ann
-    return sets
-
-
-def base_config(args: argparse.Namespace, seed: int, sets: dict[str, Path], out: Path,
-                preset: str = "supervised") -> RoundsConfig:
-    """The rounds config every row of one seed shares (the demo's small recipe)."""
-    lab, unl, val = sets["labeled"], sets["unlabeled"], sets["val"]
-    tcfg = TrainConfig(
-        data=DataConfig(labeled=str(lab), images=str(lab.parent / "images"), val_ann=str(val),
-                        val_images=str(val.parent / "images"), input_hw=args.input, workers=0,
-                        cache_images=True, rotation_factor=15.0),
-        model=ModelConfig(deconv_channels=128),
-        optim=OptimConfig(lr=args.lr, epochs=6, milestones=(4, 5), batch_size=args.batch),
-        runtime=RuntimeConfig(seed=seed, val_every=0, val_flip=True, device="cpu"))
-    apply_preset(tcfg, preset)
-    tcfg.ssl.unlabeled_batch_size, tcfg.ssl.tiles = args.batch, args.tiles
-    return RoundsConfig(out=str(out), unlabeled=str(unl.parent / "images"), rounds=1,
-                        boxes=f"gt:{unl}", backend="torch", min_joint_score=args.min_joint_score,
-                        min_instance_score=args.min_instance_score, min_joints=args.min_joints,
-                        labeled_ratio=args.labeled_ratio, pseudo_noise=args.noise,
-                        pseudo_loss_weight=args.pseudo_loss_weight,
-                        label_tta=args.tta, calibrate=args.calibrate,
-                        calibrate_precision=args.precision, train=tcfg)
-
-
-def trained(cfg: RoundsConfig, out: Path, steps: int | None, pseudo: str | None = None,
-            backbone: str | None = None, init_from: str | None = None,
-            optim: OptimConfig | None = None) -> tuple[str, float]:
-    """(checkpoint, val AP ×100) of one training in `out`: `steps` steps over the whole
-    schedule, or the given `optim` (a part of a continued schedule) as it is."""
-    data = cfg.train.data
-    if pseudo and not json.loads(Path(pseudo).read_text())["annotations"]:
-        say(f"{out.name}: no pseudo-labeled person passed the filter; trains labeled-only")
-        pseudo = None
-    init = "previous" if init_from else "scratch"
-    labeled, images = data.labeled, data.images
-    if pseudo and not cfg.mixed:
-        from posemum_deploy.rounds import combine_labeled_and_pseudo
-
-        labeled, images = str(combine_labeled_and_pseudo(
-            data.labeled, data.images, pseudo, cfg.unlabeled, out / "combined.json")), "/"
-    tcfg = retrain_config(cfg, pseudo, backbone, init)
-    if optim is not None:
-        tcfg.optim = optim
-    stages = StageLog(out)
-    ckpt = stages.run("train", lambda: train_stage(cfg, out, labeled, images, init_from,
-                                                   steps, tcfg=tcfg))["checkpoint"]
-    ap = stages.run("evaluate", lambda: evaluate_stage(cfg, ckpt, out))["metrics"]["AP"]
-    return ckpt, 100 * ap
-
-
-def pseudo_labels(cfg: RoundsConfig, out: Path, teacher: str) -> str:
-    """Label the unlabeled folder with `teacher` and merge (resumable); the json path."""
-    _label_stages(cfg, StageLog(out), out, teacher)
-    return str(out / "pseudo.json")
-
-
-def run_continued(args: argparse.Namespace, seed: int, sets: dict[str, Path],
-                  res: dict[str, float], done: Callable[[str, float], None]) -> None:
-    """Rows a, b, q with `--schedule continue` (rounds --schedule continue): the run is one
-    schedule of teacher + student steps; round 0 trains it to its first LR milestone and
-    labels the folder; each round continues the schedule from the last round's model at
-    the decayed LR on mixed batches (round k ≥ 2 relabels with round k − 1's model).
-    a-continue is the same continuation labeled-only; a-single the schedule unbroken."""
-    rows, total = set(args.rows), args.teacher_steps + args.steps
-    seed_dir = Path(args.out) / f"s{seed}"
-    cfg = base_config(args, seed, sets, seed_dir / f"continue{total}")
-    cfg.schedule, cfg.rounds, cfg.train.optim.max_steps = "continue", args.rounds, total
-    parts = continued_schedule(cfg.train.optim, args.rounds)
-    if parts[0].max_steps != args.teacher_steps:
-        raise SystemExit(f"--schedule continue: round 0 ends at the first LR milestone, step "
-                         f"{parts[0].max_steps} of {total}; give --teacher-steps so that it "
-                         f"is 2/3 of the total (e.g. 2 × --steps)")
-    out = Path(cfg.out)
-    knobs = "".join(f"-{k}{v:g}" for k, v, default in (
-        ("ratio", args.labeled_ratio, 0.5), ("lw", args.pseudo_loss_weight, 1.0)) if v != default)
-    if "a" in rows:
-        done("a-single", trained(cfg, seed_dir / f"labeled-{total}", total)[1])
-    teacher, ap0 = trained(cfg, out / "round0", None, optim=parts[0])
-    done("round0", ap0)
-    if "a" in rows:  # the epochs after the milestone, labeled-only, in one training
-        whole = fit_schedule(cfg.train.optim, total)
-        tail = schedule_segment(whole, parts[0].epochs, whole.epochs)
-        done("a-continue", trained(cfg, out / "a-continue", None, init_from=teacher,
-                                   optim=tail)[1])
-        done("a", max(res["a-single"], res["a-continue"]))
-    if "u" in rows:  # round 1 on the unlabeled set's true labels: the bound
-        truth = str(truth_as_pseudo(out, sets["unlabeled"]))
-        done("u", trained(cfg, out / f"u{knobs}", None, truth, init_from=teacher,
-                          optim=parts[1])[1])
-    for k in range(1, args.rounds + 1):
-        if not rows & {"b", "q"}:
-            break
-        # rounds split the same epochs differently for each --rounds: their own folders
-        of = f"r{k}of{args.rounds}" if args.rounds > 1 else ""
-        labels = out / ("labels" if k == 1 else f"labels-{of}{knobs}")
-        pseudo = pseudo_labels(cfg, labels, teacher)
-        if "q" in rows:
-            for key, value in label_quality(pseudo, sets["unlabeled"]).items():
-                done(key if k == 1 else key.replace("q-", f"q-r{k}-"), value)
-        if "b" not in rows:
-            break
-        name = "b" if k == args.rounds else f"b-r{k}"
-        folder = out / (f"b-{of}{knobs}" if of else f"b{knobs}")
-        teacher, ap = trained(cfg, folder, None, pseudo, init_from=teacher, optim=parts[k])
-        done(name, ap)
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:

@@ -1,0 +1,68 @@
+"""Rows a, b, q, u of benchmarks/rounds_synthetic.py with `--schedule continue` (rounds
+--schedule continue): round 0 is the first part of one LR schedule, the rounds continue
+it at the decayed LR."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from rounds_label_quality import (  # benchmarks/ on sys.path
+    label_quality,
+    truth_as_pseudo,
+)
+from rounds_stages import base_config, pseudo_labels, trained
+
+from posemum_deploy.rounds import continued_schedule, fit_schedule
+from posemum_deploy.rounds.schedule import schedule_segment
+
+
+def run_continued(args: argparse.Namespace, seed: int, sets: dict[str, Path],
+                  res: dict[str, float], done: Callable[[str, float], None]) -> None:
+    """Rows a, b, q with `--schedule continue` (rounds --schedule continue): the run is one
+    schedule of teacher + student steps; round 0 trains it to its first LR milestone and
+    labels the folder; each round continues the schedule from the last round's model at
+    the decayed LR on mixed batches (round k ≥ 2 relabels with round k − 1's model).
+    a-continue is the same continuation labeled-only; a-single the schedule unbroken."""
+    rows, total = set(args.rows), args.teacher_steps + args.steps
+    seed_dir = Path(args.out) / f"s{seed}"
+    cfg = base_config(args, seed, sets, seed_dir / f"continue{total}")
+    cfg.schedule, cfg.rounds, cfg.train.optim.max_steps = "continue", args.rounds, total
+    parts = continued_schedule(cfg.train.optim, args.rounds)
+    if parts[0].max_steps != args.teacher_steps:
+        raise SystemExit(f"--schedule continue: round 0 ends at the first LR milestone, step "
+                         f"{parts[0].max_steps} of {total}; give --teacher-steps so that it "
+                         f"is 2/3 of the total (e.g. 2 × --steps)")
+    out = Path(cfg.out)
+    knobs = "".join(f"-{k}{v:g}" for k, v, default in (
+        ("ratio", args.labeled_ratio, 0.5), ("lw", args.pseudo_loss_weight, 1.0)) if v != default)
+    if "a" in rows:
+        done("a-single", trained(cfg, seed_dir / f"labeled-{total}", total)[1])
+    teacher, ap0 = trained(cfg, out / "round0", None, optim=parts[0])
+    done("round0", ap0)
+    if "a" in rows:  # the epochs after the milestone, labeled-only, in one training
+        whole = fit_schedule(cfg.train.optim, total)
+        tail = schedule_segment(whole, parts[0].epochs, whole.epochs)
+        done("a-continue", trained(cfg, out / "a-continue", None, init_from=teacher,
+                                   optim=tail)[1])
+        done("a", max(res["a-single"], res["a-continue"]))
+    if "u" in rows:  # round 1 on the unlabeled set's true labels: the bound
+        truth = str(truth_as_pseudo(out, sets["unlabeled"]))
+        done("u", trained(cfg, out / f"u{knobs}", None, truth, init_from=teacher,
+                          optim=parts[1])[1])
+    for k in range(1, args.rounds + 1):
+        if not rows & {"b", "q"}:
+            break
+        # rounds split the same epochs differently for each --rounds: their own folders
+        of = f"r{k}of{args.rounds}" if args.rounds > 1 else ""
+        labels = out / ("labels" if k == 1 else f"labels-{of}{knobs}")
+        pseudo = pseudo_labels(cfg, labels, teacher)
+        if "q" in rows:
+            for key, value in label_quality(pseudo, sets["unlabeled"]).items():
+                done(key if k == 1 else key.replace("q-", f"q-r{k}-"), value)
+        if "b" not in rows:
+            break
+        name = "b" if k == args.rounds else f"b-r{k}"
+        folder = out / (f"b-{of}{knobs}" if of else f"b{knobs}")
+        teacher, ap = trained(cfg, folder, None, pseudo, init_from=teacher, optim=parts[k])
+        done(name, ap)
