@@ -16,6 +16,7 @@ schedule beat the better labeled-only schedule on every seed
 from __future__ import annotations
 
 import copy
+from itertools import pairwise
 
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.training.config import OptimConfig
@@ -99,4 +100,4 @@ def continued_schedule(optim: OptimConfig, rounds: int,
             return [schedule_segment(optim, 0, bounds[1])]
         optim = copy.deepcopy(optim)
         optim.steps_per_epoch = max(1, round0_steps // bounds[1])
-    return [schedule_segment(optim, a, b) for a, b in zip(bounds, bounds[1:])]
+    return [schedule_segment(optim, a, b) for a, b in pairwise(bounds)]
