@@ -11,7 +11,7 @@ from rounds_label_quality import (  # benchmarks/ on sys.path
     label_quality,
     truth_as_pseudo,
 )
-from rounds_stages import base_config, pseudo_labels, trained
+from rounds_stages import base_config, pseudo_labels, student_knobs, trained
 
 from posemum_deploy.rounds import continued_schedule, fit_schedule
 from posemum_deploy.rounds.schedule import schedule_segment
@@ -19,7 +19,7 @@ from posemum_deploy.rounds.schedule import schedule_segment
 
 def run_continued(args: argparse.Namespace, seed: int, sets: dict[str, Path],
                   res: dict[str, float], done: Callable[[str, float], None]) -> None:
-    """Rows a, b, q with `--schedule continue` (rounds --schedule continue): the run is one
+    """Rows a, b, q, u with `--schedule continue` (rounds --schedule continue): the run is one
     schedule of teacher + student steps; round 0 trains it to its first LR milestone and
     labels the folder; each round continues the schedule from the last round's model at
     the decayed LR on mixed batches (round k ≥ 2 relabels with round k − 1's model).
@@ -34,8 +34,7 @@ def run_continued(args: argparse.Namespace, seed: int, sets: dict[str, Path],
                          f"{parts[0].max_steps} of {total}; give --teacher-steps so that it "
                          f"is 2/3 of the total (e.g. 2 × --steps)")
     out = Path(cfg.out)
-    knobs = "".join(f"-{k}{v:g}" for k, v, default in (
-        ("ratio", args.labeled_ratio, 0.5), ("lw", args.pseudo_loss_weight, 1.0)) if v != default)
+    knobs = student_knobs(args)
     if "a" in rows:
         done("a-single", trained(cfg, seed_dir / f"labeled-{total}", total)[1])
     teacher, ap0 = trained(cfg, out / "round0", None, optim=parts[0])

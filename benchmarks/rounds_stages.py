@@ -94,6 +94,13 @@ def trained(cfg: RoundsConfig, out: Path, steps: int | None, pseudo: str | None 
     return ckpt, 100 * ap
 
 
+def student_knobs(args: argparse.Namespace) -> str:
+    """The suffix of a student's folder: each knob away from its default ("-lw0.3"), so
+    runs with other knobs do not reuse its cached stages (reused by folder name)."""
+    return "".join(f"-{k}{v:g}" for k, v, default in (
+        ("ratio", args.labeled_ratio, 0.5), ("lw", args.pseudo_loss_weight, 1.0)) if v != default)
+
+
 def pseudo_labels(cfg: RoundsConfig, out: Path, teacher: str) -> str:
     """Label the unlabeled folder with `teacher` and merge (resumable); the json path."""
     _label_stages(cfg, StageLog(out), out, teacher)

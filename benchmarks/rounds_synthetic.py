@@ -66,8 +66,16 @@ import torch
 # benchmarks/ is on sys.path when run
 from rounds_continued import run_continued
 from rounds_label_quality import label_quality, truth_as_pseudo, truth_at_kept_joints
-from rounds_stages import base_config, pseudo_labels, say, seed_data, trained
+from rounds_stages import (
+    base_config,
+    pseudo_labels,
+    say,
+    seed_data,
+    student_knobs,
+    trained,
+)
 
+from posemum_deploy.rounds import SCHEDULES
 from posemum_deploy.system import usable_cpus
 
 ROWS = ("a", "b", "c", "d", "e", "q", "u")
@@ -99,10 +107,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
     split = "" if teacher_steps == args.steps else f"t{teacher_steps}"
     cfg = base_config(args, seed, sets, seed_dir / split)
     out = Path(cfg.out)
-    # a student knob away from its default names the student runs apart (cached stages
-    # are reused by folder name)
-    knobs = "".join(f"-{k}{v:g}" for k, v, default in (
-        ("ratio", args.labeled_ratio, 0.5), ("lw", args.pseudo_loss_weight, 1.0)) if v != default)
+    knobs = student_knobs(args)
 
     def student(name: str) -> Path:
         return out / f"{name}{knobs}"
@@ -201,7 +206,7 @@ def main() -> None:
                    help="round 1's steps (and round 0's unless --teacher-steps)")
     p.add_argument("--teacher-steps", type=int, default=0,
                    help="round 0's steps (0: --steps); the controls train round 0 + round 1")
-    p.add_argument("--schedule", choices=("restart", "continue"), default="restart",
+    p.add_argument("--schedule", choices=SCHEDULES, default="restart",
                    help="continue: round 0 is the first 2/3 of one schedule of "
                         "--teacher-steps + --steps (give --teacher-steps 2 × --steps), the "
                         "rounds continue it at the decayed LR (rounds --schedule continue); "
