@@ -139,7 +139,8 @@ def run_demo_rounds(cfg: DemoConfig, result: DemoResult, n_rounds: int, on_round
     rcfg = RoundsConfig(out=str(Path(cfg.out) / "rounds"),
                         unlabeled=str(unlabeled_ann.parent / "images"), rounds=n_rounds,
                         boxes=f"gt:{unlabeled_ann}", backend="torch",
-                        initial_checkpoint=teacher, retrain_max_steps=steps, train=tcfg)
+                        initial_checkpoint=teacher, retrain_max_steps=steps,
+                        schedule="restart", train=tcfg)
     records = run_rounds(rcfg, on_round=on_round, train_callbacks=train_callbacks,
                          label_progress=label_progress)
     control_dir = Path(rcfg.out) / "control_labeled_only"

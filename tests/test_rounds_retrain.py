@@ -89,7 +89,7 @@ def test_init_mode_errors_and_default(synthetic_small, unlabeled, tmp_path):
                          (dict(pseudo_noise="blur"), "--pseudo-noise: unknown blur"),
                          (dict(pseudo_weight="oks"), "--pseudo-weight must be one of"),
                          (dict(pseudo_loss_weight=-1.0), "--pseudo-loss-weight -1.0: must be"),
-                         (dict(mixed=False, pseudo_loss_weight=0.3),
+                         (dict(mixed=False, pseudo_loss_weight=1.0),
                           "--pseudo-loss-weight applies to mixed batches, and --union"),
                          (dict(mixed=False, labeled_ratio=0.75), "drop --labeled-ratio or --union")):
         with pytest.raises(ConfigError, match=message):

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from posemum_deploy.errors import ConfigError
-from posemum_deploy.rounds import RoundsConfig, continued_schedule, run_rounds
+from posemum_deploy.rounds import RoundsConfig, continued_schedule, resolve_schedule, run_rounds
 from posemum_deploy.rounds.schedule import fit_schedule
 from posemum_deploy.training.config import OptimConfig, TrainConfig
 
@@ -75,7 +75,7 @@ def _cfg(labeled, unlabeled, out, **kw) -> RoundsConfig:
 
 
 @pytest.mark.parametrize("kw,words", [
-    ({"schedule": "resume"}, "--schedule must be one of restart, continue"),
+    ({"schedule": "resume"}, "--schedule must be one of auto, restart, continue"),
     ({"retrain_max_steps": 5}, "--retrain-max-steps does not apply"),
     ({"init": "scratch"}, "--init scratch does not apply"),
     ({"initial_checkpoint": "x.pt", "max_steps": None}, "needs --max-steps")])
@@ -88,15 +88,51 @@ def test_continue_refuses_options_it_cannot_honour(synthetic_small, tmp_path, kw
     assert not (tmp_path / "run").exists()
 
 
+def test_default_schedule_is_auto_and_pseudo_loss_pulls_less():
+    """The defaults are the recipe that beat the labeled-only control."""
+    cfg = RoundsConfig(out="", unlabeled="")
+    assert (cfg.schedule, cfg.pseudo_loss_weight, cfg.rounds) == ("auto", 0.3, 1)
+
+
+@pytest.mark.parametrize("kw,optim,expected,reason", [
+    ({}, {}, "continue", "continue (round 0 trains to the first LR milestone)"),
+    ({"schedule": "restart"}, {}, "restart", None),
+    ({"initial_checkpoint": "teacher.pt"}, {}, "restart", "a given round-0 teacher"),
+    ({"teacher_backbone": "resnet50"}, {}, "restart", "a resnet18 student of a resnet50 teacher"),
+    ({"init": "scratch"}, {}, "restart", "--init scratch"),
+    ({"init": "previous"}, {}, "continue", "continue"),
+    ({"retrain_max_steps": 5}, {}, "restart", "--retrain-max-steps"),
+    ({}, {"schedule": "cosine"}, "restart", "the cosine LR schedule"),
+    ({}, {"milestones": ()}, "restart", "no milestone"),
+    ({"rounds": 2}, {"epochs": 3, "milestones": (2,)}, "restart", "each of 2 round(s)"),
+    ({"rounds": 2}, {"epochs": 4, "milestones": (2,)}, "continue", "continue")])
+def test_auto_schedule_continues_wherever_the_run_can_be_one_schedule(
+        kw, optim, expected, reason, caplog, tmp_path):
+    t = TrainConfig()
+    t.model.backbone, t.optim.epochs, t.optim.milestones = "resnet18", 3, (2,)
+    for key, value in optim.items():
+        setattr(t.optim, key, value)
+    cfg = RoundsConfig(out=str(tmp_path), unlabeled=str(tmp_path), train=t, **kw)
+    with caplog.at_level("INFO", logger="posemum_deploy.rounds.retrain"):
+        assert resolve_schedule(cfg) == expected
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert (reason in logged) if reason else not logged
+
+
 @pytest.mark.slow
 def test_continued_rounds_train_round_0_to_the_milestone_then_decay(synthetic_small, tmp_path):
     """3 epochs of 2 steps (6 steps), LR ×0.1 after epoch 2: round 0 trains 4 steps at
-    1e-3, round 1 the last 2 at 1e-4, starting from round 0's model."""
+    1e-3, round 1 the last 2 at 1e-4, starting from round 0's model. The default `auto`
+    schedule chooses this, and the run's rounds.yaml records `continue`."""
+    import yaml
+
     from posemum_deploy.data.synthetic import generate_dataset
 
     unlabeled = generate_dataset(tmp_path / "unl", 4, seed=5).parent / "images"
-    cfg = _cfg(synthetic_small, unlabeled, tmp_path / "run")
+    cfg = _cfg(synthetic_small, unlabeled, tmp_path / "run", schedule="auto")
     records = run_rounds(cfg)
+    assert yaml.safe_load((tmp_path / "run" / "rounds.yaml").read_text())["schedule"] == "continue"
+    assert cfg.schedule == "auto"  # the caller's config is left as given
 
     def train_rows(k):
         lines = (tmp_path / "run" / f"round_{k}" / "train" / "metrics.jsonl").read_text()

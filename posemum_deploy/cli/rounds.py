@@ -16,7 +16,7 @@ def rounds(
     val_ann: Path = typer.Option(..., "--val-ann"),
     val_images: Path = typer.Option(..., "--val-images"),
     out: Path = typer.Option(Path("runs/rounds"), "--out"),
-    n_rounds: int = typer.Option(2, "--rounds"),
+    n_rounds: int = typer.Option(1, "--rounds", help="pseudo-label rounds after round 0"),
     preset: str = typer.Option("supervised", "--preset",
                                help="every training's preset (pose-mum-plus: pseudo-labels "
                                     "as extra labeled data plus the unlabeled loss)"),
@@ -37,9 +37,9 @@ def rounds(
     pseudo_weight: str = typer.Option("none", "--pseudo-weight",
                                       help="none | score | agreement: per-joint loss weight"),
     pseudo_loss_weight: float = typer.Option(
-        1.0, "--pseudo-loss-weight",
-        help="scale of the pseudo-labeled crops' loss in each batch (e.g. 0.3: they pull "
-             "less than the clean labels)"),
+        0.3, "--pseudo-loss-weight",
+        help="scale of the pseudo-labeled crops' loss in each batch (0.3: they pull less "
+             "than the clean labels; 1: as much)"),
     teacher_backbone: Optional[str] = typer.Option(None, "--teacher-backbone",
                                                    help="round 0's backbone (default --backbone)"),
     student_backbone: Optional[str] = typer.Option(
@@ -67,10 +67,12 @@ def rounds(
         None, "--retrain-max-steps",
         help="steps of each retraining (default: round 0's; the schedule spans them)"),
     schedule: str = typer.Option(
-        "restart", "--schedule",
-        help="restart: each retraining runs the whole LR schedule; continue: the run is one "
-             "schedule (--epochs, --max-steps): round 0 trains to its first milestone, the "
-             "rounds share the decayed epochs after it (equal compute to one labeled-only run)"),
+        "auto", "--schedule",
+        help="continue: the run is one schedule (--epochs, --max-steps): round 0 trains to "
+             "its first milestone, the rounds share the decayed epochs after it (equal "
+             "compute to one labeled-only run); restart: each retraining runs the whole LR "
+             "schedule; auto: continue unless a given teacher, another student backbone, "
+             "--init, --retrain-max-steps or the LR schedule rule it out"),
     backbone: str = typer.Option("resnet18", "--backbone"),
     input_size: str = typer.Option("256x192", "--input-size"),
     epochs: int = typer.Option(30, "--epochs"),

@@ -9,7 +9,8 @@ mixes labeled and pseudo-labeled persons at `labeled_ratio` (training/pseudo_mix
 pseudo-labeled crops are noised, and the student fine-tunes the previous round's model
 (or starts from the initial weights, `init`) with round 0's full step budget, or, with
 `schedule="continue"`, the run is one LR schedule: round 0 trains it to its first
-milestone and the rounds continue it at the decayed LR (schedule.py). A student
+milestone and the rounds continue it at the decayed LR (schedule.py; the default
+`schedule="auto"` continues wherever the run can be one schedule). A student
 backbone may differ from the teacher's (distillation across sizes), and any preset may
 retrain (SSL on top of pseudo-labels).
 The package: config.py (RoundsConfig, RoundRecord, StageLog), label_stage.py (export →
@@ -19,7 +20,7 @@ schedule.py (restarted or continued LR schedules); here the loop itself.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -32,7 +33,8 @@ from posemum_deploy.rounds.label_stage import (_label_stages, _thresholds_stage,
                                                attach_joint_reliability)
 from posemum_deploy.rounds.retrain import (backbones, check_retrain_options,
                                            combine_labeled_and_pseudo, evaluate_stage,
-                                           resolve_init, retrain_config, train_stage)
+                                           resolve_init, resolve_schedule, retrain_config,
+                                           train_stage)
 from posemum_deploy.rounds.schedule import SCHEDULES, continued_schedule, fit_schedule
 
 if TYPE_CHECKING:
@@ -43,7 +45,8 @@ __all__ = ["CHECKPOINT_BACKENDS", "INIT_MODES", "SCHEDULES", "STAGES", "RoundRec
            "RoundsConfig", "StageLog", "_label_stages", "_thresholds_stage",
            "attach_joint_reliability", "backbones", "check_retrain_options",
            "check_round_inputs", "combine_labeled_and_pseudo", "continued_schedule",
-           "evaluate_stage", "fit_schedule", "resolve_init", "retrain_config", "run_rounds",
+           "evaluate_stage", "fit_schedule", "resolve_init", "resolve_schedule", "retrain_config",
+           "run_rounds",
            "train_stage", "write_summary"]
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,7 @@ def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None
     """Round 0 (teacher on labeled data, or the given checkpoint) then cfg.rounds rounds of
     pseudo-label retraining; returns one record per round and writes a table and a plot.
     `train_callbacks` and `label_progress` see every training and labeling stage."""
+    cfg = replace(cfg, schedule=resolve_schedule(cfg))  # rounds.yaml records the one used
     init = resolve_init(cfg)
     check_retrain_options(cfg)
     if not cfg.train.data.val_ann:

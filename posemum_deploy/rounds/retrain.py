@@ -3,14 +3,19 @@ student backbone, preset), its step budget, the union-list ablation, and evaluat
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 from typing import Any
 
 from posemum_deploy.data.coco import load_coco_keypoints, person_category, save_json
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.rounds.config import INIT_MODES, RoundsConfig
-from posemum_deploy.rounds.schedule import SCHEDULES, continued_schedule, fit_schedule
+from posemum_deploy.rounds.schedule import (AUTO, SCHEDULES, continued_schedule, fit_schedule,
+                                            round_bounds)
 from posemum_deploy.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
 
 def combine_labeled_and_pseudo(labeled: str | Path, labeled_images: str | Path,
                                pseudo: str | Path, pseudo_images: str | Path,
@@ -40,6 +45,44 @@ def combine_labeled_and_pseudo(labeled: str | Path, labeled_images: str | Path,
                 anns.append({**ann, "id": len(anns) + 1, "image_id": id_map[ann["image_id"]]})
     return save_json({"images": images, "annotations": anns,
                       "categories": [person_category()]}, out)
+
+
+def resolve_schedule(cfg: RoundsConfig) -> str:
+    """The schedule the run uses: the asked one, or for `auto` `continue` wherever the run
+    can be one LR schedule and `restart` where it cannot, with the reason logged.
+
+    `continue` is preferred because it is the recipe that beat the labeled-only control
+    at equal compute (schedule.py). It needs round 0 trained here (a given teacher has no
+    schedule to continue), a student of the teacher's backbone fine-tuned from it, the
+    step LR schedule with a milestone and a decayed epoch per round, and no per-round
+    step budget."""
+    if cfg.schedule != AUTO:
+        return cfg.schedule
+    reason = _why_not_continue(cfg)
+    if reason:
+        log.info("--schedule auto: restart, because of %s", reason)
+        return "restart"
+    log.info("--schedule auto: continue (round 0 trains to the first LR milestone)")
+    return "continue"
+
+
+def _why_not_continue(cfg: RoundsConfig) -> str | None:
+    """What keeps the run from being one continued schedule (None: nothing)."""
+    teacher, student = backbones(cfg)
+    if cfg.initial_checkpoint:
+        return "a given round-0 teacher (--initial-checkpoint)"
+    if teacher != student:
+        return f"a {student} student of a {teacher} teacher"
+    if cfg.init not in (None, "previous"):
+        return f"--init {cfg.init}"
+    if cfg.retrain_max_steps:
+        return "--retrain-max-steps"
+    try:
+        round_bounds(cfg.train.optim, cfg.rounds)
+    except ConfigError:
+        return (f"the {cfg.train.optim.schedule} LR schedule, which has no milestone with a "
+                f"decayed epoch for each of {cfg.rounds} round(s)")
+    return None
 
 
 def resolve_init(cfg: RoundsConfig) -> str:
@@ -73,8 +116,8 @@ def check_retrain_options(cfg: RoundsConfig) -> None:
     from posemum_deploy.training.pseudo_mix import (WEIGHTS, check_loss_weight, parse_noise,
                                                     split_batch)
 
-    if cfg.schedule not in SCHEDULES:
-        raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, "
+    if cfg.schedule not in (AUTO, *SCHEDULES):
+        raise ConfigError(f"--schedule must be one of {', '.join((AUTO, *SCHEDULES))}, "
                           f"got {cfg.schedule!r}")
     if cfg.schedule == "continue":
         if cfg.retrain_max_steps:

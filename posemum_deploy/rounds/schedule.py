@@ -1,7 +1,7 @@
 """How the rounds spend the LR schedule: restarted per round, or continued across rounds.
 
-`restart` (the default): every retraining runs the whole step schedule again over its
-step budget (`fit_schedule`). `continue`: the run is one schedule. Round 0 trains it up
+`restart`: every retraining runs the whole step schedule again over its step budget
+(`fit_schedule`). `continue`: the run is one schedule. Round 0 trains it up
 to its first LR milestone, where the model is as good as the high LR gets it and the
 labeled-only control would start decaying; its labels feed round 1, which continues the
 same schedule at the decayed LR from round 0's weights; the epochs after the milestone
@@ -12,7 +12,9 @@ Why: on the synthetic rounds benchmark a student that restarts the schedule at i
 LR loses to the labeled-only control, which spends those steps decaying; the continued
 schedule beat the better labeled-only schedule by +0.46 ± 0.17 AP over five seeds, four
 of which gained (docs/experiments/rounds-recipe.md, "Pilot 9" and "The continued
-schedule as a mode").
+schedule as a mode"). `auto`, the default, is `continue` wherever the run can be one
+schedule and `restart` where it cannot (a given teacher, a student of another backbone,
+a cosine schedule: `rounds.retrain.resolve_schedule`).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from posemum_deploy.errors import ConfigError
 from posemum_deploy.training.config import OptimConfig
 
 SCHEDULES = ("restart", "continue")
+AUTO = "auto"  # the default: continue where the run can be one schedule, else restart
 
 
 def fit_schedule(optim: OptimConfig, max_steps: int) -> OptimConfig:
