@@ -6,7 +6,12 @@ import json
 import pytest
 
 from posemum_deploy.errors import ConfigError
-from posemum_deploy.rounds import RoundsConfig, continued_schedule, resolve_schedule, run_rounds
+from posemum_deploy.rounds import (
+    RoundsConfig,
+    continued_schedule,
+    resolve_schedule,
+    run_rounds,
+)
 from posemum_deploy.rounds.schedule import fit_schedule
 from posemum_deploy.training.config import OptimConfig, TrainConfig
 

@@ -10,8 +10,13 @@ from typing import Any
 from posemum_deploy.data.coco import load_coco_keypoints, person_category, save_json
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.rounds.config import INIT_MODES, RoundsConfig
-from posemum_deploy.rounds.schedule import (AUTO, SCHEDULES, continued_schedule, fit_schedule,
-                                            round_bounds)
+from posemum_deploy.rounds.schedule import (
+    AUTO,
+    SCHEDULES,
+    continued_schedule,
+    fit_schedule,
+    round_bounds,
+)
 from posemum_deploy.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -113,8 +118,12 @@ def resolve_init(cfg: RoundsConfig) -> str:
 
 def check_retrain_options(cfg: RoundsConfig) -> None:
     """The schedule and mixed-batch options parse, before round 0 spends its training."""
-    from posemum_deploy.training.pseudo_mix import (WEIGHTS, check_loss_weight, parse_noise,
-                                                    split_batch)
+    from posemum_deploy.training.pseudo_mix import (
+        WEIGHTS,
+        check_loss_weight,
+        parse_noise,
+        split_batch,
+    )
 
     if cfg.schedule not in (AUTO, *SCHEDULES):
         raise ConfigError(f"--schedule must be one of {', '.join((AUTO, *SCHEDULES))}, "
