@@ -20,25 +20,42 @@ schedule.py (restarted or continued LR schedules); here the loop itself.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from posemum_deploy.data.coco import save_json
 from posemum_deploy.data.images import IMAGE_SUFFIXES
 from posemum_deploy.errors import ConfigError
-from posemum_deploy.rounds.config import (CHECKPOINT_BACKENDS, INIT_MODES, STAGES, RoundRecord,
-                                          RoundsConfig, StageLog)
-from posemum_deploy.rounds.label_stage import (_label_stages, _thresholds_stage,
-                                               attach_joint_reliability)
-from posemum_deploy.rounds.retrain import (backbones, check_retrain_options,
-                                           combine_labeled_and_pseudo, evaluate_stage,
-                                           resolve_init, resolve_schedule, retrain_config,
-                                           train_stage)
+from posemum_deploy.rounds.config import (
+    CHECKPOINT_BACKENDS,
+    INIT_MODES,
+    STAGES,
+    RoundRecord,
+    RoundsConfig,
+    StageLog,
+)
+from posemum_deploy.rounds.label_stage import (
+    _label_stages,
+    _thresholds_stage,
+    attach_joint_reliability,
+)
+from posemum_deploy.rounds.retrain import (
+    backbones,
+    check_retrain_options,
+    combine_labeled_and_pseudo,
+    evaluate_stage,
+    resolve_init,
+    resolve_schedule,
+    retrain_config,
+    train_stage,
+)
 from posemum_deploy.rounds.schedule import SCHEDULES, continued_schedule, fit_schedule
 
 if TYPE_CHECKING:
     from posemum_deploy.label.runner import LabelProgress
+    from posemum_deploy.training.config import OptimConfig
     from posemum_deploy.training.trainer import TrainCallbacks
 
 __all__ = ["CHECKPOINT_BACKENDS", "INIT_MODES", "SCHEDULES", "STAGES", "RoundRecord",
@@ -72,8 +89,8 @@ def check_round_inputs(cfg: RoundsConfig) -> None:
 
 
 def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None = None,
-               train_callbacks: "TrainCallbacks | None" = None,
-               label_progress: "LabelProgress | None" = None) -> list[RoundRecord]:
+               train_callbacks: TrainCallbacks | None = None,
+               label_progress: LabelProgress | None = None) -> list[RoundRecord]:
     """Round 0 (teacher on labeled data, or the given checkpoint) then cfg.rounds rounds of
     pseudo-label retraining; returns one record per round and writes a table and a plot.
     `train_callbacks` and `label_progress` see every training and labeling stage."""
@@ -107,34 +124,45 @@ def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None
     if on_round:
         on_round(records[-1])
     for k in range(1, cfg.rounds + 1):
-        round_dir = out / f"round_{k}"
-        stages = StageLog(round_dir)
-        merged = _label_stages(cfg, stages, round_dir, teacher, label_progress)
-        pseudo: str | None = str(round_dir / "pseudo.json")
-        if not merged["annotations"]:
-            log.warning("%s: no pseudo-labeled person passed the filter (lower "
-                        "--calibrate-precision or --min-joint-score, or pass --thresholds); "
-                        "round %d trains on the labeled set only", pseudo, k)
-            pseudo = None
-        tcfg = retrain_config(cfg, pseudo, backbones(cfg)[1], init)
-        if continued:  # this round's epochs of the one schedule, at their decayed LR
-            tcfg.optim = segments[k]
-        labeled, images = data.labeled, data.images
-        if pseudo and not cfg.mixed:  # the ablation: one union list, labeled repeated
-            labeled, images = str(combine_labeled_and_pseudo(
-                data.labeled, data.images, pseudo, cfg.unlabeled,
-                round_dir / "train_combined.json", cfg.labeled_repeat)), "/"
-        init_from = teacher if init == "previous" else None
-        teacher = stages.run("train", lambda: train_stage(
-            cfg, round_dir, labeled, images, init_from, budget, train_callbacks,
-            tcfg))["checkpoint"]
-        mk = stages.run("evaluate", lambda: evaluate_stage(cfg, teacher, round_dir))
-        records.append(RoundRecord(k, teacher, mk["metrics"], merged["annotations"],
-                                   merged["images"]))
+        optim = segments[k] if continued else None
+        records.append(_retrain_round(cfg, k, teacher, init, budget, optim,
+                                      train_callbacks, label_progress))
+        teacher = records[-1].checkpoint
         if on_round:
             on_round(records[-1])
     write_summary(records, out)
     return records
+
+
+def _retrain_round(cfg: RoundsConfig, k: int, teacher: str, init: str, budget: int | None,
+                   optim: OptimConfig | None, train_callbacks: TrainCallbacks | None,
+                   label_progress: LabelProgress | None) -> RoundRecord:
+    """Round k: label the folder with `teacher`, merge, retrain (its `optim` part of a
+    continued schedule, else `budget` steps of the whole schedule), evaluate."""
+    round_dir = Path(cfg.out) / f"round_{k}"
+    stages = StageLog(round_dir)
+    data = cfg.train.data
+    merged = _label_stages(cfg, stages, round_dir, teacher, label_progress)
+    pseudo: str | None = str(round_dir / "pseudo.json")
+    if not merged["annotations"]:
+        log.warning("%s: no pseudo-labeled person passed the filter (lower "
+                    "--calibrate-precision or --min-joint-score, or pass --thresholds); "
+                    "round %d trains on the labeled set only", pseudo, k)
+        pseudo = None
+    tcfg = retrain_config(cfg, pseudo, backbones(cfg)[1], init)
+    if optim is not None:  # this round's epochs of the one schedule, at their decayed LR
+        tcfg.optim = optim
+    labeled, images = data.labeled, data.images
+    if pseudo and not cfg.mixed:  # the ablation: one union list, labeled repeated
+        labeled, images = str(combine_labeled_and_pseudo(
+            data.labeled, data.images, pseudo, cfg.unlabeled,
+            round_dir / "train_combined.json", cfg.labeled_repeat)), "/"
+    init_from = teacher if init == "previous" else None
+    student = stages.run("train", lambda: train_stage(
+        cfg, round_dir, labeled, images, init_from, budget, train_callbacks,
+        tcfg))["checkpoint"]
+    mk = stages.run("evaluate", lambda: evaluate_stage(cfg, student, round_dir))
+    return RoundRecord(k, student, mk["metrics"], merged["annotations"], merged["images"])
 
 
 def write_summary(records: list[RoundRecord], out: Path) -> None:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from posemum_deploy.data.coco import save_json
 from posemum_deploy.inference.backends import SUFFIX_BACKENDS

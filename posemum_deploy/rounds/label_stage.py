@@ -11,6 +11,7 @@ import numpy as np
 from posemum_deploy.data.coco import save_json
 from posemum_deploy.rounds.config import CHECKPOINT_BACKENDS, RoundsConfig, StageLog
 
+
 def _label_stages(cfg: RoundsConfig, log_: StageLog, round_dir: Path, teacher: str,
                   progress: Any = None) -> dict:
     from posemum_deploy.label.merge import MergeFilter, merge_labels
