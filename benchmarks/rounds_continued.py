@@ -1,4 +1,4 @@
-"""Rows a, b, q, u of benchmarks/rounds_synthetic.py with `--schedule continue` (rounds
+"""Rows a, b, e, q, u of benchmarks/rounds_synthetic.py with `--schedule continue` (rounds
 --schedule continue): round 0 is the first part of one LR schedule, the rounds continue
 it at the decayed LR."""
 from __future__ import annotations
@@ -35,6 +35,10 @@ def run_continued(args: argparse.Namespace, seed: int, sets: dict[str, Path],
                          f"is 2/3 of the total (e.g. 2 × --steps)")
     out = Path(cfg.out)
     knobs = student_knobs(args)
+    if "e" in rows:
+        run_continued_ssl(args, seed, sets, res, done)
+    if not rows & {"a", "b", "q", "u"}:
+        return
     if "a" in rows:
         done("a-single", trained(cfg, seed_dir / f"labeled-{total}", total)[1])
     teacher, ap0 = trained(cfg, out / "round0", None, optim=parts[0])
@@ -65,3 +69,28 @@ def run_continued(args: argparse.Namespace, seed: int, sets: dict[str, Path],
         folder = out / (f"b-{of}{knobs}" if of else f"b{knobs}")
         teacher, ap = trained(cfg, folder, None, pseudo, init_from=teacher, optim=parts[k])
         done(name, ap)
+
+
+def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path],
+                      res: dict[str, float], done: Callable[[str, float], None]) -> None:
+    """Row e with `--schedule continue`: the same schedule trained with pose-mum-plus (the
+    unlabeled folder as its unlabeled stream). e-single is the schedule unbroken,
+    e-round0 its part up to the first milestone, which labels the folder; e continues
+    from it on the decayed epochs with the pseudo-labeled persons as extra labeled data
+    on top of the unlabeled loss, e-continue the same without them. e-control is the
+    better of e-single and e-continue, per seed."""
+    total = args.teacher_steps + args.steps
+    seed_dir = Path(args.out) / f"s{seed}"
+    ssl = base_config(args, seed, sets, seed_dir / f"continue{total}-pmp", preset="pose-mum-plus")
+    ssl.schedule, ssl.train.optim.max_steps = "continue", total
+    round0, round1 = continued_schedule(ssl.train.optim, 1)
+    out = Path(ssl.out)
+    done("e-single", trained(ssl, seed_dir / f"pmp-{total}", total)[1])
+    teacher, ap0 = trained(ssl, out / "round0", None, optim=round0)
+    done("e-round0", ap0)
+    done("e-continue", trained(ssl, out / "e-continue", None, init_from=teacher,
+                               optim=round1)[1])
+    done("e-control", max(res["e-single"], res["e-continue"]))
+    pseudo = pseudo_labels(ssl, out / "labels", teacher)
+    done("e", trained(ssl, out / f"e{student_knobs(args)}", None, pseudo, init_from=teacher,
+                      optim=round1)[1])

@@ -36,7 +36,8 @@ With --schedule continue (rounds --schedule continue) the run is one schedule of
 --teacher-steps + --steps: round 0 trains its first 2/3, up to the first LR decay, and
 round 1 (or --rounds R, splitting the rest) continues it from round 0's model at the
 decayed LR on mixed batches; a-continue is that continuation labeled-only, a-single the
-schedule unbroken, u round 1 on the unlabeled set's true labels (rows a b q u).
+schedule unbroken, u round 1 on the unlabeled set's true labels; row e trains the same
+schedule with pose-mum-plus (e-single, e-round0, e-continue, e; rows a b e q u).
 
 The table gives each row's AP as the mean over seeds with the per-seed values, then the
 paired gaps (b−a, c−b, d−a, e−e-control), mean ± standard error over seeds.
@@ -81,6 +82,7 @@ from posemum_deploy.system import usable_cpus
 ROWS = ("a", "b", "c", "d", "e", "q", "u")
 GAPS = (("b", "a"), ("b", "a-single"), ("b", "a-restart"), ("b", "a-continue"), ("c-tta", "b"),
         ("c-noise", "b"), ("c-union", "b"), ("c-init", "b"), ("d", "a"), ("e", "e-control"),
+        ("e", "e-single"), ("e", "e-continue"),
         ("u", "a"))
 
 
@@ -210,7 +212,7 @@ def main() -> None:
                    help="continue: round 0 is the first 2/3 of one schedule of "
                         "--teacher-steps + --steps (give --teacher-steps 2 × --steps), the "
                         "rounds continue it at the decayed LR (rounds --schedule continue); "
-                        "rows a b q u")
+                        "rows a b e q u")
     p.add_argument("--rounds", type=int, default=1,
                    help="--schedule continue: rounds sharing the decayed epochs (2: each "
                         "relabels with the last)")
@@ -243,8 +245,8 @@ def main() -> None:
                         "sooner one after another on both cores)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per job")
     args = p.parse_args()
-    if args.schedule == "continue" and set(args.rows) - {"a", "b", "q", "u"}:
-        p.error("--schedule continue runs rows a, b, q and u only")
+    if args.schedule == "continue" and set(args.rows) - {"a", "b", "e", "q", "u"}:
+        p.error("--schedule continue runs rows a, b, e, q and u only")
     if args.rounds != 1 and args.schedule != "continue":
         p.error("--rounds needs --schedule continue (restart runs one round)")
     args.jobs = args.jobs or max(1, min(args.seeds, usable_cpus()))

@@ -76,3 +76,45 @@ def test_truth_at_kept_joints_keeps_true_positions_where_the_labels_kept_joints(
     assert (k[13:] == 0).all() and masked["annotations"][0]["num_keypoints"] == 13
     far = _coco(pseudo, [200, 10, 30, 30])                 # no person at the true box
     assert bench.truth_at_kept_joints(t, far)["annotations"] == []
+
+
+@pytest.mark.slow
+def test_continued_ssl_row_continues_pose_mum_plus_with_the_pseudo_labels(tmp_path):
+    """Row e with --schedule continue, tiny: e-round0 trains pose-mum-plus up to the first
+    milestone and labels the folder; e continues from it at the decayed LR with the
+    pseudo-labels on top of the unlabeled loss, e-continue the same without them."""
+    import subprocess
+
+    import yaml
+
+    out = tmp_path / "bench"
+    proc = subprocess.run([
+        sys.executable, str(ROOT / "rounds_synthetic.py"), "--schedule", "continue",
+        "--teacher-steps", "8", "--steps", "4", "--rows", "e", "--seeds", "1",
+        "--labeled-images", "8", "--unlabeled-images", "16", "--val-images", "8",
+        "--min-joint-score", "0", "--min-instance-score", "0", "--min-joints", "1",
+        "--no-calibrate", "--input", "64x64", "--tiles", "2x2", "--threads", "1",
+        "--out", str(out)], capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for row in ("e-single", "e-round0", "e-continue", "e-control", "e - e-control"):
+        assert f"\n{row}" in proc.stdout, proc.stdout
+    run = out / "s0" / "continue12-pmp"
+
+    def config(name):
+        return yaml.safe_load((run / name / "train" / "config.yaml").read_text())
+
+    def last(name):  # the last logged training step: (step, lr)
+        rows = (run / name / "train" / "metrics.jsonl").read_text().splitlines()
+        row = [r for r in map(json.loads, rows) if r["kind"] == "train"][-1]
+        return row["step"], row["lr"]
+
+    r0, e, bare = config("round0"), config("e"), config("e-continue")
+    assert r0["preset"] == e["preset"] == bare["preset"] == "pose-mum-plus"
+    ckpt = str(run / "round0" / "train" / "checkpoints" / "best.pt")
+    assert e["ssl"]["init_from"] == bare["ssl"]["init_from"] == ckpt
+    assert e["pseudo"]["labels"] == str(run / "labels" / "pseudo.json")
+    assert not bare["pseudo"]["labels"]
+    assert json.loads((run / "labels" / "pseudo.json").read_text())["annotations"]
+    assert last("round0") == (8, 2e-3)  # the first 8 of 12 steps, at the peak LR
+    assert last("e") == last("e-continue") == (4, pytest.approx(2e-5))  # the decayed rest
+    assert e["optim"]["lr"] == pytest.approx(2e-4)
