@@ -62,9 +62,8 @@ __all__ = ["CHECKPOINT_BACKENDS", "INIT_MODES", "SCHEDULES", "STAGES", "RoundRec
            "RoundsConfig", "StageLog", "_label_stages", "_thresholds_stage",
            "attach_joint_reliability", "backbones", "check_retrain_options",
            "check_round_inputs", "combine_labeled_and_pseudo", "continued_schedule",
-           "evaluate_stage", "fit_schedule", "resolve_init", "resolve_schedule", "retrain_config",
-           "run_rounds",
-           "train_stage", "write_summary"]
+           "evaluate_stage", "fit_schedule", "resolve_init", "resolve_schedule",
+           "retrain_config", "run_rounds", "train_stage", "write_summary"]
 log = logging.getLogger(__name__)
 
 
