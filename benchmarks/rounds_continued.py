@@ -11,7 +11,13 @@ from rounds_label_quality import (  # benchmarks/ on sys.path
     label_quality,
     truth_as_pseudo,
 )
-from rounds_stages import base_config, pseudo_labels, student_knobs, trained
+from rounds_stages import (
+    base_config,
+    label_knobs,
+    pseudo_labels,
+    student_knobs,
+    trained,
+)
 
 from posemum_deploy.rounds import continued_schedule, fit_schedule
 from posemum_deploy.rounds.schedule import schedule_segment
@@ -58,7 +64,7 @@ def run_continued(args: argparse.Namespace, seed: int, sets: dict[str, Path],
             break
         # rounds split the same epochs differently for each --rounds: their own folders
         of = f"r{k}of{args.rounds}" if args.rounds > 1 else ""
-        labels = out / ("labels" if k == 1 else f"labels-{of}{knobs}")
+        labels = out / (f"labels{label_knobs(args)}" if k == 1 else f"labels-{of}{knobs}")
         pseudo = pseudo_labels(cfg, labels, teacher)
         if "q" in rows:
             for key, value in label_quality(pseudo, sets["unlabeled"]).items():
@@ -91,6 +97,6 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
     done("e-continue", trained(ssl, out / "e-continue", None, init_from=teacher,
                                optim=round1)[1])
     done("e-control", max(res["e-single"], res["e-continue"]))
-    pseudo = pseudo_labels(ssl, out / "labels", teacher)
+    pseudo = pseudo_labels(ssl, out / f"labels{label_knobs(args)}", teacher)
     done("e", trained(ssl, out / f"e{student_knobs(args)}", None, pseudo, init_from=teacher,
                       optim=round1)[1])

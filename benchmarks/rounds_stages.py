@@ -94,11 +94,18 @@ def trained(cfg: RoundsConfig, out: Path, steps: int | None, pseudo: str | None 
     return ckpt, 100 * ap
 
 
+def label_knobs(args: argparse.Namespace) -> str:
+    """The suffix of a labels folder: the calibration precision when not 0.9 ("-p0.8")."""
+    return f"-p{args.precision:g}" if args.calibrate and args.precision != 0.9 else ""
+
+
 def student_knobs(args: argparse.Namespace) -> str:
-    """The suffix of a student's folder: each knob away from its default ("-lw0.3"), so
-    runs with other knobs do not reuse its cached stages (reused by folder name)."""
+    """The suffix of a student's folder: each knob away from its default ("-lw0.3"), and
+    its labels' knobs, so runs with other knobs do not reuse its cached stages (reused by
+    folder name)."""
     return "".join(f"-{k}{v:g}" for k, v, default in (
-        ("ratio", args.labeled_ratio, 0.5), ("lw", args.pseudo_loss_weight, 1.0)) if v != default)
+        ("ratio", args.labeled_ratio, 0.5), ("lw", args.pseudo_loss_weight, 1.0))
+        if v != default) + label_knobs(args)
 
 
 def pseudo_labels(cfg: RoundsConfig, out: Path, teacher: str) -> str:

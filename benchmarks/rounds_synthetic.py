@@ -69,6 +69,7 @@ from rounds_continued import run_continued
 from rounds_label_quality import label_quality, truth_as_pseudo, truth_at_kept_joints
 from rounds_stages import (
     base_config,
+    label_knobs,
     pseudo_labels,
     say,
     seed_data,
@@ -125,7 +126,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
     if "a" in rows or "d" in rows:  # the control at its best schedule, per seed
         done("a", max(res["a-single"], res.get("a-restart", res["a-single"])))
     if rows & {"b", "c", "q"}:
-        pseudo = pseudo_labels(cfg, out / "labels", teacher)
+        pseudo = pseudo_labels(cfg, out / f"labels{label_knobs(args)}", teacher)
         if "q" in rows:
             for key, value in label_quality(pseudo, sets["unlabeled"]).items():
                 done(key, value)
@@ -164,15 +165,15 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
     if "d" in rows:
         big, ap_big = trained(cfg, out / "d-teacher", teacher_steps, backbone="resnet50")
         done("d-teacher", ap_big)
-        pseudo50 = pseudo_labels(cfg, out / "d-labels", big)
-        done("d", trained(cfg, out / "d", args.steps, pseudo50, backbone="resnet18")[1])
+        pseudo50 = pseudo_labels(cfg, out / f"d-labels{label_knobs(args)}", big)
+        done("d", trained(cfg, student("d"), args.steps, pseudo50, backbone="resnet18")[1])
     if "e" in rows:
         ssl = base_config(args, seed, sets, out, preset="pose-mum-plus")
         done("e-control", trained(ssl, out / "e-control", total)[1])
         teacher_e, ap_e0 = trained(ssl, out / "e-round0", teacher_steps)
         done("e-round0", ap_e0)
-        pseudo_e = pseudo_labels(ssl, out / "e-labels", teacher_e)
-        done("e", trained(ssl, out / "e", args.steps, pseudo_e)[1])
+        pseudo_e = pseudo_labels(ssl, out / f"e-labels{label_knobs(args)}", teacher_e)
+        done("e", trained(ssl, student("e"), args.steps, pseudo_e)[1])
     return res
 
 
