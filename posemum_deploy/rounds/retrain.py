@@ -54,7 +54,8 @@ def combine_labeled_and_pseudo(labeled: str | Path, labeled_images: str | Path,
 
 def resolve_schedule(cfg: RoundsConfig) -> str:
     """The schedule the run uses: the asked one, or for `auto` `continue` wherever the run
-    can be one LR schedule and `restart` where it cannot, with the reason logged.
+    can be one LR schedule and `restart` where it cannot, with the reason logged as a
+    warning (it changes what --epochs counts, so the CLI shows it).
 
     `continue` is preferred because it is the recipe that beat the labeled-only control
     at equal compute (schedule.py). It needs round 0 trained here (a given teacher has no
@@ -65,7 +66,8 @@ def resolve_schedule(cfg: RoundsConfig) -> str:
         return cfg.schedule
     reason = _why_not_continue(cfg)
     if reason:
-        log.info("--schedule auto: restart, because of %s", reason)
+        log.warning("--schedule auto: restart (each round trains the whole schedule), "
+                    "because of %s", reason)
         return "restart"
     log.info("--schedule auto: continue (round 0 trains to the first LR milestone)")
     return "continue"
