@@ -51,7 +51,8 @@ class RoundsConfig:
     pseudo_noise: str = "randaugment,cutout"  # strong view of the pseudo crops (or "none")
     pseudo_weight: str = "none"             # none | score | agreement: per-joint loss weight
     pseudo_loss_weight: float = 0.3         # scale of the pseudo part's loss in each batch
-                                            # (0.3 beat 1 on both schedules, rounds-recipe.md)
+                                            # (0.3 beat 1 at 128x96 on both schedules; 1 did
+                                            # better at 64x64, rounds-recipe.md)
     teacher_backbone: str | None = None     # round 0 (None: train.model.backbone)
     student_backbone: str | None = None     # rounds ≥ 1 (None: train.model.backbone)
     train: TrainConfig = field(default_factory=TrainConfig)
