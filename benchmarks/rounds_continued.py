@@ -19,7 +19,7 @@ from rounds_stages import (
     trained,
 )
 
-from posemum_deploy.rounds import continued_schedule, fit_schedule
+from posemum_deploy.rounds import RoundsConfig, continued_schedule, fit_schedule
 from posemum_deploy.rounds.schedule import schedule_segment
 
 
@@ -45,16 +45,8 @@ def run_continued(args: argparse.Namespace, seed: int, sets: dict[str, Path],
         run_continued_ssl(args, seed, sets, res, done)
     if not rows & {"a", "b", "q", "u"}:
         return
-    if "a" in rows:
-        done("a-single", trained(cfg, seed_dir / f"labeled-{total}", total)[1])
-    teacher, ap0 = trained(cfg, out / "round0", None, optim=parts[0])
-    done("round0", ap0)
-    if "a" in rows:  # the epochs after the milestone, labeled-only, in one training
-        whole = fit_schedule(cfg.train.optim, total)
-        tail = schedule_segment(whole, parts[0].epochs, whole.epochs)
-        done("a-continue", trained(cfg, out / "a-continue", None, init_from=teacher,
-                                   optim=tail)[1])
-        done("a", max(res["a-single"], res["a-continue"]))
+    teacher = round0_and_controls(cfg, seed_dir / f"labeled-{total}", "a", "round0", "a",
+                                  "a" in rows, res, done)
     if "u" in rows:  # round 1 on the unlabeled set's true labels: the bound
         truth = str(truth_as_pseudo(out, sets["unlabeled"]))
         done("u", trained(cfg, out / f"u{knobs}", None, truth, init_from=teacher,
@@ -88,15 +80,34 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
     total = args.teacher_steps + args.steps
     seed_dir = Path(args.out) / f"s{seed}"
     ssl = base_config(args, seed, sets, seed_dir / f"continue{total}-pmp", preset="pose-mum-plus")
-    ssl.schedule, ssl.train.optim.max_steps = "continue", total
-    round0, round1 = continued_schedule(ssl.train.optim, 1)
+    ssl.schedule, ssl.rounds, ssl.train.optim.max_steps = "continue", 1, total
+    round1 = continued_schedule(ssl.train.optim, 1)[1]
     out = Path(ssl.out)
-    done("e-single", trained(ssl, seed_dir / f"pmp-{total}", total)[1])
-    teacher, ap0 = trained(ssl, out / "round0", None, optim=round0)
-    done("e-round0", ap0)
-    done("e-continue", trained(ssl, out / "e-continue", None, init_from=teacher,
-                               optim=round1)[1])
-    done("e-control", max(res["e-single"], res["e-continue"]))
+    teacher = round0_and_controls(ssl, seed_dir / f"pmp-{total}", "e", "e-round0", "e-control",
+                                  True, res, done)
     pseudo = pseudo_labels(ssl, out / f"labels{label_knobs(args)}", teacher)
     done("e", trained(ssl, out / f"e{student_knobs(args)}", None, pseudo, init_from=teacher,
                       optim=round1)[1])
+
+
+def round0_and_controls(cfg: RoundsConfig, single_dir: Path, prefix: str, round0: str,
+                        control: str, with_controls: bool, res: dict[str, float],
+                        done: Callable[[str, float], None]) -> str:
+    """Round 0 of `cfg`'s continued schedule (row `round0`, trained in cfg.out/round0) and,
+    `with_controls`, the controls without pseudo-labels at the same steps: the schedule
+    unbroken (`{prefix}-single`, in `single_dir`), its decayed epochs continued from round
+    0 (`{prefix}-continue`) and the better of the two per seed (`control`). Returns round
+    0's checkpoint, the teacher that labels the folder."""
+    optim, out = cfg.train.optim, Path(cfg.out)
+    first = continued_schedule(optim, cfg.rounds)[0]
+    if with_controls:
+        done(f"{prefix}-single", trained(cfg, single_dir, optim.max_steps)[1])
+    teacher, ap0 = trained(cfg, out / "round0", None, optim=first)
+    done(round0, ap0)
+    if with_controls:  # the epochs after the milestone, labeled-only, in one training
+        whole = fit_schedule(optim, optim.max_steps)
+        tail = schedule_segment(whole, first.epochs, whole.epochs)
+        done(f"{prefix}-continue", trained(cfg, out / f"{prefix}-continue", None,
+                                           init_from=teacher, optim=tail)[1])
+        done(control, max(res[f"{prefix}-single"], res[f"{prefix}-continue"]))
+    return teacher
