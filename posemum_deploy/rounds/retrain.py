@@ -75,9 +75,9 @@ def resolve_schedule(cfg: RoundsConfig) -> str:
 
 def _why_not_continue(cfg: RoundsConfig) -> str | None:
     """What keeps the run from being one continued schedule (None: nothing)."""
-    teacher, student = backbones(cfg)
-    if cfg.initial_checkpoint:
+    if cfg.initial_checkpoint:  # before backbones(), which would read the checkpoint
         return "a given round-0 teacher (--initial-checkpoint)"
+    teacher, student = backbones(cfg)
     if teacher != student:
         return f"a {student} student of a {teacher} teacher"
     if cfg.init not in (None, "previous"):
