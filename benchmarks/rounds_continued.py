@@ -17,6 +17,7 @@ from rounds_stages import (
     pseudo_labels,
     student_knobs,
     trained,
+    unlabeled_knob,
 )
 
 from posemum_deploy.rounds import RoundsConfig, continued_schedule, fit_schedule
@@ -48,7 +49,8 @@ def run_continued(args: argparse.Namespace, seed: int, sets: dict[str, Path],
     teacher = round0_and_controls(cfg, seed_dir / f"labeled-{total}", "a", "round0", "a",
                                   "a" in rows, res, done)
     if "u" in rows:  # round 1 on the unlabeled set's true labels: the bound
-        truth = str(truth_as_pseudo(out, sets["unlabeled"]))
+        truth = str(truth_as_pseudo(out / f"truth_as_pseudo{unlabeled_knob(args)}.json",
+                                    sets["unlabeled"]))
         done("u", trained(cfg, out / f"u{knobs}", None, truth, init_from=teacher,
                           optim=parts[1])[1])
     for k in range(1, args.rounds + 1):
@@ -79,11 +81,13 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
     better of e-single and e-continue, per seed."""
     total = args.teacher_steps + args.steps
     seed_dir = Path(args.out) / f"s{seed}"
-    ssl = base_config(args, seed, sets, seed_dir / f"continue{total}-pmp", preset="pose-mum-plus")
+    unl = unlabeled_knob(args)  # pose-mum-plus learns from the unlabeled set from step 0
+    ssl = base_config(args, seed, sets, seed_dir / f"continue{total}-pmp{unl}",
+                      preset="pose-mum-plus")
     ssl.schedule, ssl.rounds, ssl.train.optim.max_steps = "continue", 1, total
     round1 = continued_schedule(ssl.train.optim, 1)[1]
     out = Path(ssl.out)
-    teacher = round0_and_controls(ssl, seed_dir / f"pmp-{total}", "e", "e-round0", "e-control",
+    teacher = round0_and_controls(ssl, seed_dir / f"pmp-{total}{unl}", "e", "e-round0", "e-control",
                                   True, res, done)
     pseudo = pseudo_labels(ssl, out / f"labels{label_knobs(args)}", teacher)
     done("e", trained(ssl, out / f"e{student_knobs(args)}", None, pseudo, init_from=teacher,

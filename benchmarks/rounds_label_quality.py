@@ -84,9 +84,8 @@ def truth_at_kept_joints(truth: dict, pseudo: dict) -> dict:
     return {**truth, "annotations": anns}
 
 
-def truth_as_pseudo(out: Path, unlabeled: Path) -> Path:
-    """The unlabeled set's hidden truth written as pseudo-labels (row u), once."""
-    truth = out / "truth_as_pseudo.json"
+def truth_as_pseudo(truth: Path, unlabeled: Path) -> Path:
+    """The unlabeled set's hidden truth written as pseudo-labels to `truth` (row u), once."""
     if not truth.is_file():
         coco = json.loads(unlabeled.read_text())
         for ann in coco["annotations"]:

@@ -94,9 +94,22 @@ def trained(cfg: RoundsConfig, out: Path, steps: int | None, pseudo: str | None 
     return ckpt, 100 * ap
 
 
+UNLABELED_IMAGES = 600  # --unlabeled-images' default: its folders carry no suffix
+
+
+def unlabeled_knob(args: argparse.Namespace) -> str:
+    """The suffix of whatever depends on the unlabeled set ("-u1200" when not the default
+    600): labels, students, the bound, pose-mum-plus runs. The labeled-only trainings
+    keep their names, so a run with a larger folder reuses them."""
+    n = args.unlabeled_images
+    return f"-u{n}" if n != UNLABELED_IMAGES else ""
+
+
 def label_knobs(args: argparse.Namespace) -> str:
-    """The suffix of a labels folder: the calibration precision when not 0.9 ("-p0.8")."""
-    return f"-p{args.precision:g}" if args.calibrate and args.precision != 0.9 else ""
+    """The suffix of a labels folder: the calibration precision when not 0.9 ("-p0.8")
+    and the unlabeled set's size when not the default."""
+    precision = f"-p{args.precision:g}" if args.calibrate and args.precision != 0.9 else ""
+    return precision + unlabeled_knob(args)
 
 
 def student_knobs(args: argparse.Namespace) -> str:

@@ -68,6 +68,7 @@ import torch
 from rounds_continued import run_continued
 from rounds_label_quality import label_quality, truth_as_pseudo, truth_at_kept_joints
 from rounds_stages import (
+    UNLABELED_IMAGES,
     base_config,
     label_knobs,
     pseudo_labels,
@@ -75,6 +76,7 @@ from rounds_stages import (
     seed_data,
     student_knobs,
     trained,
+    unlabeled_knob,
 )
 
 from posemum_deploy.rounds import SCHEDULES
@@ -110,7 +112,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
     split = "" if teacher_steps == args.steps else f"t{teacher_steps}"
     cfg = base_config(args, seed, sets, seed_dir / split)
     out = Path(cfg.out)
-    knobs = student_knobs(args)
+    knobs, unl = student_knobs(args), unlabeled_knob(args)
 
     def student(name: str) -> Path:
         return out / f"{name}{knobs}"
@@ -135,7 +137,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
         if "c" in rows or "q" in rows:
             single = base_config(args, seed, sets, out)
             single.label_tta = "none"  # one pass with flip test, as before issue 21
-            pseudo1 = pseudo_labels(single, out / "labels-notta", teacher)
+            pseudo1 = pseudo_labels(single, out / f"labels-notta{unl}", teacher)
             if "q" in rows:
                 for key, value in label_quality(pseudo1, sets["unlabeled"]).items():
                     done(key.replace("q-", "q-notta-"), value)
@@ -153,10 +155,10 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
             done("c-init", trained(cfg, student(f"c-init-{'scratch' if start else 'previous'}"),
                                    args.steps, pseudo, init_from=other)[1])
     if "u" in rows:
-        truth = truth_as_pseudo(out, sets["unlabeled"])
+        truth = truth_as_pseudo(out / f"truth_as_pseudo{unl}.json", sets["unlabeled"])
         done("u", trained(cfg, student("u"), args.steps, str(truth), init_from=start)[1])
         if rows & {"b", "c", "q"}:  # the true positions at the joints the labels kept
-            masked = out / "truth_masked_as_pseudo.json"
+            masked = out / f"truth_masked_as_pseudo{label_knobs(args)}.json"
             if not masked.is_file():
                 masked.write_text(json.dumps(truth_at_kept_joints(
                     json.loads(truth.read_text()), json.loads(Path(pseudo).read_text()))))
@@ -169,8 +171,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
         done("d", trained(cfg, student("d"), args.steps, pseudo50, backbone="resnet18")[1])
     if "e" in rows:
         ssl = base_config(args, seed, sets, out, preset="pose-mum-plus")
-        done("e-control", trained(ssl, out / "e-control", total)[1])
-        teacher_e, ap_e0 = trained(ssl, out / "e-round0", teacher_steps)
+        done("e-control", trained(ssl, out / f"e-control{unl}", total)[1])
+        teacher_e, ap_e0 = trained(ssl, out / f"e-round0{unl}", teacher_steps)
         done("e-round0", ap_e0)
         pseudo_e = pseudo_labels(ssl, out / f"e-labels{label_knobs(args)}", teacher_e)
         done("e", trained(ssl, student("e"), args.steps, pseudo_e)[1])
@@ -203,7 +205,7 @@ def main() -> None:
     p.add_argument("--labeled-images", type=int, default=40,
                    help="~2.5 persons each (40: ~100 persons, where labeled-only training "
                         "saturates soonest within the step budget)")
-    p.add_argument("--unlabeled-images", type=int, default=600, help="≥ 10× the labeled")
+    p.add_argument("--unlabeled-images", type=int, default=UNLABELED_IMAGES, help="≥ 10× the labeled")
     p.add_argument("--val-images", type=int, default=1000)
     p.add_argument("--steps", type=int, default=800,
                    help="round 1's steps (and round 0's unless --teacher-steps)")

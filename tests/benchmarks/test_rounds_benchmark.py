@@ -78,6 +78,19 @@ def test_truth_at_kept_joints_keeps_true_positions_where_the_labels_kept_joints(
     assert bench.truth_at_kept_joints(t, far)["annotations"] == []
 
 
+def test_folders_that_depend_on_the_unlabeled_set_are_named_by_its_size():
+    """Stages are cached by folder name: labels and students of a larger unlabeled set
+    must not reuse those of the default 600 images, labeled-only trainings may."""
+    stages = _bench("rounds_stages")
+    args = argparse.Namespace(unlabeled_images=stages.UNLABELED_IMAGES, calibrate=True,
+                              precision=0.9, labeled_ratio=0.5, pseudo_loss_weight=1.0)
+    assert stages.label_knobs(args) == stages.student_knobs(args) == ""
+    args.unlabeled_images, args.precision, args.pseudo_loss_weight = 1200, 0.8, 0.3
+    assert stages.unlabeled_knob(args) == "-u1200"
+    assert stages.label_knobs(args) == "-p0.8-u1200"
+    assert stages.student_knobs(args) == "-lw0.3-p0.8-u1200"
+
+
 @pytest.mark.slow
 def test_continued_ssl_row_continues_pose_mum_plus_with_the_pseudo_labels(tmp_path):
     """Row e with --schedule continue, tiny: e-round0 trains pose-mum-plus up to the first
@@ -98,7 +111,7 @@ def test_continued_ssl_row_continues_pose_mum_plus_with_the_pseudo_labels(tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     for row in ("e-single", "e-round0", "e-continue", "e-control", "e - e-control"):
         assert f"\n{row}" in proc.stdout, proc.stdout
-    run = out / "s0" / "continue12-pmp"
+    run = out / "s0" / "continue12-pmp-u16"  # 16 unlabeled images, not the default 600
 
     def config(name):
         return yaml.safe_load((run / name / "train" / "config.yaml").read_text())
@@ -108,13 +121,13 @@ def test_continued_ssl_row_continues_pose_mum_plus_with_the_pseudo_labels(tmp_pa
         row = [r for r in map(json.loads, rows) if r["kind"] == "train"][-1]
         return row["step"], row["lr"]
 
-    r0, e, bare = config("round0"), config("e"), config("e-continue")
+    r0, e, bare = config("round0"), config("e-u16"), config("e-continue")
     assert r0["preset"] == e["preset"] == bare["preset"] == "pose-mum-plus"
     ckpt = str(run / "round0" / "train" / "checkpoints" / "best.pt")
     assert e["ssl"]["init_from"] == bare["ssl"]["init_from"] == ckpt
-    assert e["pseudo"]["labels"] == str(run / "labels" / "pseudo.json")
+    assert e["pseudo"]["labels"] == str(run / "labels-u16" / "pseudo.json")
     assert not bare["pseudo"]["labels"]
-    assert json.loads((run / "labels" / "pseudo.json").read_text())["annotations"]
+    assert json.loads((run / "labels-u16" / "pseudo.json").read_text())["annotations"]
     assert last("round0") == (8, 2e-3)  # the first 8 of 12 steps, at the peak LR
-    assert last("e") == last("e-continue") == (4, pytest.approx(2e-5))  # the decayed rest
+    assert last("e-u16") == last("e-continue") == (4, pytest.approx(2e-5))  # the decayed rest
     assert e["optim"]["lr"] == pytest.approx(2e-4)
