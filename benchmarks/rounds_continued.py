@@ -49,8 +49,7 @@ def run_continued(args: argparse.Namespace, seed: int, sets: dict[str, Path],
     teacher = round0_and_controls(cfg, seed_dir / f"labeled-{total}", "a", "round0", "a",
                                   "a" in rows, res, done)
     if "u" in rows:  # round 1 on the unlabeled set's true labels: the bound
-        truth = str(truth_as_pseudo(out / f"truth_as_pseudo{unlabeled_knob(args)}.json",
-                                    sets["unlabeled"]))
+        truth = str(truth_as_pseudo(out, sets["unlabeled"], unlabeled_knob(args)))
         done("u", trained(cfg, out / f"u{knobs}", None, truth, init_from=teacher,
                           optim=parts[1])[1])
     for k in range(1, args.rounds + 1):

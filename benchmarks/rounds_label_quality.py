@@ -84,8 +84,10 @@ def truth_at_kept_joints(truth: dict, pseudo: dict) -> dict:
     return {**truth, "annotations": anns}
 
 
-def truth_as_pseudo(truth: Path, unlabeled: Path) -> Path:
-    """The unlabeled set's hidden truth written as pseudo-labels to `truth` (row u), once."""
+def truth_as_pseudo(out: Path, unlabeled: Path, knob: str = "") -> Path:
+    """The unlabeled set's hidden truth written as pseudo-labels (row u), once; `knob`
+    names the unlabeled set when it is not the default one (rounds_stages.unlabeled_knob)."""
+    truth = out / f"truth_as_pseudo{knob}.json"
     if not truth.is_file():
         coco = json.loads(unlabeled.read_text())
         for ann in coco["annotations"]:

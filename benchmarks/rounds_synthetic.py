@@ -155,7 +155,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
             done("c-init", trained(cfg, student(f"c-init-{'scratch' if start else 'previous'}"),
                                    args.steps, pseudo, init_from=other)[1])
     if "u" in rows:
-        truth = truth_as_pseudo(out / f"truth_as_pseudo{unl}.json", sets["unlabeled"])
+        truth = truth_as_pseudo(out, sets["unlabeled"], unl)
         done("u", trained(cfg, student("u"), args.steps, str(truth), init_from=start)[1])
         if rows & {"b", "c", "q"}:  # the true positions at the joints the labels kept
             masked = out / f"truth_masked_as_pseudo{label_knobs(args)}.json"
