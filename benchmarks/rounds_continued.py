@@ -1,4 +1,4 @@
-"""Rows a, b, e, q, u of benchmarks/rounds_synthetic.py with `--schedule continue` (rounds
+"""Rows a, b, d, e, q, u of benchmarks/rounds_synthetic.py with `--schedule continue` (rounds
 --schedule continue): round 0 is the first part of one LR schedule, the rounds continue
 it at the decayed LR."""
 from __future__ import annotations
@@ -22,15 +22,18 @@ from rounds_stages import (
 
 from posemum_deploy.rounds import RoundsConfig, continued_schedule, fit_schedule
 from posemum_deploy.rounds.schedule import schedule_segment
+from posemum_deploy.training.config import OptimConfig
 
 
 def run_continued(args: argparse.Namespace, seed: int, sets: dict[str, Path],
                   res: dict[str, float], done: Callable[[str, float], None]) -> None:
-    """Rows a, b, q, u with `--schedule continue` (rounds --schedule continue): the run is one
+    """Rows a, b, d, q, u with `--schedule continue` (rounds --schedule continue): the run is one
     schedule of teacher + student steps; round 0 trains it to its first LR milestone and
     labels the folder; each round continues the schedule from the last round's model at
     the decayed LR on mixed batches (round k ≥ 2 relabels with round k − 1's model).
-    a-continue is the same continuation labeled-only; a-single the schedule unbroken."""
+    a-continue is the same continuation labeled-only; a-single the schedule unbroken.
+    Row d labels the folder with a ResNet-50 round 0 (the same first part of the schedule)
+    and continues the ResNet-18 round 0 on those labels, as b does on its own."""
     rows, total = set(args.rows), args.teacher_steps + args.steps
     seed_dir = Path(args.out) / f"s{seed}"
     cfg = base_config(args, seed, sets, seed_dir / f"continue{total}")
@@ -44,10 +47,12 @@ def run_continued(args: argparse.Namespace, seed: int, sets: dict[str, Path],
     knobs = student_knobs(args)
     if "e" in rows:
         run_continued_ssl(args, seed, sets, res, done)
-    if not rows & {"a", "b", "q", "u"}:
+    if not rows & {"a", "b", "d", "q", "u"}:
         return
     teacher = round0_and_controls(cfg, seed_dir / f"labeled-{total}", "a", "round0", "a",
-                                  "a" in rows, res, done)
+                                  bool(rows & {"a", "d"}), res, done)
+    if "d" in rows:
+        run_continued_distillation(cfg, args, out, teacher, parts, done)
     if "u" in rows:  # round 1 on the unlabeled set's true labels: the bound
         truth = str(truth_as_pseudo(out, sets["unlabeled"], unlabeled_knob(args)))
         done("u", trained(cfg, out / f"u{knobs}", None, truth, init_from=teacher,
@@ -68,6 +73,21 @@ def run_continued(args: argparse.Namespace, seed: int, sets: dict[str, Path],
         folder = out / (f"b-{of}{knobs}" if of else f"b{knobs}")
         teacher, ap = trained(cfg, folder, None, pseudo, init_from=teacher, optim=parts[k])
         done(name, ap)
+
+
+def run_continued_distillation(cfg: RoundsConfig, args: argparse.Namespace, out: Path,
+                               student_start: str, parts: list[OptimConfig],
+                               done: Callable[[str, float], None]) -> None:
+    """Row d with `--schedule continue`: a ResNet-50 trained on the labeled split for the
+    schedule's first part (d-teacher, like round 0) labels the folder; the ResNet-18
+    round 0 continues on the decayed epochs with those labels on mixed batches. The
+    student's steps are the control's (row a, a ResNet-18 labeled-only at the same
+    schedule); the teacher's steps come on top, the price of a bigger teacher."""
+    big, ap_big = trained(cfg, out / "d-teacher", None, backbone="resnet50", optim=parts[0])
+    done("d-teacher", ap_big)
+    pseudo = pseudo_labels(cfg, out / f"d-labels{label_knobs(args)}", big)
+    done("d", trained(cfg, out / f"d{student_knobs(args)}", None, pseudo, backbone="resnet18",
+                      init_from=student_start, optim=parts[1])[1])
 
 
 def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path],

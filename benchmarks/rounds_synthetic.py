@@ -37,7 +37,8 @@ With --schedule continue (rounds --schedule continue) the run is one schedule of
 round 1 (or --rounds R, splitting the rest) continues it from round 0's model at the
 decayed LR on mixed batches; a-continue is that continuation labeled-only, a-single the
 schedule unbroken, u round 1 on the unlabeled set's true labels; row e trains the same
-schedule with pose-mum-plus (e-single, e-round0, e-continue, e; rows a b e q u).
+schedule with pose-mum-plus (e-single, e-round0, e-continue, e) and row d labels with a
+ResNet-50 round 0 (d-teacher) what the ResNet-18 round 0 continues on (rows a b d e q u).
 
 The table gives each row's AP as the mean over seeds with the per-seed values, then the
 paired gaps (b−a, c−b, d−a, e−e-control), mean ± standard error over seeds.
@@ -215,7 +216,7 @@ def main() -> None:
                    help="continue: round 0 is the first 2/3 of one schedule of "
                         "--teacher-steps + --steps (give --teacher-steps 2 × --steps), the "
                         "rounds continue it at the decayed LR (rounds --schedule continue); "
-                        "rows a b e q u")
+                        "rows a b d e q u")
     p.add_argument("--rounds", type=int, default=1,
                    help="--schedule continue: rounds sharing the decayed epochs (2: each "
                         "relabels with the last)")
@@ -248,8 +249,8 @@ def main() -> None:
                         "sooner one after another on both cores)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per job")
     args = p.parse_args()
-    if args.schedule == "continue" and set(args.rows) - {"a", "b", "e", "q", "u"}:
-        p.error("--schedule continue runs rows a, b, e, q and u only")
+    if args.schedule == "continue" and set(args.rows) - {"a", "b", "d", "e", "q", "u"}:
+        p.error("--schedule continue runs rows a, b, d, e, q and u only")
     if args.rounds != 1 and args.schedule != "continue":
         p.error("--rounds needs --schedule continue (restart runs one round)")
     args.jobs = args.jobs or max(1, min(args.seeds, usable_cpus()))
