@@ -7,6 +7,7 @@ train → evaluate path working in about ten minutes on two cores.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,7 +137,10 @@ def run_demo_rounds(cfg: DemoConfig, result: DemoResult, n_rounds: int, on_round
     tcfg = TrainConfig.load(result.run_dir / "config.yaml")
     steps = int(read_checkpoint(result.run_dir / "checkpoints" / "last.pt")["step"])
     teacher = str(result.run_dir / "checkpoints" / "best.pt")
-    rcfg = RoundsConfig(out=str(Path(cfg.out) / "rounds"),
+    rounds_dir = Path(cfg.out) / "rounds"
+    if rounds_dir.is_dir():  # the demo has just retrained its teacher: old rounds are stale
+        shutil.rmtree(rounds_dir)
+    rcfg = RoundsConfig(out=str(rounds_dir),
                         unlabeled=str(unlabeled_ann.parent / "images"), rounds=n_rounds,
                         boxes=f"gt:{unlabeled_ann}", backend="torch",
                         initial_checkpoint=teacher, retrain_max_steps=steps,

@@ -2,7 +2,9 @@
 
 Every stage of every round writes its outputs under RUN_DIR/round_k/ and records itself
 in RUN_DIR/round_k/stages.json when it finishes, so a killed run continues at the first
-unfinished stage (and the label stage itself resumes shard by shard).
+unfinished stage (and the label stage itself resumes shard by shard). A rerun into the
+same RUN_DIR with other settings is refused (config.check_same_run): its stages would be
+reused for settings they were not made with.
 
 The retraining stage follows Data Distillation and Noisy Student (issue 21): every batch
 mixes labeled and pseudo-labeled persons at `labeled_ratio` (training/pseudo_mix.py), the
@@ -35,6 +37,7 @@ from posemum_deploy.rounds.config import (
     RoundRecord,
     RoundsConfig,
     StageLog,
+    check_same_run,
 )
 from posemum_deploy.rounds.label_stage import (
     _label_stages,
@@ -61,7 +64,7 @@ if TYPE_CHECKING:
 __all__ = ["CHECKPOINT_BACKENDS", "INIT_MODES", "SCHEDULES", "STAGES", "RoundRecord",
            "RoundsConfig", "StageLog", "_label_stages", "_thresholds_stage",
            "attach_joint_reliability", "backbones", "check_retrain_options",
-           "check_round_inputs", "combine_labeled_and_pseudo", "continued_schedule",
+           "check_round_inputs", "check_same_run", "combine_labeled_and_pseudo", "continued_schedule",
            "evaluate_stage", "fit_schedule", "resolve_init", "resolve_schedule",
            "retrain_config", "run_rounds", "train_stage", "write_summary"]
 log = logging.getLogger(__name__)
@@ -100,6 +103,7 @@ def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None
         raise ConfigError("rounds need a val set (--val-ann/--val-images) to measure each round")
     check_round_inputs(cfg)
     out = Path(cfg.out)
+    check_same_run(cfg, out / "rounds.yaml")
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "rounds.yaml")
     data = cfg.train.data

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from posemum_deploy.data.coco import save_json
+from posemum_deploy.errors import ConfigError
 from posemum_deploy.inference.backends import SUFFIX_BACKENDS
 from posemum_deploy.training.config import TrainConfig
 
@@ -58,12 +59,59 @@ class RoundsConfig:
     student_backbone: str | None = None     # rounds ≥ 1 (None: train.model.backbone)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, as rounds.yaml holds it (tuples as lists)."""
+        data = asdict(self)
+        data["train"] = self.train.to_dict()
+        return json.loads(json.dumps(data))
+
     def save(self, path: Path) -> None:
         import yaml
 
-        data = asdict(self)
-        data["train"] = self.train.to_dict()
-        path.write_text(yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False))
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# Settings that change how fast a stage runs, not what it produces: a resumed run may
+# change them. `rounds` may grow or shrink a run whose rounds restart the schedule.
+RESUMABLE_KEYS = frozenset({
+    "out", "train.out", "label_batch_size", "train.data.workers", "train.data.cache_images",
+    "train.data.decode", "train.runtime.device", "train.runtime.channels_last",
+    "train.runtime.cudnn_benchmark", "train.runtime.teacher_cuda_graph",
+    "train.runtime.log_every"})
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_same_run(cfg: RoundsConfig, saved: Path) -> None:
+    """Refuse to resume the run recorded in `saved` (RUN_DIR/rounds.yaml) with other
+    settings. Finished stages are reused by folder, so another --unlabeled folder, filter
+    or recipe would otherwise silently reuse labels and students made for the old one."""
+    import yaml
+
+    if not saved.is_file():
+        return
+    try:
+        old = _flat(yaml.safe_load(saved.read_text()) or {})
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{saved}: not readable YAML ({err.__class__.__name__}); pass a "
+                          "new --out, or delete that folder to start over") from err
+    new = _flat(cfg.to_dict())
+    free = RESUMABLE_KEYS | ({"rounds"} if cfg.schedule == "restart" else set())
+    changed = [f"{key} {old.get(key)!r} → {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
+               if key not in free and old.get(key) != new.get(key)]
+    if changed:
+        shown = "; ".join(changed[:3]) + (f"; {len(changed) - 3} more" if len(changed) > 3 else "")
+        raise ConfigError(f"{saved.parent}: holds a rounds run with other settings ({shown}); "
+                          "its finished stages would be reused for the new ones: pass a new "
+                          "--out, or delete that folder to start over")
 
 
 @dataclass

@@ -28,3 +28,14 @@ def test_demo_with_one_round_writes_the_round_table_and_plot(tmp_path):
     stages = json.loads((out / "rounds" / "round_1" / "stages.json").read_text())
     demo_steps = torch.load(out / "run" / "checkpoints" / "last.pt", weights_only=True)["step"]
     assert stages["train"]["steps"] == demo_steps  # round 0's full step budget
+    steps_first = demo_steps
+
+    # a rerun with other settings retrains the teacher, so its rounds start over (a rounds
+    # folder resumed with other settings is refused, and the old stages would be stale)
+    again = subprocess.run([sys.executable, "-m", "posemum_deploy.cli", "demo", "--out", str(out),
+                            "--train-images", "20", "--val-images", "6", "--epochs", "2",
+                            "--rounds", "1"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    stages = json.loads((out / "rounds" / "round_1" / "stages.json").read_text())
+    demo_steps = torch.load(out / "run" / "checkpoints" / "last.pt", weights_only=True)["step"]
+    assert stages["train"]["steps"] == demo_steps == 2 * steps_first
