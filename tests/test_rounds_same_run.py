@@ -52,6 +52,17 @@ def test_other_settings_are_refused_naming_them(tmp_path, change, named):
     assert named in message and str(saved.parent) in message and "new --out" in message
 
 
+def test_a_run_saved_by_an_older_version_resumes(tmp_path):
+    """Settings added since the run was saved are not in its rounds.yaml: not a change."""
+    import yaml
+
+    saved = tmp_path / "rounds.yaml"
+    data = _cfg(tmp_path).to_dict()
+    del data["pseudo_loss_weight"], data["train"]["pseudo"]
+    saved.write_text(yaml.safe_dump(data))
+    check_same_run(_cfg(tmp_path), saved)
+
+
 def test_unreadable_rounds_yaml_is_a_clear_error(tmp_path):
     saved = tmp_path / "rounds.yaml"
     saved.write_text("a: [unclosed\n")

@@ -105,8 +105,9 @@ def check_same_run(cfg: RoundsConfig, saved: Path) -> None:
                           "new --out, or delete that folder to start over") from err
     new = _flat(cfg.to_dict())
     free = RESUMABLE_KEYS | ({"rounds"} if cfg.schedule == "restart" else set())
-    changed = [f"{key} {old.get(key)!r} → {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
-               if key not in free and old.get(key) != new.get(key)]
+    # keys only one side has come from another posemum version: their defaults match
+    changed = [f"{key} {old[key]!r} → {new[key]!r}" for key in sorted(old.keys() & new.keys())
+               if key not in free and old[key] != new[key]]
     if changed:
         shown = "; ".join(changed[:3]) + (f"; {len(changed) - 3} more" if len(changed) > 3 else "")
         raise ConfigError(f"{saved.parent}: holds a rounds run with other settings ({shown}); "
