@@ -29,10 +29,10 @@ def test_same_settings_or_speed_knobs_resume(tmp_path):
 
 
 @pytest.mark.parametrize(("change", "named"), [
-    ({"unlabeled": "other"}, "unlabeled 'unl' → 'other'"),
-    ({"min_joint_score": 0.3}, "min_joint_score 0.5 → 0.3"),
-    ({"train.optim.lr": 0.01}, "train.optim.lr 0.001 → 0.01"),
-    ({"schedule": "continue", "rounds": 2}, "rounds 1 → 2"),  # continued: rounds split epochs
+    ({"unlabeled": "other"}, "unlabeled: 'unl' -> 'other'"),
+    ({"min_joint_score": 0.3}, "min_joint_score: 0.5 -> 0.3"),
+    ({"train.optim.lr": 0.01}, "train.optim.lr: 0.001 -> 0.01"),
+    ({"schedule": "continue", "rounds": 2}, "rounds: 1 -> 2"),  # continued: rounds split epochs
 ])
 def test_other_settings_are_refused_naming_them(tmp_path, change, named):
     saved = tmp_path / "run" / "rounds.yaml"
@@ -83,7 +83,7 @@ def test_run_rounds_refuses_before_touching_the_folder(synthetic_small, tmp_path
     before = (out / "rounds.yaml").read_text()
     other = RoundsConfig(out=str(out), unlabeled=str(images), schedule="restart",
                          min_joints=2, train=train)
-    with pytest.raises(ConfigError, match="min_joints 6 → 2"):
+    with pytest.raises(ConfigError, match="min_joints: 6 -> 2"):
         run_rounds(other)
     assert (out / "rounds.yaml").read_text() == before
     assert sorted(p.name for p in out.iterdir()) == ["rounds.yaml"]
@@ -116,7 +116,7 @@ def test_cli_rerun_with_another_filter_is_refused_and_loses_nothing(synthetic_sm
                              timeout=600, check=False)
     assert refused.returncode != 0
     line = [ln for ln in refused.stderr.splitlines() if "other settings" in ln]
-    assert len(line) == 1 and "min_joint_score 0.5 → 0.3" in line[0], refused.stderr[-2000:]
+    assert len(line) == 1 and "min_joint_score: 0.5 -> 0.3" in line[0], refused.stderr[-2000:]
     assert "Traceback" not in refused.stderr
     assert (out / "round_1" / "stages.json").read_text() == stages
 

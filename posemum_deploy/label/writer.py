@@ -73,13 +73,20 @@ def atomic_write_text(path: Path, text: str) -> None:
         os.close(fd)
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Human-readable list of the keys whose values differ between two nested dicts."""
+def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "",
+                skip: frozenset[str] = frozenset(), common_only: bool = False) -> list[str]:
+    """Human-readable list of the keys whose values differ between two nested dicts
+    ("a.b: 1 -> 2"), for refusing a resume with other settings. `skip` holds dotted keys
+    that may differ; `common_only` ignores keys only one side has (settings added or
+    removed by another version of the toolkit), else such a key counts as None there."""
     out = []
-    for key in sorted(set(old) | set(new)):
+    keys = set(old) & set(new) if common_only else set(old) | set(new)
+    for key in sorted(keys):
         a, b = old.get(key), new.get(key)
+        if f"{prefix}{key}" in skip:
+            continue
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
+            out += differences(a, b, f"{prefix}{key}.", skip, common_only)
         elif a != b:
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
@@ -149,7 +156,7 @@ class ShardStore:
             raise ResumeError(f"{self.manifest_path}: unreadable manifest ({e.msg}); "
                               "label into a new --out folder") from e
         old = {k: manifest.get(k) for k in self.identity}
-        diff = _differences(old, self.identity)
+        diff = differences(old, self.identity)
         if manifest.get("format") != FORMAT_VERSION or diff:
             raise ResumeError(f"{self.out_dir}: cannot resume, this run used a different model, "
                               f"settings or image list ({'; '.join(diff[:6]) or 'format'}); "

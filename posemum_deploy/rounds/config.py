@@ -80,34 +80,24 @@ RESUMABLE_KEYS = frozenset({
     "train.runtime.log_every"})
 
 
-def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat |= _flat(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def check_same_run(cfg: RoundsConfig, saved: Path) -> None:
     """Refuse to resume the run recorded in `saved` (RUN_DIR/rounds.yaml) with other
     settings. Finished stages are reused by folder, so another --unlabeled folder, filter
     or recipe would otherwise silently reuse labels and students made for the old one."""
     import yaml
 
+    from posemum_deploy.label.writer import differences
+
     if not saved.is_file():
         return
     try:
-        old = _flat(yaml.safe_load(saved.read_text()) or {})
+        old = yaml.safe_load(saved.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{saved}: not readable YAML ({err.__class__.__name__}); pass a "
                           "new --out, or delete that folder to start over") from err
-    new = _flat(cfg.to_dict())
     free = RESUMABLE_KEYS | ({"rounds"} if cfg.schedule == "restart" else set())
     # keys only one side has come from another posemum version: their defaults match
-    changed = [f"{key} {old[key]!r} → {new[key]!r}" for key in sorted(old.keys() & new.keys())
-               if key not in free and old[key] != new[key]]
+    changed = differences(old, cfg.to_dict(), skip=free, common_only=True)
     if changed:
         shown = "; ".join(changed[:3]) + (f"; {len(changed) - 3} more" if len(changed) > 3 else "")
         raise ConfigError(f"{saved.parent}: holds a rounds run with other settings ({shown}); "
