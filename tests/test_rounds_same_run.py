@@ -110,6 +110,7 @@ def test_cli_rerun_with_another_filter_is_refused_and_loses_nothing(synthetic_sm
     first = subprocess.run(cmd(), capture_output=True, text=True, timeout=600, check=False)
     assert first.returncode == 0, first.stderr[-3000:]
     stages = (out / "round_1" / "stages.json").read_text()
+    assert set(json.loads((out / "inputs.json").read_text())) == {"--labeled", "--val-ann"}
     ckpt = (out / "round_1" / "train" / "checkpoints" / "best.pt").stat().st_mtime_ns
 
     refused = subprocess.run(cmd("0", "--min-joint-score", "0.3"), capture_output=True, text=True,

@@ -3,8 +3,9 @@
 Every stage of every round writes its outputs under RUN_DIR/round_k/ and records itself
 in RUN_DIR/round_k/stages.json when it finishes, so a killed run continues at the first
 unfinished stage (and the label stage itself resumes shard by shard). A rerun into the
-same RUN_DIR with other settings is refused (config.check_same_run): its stages would be
-reused for settings they were not made with.
+same RUN_DIR with other settings, or with an input file edited at the same path, is refused
+(config.check_same_run, inputs.py): its stages would be reused for inputs they were not
+made from.
 
 The retraining stage follows Data Distillation and Noisy Student (issue 21): every batch
 mixes labeled and pseudo-labeled persons at `labeled_ratio` (training/pseudo_mix.py), the
@@ -15,9 +16,10 @@ milestone and the rounds continue it at the decayed LR (schedule.py; the default
 `schedule="auto"` continues wherever the run can be one schedule). A student
 backbone may differ from the teacher's (distillation across sizes), and any preset may
 retrain (SSL on top of pseudo-labels).
-The package: config.py (RoundsConfig, RoundRecord, StageLog), label_stage.py (export →
-calibrate → label → merge), retrain.py (the retraining TrainConfig and stages),
-schedule.py (restarted or continued LR schedules); here the loop itself.
+The package: config.py (RoundsConfig, RoundRecord, StageLog), inputs.py (the input
+files' fingerprints), label_stage.py (export → calibrate → label → merge), retrain.py (the
+retraining TrainConfig and stages), schedule.py (restarted or continued LR schedules);
+here the loop itself.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ from posemum_deploy.rounds.config import (
     StageLog,
     check_same_run,
 )
+from posemum_deploy.rounds.inputs import check_same_inputs, save_inputs
 from posemum_deploy.rounds.label_stage import (
     _label_stages,
     _thresholds_stage,
@@ -104,8 +107,10 @@ def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None
     check_round_inputs(cfg)
     out = Path(cfg.out)
     check_same_run(cfg, out / "rounds.yaml")
+    inputs = check_same_inputs(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "rounds.yaml")
+    save_inputs(inputs, out)
     data = cfg.train.data
     records: list[RoundRecord] = []
     log0 = StageLog(out / "round_0")
