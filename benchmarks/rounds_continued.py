@@ -82,12 +82,23 @@ def run_continued_distillation(cfg: RoundsConfig, args: argparse.Namespace, out:
     schedule's first part (d-teacher, like round 0) labels the folder; the ResNet-18
     round 0 continues on the decayed epochs with those labels on mixed batches. The
     student's steps are the control's (row a, a ResNet-18 labeled-only at the same
-    schedule); the teacher's steps come on top, the price of a bigger teacher."""
+    schedule); the teacher's steps come on top, the price of a bigger teacher.
+    `--distill-teacher full` trains the ResNet-50 through the whole schedule instead (its
+    first part continued labeled-only at the decayed LR, as a-continue does for the
+    ResNet-18: d-teacher-full), as Data Distillation labels with a converged teacher."""
     big, ap_big = trained(cfg, out / "d-teacher", None, backbone="resnet50", optim=parts[0])
     done("d-teacher", ap_big)
-    pseudo = pseudo_labels(cfg, out / f"d-labels{label_knobs(args)}", big)
-    done("d", trained(cfg, out / f"d{student_knobs(args)}", None, pseudo, backbone="resnet18",
-                      init_from=student_start, optim=parts[1])[1])
+    full = "-full" if args.distill_teacher == "full" else ""
+    if full:  # the same decayed epochs as the student's, labeled-only
+        big, ap_big = trained(cfg, out / "d-teacher-full", None, backbone="resnet50",
+                              init_from=big, optim=parts[1])
+        done("d-teacher-full", ap_big)
+    pseudo = pseudo_labels(cfg, out / f"d-labels{full}{label_knobs(args)}", big)
+    if "q" in args.rows:
+        for key, value in label_quality(pseudo, Path(cfg.boxes.partition(":")[2])).items():
+            done(key.replace("q-", "q-d-"), value)
+    done("d", trained(cfg, out / f"d{full}{student_knobs(args)}", None, pseudo,
+                      backbone="resnet18", init_from=student_start, optim=parts[1])[1])
 
 
 def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path],

@@ -100,7 +100,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
 
     def done(name: str, value: float) -> None:
         res[name] = value
-        say(f"seed {seed}: {name:<11} {value:6.2f}  ({time.perf_counter() - t0:.0f}s)")
+        say(f"seed {seed}: {name:<15} {value:6.2f}  ({time.perf_counter() - t0:.0f}s)")
 
     if args.schedule == "continue":
         run_continued(args, seed, sets, res, done)
@@ -183,10 +183,10 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
 def print_table(per_seed: list[dict[str, float]], seeds: list[int]) -> None:
     """Each row's mean and per-seed values, then the paired gaps (mean ± SE)."""
     names = [k for k in per_seed[0]]
-    print(f"{'row':<12}{'mean':>8}  per seed ({', '.join(map(str, seeds))})")
+    print(f"{'row':<16}{'mean':>8}  per seed ({', '.join(map(str, seeds))})")
     for name in names:
         values = [r[name] for r in per_seed]
-        print(f"{name:<12}{statistics.mean(values):>8.2f}  {' '.join(f'{v:.2f}' for v in values)}")
+        print(f"{name:<16}{statistics.mean(values):>8.2f}  {' '.join(f'{v:.2f}' for v in values)}")
     for a, b in GAPS:
         if a not in names or b not in names:
             continue
@@ -234,6 +234,9 @@ def main() -> None:
                         "initial weights (row c-init runs the other)")
     p.add_argument("--noise", default="randaugment,cutout",
                    help="strong view of the pseudo crops: affine,randaugment,cutout,mum | none")
+    p.add_argument("--distill-teacher", choices=("round0", "full"), default="round0",
+                   help="--schedule continue, row d: the ResNet-50 teacher trains the "
+                        "schedule's first part as round 0 does, or the full schedule")
     p.add_argument("--min-joint-score", type=float, default=0.5)
     p.add_argument("--tta", default="flip,scales=0.8,1.0,1.2")
     p.add_argument("--precision", type=float, default=0.9,
@@ -251,6 +254,9 @@ def main() -> None:
     args = p.parse_args()
     if args.schedule == "continue" and set(args.rows) - {"a", "b", "d", "e", "q", "u"}:
         p.error("--schedule continue runs rows a, b, d, e, q and u only")
+    if args.distill_teacher != "round0" and args.schedule != "continue":
+        p.error("--distill-teacher full needs --schedule continue (restart: d-teacher "
+                "trains --teacher-steps)")
     if args.rounds != 1 and args.schedule != "continue":
         p.error("--rounds needs --schedule continue (restart runs one round)")
     args.jobs = args.jobs or max(1, min(args.seeds, usable_cpus()))

@@ -131,3 +131,48 @@ def test_continued_ssl_row_continues_pose_mum_plus_with_the_pseudo_labels(tmp_pa
     assert last("round0") == (8, 2e-3)  # the first 8 of 12 steps, at the peak LR
     assert last("e-u16") == last("e-continue") == (4, pytest.approx(2e-5))  # the decayed rest
     assert e["optim"]["lr"] == pytest.approx(2e-4)
+
+
+@pytest.mark.slow
+def test_continued_distillation_with_a_full_schedule_teacher(tmp_path):
+    """Row d with --distill-teacher full, tiny: the ResNet-50 trains round 0's part of the
+    schedule, continues labeled-only through the decayed rest (d-teacher-full) and labels
+    the folder; the ResNet-18 round 0 continues on those labels at the decayed LR."""
+    import subprocess
+
+    import yaml
+
+    out = tmp_path / "bench"
+    proc = subprocess.run([
+        sys.executable, str(ROOT / "rounds_synthetic.py"), "--schedule", "continue",
+        "--teacher-steps", "8", "--steps", "4", "--rows", "a", "d", "--seeds", "1",
+        "--distill-teacher", "full", "--labeled-images", "8", "--unlabeled-images", "16",
+        "--val-images", "8", "--min-joint-score", "0", "--min-instance-score", "0",
+        "--min-joints", "1", "--no-calibrate", "--input", "64x64", "--threads", "1",
+        "--out", str(out)], capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for row in ("d-teacher", "d-teacher-full", "d - a"):
+        assert f"\n{row}" in proc.stdout, proc.stdout
+    run = out / "s0" / "continue12"
+
+    def config(name):
+        return yaml.safe_load((run / name / "train" / "config.yaml").read_text())
+
+    def ckpt(name):
+        return str(run / name / "train" / "checkpoints" / "best.pt")
+
+    big, student = config("d-teacher-full"), config("d-full-u16")
+    assert big["model"]["backbone"] == "resnet50" and student["model"]["backbone"] == "resnet18"
+    assert big["ssl"]["init_from"] == ckpt("d-teacher") and not big["pseudo"]["labels"]
+    assert student["ssl"]["init_from"] == ckpt("round0")
+    assert student["pseudo"]["labels"] == str(run / "d-labels-full-u16" / "pseudo.json")
+    assert big["optim"]["lr"] == student["optim"]["lr"] == pytest.approx(2e-4)  # decayed
+
+
+def test_full_schedule_teacher_needs_the_continued_schedule():
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(ROOT / "rounds_synthetic.py"), "--rows", "d",
+                           "--distill-teacher", "full"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 2 and "--distill-teacher full needs --schedule continue" in proc.stderr
