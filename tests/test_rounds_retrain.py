@@ -81,6 +81,9 @@ def test_init_mode_errors_and_default(synthetic_small, unlabeled, tmp_path):
     with pytest.raises(ConfigError, match="cannot start a resnet34 student from a resnet18"):
         resolve_init(_cfg(synthetic_small, unlabeled, tmp_path / "r", init="previous",
                           student_backbone="resnet34"))
+    # continued: a student of another backbone continues its own round 0
+    assert resolve_init(_cfg(synthetic_small, unlabeled, tmp_path / "r", schedule="continue",
+                             student_backbone="resnet34")) == "previous"
     big = make_checkpoint(tmp_path / "big.pt", input_hw=(64, 64), backbone="resnet34")
     with pytest.raises(ConfigError, match="cannot start a resnet18 student from a resnet34"):
         resolve_init(_cfg(synthetic_small, unlabeled, tmp_path / "r", init="previous",
@@ -175,3 +178,33 @@ def test_label_stage_calibrates_on_val_and_carries_reliability(synthetic_small, 
         assert ann["joint_scores"] == pytest.approx(person["joint_scores"], abs=1e-4)
         assert ann["joint_agreement"] == pytest.approx(person["joint_agreement"], abs=1e-4)
         assert len(set(ann["joint_agreement"])) > 1  # real per-joint values, not a constant
+
+
+@pytest.mark.slow
+def test_continued_distillation_student_continues_its_own_round_0(synthetic_small, unlabeled,
+                                                                  tmp_path):
+    """--schedule continue --teacher-backbone resnet34 --student-backbone resnet18, 3 epochs
+    of 2 steps, LR x0.1 after epoch 2: the teacher trains all 6 steps (the last 2 decayed)
+    and labels round 1; the student's round 0 trains the first 4 at the peak LR, and round
+    1 continues it for the last 2 at the decayed LR on mixed batches."""
+    cfg = _cfg(synthetic_small, unlabeled, tmp_path / "r", teacher_backbone="resnet34",
+               student_backbone="resnet18", retrain_max_steps=None, schedule="continue")
+    cfg.train.optim.epochs, cfg.train.optim.milestones, cfg.train.optim.max_steps = 3, (2,), 6
+    records = run_rounds(cfg)
+    run = tmp_path / "r"
+
+    def lrs(folder):
+        lines = (run / folder / "train" / "metrics.jsonl").read_text().splitlines()
+        return [r["lr"] for r in map(json.loads, lines) if r["kind"] == "train"]
+
+    assert lrs("round_0") == pytest.approx([1e-3] * 4 + [1e-4] * 2)  # the whole schedule
+    assert lrs("round_0_student") == pytest.approx([1e-3] * 4)  # up to the milestone
+    assert lrs("round_1") == pytest.approx([1e-4] * 2)  # the decayed rest
+    metas = [torch.load(r.checkpoint, weights_only=True)["model_meta"] for r in records]
+    assert [m["backbone"] for m in metas] == ["resnet34", "resnet18"]
+    student0 = str(run / "round_0_student" / "train" / "checkpoints" / "best.pt")
+    assert torch.load(student0, weights_only=True)["model_meta"]["backbone"] == "resnet18"
+    r1 = yaml.safe_load((run / "round_1" / "train" / "config.yaml").read_text())
+    assert r1["ssl"]["init_from"] == student0
+    assert r1["pseudo"]["labels"].endswith("round_1/pseudo.json")
+    assert json.loads((run / "round_0_student" / "metrics.json").read_text())["AP"] >= 0

@@ -103,7 +103,7 @@ def test_default_schedule_is_auto_and_pseudo_loss_pulls_less():
     ({}, {}, "continue", "continue (round 0 trains to the first LR milestone)"),
     ({"schedule": "restart"}, {}, "restart", None),
     ({"initial_checkpoint": "teacher.pt"}, {}, "restart", "a given round-0 teacher"),
-    ({"teacher_backbone": "resnet50"}, {}, "restart", "a resnet18 student of a resnet50 teacher"),
+    ({"teacher_backbone": "resnet50"}, {}, "continue", "continue"),  # its own round 0
     ({"init": "scratch"}, {}, "restart", "--init scratch"),
     ({"init": "previous"}, {}, "continue", "continue"),
     ({"retrain_max_steps": 5}, {}, "restart", "--retrain-max-steps"),

@@ -71,8 +71,9 @@ def rounds(
         help="continue: the run is one schedule (--epochs, --max-steps): round 0 trains to "
              "its first milestone, the rounds share the decayed epochs after it (equal "
              "compute to one labeled-only run); restart: each retraining runs the whole LR "
-             "schedule; auto: continue unless a given teacher, another student backbone, "
-             "--init, --retrain-max-steps or the LR schedule rule it out"),
+             "schedule; auto: continue unless a given teacher, --init, --retrain-max-steps "
+             "or the LR schedule rule it out (a student of another backbone continues its "
+             "own round 0; the teacher trains the whole schedule)"),
     backbone: str = typer.Option("resnet18", "--backbone"),
     input_size: str = typer.Option("256x192", "--input-size"),
     epochs: int = typer.Option(30, "--epochs"),

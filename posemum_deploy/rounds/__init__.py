@@ -14,8 +14,9 @@ pseudo-labeled crops are noised, and the student fine-tunes the previous round's
 `schedule="continue"`, the run is one LR schedule: round 0 trains it to its first
 milestone and the rounds continue it at the decayed LR (schedule.py; the default
 `schedule="auto"` continues wherever the run can be one schedule). A student
-backbone may differ from the teacher's (distillation across sizes), and any preset may
-retrain (SSL on top of pseudo-labels).
+backbone may differ from the teacher's (distillation across sizes: continued, the
+student continues its own round 0, `_round0`), and any preset may retrain (SSL on top
+of pseudo-labels).
 The package: config.py (RoundsConfig, RoundRecord, StageLog), inputs.py (the input
 files' fingerprints), label_stage.py (export → calibrate → label → merge), retrain.py (the
 retraining TrainConfig and stages), schedule.py (restarted or continued LR schedules);
@@ -71,6 +72,7 @@ __all__ = ["CHECKPOINT_BACKENDS", "INIT_MODES", "SCHEDULES", "STAGES", "RoundRec
            "evaluate_stage", "fit_schedule", "resolve_init", "resolve_schedule",
            "retrain_config", "run_rounds", "train_stage", "write_summary"]
 log = logging.getLogger(__name__)
+STUDENT_ROUND0 = "round_0_student"  # a student of another backbone: its own round 0
 
 
 def check_round_inputs(cfg: RoundsConfig) -> None:
@@ -111,42 +113,75 @@ def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "rounds.yaml")
     save_inputs(inputs, out)
-    data = cfg.train.data
     records: list[RoundRecord] = []
-    log0 = StageLog(out / "round_0")
     continued = cfg.schedule == "continue"
-    if cfg.initial_checkpoint:
-        teacher = cfg.initial_checkpoint
-    else:
-        r0 = retrain_config(cfg, None, backbones(cfg)[0], "pretrained")
-        if continued:  # up to the schedule's first LR milestone
-            r0.optim = continued_schedule(cfg.train.optim, cfg.rounds)[0]
-        teacher = log0.run("train", lambda: train_stage(
-            cfg, out / "round_0", data.labeled, data.images, None,
-            callbacks=train_callbacks, tcfg=r0))["checkpoint"]
-    steps0 = log0.done.get("train", {}).get("steps")
+    teacher, start, steps0 = _round0(cfg, out, train_callbacks)
     budget = None if continued else cfg.retrain_max_steps or steps0
     segments = continued_schedule(cfg.train.optim, cfg.rounds, steps0) if continued else []
+    log0 = StageLog(out / "round_0")
     m0 = log0.run("evaluate", lambda: evaluate_stage(cfg, teacher, out / "round_0"))
     records.append(RoundRecord(0, teacher, m0["metrics"]))
     if on_round:
         on_round(records[-1])
     for k in range(1, cfg.rounds + 1):
         optim = segments[k] if continued else None
-        records.append(_retrain_round(cfg, k, teacher, init, budget, optim,
+        records.append(_retrain_round(cfg, k, teacher, start, init, budget, optim,
                                       train_callbacks, label_progress))
-        teacher = records[-1].checkpoint
+        teacher = start = records[-1].checkpoint
         if on_round:
             on_round(records[-1])
     write_summary(records, out)
     return records
 
 
-def _retrain_round(cfg: RoundsConfig, k: int, teacher: str, init: str, budget: int | None,
-                   optim: OptimConfig | None, train_callbacks: TrainCallbacks | None,
+def _round0(cfg: RoundsConfig, out: Path,
+            callbacks: TrainCallbacks | None) -> tuple[str, str, int | None]:
+    """Round 0: (the teacher that labels round 1, the model round 1's student starts from
+    with --init previous, the steps that measured an epoch of the labeled set).
+
+    Continued with one backbone, round 0 trains to the first LR milestone and is both.
+    A student of another backbone cannot continue the teacher, so the teacher (trained
+    here or given) is trained through the whole schedule, as Data Distillation labels
+    with a converged model, and the student's own round 0 trains to the milestone in
+    round_0_student/: the student's steps stay one schedule, the teacher's come on top."""
+    data = cfg.train.data
+    teacher_backbone, student_backbone = backbones(cfg)
+    continued = cfg.schedule == "continue"
+    distil = continued and teacher_backbone != student_backbone
+    log0 = StageLog(out / "round_0")
+    if cfg.initial_checkpoint:
+        teacher = cfg.initial_checkpoint
+    else:
+        r0 = retrain_config(cfg, None, teacher_backbone, "pretrained")
+        if continued and not distil:  # up to the schedule's first LR milestone
+            r0.optim = continued_schedule(cfg.train.optim, cfg.rounds)[0]
+        elif distil and r0.optim.max_steps:  # the whole schedule, epochs as the student's
+            r0.optim = fit_schedule(r0.optim, r0.optim.max_steps)
+        teacher = log0.run("train", lambda: train_stage(
+            cfg, out / "round_0", data.labeled, data.images, None,
+            callbacks=callbacks, tcfg=r0))["checkpoint"]
+    if not distil:
+        return teacher, teacher, log0.done.get("train", {}).get("steps")
+    s0 = retrain_config(cfg, None, student_backbone, "pretrained")
+    s0.optim = continued_schedule(cfg.train.optim, cfg.rounds)[0]
+    folder = out / STUDENT_ROUND0
+    slog = StageLog(folder)
+    start = slog.run("train", lambda: train_stage(
+        cfg, folder, data.labeled, data.images, None, callbacks=callbacks,
+        tcfg=s0))["checkpoint"]
+    ms = slog.run("evaluate", lambda: evaluate_stage(cfg, start, folder))
+    log.info("%s: the %s student's round 0 (to the first LR milestone): val AP %.4f",
+             folder, student_backbone, ms["metrics"]["AP"])
+    return teacher, start, slog.done["train"]["steps"]
+
+
+def _retrain_round(cfg: RoundsConfig, k: int, teacher: str, start: str, init: str,
+                   budget: int | None, optim: OptimConfig | None,
+                   train_callbacks: TrainCallbacks | None,
                    label_progress: LabelProgress | None) -> RoundRecord:
     """Round k: label the folder with `teacher`, merge, retrain (its `optim` part of a
-    continued schedule, else `budget` steps of the whole schedule), evaluate."""
+    continued schedule, else `budget` steps of the whole schedule; from `start` with
+    --init previous), evaluate."""
     round_dir = Path(cfg.out) / f"round_{k}"
     stages = StageLog(round_dir)
     data = cfg.train.data
@@ -165,7 +200,7 @@ def _retrain_round(cfg: RoundsConfig, k: int, teacher: str, init: str, budget: i
         labeled, images = str(combine_labeled_and_pseudo(
             data.labeled, data.images, pseudo, cfg.unlabeled,
             round_dir / "train_combined.json", cfg.labeled_repeat)), "/"
-    init_from = teacher if init == "previous" else None
+    init_from = start if init == "previous" else None
     student = stages.run("train", lambda: train_stage(
         cfg, round_dir, labeled, images, init_from, budget, train_callbacks,
         tcfg))["checkpoint"]

@@ -59,8 +59,9 @@ def resolve_schedule(cfg: RoundsConfig) -> str:
 
     `continue` is preferred because it is the recipe that beat the labeled-only control
     at equal compute (schedule.py). It needs round 0 trained here (a given teacher has no
-    schedule to continue), a student of the teacher's backbone fine-tuned from it, the
-    step LR schedule with a milestone and a decayed epoch per round, and no per-round
+    schedule to continue), a student fine-tuned from the last round's model (a student of
+    another backbone continues its own round 0, which the run trains beside the teacher),
+    the step LR schedule with a milestone and a decayed epoch per round, and no per-round
     step budget."""
     if cfg.schedule != AUTO:
         return cfg.schedule
@@ -77,9 +78,6 @@ def _why_not_continue(cfg: RoundsConfig) -> str | None:
     """What keeps the run from being one continued schedule (None: nothing)."""
     if cfg.initial_checkpoint:  # before backbones(), which would read the checkpoint
         return "a given round-0 teacher (--initial-checkpoint)"
-    teacher, student = backbones(cfg)
-    if teacher != student:
-        return f"a {student} student of a {teacher} teacher"
     if cfg.init not in (None, "previous"):
         return f"--init {cfg.init}"
     if cfg.retrain_max_steps:
@@ -95,7 +93,8 @@ def _why_not_continue(cfg: RoundsConfig) -> str | None:
 def resolve_init(cfg: RoundsConfig) -> str:
     """How retraining starts: the asked mode; by default fine-tuned from the previous
     round's model when teacher and student share a backbone, else the initial weights
-    (ImageNet when --pretrained is given, else random). Fine-tuning is the default
+    (ImageNet when --pretrained is given, else random); with the continued schedule a
+    student of another backbone continues its own round 0. Fine-tuning is the default
     because at an equal step budget a fresh student trains only round 1's steps: on
     the synthetic rounds benchmark (800 steps per stage) it ended 7.6 AP below the
     fine-tuned one (docs/experiments/rounds-recipe.md). Fine-tuning a smaller student
@@ -103,8 +102,9 @@ def resolve_init(cfg: RoundsConfig) -> str:
     train stage."""
     teacher, student = backbones(cfg)
     initial = "pretrained" if cfg.train.model.pretrained else "scratch"
-    init = cfg.init or ("previous" if teacher == student else initial)
-    if cfg.schedule == "continue" and init != "previous":
+    continued = cfg.schedule == "continue"
+    init = cfg.init or ("previous" if teacher == student or continued else initial)
+    if continued and init != "previous":
         raise ConfigError(f"--schedule continue trains each round on from the last round's "
                           f"model, so --init {init} does not apply; use --schedule restart")
     if init not in INIT_MODES:
@@ -112,9 +112,10 @@ def resolve_init(cfg: RoundsConfig) -> str:
     if init == "pretrained" and not cfg.train.model.pretrained:
         raise ConfigError("--init pretrained needs --pretrained (an ImageNet state_dict); "
                           "or use --init scratch")
-    if init == "previous" and teacher != student:
+    if init == "previous" and teacher != student and not continued:
         raise ConfigError(f"--init previous cannot start a {student} student from a {teacher} "
-                          "teacher; use --init scratch or pretrained")
+                          "teacher; use --init scratch or pretrained, or --schedule continue "
+                          "(the student continues its own round 0)")
     return init
 
 
@@ -136,7 +137,8 @@ def check_retrain_options(cfg: RoundsConfig) -> None:
                               "(the rounds share the epochs after the first LR milestone); "
                               "set the whole run's steps with --max-steps")
         optim = cfg.train.optim
-        if cfg.initial_checkpoint and not (optim.max_steps or optim.steps_per_epoch):
+        given = cfg.initial_checkpoint and len(set(backbones(cfg))) == 1  # no round 0 here
+        if given and not (optim.max_steps or optim.steps_per_epoch):
             raise ConfigError("--schedule continue with --initial-checkpoint needs --max-steps "
                               "(the whole schedule's steps; no round 0 measures an epoch)")
         continued_schedule(optim, cfg.rounds)  # the schedule can be split: else its error

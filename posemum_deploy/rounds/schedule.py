@@ -13,8 +13,11 @@ LR loses to the labeled-only control, which spends those steps decaying; the con
 schedule beat the better labeled-only schedule by +0.46 ± 0.17 AP over five seeds, four
 of which gained (docs/experiments/rounds-recipe.md, "Pilot 9" and "The continued
 schedule as a mode"). `auto`, the default, is `continue` wherever the run can be one
-schedule and `restart` where it cannot (a given teacher, a student of another backbone,
-a cosine schedule: `rounds.retrain.resolve_schedule`).
+schedule and `restart` where it cannot (a given teacher, a cosine schedule:
+`rounds.retrain.resolve_schedule`). A student of another backbone than the teacher's
+cannot continue the teacher: the run then trains the teacher through the whole schedule
+and the student's own round 0 up to the milestone, which the rounds continue (Data
+Distillation labels with a converged teacher; the student's steps are one schedule).
 """
 from __future__ import annotations
 
