@@ -140,10 +140,11 @@ def _round0(cfg: RoundsConfig, out: Path,
     with --init previous, the steps that measured an epoch of the labeled set).
 
     Continued with one backbone, round 0 trains to the first LR milestone and is both.
-    A student of another backbone cannot continue the teacher, so the teacher (trained
-    here or given) is trained through the whole schedule, as Data Distillation labels
-    with a converged model, and the student's own round 0 trains to the milestone in
-    round_0_student/: the student's steps stay one schedule, the teacher's come on top."""
+    A student of another backbone cannot continue the teacher, so a teacher trained here
+    runs the whole schedule (Data Distillation labels with a converged model; a given
+    one labels as it is), and the student's own round 0 trains to the milestone in
+    round_0_student/: the student's steps stay one schedule, the teacher's come on top.
+    Later rounds relabel with the last student, as with one backbone."""
     data = cfg.train.data
     teacher_backbone, student_backbone = backbones(cfg)
     continued = cfg.schedule == "continue"
