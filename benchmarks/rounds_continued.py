@@ -52,7 +52,7 @@ def run_continued(args: argparse.Namespace, seed: int, sets: dict[str, Path],
     teacher = round0_and_controls(cfg, seed_dir / f"labeled-{total}", "a", "round0", "a",
                                   bool(rows & {"a", "d"}), res, done)
     if "d" in rows:
-        run_continued_distillation(cfg, args, out, teacher, parts, done)
+        run_continued_distillation(cfg, args, out, teacher, parts, sets["unlabeled"], done)
     if "u" in rows:  # round 1 on the unlabeled set's true labels: the bound
         truth = str(truth_as_pseudo(out, sets["unlabeled"], unlabeled_knob(args)))
         done("u", trained(cfg, out / f"u{knobs}", None, truth, init_from=teacher,
@@ -76,7 +76,7 @@ def run_continued(args: argparse.Namespace, seed: int, sets: dict[str, Path],
 
 
 def run_continued_distillation(cfg: RoundsConfig, args: argparse.Namespace, out: Path,
-                               student_start: str, parts: list[OptimConfig],
+                               student_start: str, parts: list[OptimConfig], truth: Path,
                                done: Callable[[str, float], None]) -> None:
     """Row d with `--schedule continue`: a ResNet-50 trained on the labeled split for the
     schedule's first part (d-teacher, like round 0) labels the folder; the ResNet-18
@@ -85,7 +85,8 @@ def run_continued_distillation(cfg: RoundsConfig, args: argparse.Namespace, out:
     schedule); the teacher's steps come on top, the price of a bigger teacher.
     `--distill-teacher full` trains the ResNet-50 through the whole schedule instead (its
     first part continued labeled-only at the decayed LR, as a-continue does for the
-    ResNet-18: d-teacher-full), as Data Distillation labels with a converged teacher."""
+    ResNet-18: d-teacher-full), as Data Distillation labels with a converged teacher.
+    With row q, its labels are scored against `truth` (the unlabeled set's json)."""
     big, ap_big = trained(cfg, out / "d-teacher", None, backbone="resnet50", optim=parts[0])
     done("d-teacher", ap_big)
     full = "-full" if args.distill_teacher == "full" else ""
@@ -95,7 +96,7 @@ def run_continued_distillation(cfg: RoundsConfig, args: argparse.Namespace, out:
         done("d-teacher-full", ap_big)
     pseudo = pseudo_labels(cfg, out / f"d-labels{full}{label_knobs(args)}", big)
     if "q" in args.rows:
-        for key, value in label_quality(pseudo, Path(cfg.boxes.partition(":")[2])).items():
+        for key, value in label_quality(pseudo, truth).items():
             done(key.replace("q-", "q-d-"), value)
     done("d", trained(cfg, out / f"d{full}{student_knobs(args)}", None, pseudo,
                       backbone="resnet18", init_from=student_start, optim=parts[1])[1])

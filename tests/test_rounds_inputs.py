@@ -74,7 +74,7 @@ def test_unchanged_stat_reuses_the_recorded_hash(tmp_path):
     data = json.loads(saved.read_text())
     data["--initial-checkpoint"]["sha256"] = "recorded"
     saved.write_text(json.dumps(data))
-    prints = fingerprint_inputs(_cfg(tmp_path), saved)
+    prints = fingerprint_inputs(_cfg(tmp_path), data)
     assert prints["--initial-checkpoint"]["sha256"] == "recorded"
     assert prints["--labeled"]["sha256"] == data["--labeled"]["sha256"]
 

@@ -113,14 +113,11 @@ def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "rounds.yaml")
     save_inputs(inputs, out)
-    records: list[RoundRecord] = []
     continued = cfg.schedule == "continue"
-    teacher, start, steps0 = _round0(cfg, out, train_callbacks)
+    record0, start, steps0 = _round0(cfg, out, train_callbacks)
+    teacher, records = record0.checkpoint, [record0]
     budget = None if continued else cfg.retrain_max_steps or steps0
     segments = continued_schedule(cfg.train.optim, cfg.rounds, steps0) if continued else []
-    log0 = StageLog(out / "round_0")
-    m0 = log0.run("evaluate", lambda: evaluate_stage(cfg, teacher, out / "round_0"))
-    records.append(RoundRecord(0, teacher, m0["metrics"]))
     if on_round:
         on_round(records[-1])
     for k in range(1, cfg.rounds + 1):
@@ -135,9 +132,10 @@ def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None
 
 
 def _round0(cfg: RoundsConfig, out: Path,
-            callbacks: TrainCallbacks | None) -> tuple[str, str, int | None]:
-    """Round 0: (the teacher that labels round 1, the model round 1's student starts from
-    with --init previous, the steps that measured an epoch of the labeled set).
+            callbacks: TrainCallbacks | None) -> tuple[RoundRecord, str, int | None]:
+    """Round 0: (the record of the teacher that labels round 1, the model round 1's
+    student starts from with --init previous, the steps that measured an epoch of the
+    labeled set).
 
     Continued with one backbone, round 0 trains to the first LR milestone and is both.
     A student of another backbone cannot continue the teacher, so a teacher trained here
@@ -161,8 +159,10 @@ def _round0(cfg: RoundsConfig, out: Path,
         teacher = log0.run("train", lambda: train_stage(
             cfg, out / "round_0", data.labeled, data.images, None,
             callbacks=callbacks, tcfg=r0))["checkpoint"]
+    m0 = log0.run("evaluate", lambda: evaluate_stage(cfg, teacher, out / "round_0"))
+    record0 = RoundRecord(0, teacher, m0["metrics"])
     if not distil:
-        return teacher, teacher, log0.done.get("train", {}).get("steps")
+        return record0, teacher, log0.done.get("train", {}).get("steps")
     s0 = retrain_config(cfg, None, student_backbone, "pretrained")
     s0.optim = continued_schedule(cfg.train.optim, cfg.rounds)[0]
     folder = out / STUDENT_ROUND0
@@ -173,7 +173,7 @@ def _round0(cfg: RoundsConfig, out: Path,
     ms = slog.run("evaluate", lambda: evaluate_stage(cfg, start, folder))
     log.info("%s: the %s student's round 0 (to the first LR milestone): val AP %.4f",
              folder, student_backbone, ms["metrics"]["AP"])
-    return teacher, start, slog.done["train"]["steps"]
+    return record0, start, slog.done["train"]["steps"]
 
 
 def _retrain_round(cfg: RoundsConfig, k: int, teacher: str, start: str, init: str,

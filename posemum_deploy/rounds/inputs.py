@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from posemum_deploy.artifacts import sha256_file
+from posemum_deploy.data.coco import save_json
 from posemum_deploy.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -38,11 +39,12 @@ def _stat(path: Path) -> dict[str, Any]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def fingerprint_inputs(cfg: RoundsConfig, saved: Path | None = None) -> dict[str, Any]:
-    """{option: {path, size, mtime_ns, sha256}} of `cfg`'s input files. Where `saved`
-    (an earlier inputs.json) holds the same path with the same size and mtime, its hash
-    is taken as it is, so a resumed run does not rehash a large checkpoint or json."""
-    old = _read(saved) if saved else {}
+def fingerprint_inputs(cfg: RoundsConfig, old: dict[str, Any] | None = None) -> dict[str, Any]:
+    """{option: {path, size, mtime_ns, sha256}} of `cfg`'s input files. Where `old` (the
+    fingerprints of an earlier inputs.json) holds the same path with the same size and
+    mtime, its hash is taken as it is, so a resumed run does not rehash a large
+    checkpoint or json."""
+    old = old or {}
     prints = {}
     for option, name in input_files(cfg).items():
         path = Path(name)
@@ -59,9 +61,8 @@ def check_same_inputs(cfg: RoundsConfig, run_dir: Path) -> dict[str, Any]:
     same path; returns the fingerprints to save once the run goes on. A run made before
     inputs.json existed, or a file named by another path (check_same_run's business), is
     not compared."""
-    saved = run_dir / INPUTS_FILE
-    old = _read(saved)
-    now = fingerprint_inputs(cfg, saved)
+    old = _read(run_dir / INPUTS_FILE)
+    now = fingerprint_inputs(cfg, old)
     changed = [f"{e['path']} (given as {option})" for option, e in now.items()
                if option in old and old[option].get("path") == e["path"]
                and old[option].get("sha256") != e["sha256"]]
@@ -73,7 +74,7 @@ def check_same_inputs(cfg: RoundsConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def save_inputs(prints: dict[str, Any], run_dir: Path) -> None:
-    (run_dir / INPUTS_FILE).write_text(json.dumps(prints, indent=1) + "\n")
+    save_json(prints, run_dir / INPUTS_FILE)  # atomic: a killed run leaves the old record
 
 
 def _read(saved: Path) -> dict[str, Any]:
