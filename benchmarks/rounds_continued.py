@@ -49,8 +49,10 @@ def run_continued(args: argparse.Namespace, seed: int, sets: dict[str, Path],
         run_continued_ssl(args, seed, sets, res, done)
     if not rows & {"a", "b", "d", "q", "u"}:
         return
-    teacher = round0_and_controls(cfg, seed_dir / f"labeled-{total}", "a", "round0", "a",
-                                  bool(rows & {"a", "d"}), res, done)
+    controls = bool(rows & {"a", "d"})
+    teacher = round0_and_continue(cfg, "a", "round0", controls, done)
+    if controls:
+        single_and_control(cfg, seed_dir / f"labeled-{total}", "a", "a", res, done)
     if "d" in rows:
         run_continued_distillation(cfg, args, out, teacher, parts, sets["unlabeled"], done)
     if "u" in rows:  # round 1 on the unlabeled set's true labels: the bound
@@ -118,31 +120,35 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
     ssl.schedule, ssl.rounds, ssl.train.optim.max_steps = "continue", 1, total
     round1 = continued_schedule(ssl.train.optim, 1)[1]
     out = Path(ssl.out)
-    teacher = round0_and_controls(ssl, seed_dir / f"pmp-{total}{unl}", "e", "e-round0", "e-control",
-                                  True, res, done)
+    teacher = round0_and_continue(ssl, "e", "e-round0", True, done)
     pseudo = pseudo_labels(ssl, out / f"labels{label_knobs(args)}", teacher)
     done("e", trained(ssl, out / f"e{student_knobs(args)}", None, pseudo, init_from=teacher,
                       optim=round1)[1])
+    # last: the longest training, and e − e-continue already bounds e − e-control above
+    single_and_control(ssl, seed_dir / f"pmp-{total}{unl}", "e", "e-control", res, done)
 
 
-def round0_and_controls(cfg: RoundsConfig, single_dir: Path, prefix: str, round0: str,
-                        control: str, with_controls: bool, res: dict[str, float],
+def round0_and_continue(cfg: RoundsConfig, prefix: str, round0: str, with_control: bool,
                         done: Callable[[str, float], None]) -> str:
     """Round 0 of `cfg`'s continued schedule (row `round0`, trained in cfg.out/round0) and,
-    `with_controls`, the controls without pseudo-labels at the same steps: the schedule
-    unbroken (`{prefix}-single`, in `single_dir`), its decayed epochs continued from round
-    0 (`{prefix}-continue`) and the better of the two per seed (`control`). Returns round
-    0's checkpoint, the teacher that labels the folder."""
+    `with_control`, its decayed epochs continued from round 0 with the same recipe
+    (`{prefix}-continue`): the control with round 1's steps and start, without the
+    pseudo-labels. Returns round 0's checkpoint, the teacher that labels the folder."""
     optim, out = cfg.train.optim, Path(cfg.out)
     first = continued_schedule(optim, cfg.rounds)[0]
-    if with_controls:
-        done(f"{prefix}-single", trained(cfg, single_dir, optim.max_steps)[1])
     teacher, ap0 = trained(cfg, out / "round0", None, optim=first)
     done(round0, ap0)
-    if with_controls:  # the epochs after the milestone, labeled-only, in one training
+    if with_control:  # the epochs after the milestone, no pseudo-labels, in one training
         whole = fit_schedule(optim, optim.max_steps)
         tail = schedule_segment(whole, first.epochs, whole.epochs)
         done(f"{prefix}-continue", trained(cfg, out / f"{prefix}-continue", None,
                                            init_from=teacher, optim=tail)[1])
-        done(control, max(res[f"{prefix}-single"], res[f"{prefix}-continue"]))
     return teacher
+
+
+def single_and_control(cfg: RoundsConfig, single_dir: Path, prefix: str, control: str,
+                       res: dict[str, float], done: Callable[[str, float], None]) -> None:
+    """The schedule unbroken without pseudo-labels (`{prefix}-single`, in `single_dir`) and
+    the control row `control`: the better of it and `{prefix}-continue`, per seed."""
+    done(f"{prefix}-single", trained(cfg, single_dir, cfg.train.optim.max_steps)[1])
+    done(control, max(res[f"{prefix}-single"], res[f"{prefix}-continue"]))
