@@ -135,7 +135,7 @@ def run_demo_rounds(cfg: DemoConfig, result: DemoResult, n_rounds: int, on_round
         generate_dataset(unlabeled_ann.parent, cfg.train_images, seed=cfg.seed + 20_000,
                          max_people=cfg.max_people)
     tcfg = TrainConfig.load(result.run_dir / "config.yaml")
-    steps = int(read_checkpoint(result.run_dir / "checkpoints" / "last.pt")["step"])
+    steps = int(read_checkpoint(result.run_dir / "checkpoints" / "last.pt", mmap=True)["step"])
     teacher = str(result.run_dir / "checkpoints" / "best.pt")
     rounds_dir = Path(cfg.out) / "rounds"
     if rounds_dir.is_dir():  # the demo has just retrained its teacher: old rounds are stale

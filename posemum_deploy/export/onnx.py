@@ -234,7 +234,7 @@ def _checkpoint_data(source: Path) -> list[Path]:
         return []
     from posemum_deploy.models.checkpoint import read_checkpoint
 
-    data = (read_checkpoint(source).get("config") or {}).get("data") or {}
+    data = (read_checkpoint(source, mmap=True).get("config") or {}).get("data") or {}
     return [Path(p) for p in (data.get("val_ann"), data.get("labeled")) if p]
 
 

@@ -18,13 +18,17 @@ from posemum_deploy.models.simple_baseline import SimpleBaseline, build_model
 WEIGHT_KEYS = {"teacher": "teacher", "student": "model"}
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """torch.load with weights_only=True and a clear error for a missing or bad file."""
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """torch.load with weights_only=True and a clear error for a missing or bad file.
+
+    `mmap=True` maps the tensors from the file instead of reading them, for a caller that
+    wants only the metadata (backbone, step, config): a ResNet-50 checkpoint read for its
+    backbone name costs the pickle, not its 100 MB of weights."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: checkpoint not found; pass RUN_DIR/checkpoints/best.pt")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:  # torch's text would suggest weights_only=False
         raise ArtifactError(f"{path}: not a loadable posemum checkpoint (not a torch file, or "
                             "it holds objects beyond tensors and plain containers, which "

@@ -160,13 +160,15 @@ def check_retrain_options(cfg: RoundsConfig) -> None:
 
 def backbones(cfg: RoundsConfig) -> tuple[str, str]:
     """(round-0 teacher, retrained student) backbones; a given initial checkpoint says
-    its own (so `--initial-checkpoint BIG.pt --student-backbone resnet18` distils)."""
+    its own (so `--initial-checkpoint BIG.pt --student-backbone resnet18` distils). The
+    checkpoint is read mapped: several start-up checks ask, and each costs its pickle,
+    not its weights."""
     base = cfg.train.model.backbone
     teacher = cfg.teacher_backbone or base
     if cfg.initial_checkpoint and Path(cfg.initial_checkpoint).is_file():
         from posemum_deploy.models.checkpoint import read_checkpoint
 
-        teacher = read_checkpoint(cfg.initial_checkpoint).get("model_meta", {}).get(
+        teacher = read_checkpoint(cfg.initial_checkpoint, mmap=True).get("model_meta", {}).get(
             "backbone", teacher)
     return teacher, cfg.student_backbone or base
 
