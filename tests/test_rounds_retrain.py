@@ -207,4 +207,38 @@ def test_continued_distillation_student_continues_its_own_round_0(synthetic_smal
     r1 = yaml.safe_load((run / "round_1" / "train" / "config.yaml").read_text())
     assert r1["ssl"]["init_from"] == student0
     assert r1["pseudo"]["labels"].endswith("round_1/pseudo.json")
-    assert json.loads((run / "round_0_student" / "metrics.json").read_text())["AP"] >= 0
+    student_ap = json.loads((run / "round_0_student" / "metrics.json").read_text())["AP"]
+    assert student_ap >= 0
+    # rounds.json: round 0's row also holds the student's own round 0; later rows do not
+    rows = json.loads((run / "rounds.json").read_text())
+    assert [r["round"] for r in rows] == [0, 1]
+    assert rows[0]["student_checkpoint"] == student0
+    assert rows[0]["student_metrics"]["AP"] == pytest.approx(student_ap)
+    assert rows[0]["checkpoint"] == records[0].checkpoint != student0  # the teacher's
+    assert rows[1]["student_checkpoint"] is None and rows[1]["student_metrics"] is None
+
+
+def test_the_rounds_table_shows_the_students_own_round_0(tmp_path, monkeypatch):
+    """A distillation's round-0 record carries the student's own round 0: the table
+    prints it as its own row under the teacher's, with its checkpoint."""
+    from rich.console import Console
+
+    from posemum_deploy.cli import progress
+    from posemum_deploy.cli.rounds import show_rounds
+    from posemum_deploy.rounds import RoundRecord
+
+    def m(ap):
+        return {"AP": ap, "AP50": ap + 0.1, "AR": ap + 0.05}
+
+    records = [RoundRecord(0, "big/best.pt", m(0.41), student_checkpoint="small0/best.pt",
+                           student_metrics=m(0.33)),
+               RoundRecord(1, "r1/best.pt", m(0.37), 12, 5)]
+    shown = Console(record=True, width=200)
+    monkeypatch.setattr(progress, "console", shown)
+    show_rounds(records, tmp_path)
+    lines = shown.export_text().splitlines()
+    rows = [line for line in lines if ".pt" in line]
+    assert len(rows) == 3
+    assert "0.4100" in rows[0] and "big/best.pt" in rows[0]
+    assert "0 (student)" in rows[1] and "0.3300" in rows[1] and "small0/best.pt" in rows[1]
+    assert "0.3700" in rows[2] and "r1/best.pt" in rows[2]

@@ -129,6 +129,9 @@ def _announce(record) -> None:
 
     console.print(f"round {record.round}: val AP {record.metrics['AP']:.4f} "
                   f"({record.pseudo_annotations} pseudo-labeled persons)")
+    if record.student_metrics:
+        console.print(f"round {record.round}, the student's own: val AP "
+                      f"{record.student_metrics['AP']:.4f}")
 
 
 def show_rounds(records, out: Path) -> None:
@@ -142,6 +145,10 @@ def show_rounds(records, out: Path) -> None:
     for r in records:
         table.add_row(str(r.round), f"{r.metrics['AP']:.4f}", f"{r.metrics['AP50']:.4f}",
                       f"{r.metrics['AR']:.4f}", str(r.pseudo_annotations), r.checkpoint)
+        if r.student_metrics:  # distillation: what round 1's student continues
+            m = r.student_metrics
+            table.add_row(f"{r.round} (student)", f"{m['AP']:.4f}", f"{m['AP50']:.4f}",
+                          f"{m['AR']:.4f}", "0", r.student_checkpoint)
     console.print(table)
     console.print(f"plot: {out / 'rounds.png'}  table: {out / 'rounds.json'}")
 

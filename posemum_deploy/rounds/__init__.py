@@ -173,6 +173,7 @@ def _round0(cfg: RoundsConfig, out: Path,
     ms = slog.run("evaluate", lambda: evaluate_stage(cfg, start, folder))
     log.info("%s: the %s student's round 0 (to the first LR milestone): val AP %.4f",
              folder, student_backbone, ms["metrics"]["AP"])
+    record0 = replace(record0, student_checkpoint=start, student_metrics=ms["metrics"])
     return record0, start, slog.done["train"]["steps"]
 
 
@@ -219,6 +220,11 @@ def write_summary(records: list[RoundRecord], out: Path) -> None:
     save_json([asdict(r) for r in records], out / "rounds.json")
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     ax.plot([r.round for r in records], [r.metrics["AP"] for r in records], marker="o")
+    if records[0].student_metrics:  # distillation: the student's own round 0, then its rounds
+        ax.plot([0, *(r.round for r in records[1:])],
+                [records[0].student_metrics["AP"], *(r.metrics["AP"] for r in records[1:])],
+                marker="s", linestyle="--", label="student")
+        ax.legend()
     ax.set_xlabel("round")
     ax.set_ylabel("val AP")
     ax.set_xticks([r.round for r in records])

@@ -107,11 +107,16 @@ def check_same_run(cfg: RoundsConfig, saved: Path) -> None:
 
 @dataclass
 class RoundRecord:
+    """One row of rounds.json. Round 0 of a distillation on the continued schedule also
+    holds the student's own round 0 (round_0_student/: the model round 1 continues), so
+    the table shows what the student was before the teacher's labels."""
     round: int
     checkpoint: str
     metrics: dict[str, float]
     pseudo_annotations: int = 0
     labeled_images: int = 0
+    student_checkpoint: str | None = None
+    student_metrics: dict[str, float] | None = None
 
 
 class StageLog:
