@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from posemum_deploy.errors import ArtifactError
 from posemum_deploy.artifacts import ModelMetadata, sha256_file
+from posemum_deploy.errors import ArtifactError
 from posemum_deploy.models.simple_baseline import SimpleBaseline, build_model
 
 WEIGHT_KEYS = {"teacher": "teacher", "student": "model"}
