@@ -110,3 +110,17 @@ def test_export_options_are_validated(tiny_ckpt: Path, tmp_path: Path) -> None:
         export_model(tiny_ckpt, "onxx", tmp_path)
     with pytest.raises(ArtifactError, match="not found"):
         export_model(tmp_path / "nope.pt", "onnx", tmp_path)
+
+
+def test_parity_crops_come_from_the_checkpoints_own_val_json(tmp_path):
+    """No --check, no --calib: the parity check reads real crops from the json the
+    checkpoint was trained with (its config, read without loading the weights)."""
+    from posemum_deploy.artifacts import ModelMetadata
+    from posemum_deploy.export.onnx import check_crops
+    from tests.testdata import COCO_MINI, make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "m.pt", input_hw=(64, 48))
+    meta = ModelMetadata.from_dict(torch.load(ckpt, weights_only=True)["model_meta"])
+    crops, origin = check_crops(ckpt, meta, ExportOptions())
+    assert origin == str(COCO_MINI / "test_coco.json")
+    assert crops.shape[1:] == (64, 48, 3) and crops.dtype == np.uint8 and crops.std() > 10
