@@ -12,12 +12,19 @@ import torch
 
 
 class MetricsLog:
-    """Append-only jsonl of training/validation rows a user can plot (one json per line)."""
+    """Append-only jsonl of training/validation rows a user can plot (one json per line).
 
-    def __init__(self, path: str | Path, enabled: bool = True) -> None:
+    A run starts the file at `from_step`: rows a killed run logged after its last
+    checkpoint (step > from_step; every row when it starts fresh) are dropped first, so a
+    resumed or restarted run's file holds one curve, not two that overlap. `time` goes on
+    from the last kept row's."""
+
+    def __init__(self, path: str | Path, enabled: bool = True, from_step: int = 0) -> None:
         self.path = Path(path)
         self.enabled = enabled
         self.start = time.time()
+        if enabled and self.path.is_file():
+            self.start -= _keep_rows_until(self.path, from_step)
 
     def write(self, kind: str, **values: Any) -> None:
         if not self.enabled:
@@ -25,6 +32,24 @@ class MetricsLog:
         row = {"kind": kind, "time": round(time.time() - self.start, 3), **values}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def _keep_rows_until(path: Path, step: int) -> float:
+    """Rewrite the jsonl at `path` with its rows up to `step` (none when step is 0; a line
+    a kill cut short is dropped); returns the last kept row's time (0 when none)."""
+    kept: list[str] = []
+    if step > 0:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and row.get("step", 0) <= step:
+                kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    tmp.replace(path)
+    return float(json.loads(kept[-1]).get("time", 0.0)) if kept else 0.0
 
 
 UNREADABLE_NAME = "unreadable_images.txt"

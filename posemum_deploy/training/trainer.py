@@ -220,7 +220,7 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.yaml")
-    metrics = MetricsLog(out / "metrics.jsonl", enabled=env.is_main)
+    metrics = MetricsLog(out / "metrics.jsonl", enabled=env.is_main, from_step=step)
     if callbacks:
         callbacks.on_start(total, step)
 

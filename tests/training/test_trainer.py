@@ -56,6 +56,23 @@ def test_resume_continues_exactly(synthetic_small, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_training_logs_one_curve_after_a_kill(synthetic_small, tmp_path):
+    """A killed run's rows past its checkpoint, and a killed fresh run's rows, are not kept."""
+    cfg = _cfg(synthetic_small, tmp_path / "run", steps_per_epoch=2)
+    cfg.runtime.val_every, cfg.optim.epochs = 0, 1
+    log = tmp_path / "run" / "metrics.jsonl"
+    log.parent.mkdir()
+    log.write_text('{"kind": "train", "time": 9.0, "step": 7}\n')  # no checkpoint: fresh
+    train(cfg)
+    assert [json.loads(l)["step"] for l in log.read_text().splitlines()] == [1, 2]
+    with log.open("a") as f:  # the epoch-2 rows of a run killed before its checkpoint
+        f.write('{"kind": "train", "time": 9.0, "step": 3}\n{"kind": "train", "ti')
+    cfg.optim.epochs = 2
+    train(cfg, resume=True)
+    assert [json.loads(l)["step"] for l in log.read_text().splitlines()] == [1, 2, 3, 4]
+
+
 def test_resume_from_a_corrupt_checkpoint_names_the_file(synthetic_small, tmp_path):
     from posemum_deploy.errors import ArtifactError
 
