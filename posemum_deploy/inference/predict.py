@@ -7,9 +7,10 @@ OKS-NMSed as SimpleBaseline does before scoring.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -96,6 +97,12 @@ def predict_coco(model: str | Path | Backend, ann_path: str | Path, images_dir: 
     be = model if isinstance(model, Backend) else load_backend(model, backend)
     estimator = PoseEstimator(be, batch_size=batch_size, flip=flip, dark=dark)
     raw, skipped = predict_with_boxes(estimator, coco, images_dir, table, workers, progress)
+    if skipped and skipped == sum(im["id"] in table for im in coco["images"]):
+        # One bad file is skipped; every file unreadable is a wrong folder, not bad luck.
+        first = next(im["file_name"] for im in coco["images"] if im["id"] in table)
+        raise ImageError(f"{images_dir}: none of the {skipped} images of {ann_path} could be "
+                         f"read there (e.g. {first}); point --images (or the val images "
+                         "folder) at the folder that holds them")
     if skipped:
         log.warning("%d image(s) could not be read and were skipped", skipped)
     return postprocess_results(raw)

@@ -73,6 +73,18 @@ def test_evaluate_model_with_detector_boxes_on_real_images(tmp_path, coco_mini):
     assert len({r["image_id"] for r in results}) == 4 and len(results) >= 8
 
 
+def test_evaluate_with_no_image_found_is_an_error_not_ap_zero(tmp_path, coco_mini):
+    """Every image missing is a wrong --images folder: one line, no results, no AP 0."""
+    ckpt = _checkpoint(tmp_path / "m.pt", (128, 96))
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    proc = _run("evaluate", "--model", str(ckpt), "--ann", str(coco_mini / "test_coco.json"),
+                "--images", str(empty), "--json-out", str(tmp_path / "m.json"),
+                "--backend", "torch")
+    _one_line_error(proc, "elsewhere", "none of the 4 images", "--images")
+    assert not (tmp_path / "m.json").exists()
+
+
 def test_error_messages_print_verbatim_even_with_brackets(capsys, monkeypatch):
     """Install hints hold extras in brackets (pip install 'posemum[ray]'); rich markup
     must not eat them."""
