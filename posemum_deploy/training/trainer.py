@@ -149,6 +149,13 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
     raise ConfigError(f"schedule must be 'step' or 'cosine', got {cfg.optim.schedule!r}")
 
 
+def check_val_images(cfg: TrainConfig) -> None:
+    """A wrong val images folder fails before training, not at the first validation."""
+    if cfg.data.val_ann and cfg.runtime.val_every:
+        val = load_instances(cfg.data.val_ann, cfg.data.val_images or "", require_keypoints=False)
+        check_images_found(val, cfg.data.val_images, cfg.data.val_ann)
+
+
 def validate(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
     """COCO keypoint AP on the val set with GT boxes (the model is put back in train mode)."""
     from posemum_deploy.evaluation.coco_eval import evaluate_results
@@ -180,6 +187,7 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
     amp = autocast_dtype(cfg.runtime.precision, device)
     codec = HeatmapCodec(tuple(cfg.data.input_hw), cfg.data.heatmap_hw, cfg.data.sigma)
     loader = make_labeled_loader(cfg, codec, env)
+    check_val_images(cfg)
 
     init = read_checkpoint(cfg.ssl.init_from) if cfg.ssl.init_from and not resume else None
     if init is not None:

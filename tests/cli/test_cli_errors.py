@@ -118,6 +118,12 @@ def test_train_with_images_folder_missing_or_wrong(tmp_path, coco_mini):
                  str(tmp_path / "r2"))
     _one_line_error(wrong, "test_coco.json", "none of its first")
     assert "skipped" not in wrong.stderr
+    # a wrong val folder fails before the first step, not at the first validation
+    val = _run("train", "--labeled", ann, "--images", str(coco_mini), "--val-ann", ann,
+               "--val-images", str(tmp_path), "--batch-size", "4", "--max-steps", "1",
+               "--out", str(tmp_path / "r3"))
+    _one_line_error(val, "test_coco.json", "none of its first")
+    assert not (tmp_path / "r3" / "checkpoints").exists()
 
 
 def test_label_missing_model_and_empty_folder(tmp_path, coco_mini):
