@@ -94,15 +94,21 @@ def predict_coco(model: str | Path | Backend, ann_path: str | Path, images_dir: 
         table = gt_boxes(coco)
     else:
         table = detection_boxes(boxes, box_score_threshold)
+    wanted = [im for im in coco["images"] if im["id"] in table]
+    if wanted and not any((Path(images_dir) / im["file_name"]).is_file() for im in wanted[:64]):
+        raise _wrong_folder(images_dir, ann_path, wanted)  # at once, not one warning each
     be = model if isinstance(model, Backend) else load_backend(model, backend)
     estimator = PoseEstimator(be, batch_size=batch_size, flip=flip, dark=dark)
     raw, skipped = predict_with_boxes(estimator, coco, images_dir, table, workers, progress)
-    if skipped and skipped == sum(im["id"] in table for im in coco["images"]):
-        # One bad file is skipped; every file unreadable is a wrong folder, not bad luck.
-        first = next(im["file_name"] for im in coco["images"] if im["id"] in table)
-        raise ImageError(f"{images_dir}: none of the {skipped} images of {ann_path} could be "
-                         f"read there (e.g. {first}); point --images (or the val images "
-                         "folder) at the folder that holds them")
+    if skipped and skipped == len(wanted):  # one bad file is skipped; all of them is not luck
+        raise _wrong_folder(images_dir, ann_path, wanted)
     if skipped:
         log.warning("%d image(s) could not be read and were skipped", skipped)
     return postprocess_results(raw)
+
+
+def _wrong_folder(images_dir: str | Path, ann_path: str | Path,
+                  wanted: list[dict[str, Any]]) -> ImageError:
+    return ImageError(f"{images_dir}: none of the {len(wanted)} images of {ann_path} could be "
+                      f"read there (e.g. {wanted[0]['file_name']}); point --images (or the val "
+                      "images folder) at the folder that holds them")

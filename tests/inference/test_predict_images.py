@@ -27,3 +27,11 @@ def test_one_missing_image_is_skipped(coco_mini, checkpoint, tmp_path, caplog):
 def test_no_image_found_names_the_folder(coco_mini, checkpoint, tmp_path):
     with pytest.raises(ImageError, match=f"{tmp_path}: none of the 4 images"):
         predict_coco(checkpoint, coco_mini / "test_coco.json", tmp_path, backend="torch")
+
+
+def test_every_image_unreadable_names_the_folder(coco_mini, checkpoint, tmp_path):
+    """Files that exist but do not decode: each is skipped, and all of them is the error."""
+    for im in load_coco_keypoints(coco_mini / "test_coco.json")["images"]:
+        (tmp_path / im["file_name"]).write_bytes(b"not a jpeg")
+    with pytest.raises(ImageError, match="none of the 4 images"):
+        predict_coco(checkpoint, coco_mini / "test_coco.json", tmp_path, backend="torch")
