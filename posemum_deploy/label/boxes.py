@@ -19,10 +19,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from posemum_deploy.artifacts import sha256_file
 from posemum_deploy.data.boxes import BoxTable, detection_boxes, gt_boxes
 from posemum_deploy.data.coco import load_json
 from posemum_deploy.errors import BackendUnavailableError, ConfigError
-from posemum_deploy.artifacts import sha256_file
 
 BOX_KINDS = ("gt", "det", "hog", "full", "detector")
 # Their sources have `raw(rel_path, width, height)`: boxes from the image size alone, so
@@ -131,6 +131,20 @@ class TableBoxes:
 
     def identity(self) -> dict[str, Any]:
         return {"kind": self.kind, "file_sha256": self.sha256, **vars(self.limits)}
+
+    def check_covers(self, files: list[str], probe: int = 1000) -> None:
+        """Fail before labeling when the box file knows none of the folder's first `probe`
+        files: another set's json would label every image with no person, silently."""
+        def known(rel: str) -> bool:
+            image_id = self.image_id(rel)
+            return image_id is not None and (bool(self.ids) or image_id in self.table)
+
+        sample = files[:probe]
+        if sample and not any(map(known, sample)):
+            raise ConfigError(
+                f"--boxes {self.kind}:{self.path}: none of the folder's first {len(sample)} "
+                f"images is in it (e.g. {sample[0]}); pass the box file of these images "
+                "(matched by file_name, or by numeric file stem = image_id)")
 
 
 _NO_BOXES = (np.zeros((0, 4)), np.zeros(0))

@@ -23,7 +23,7 @@ from posemum_deploy.data.jpeg_decoders import check_jpeg_decoder
 from posemum_deploy.errors import ArtifactError, ConfigError, ImageError
 from posemum_deploy.inference.backends import Backend, check_backend_opens
 from posemum_deploy.inference.tta import parse_tta
-from posemum_deploy.label.boxes import BoxSource, parse_box_source
+from posemum_deploy.label.boxes import BoxSource, TableBoxes, parse_box_source
 from posemum_deploy.label.processes import run_processes
 from posemum_deploy.label.shard import StageTimes
 from posemum_deploy.label.summary import LabelProgress, LabelSummary
@@ -176,6 +176,8 @@ def label_folder(model: str | Path, images_dir: str | Path, out_dir: str | Path,
             check_backend_opens(backend, member)
     boxes = parse_box_source(settings.boxes, settings.box_score_threshold,
                              settings.max_people, settings.boxes_ann)
+    if isinstance(boxes, TableBoxes):
+        boxes.check_covers(files)
     # Checked before the model loads, so a refused resume fails in a second.
     store = ShardStore(out_dir, run_identity(model, files, settings, boxes), run.resume)
     spec = WorkerSpec(model=str(model.resolve()), root=str(root.resolve()), boxes=boxes,

@@ -112,6 +112,22 @@ def test_det_boxes_by_ann_or_numeric_stem(tmp_path: Path) -> None:
     assert by_ann.identity() != by_stem.identity()
 
 
+def test_a_box_file_of_another_set_is_refused(tmp_path: Path) -> None:
+    """A folder none of whose files the box file knows: refused, naming the file; one
+    known file (of a first 1,000) is enough, as an image without people is legitimate."""
+    gt = parse_box_source(f"gt:{_coco(tmp_path)}")
+    with pytest.raises(ConfigError, match=r"gt:.*gt\.json: none of the folder's first 2 images"):
+        gt.check_covers(["x.jpg", "sub/y.jpg"])
+    gt.check_covers(["x.jpg", "two.jpg"])
+    det = tmp_path / "det.json"
+    det.write_text(json.dumps([{"image_id": 9, "category_id": 1, "bbox": [1, 2, 3, 4],
+                                "score": 0.8}]))
+    by_stem = parse_box_source(f"det:{det}")
+    with pytest.raises(ConfigError, match="none of the folder's first 1 images"):
+        by_stem.check_covers(["000000000008.jpg"])  # numeric, but not an id of the file
+    by_stem.check_covers(["000000000008.jpg", "000000000009.jpg"])
+
+
 @pytest.mark.parametrize("spec, words", [("yolo", "unknown source"), ("gt:", "needs a file"),
                                          ("det", "needs a file")])
 def test_bad_specs(spec: str, words: str) -> None:
