@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from posemum_deploy.data.codec import HeatmapCodec
 from posemum_deploy.data.datasets import (TopDownDataset, UnreadableImages, check_images_found,
-                                          load_instances)
+                                          check_json_images, load_instances)
 from posemum_deploy.data.transforms import AffineAugment
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.artifacts import ModelMetadata
@@ -149,13 +149,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
     raise ConfigError(f"schedule must be 'step' or 'cosine', got {cfg.optim.schedule!r}")
 
 
-def check_val_images(cfg: TrainConfig) -> None:
-    """A wrong val images folder fails before training, not at the first validation."""
-    if cfg.data.val_ann and cfg.runtime.val_every:
-        val = load_instances(cfg.data.val_ann, cfg.data.val_images or "", require_keypoints=False)
-        check_images_found(val, cfg.data.val_images, cfg.data.val_ann)
-
-
 def validate(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
     """COCO keypoint AP on the val set with GT boxes (the model is put back in train mode)."""
     from posemum_deploy.evaluation.coco_eval import evaluate_results
@@ -187,7 +180,8 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
     amp = autocast_dtype(cfg.runtime.precision, device)
     codec = HeatmapCodec(tuple(cfg.data.input_hw), cfg.data.heatmap_hw, cfg.data.sigma)
     loader = make_labeled_loader(cfg, codec, env)
-    check_val_images(cfg)
+    if cfg.data.val_ann and cfg.runtime.val_every:  # a wrong folder fails now, not an epoch in
+        check_json_images(cfg.data.val_ann, cfg.data.val_images)
 
     init = read_checkpoint(cfg.ssl.init_from) if cfg.ssl.init_from and not resume else None
     if init is not None:
