@@ -13,7 +13,9 @@ from posemum_deploy.cli.options import parse_hw
 
 
 def train(
-    preset: str = typer.Option("supervised", "--preset", help="paper variant (`posemum presets`)"),
+    preset: Optional[str] = typer.Option(
+        None, "--preset", help="paper variant (`posemum presets`) [default: the --config's "
+        "own (a saved config.yaml reruns its run), else supervised]"),
     labeled: Optional[Path] = typer.Option(
         None, "--labeled", help="COCO person-keypoints json, or a YOLO-pose data.yaml (its "
         "train split; then --images is not needed)"),
@@ -71,7 +73,8 @@ def train(
         cfg = TrainConfig.load(saved)
     else:
         cfg = TrainConfig.load(config) if config else TrainConfig()
-        apply_preset(cfg, preset)
+        if preset or not config:  # a config already holds its preset's settings, and edits
+            apply_preset(cfg, preset or "supervised")
     overrides = {
         ("data", "labeled"): labeled, ("data", "images"): images,
         ("data", "val_ann"): val_ann, ("data", "val_images"): val_images,

@@ -47,3 +47,42 @@ def test_bad_input_size_is_a_clear_error(tmp_path):
 def test_presets_lists_supervised():
     r = runner.invoke(app, ["presets"])
     assert r.exit_code == 0 and "supervised" in r.output
+
+
+class _Captured(Exception):
+    pass
+
+
+def _config_of_train(monkeypatch, args):
+    """The TrainConfig `posemum train ARGS` would train, captured before any training."""
+    from posemum_deploy.training import trainer
+
+    seen = {}
+
+    def fake_train(cfg, callbacks=None, resume=False):
+        seen["cfg"] = cfg
+        raise _Captured
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    r = runner.invoke(app, ["train", *args])
+    assert isinstance(r.exception, _Captured), r.output
+    return seen["cfg"]
+
+
+def test_a_saved_config_reruns_its_own_preset_and_edits(tmp_path, monkeypatch):
+    """`--config run/config.yaml` trains what that run trained: its preset is not reset
+    to supervised, and its edits survive; an explicit --preset still applies on top."""
+    from posemum_deploy.training.config import TrainConfig
+    from posemum_deploy.training.presets import apply_preset
+
+    saved = apply_preset(TrainConfig(), "pose-mum-plus")
+    saved.ssl.mix_prob, saved.data.labeled, saved.data.images = 0.3, "l.json", str(tmp_path)
+    saved.save(tmp_path / "config.yaml")
+    args = ["--config", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "r")]
+    cfg = _config_of_train(monkeypatch, args + ["--decay", "0.99"])
+    assert cfg.preset == "pose-mum-plus" and cfg.ssl.teacher == "eman" and cfg.ssl.mum
+    assert cfg.ssl.mix_prob == 0.3 and cfg.ssl.decay == 0.99
+    cfg = _config_of_train(monkeypatch, args + ["--preset", "supervised"])
+    assert cfg.preset == "supervised" and cfg.ssl.teacher == "none"
+    assert _config_of_train(monkeypatch, ["--labeled", "l.json", "--images", str(tmp_path),
+                                          "--out", str(tmp_path / "s")]).preset == "supervised"
