@@ -65,15 +65,15 @@ def train(
     """Train a SimpleBaseline student (supervised or semi-supervised preset)."""
     from posemum_deploy.cli.progress import RichTrainCallbacks, console
     from posemum_deploy.training.config import TrainConfig
-    from posemum_deploy.training.presets import apply_preset, paper_schedule
+    from posemum_deploy.training.presets import apply_preset, load_preset_config, paper_schedule
     from posemum_deploy.training.trainer import train as run_training
 
     saved = out / "config.yaml"
     if resume and saved.is_file():
         cfg = TrainConfig.load(saved)
     else:
-        cfg = TrainConfig.load(config) if config else TrainConfig()
-        if preset or not config:  # a config already holds its preset's settings, and edits
+        cfg = load_preset_config(config) if config else TrainConfig()
+        if preset or not config:  # an explicit --preset applies over the config's values
             apply_preset(cfg, preset or "supervised")
     overrides = {
         ("data", "labeled"): labeled, ("data", "images"): images,

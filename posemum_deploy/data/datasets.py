@@ -85,12 +85,12 @@ def check_images_found(instances: list[PersonInstance], images_dir: str | Path |
                          f"{paths[0]}); pass the folder its file names are relative to")
 
 
-
 def check_json_images(ann_path: str | Path, images_dir: str | Path | None) -> None:
     """`check_images_found` for a COCO json read later (the val set, first read at the
     first validation), so a wrong folder fails before training, not an epoch in."""
     instances = load_instances(ann_path, images_dir or "", require_keypoints=False)
     check_images_found(instances, images_dir, ann_path)
+
 
 class TopDownDataset(Dataset):
     """Affine crops of person instances, with heatmap targets when keypoints exist.

@@ -11,6 +11,7 @@ Paper APs are COCO val AP for ResNet-18 with 1K labels unless the text says othe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from posemum_deploy.errors import ConfigError
@@ -129,3 +130,28 @@ def apply_preset(cfg: TrainConfig, name: str) -> TrainConfig:
     PRESETS[name].apply(cfg)
     cfg.preset = name
     return cfg
+
+
+def load_preset_config(path: str | Path) -> TrainConfig:
+    """A YAML config over the preset it names (`preset:`, default supervised): the preset's
+    settings first, then every value the file sets. A saved RUN_DIR/config.yaml (every key)
+    comes back as saved; a short hand-written one still gets its preset's teacher,
+    augmentations and mixing."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read config ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config is a YAML mapping of settings")
+    base = apply_preset(TrainConfig(), str(data.get("preset", "supervised"))).to_dict()
+    return TrainConfig.from_dict(_merged(base, data))
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        nested = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = _merged(base[key], value) if nested else value
+    return out

@@ -86,3 +86,12 @@ def test_a_saved_config_reruns_its_own_preset_and_edits(tmp_path, monkeypatch):
     assert cfg.preset == "supervised" and cfg.ssl.teacher == "none"
     assert _config_of_train(monkeypatch, ["--labeled", "l.json", "--images", str(tmp_path),
                                           "--out", str(tmp_path / "s")]).preset == "supervised"
+
+
+def test_a_short_config_gets_the_settings_of_the_preset_it_names(tmp_path, monkeypatch):
+    (tmp_path / "short.yaml").write_text(
+        "preset: pose-mum-plus\nssl:\n  mix_prob: 0.3\ndata:\n  labeled: l.json\n")
+    cfg = _config_of_train(monkeypatch, ["--config", str(tmp_path / "short.yaml"), "--images",
+                                         str(tmp_path), "--out", str(tmp_path / "r")])
+    assert cfg.preset == "pose-mum-plus" and cfg.ssl.teacher == "eman" and cfg.ssl.mum
+    assert cfg.ssl.mix_prob == 0.3 and cfg.data.labeled == "l.json"
