@@ -140,10 +140,18 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
-        try:
-            return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"{path}: cannot read config ({e})") from e
+        return cls.from_dict(read_config(path))
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The settings a YAML config file holds (an empty file holds none)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read config ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config is a YAML mapping of settings")
+    return data
 
 
 def _plain(obj: Any) -> Any:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from posemum_deploy.errors import ConfigError
-from posemum_deploy.training.config import TrainConfig
+from posemum_deploy.training.config import TrainConfig, read_config
 
 
 @dataclass(frozen=True)
@@ -137,14 +137,7 @@ def load_preset_config(path: str | Path) -> TrainConfig:
     settings first, then every value the file sets. A saved RUN_DIR/config.yaml (every key)
     comes back as saved; a short hand-written one still gets its preset's teacher,
     augmentations and mixing."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read config ({e})") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config is a YAML mapping of settings")
+    data = read_config(path)
     base = apply_preset(TrainConfig(), str(data.get("preset", "supervised"))).to_dict()
     return TrainConfig.from_dict(_merged(base, data))
 
