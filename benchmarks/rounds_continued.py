@@ -4,6 +4,7 @@ it at the decayed LR."""
 from __future__ import annotations
 
 import argparse
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
@@ -111,19 +112,47 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
     e-round0 its part up to the first milestone, which labels the folder; e continues
     from it on the decayed epochs with the pseudo-labeled persons as extra labeled data
     on top of the unlabeled loss, e-continue the same without them. e-control is the
-    better of e-single and e-continue, per seed."""
+    better of e-single and e-continue, per seed (`--no-single`: e-continue alone).
+
+    `--label-members K` labels with an ensemble: e-round0 and K − 1 more pose-mum-plus
+    round 0s on the same data with other training seeds (e-round0-seed*, their steps on
+    top of the student's, as row d's teacher). e then continues e-round0 on the
+    ensemble's labels; e-own is the same student on e-round0's labels alone."""
     total = args.teacher_steps + args.steps
     seed_dir = Path(args.out) / f"s{seed}"
     unl = unlabeled_knob(args)  # pose-mum-plus learns from the unlabeled set from step 0
     ssl = base_config(args, seed, sets, seed_dir / f"continue{total}-pmp{unl}",
                       preset="pose-mum-plus")
     ssl.schedule, ssl.rounds, ssl.train.optim.max_steps = "continue", 1, total
-    round1 = continued_schedule(ssl.train.optim, 1)[1]
+    first, round1 = continued_schedule(ssl.train.optim, 1)
     out = Path(ssl.out)
     teacher = round0_and_continue(ssl, "e", "e-round0", True, done)
-    pseudo = pseudo_labels(ssl, out / f"labels{label_knobs(args)}", teacher)
-    done("e", trained(ssl, out / f"e{student_knobs(args)}", None, pseudo, init_from=teacher,
-                      optim=round1)[1])
+    own = pseudo_labels(ssl, out / f"labels{label_knobs(args)}", teacher)
+    own_row = "e" if args.label_members == 1 else "e-own"
+    done(own_row, trained(ssl, out / f"e{student_knobs(args)}", None, own, init_from=teacher,
+                          optim=round1)[1])
+    if "q" in args.rows:
+        for key, value in label_quality(own, sets["unlabeled"]).items():
+            done(key.replace("q-", f"q-{own_row}-"), value)
+    if args.label_members > 1:
+        members = []
+        for j in range(1, args.label_members):
+            member = copy.deepcopy(ssl)
+            member.train.runtime.seed = seed + 100 * j
+            name = f"e-round0-seed{member.train.runtime.seed}"
+            ckpt, ap = trained(member, out / name, None, optim=first)
+            done(name, ap)
+            members.append(ckpt)
+        ens = f"-ens{args.label_members}"
+        pseudo = pseudo_labels(ssl, out / f"labels{ens}{label_knobs(args)}", teacher, members)
+        if "q" in args.rows:
+            for key, value in label_quality(pseudo, sets["unlabeled"]).items():
+                done(key.replace("q-", "q-e-"), value)
+        done("e", trained(ssl, out / f"e{ens}{student_knobs(args)}", None, pseudo,
+                          init_from=teacher, optim=round1)[1])
+    if args.no_single:
+        done("e-control", res["e-continue"])
+        return
     # last: the longest training, and e − e-continue already bounds e − e-control above
     single_and_control(ssl, seed_dir / f"pmp-{total}{unl}", "e", "e-control", res, done)
 

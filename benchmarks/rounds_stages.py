@@ -121,7 +121,8 @@ def student_knobs(args: argparse.Namespace) -> str:
         if v != default) + label_knobs(args)
 
 
-def pseudo_labels(cfg: RoundsConfig, out: Path, teacher: str) -> str:
-    """Label the unlabeled folder with `teacher` and merge (resumable); the json path."""
-    _label_stages(cfg, StageLog(out), out, teacher)
+def pseudo_labels(cfg: RoundsConfig, out: Path, teacher: str, members: list[str] | None = None) -> str:
+    """Label the unlabeled folder with `teacher` (averaged with the checkpoints `members`,
+    an ensemble) and merge (resumable); the json path."""
+    _label_stages(cfg, StageLog(out), out, teacher, members=members or ())
     return str(out / "pseudo.json")

@@ -86,7 +86,7 @@ from posemum_deploy.system import usable_cpus
 ROWS = ("a", "b", "c", "d", "e", "q", "u")
 GAPS = (("b", "a"), ("b", "a-single"), ("b", "a-restart"), ("b", "a-continue"), ("c-tta", "b"),
         ("c-noise", "b"), ("c-union", "b"), ("c-init", "b"), ("d", "a"), ("e", "e-control"),
-        ("e", "e-single"), ("e", "e-continue"),
+        ("e", "e-single"), ("e", "e-continue"), ("e", "e-own"), ("e-own", "e-control"),
         ("u", "a"))
 
 
@@ -237,6 +237,13 @@ def main() -> None:
     p.add_argument("--distill-teacher", choices=("round0", "full"), default="round0",
                    help="--schedule continue, row d: the ResNet-50 teacher trains the "
                         "schedule's first part as round 0 does, or the full schedule")
+    p.add_argument("--label-members", type=int, default=1,
+                   help="--schedule continue, row e: label with an ensemble of e-round0 and "
+                        "K - 1 more pose-mum-plus round 0s with other training seeds (e-own: "
+                        "the same student on e-round0's labels alone)")
+    p.add_argument("--no-single", action="store_true",
+                   help="--schedule continue, row e: skip e-single (7,200 more steps); "
+                        "e-control is then e-continue, an upper bound of e - e-control")
     p.add_argument("--min-joint-score", type=float, default=0.5)
     p.add_argument("--tta", default="flip,scales=0.8,1.0,1.2")
     p.add_argument("--precision", type=float, default=0.9,
@@ -257,6 +264,11 @@ def main() -> None:
     if args.distill_teacher != "round0" and args.schedule != "continue":
         p.error("--distill-teacher full needs --schedule continue (restart: d-teacher "
                 "trains --teacher-steps)")
+    if (args.label_members != 1 or args.no_single) and (args.schedule != "continue"
+                                                         or "e" not in args.rows):
+        p.error("--label-members / --no-single are for row e with --schedule continue")
+    if args.label_members < 1:
+        p.error(f"--label-members {args.label_members}: give 1 (e-round0 alone) or more")
     if args.rounds != 1 and args.schedule != "continue":
         p.error("--rounds needs --schedule continue (restart runs one round)")
     args.jobs = args.jobs or max(1, min(args.seeds, usable_cpus()))

@@ -2,6 +2,7 @@
 copied into the pseudo-labels for --pseudo-weight)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -13,23 +14,32 @@ from posemum_deploy.rounds.config import CHECKPOINT_BACKENDS, RoundsConfig, Stag
 
 
 def _label_stages(cfg: RoundsConfig, log_: StageLog, round_dir: Path, teacher: str,
-                  progress: Any = None) -> dict:
+                  progress: Any = None, members: Sequence[str] = ()) -> dict:
+    """Label cfg.unlabeled with `teacher` into round_dir and merge the kept persons into
+    round_dir/pseudo.json. `members` are further teacher checkpoints averaged with it
+    (an ensemble, as `posemum label --model A --model B`): the thresholds are then
+    calibrated for the ensemble, and each member is exported like the teacher."""
     from posemum_deploy.label.merge import MergeFilter, merge_labels
     from posemum_deploy.label.runner import LabelSettings, RunSettings, label_folder
 
     def export() -> dict[str, Any]:
         if cfg.backend in CHECKPOINT_BACKENDS:  # they run the checkpoint itself
-            return {"artifact": teacher}
+            return {"artifact": teacher, "members": list(members)}
         from posemum_deploy.export.formats import ExportOptions, export_model
 
-        out = round_dir / "export" / "teacher.onnx"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        export_model(teacher, "onnx", out, ExportOptions())
-        return {"artifact": str(out)}
+        outs = []
+        for i, ckpt in enumerate((teacher, *members)):
+            out = round_dir / "export" / ("teacher.onnx" if i == 0 else f"member{i}.onnx")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            export_model(ckpt, "onnx", out, ExportOptions())
+            outs.append(str(out))
+        return {"artifact": outs[0], "members": outs[1:]}
 
-    artifact = log_.run("export", export)["artifact"]
-    thresholds = _thresholds_stage(cfg, log_, round_dir, artifact)
-    settings = LabelSettings(boxes=cfg.boxes, flip=cfg.label_flip, tta=cfg.label_tta)
+    exported = log_.run("export", export)
+    artifact, extra = exported["artifact"], exported.get("members", [])
+    thresholds = _thresholds_stage(cfg, log_, round_dir, [artifact, *extra])
+    settings = LabelSettings(boxes=cfg.boxes, flip=cfg.label_flip, tta=cfg.label_tta,
+                             ensemble=list(extra))
     run = RunSettings(backend=cfg.backend, batch_size=cfg.label_batch_size, resume=True)
     log_.run("label", lambda: asdict(label_folder(
         artifact, cfg.unlabeled, round_dir / "labels", settings, run, progress)) | {"ok": True})
@@ -45,9 +55,11 @@ def _label_stages(cfg: RoundsConfig, log_: StageLog, round_dir: Path, teacher: s
     return log_.run("merge", merge)
 
 
-def _thresholds_stage(cfg: RoundsConfig, log_: StageLog, round_dir: Path, artifact: str) -> Any:
+def _thresholds_stage(cfg: RoundsConfig, log_: StageLog, round_dir: Path,
+                      artifact: str | Sequence[str]) -> Any:
     """The per-joint thresholds this round's merge keeps joints by: the given file, else
-    calibrated on the val set for this teacher and TTA (None: cfg.min_joint_score)."""
+    calibrated on the val set for this teacher (or ensemble) and TTA (None:
+    cfg.min_joint_score)."""
     from posemum_deploy.label.calibrate import calibrate, load_thresholds
 
     if cfg.thresholds:
