@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 from posemum_deploy.data.codec import HeatmapCodec
 from posemum_deploy.data.coco import flip_permutation, load_coco_keypoints
 from posemum_deploy.data.boxes import _clean_box
-from posemum_deploy.data.images import IMAGE_SUFFIXES, read_checked_bytes, read_image
+from posemum_deploy.data.images import (IMAGE_SUFFIXES, check_paths_found, read_checked_bytes,
+                                        read_image)
 from posemum_deploy.data.transforms import (AffineAugment, affine_matrices, box_to_center_scale,
                                             flip_matrices, invert_affine, transform_points)
 from posemum_deploy.errors import AnnotationError, ImageError
@@ -72,17 +73,8 @@ def load_instances(ann_path: str | Path, images_dir: str | Path, limit: int | No
 
 def check_images_found(instances: list[PersonInstance], images_dir: str | Path | None,
                        source: str | Path, probe: int = 64) -> None:
-    """Fail in a second, naming the folder, when the images a json refers to are not
-    where `images_dir` says: otherwise every item is skipped with a warning, and the run
-    dies in a loader worker after one warning per instance. Probes the first `probe`
-    distinct images only (a stat each), so a few missing files stay per-image skips."""
-    if images_dir is not None and not Path(images_dir).is_dir():
-        raise ImageError(f"{images_dir}: not a folder; pass the folder that the file names "
-                         f"in {source} are relative to")
-    paths = list(dict.fromkeys(inst.image_path for inst in instances))[:probe]
-    if paths and not any(path.is_file() for path in paths):
-        raise ImageError(f"{source}: none of its first {len(paths)} images exist (e.g. "
-                         f"{paths[0]}); pass the folder its file names are relative to")
+    """`check_paths_found` for the images of `instances` (read from `source`)."""
+    check_paths_found([inst.image_path for inst in instances], images_dir, source, probe=probe)
 
 
 def check_json_images(ann_path: str | Path, images_dir: str | Path | None) -> None:

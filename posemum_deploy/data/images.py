@@ -6,6 +6,7 @@ can log and skip them instead of dying.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,20 @@ def list_images(root: str | Path) -> list[Path]:
     if not root.is_dir():
         raise ImageError(f"{root}: not a folder; pass a directory of images")
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def check_paths_found(paths: Sequence[Path], images_dir: str | Path | None,
+                      source: str | Path, probe: int = 64,
+                      hint: str = "pass the folder its file names are relative to") -> None:
+    """Fail in a second, naming the folder, when the images a json refers to are not
+    where `images_dir` says: otherwise every item is skipped with a warning (and a
+    training dies in a loader worker after one warning per instance, an evaluation
+    prints AP 0). Probes the first `probe` distinct paths only (a stat each), so a few
+    missing files stay per-image skips. `hint` says which option to fix."""
+    if images_dir is not None and not Path(images_dir).is_dir():
+        raise ImageError(f"{images_dir}: not a folder; pass the folder that the file names "
+                         f"in {source} are relative to")
+    first = list(dict.fromkeys(paths))[:probe]
+    if first and not any(path.is_file() for path in first):
+        raise ImageError(f"{source}: none of its first {len(first)} images exist (e.g. "
+                         f"{first[0]}); {hint}")

@@ -16,13 +16,16 @@ import numpy as np
 
 from posemum_deploy.data.boxes import BoxTable, detection_boxes, gt_boxes
 from posemum_deploy.data.coco import load_coco_keypoints
-from posemum_deploy.data.images import read_image
+from posemum_deploy.data.images import check_paths_found, read_image
 from posemum_deploy.errors import ImageError
 from posemum_deploy.evaluation.nms import postprocess_results
 from posemum_deploy.inference.backends import Backend, load_backend
 from posemum_deploy.inference.pipeline import CropBatch, PoseEstimator, make_crops
 
 log = logging.getLogger(__name__)
+
+# what to fix when the images are not where --images says
+FOLDER_HINT = "point --images (or the val images folder) at the folder that holds them"
 Progress = Callable[[int], None]
 
 
@@ -95,8 +98,8 @@ def predict_coco(model: str | Path | Backend, ann_path: str | Path, images_dir: 
     else:
         table = detection_boxes(boxes, box_score_threshold)
     wanted = [im for im in coco["images"] if im["id"] in table]
-    if wanted and not any((Path(images_dir) / im["file_name"]).is_file() for im in wanted[:64]):
-        raise _wrong_folder(images_dir, ann_path, wanted)  # at once, not one warning each
+    check_paths_found([Path(images_dir) / im["file_name"] for im in wanted], images_dir,
+                      ann_path, hint=FOLDER_HINT)  # at once, not one warning each
     be = model if isinstance(model, Backend) else load_backend(model, backend)
     estimator = PoseEstimator(be, batch_size=batch_size, flip=flip, dark=dark)
     raw, skipped = predict_with_boxes(estimator, coco, images_dir, table, workers, progress)
@@ -110,5 +113,4 @@ def predict_coco(model: str | Path | Backend, ann_path: str | Path, images_dir: 
 def _wrong_folder(images_dir: str | Path, ann_path: str | Path,
                   wanted: list[dict[str, Any]]) -> ImageError:
     return ImageError(f"{images_dir}: none of the {len(wanted)} images of {ann_path} could be "
-                      f"read there (e.g. {wanted[0]['file_name']}); point --images (or the val "
-                      "images folder) at the folder that holds them")
+                      f"read there (e.g. {wanted[0]['file_name']}); {FOLDER_HINT}")

@@ -81,7 +81,7 @@ def test_evaluate_with_no_image_found_is_an_error_not_ap_zero(tmp_path, coco_min
     proc = _run("evaluate", "--model", str(ckpt), "--ann", str(coco_mini / "test_coco.json"),
                 "--images", str(empty), "--json-out", str(tmp_path / "m.json"),
                 "--backend", "torch")
-    _one_line_error(proc, "elsewhere", "none of the 4 images", "--images")
+    _one_line_error(proc, "elsewhere", "none of its first 4 images", "--images")
     assert "skipped" not in proc.stderr  # found out before the first image, not per image
     assert not (tmp_path / "m.json").exists()
 

@@ -25,8 +25,15 @@ def test_one_missing_image_is_skipped(coco_mini, checkpoint, tmp_path, caplog):
 
 
 def test_no_image_found_names_the_folder(coco_mini, checkpoint, tmp_path):
-    with pytest.raises(ImageError, match=f"{tmp_path}: none of the 4 images"):
+    """Found before the model loads: the json, a missing path in the folder, the option."""
+    with pytest.raises(ImageError, match=rf"test_coco\.json: none of its first 4 images exist "
+                                         rf"\(e\.g\. {tmp_path}/.*--images"):
         predict_coco(checkpoint, coco_mini / "test_coco.json", tmp_path, backend="torch")
+
+
+def test_images_folder_that_is_not_a_folder(coco_mini, checkpoint, tmp_path):
+    with pytest.raises(ImageError, match=f"{tmp_path / 'nope'}: not a folder"):
+        predict_coco(checkpoint, coco_mini / "test_coco.json", tmp_path / "nope", backend="torch")
 
 
 def test_every_image_unreadable_names_the_folder(coco_mini, checkpoint, tmp_path):
