@@ -242,3 +242,63 @@ def test_the_rounds_table_shows_the_students_own_round_0(tmp_path, monkeypatch):
     assert "0.4100" in rows[0] and "big/best.pt" in rows[0]
     assert "0 (student)" in rows[1] and "0.3300" in rows[1] and "small0/best.pt" in rows[1]
     assert "0.3700" in rows[2] and "r1/best.pt" in rows[2]
+
+
+@pytest.mark.slow
+def test_label_members_label_with_each_rounds_teacher(synthetic_small, unlabeled, tmp_path):
+    """--label-member: round 1's labels come from the round's teacher and the member as
+    one ensemble (the shards' manifest names it), and the member is an input file of the
+    run (a retrained member at the same path is refused on resume)."""
+    teacher = make_checkpoint(tmp_path / "teacher.pt", input_hw=(64, 64), seed=3)
+    member = make_checkpoint(tmp_path / "member.pt", input_hw=(64, 64), seed=4)
+    cfg = _cfg(synthetic_small, unlabeled, tmp_path / "r", initial_checkpoint=str(teacher),
+               label_members=[str(member)])
+    run_rounds(cfg)
+    manifest = json.loads((tmp_path / "r" / "round_1" / "labels" / "manifest.json").read_text())
+    assert [m["file"] for m in manifest["model"]["ensemble"]] == ["member.pt"]
+    assert manifest["model"]["file"] == "teacher.pt"
+    inputs = json.loads((tmp_path / "r" / "inputs.json").read_text())
+    assert inputs["--label-member #1"]["path"] == str(member)
+
+
+def test_label_members_are_checked_before_round_0(synthetic_small, unlabeled, tmp_path):
+    """A missing member, or one of another input size, fails in one line naming
+    --label-member, before RUN_DIR is made (not at round 1's label stage)."""
+    wrong = make_checkpoint(tmp_path / "big.pt", input_hw=(128, 96))
+    for members, words in (([str(tmp_path / "nope.pt")], "file not found \\(given as --label-member"),
+                           ([str(wrong)], "--label-member .*big.pt: its input size \\(128, 96\\) "
+                                          "differs from the run's \\(64, 64\\)")):
+        cfg = _cfg(synthetic_small, unlabeled, tmp_path / "r", label_members=members)
+        with pytest.raises(ConfigError, match=words):
+            run_rounds(cfg)
+        assert not (tmp_path / "r").exists()
+    other = make_checkpoint(tmp_path / "other.pt", input_hw=(64, 64))
+    meta_first = make_checkpoint(tmp_path / "first.pt", input_hw=(64, 64))
+    ckpt = torch.load(other, weights_only=True)
+    ckpt["model_meta"]["keypoint_names"] = [f"k{i}" for i in range(17)]
+    torch.save(ckpt, other)
+    cfg = _cfg(synthetic_small, unlabeled, tmp_path / "r", initial_checkpoint=str(meta_first),
+               label_members=[str(other)])
+    with pytest.raises(ConfigError, match="other.pt: its keypoint set differs from .*first.pt"):
+        run_rounds(cfg)
+
+
+def test_cli_label_member_reaches_the_rounds(synthetic_small, tmp_path):
+    """`posemum rounds --label-member` is passed through: a member of another input size
+    than --input-size is one line, exit 2, no --out."""
+    import subprocess
+    import sys
+
+    images = str(synthetic_small.parent / "images")
+    out = tmp_path / "run"
+    member = make_checkpoint(tmp_path / "member.pt", input_hw=(128, 96))
+    proc = subprocess.run([
+        sys.executable, "-m", "posemum_deploy.cli", "rounds", "--labeled", str(synthetic_small),
+        "--images", images, "--unlabeled", images, "--val-ann", str(synthetic_small),
+        "--val-images", images, "--out", str(out), "--input-size", "64x64",
+        "--label-member", str(member)], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--label-member" in lines[0] and "input size (128, 96)" in lines[0]
+    assert not out.exists()

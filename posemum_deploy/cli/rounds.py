@@ -44,6 +44,9 @@ def rounds(
                                                    help="round 0's backbone (default --backbone)"),
     student_backbone: Optional[str] = typer.Option(
         None, "--student-backbone", help="the retrained students' backbone (default --backbone)"),
+    label_members: Optional[list[Path]] = typer.Option(
+        None, "--label-member", help="a further teacher checkpoint averaged with each round's "
+        "teacher when it labels (an ensemble; repeat the option for more)"),
     initial_checkpoint: Optional[Path] = typer.Option(None, "--initial-checkpoint",
                                                       help="round-0 teacher (else trained)"),
     min_joint_score: float = typer.Option(0.5, "--min-joint-score"),
@@ -111,6 +114,7 @@ def rounds(
                        mixed=mixed, labeled_ratio=labeled_ratio, pseudo_noise=pseudo_noise,
                        pseudo_weight=pseudo_weight, pseudo_loss_weight=pseudo_loss_weight,
                        teacher_backbone=teacher_backbone,
+                       label_members=[str(m) for m in label_members or []],
                        student_backbone=student_backbone, train=tcfg)
     show_rounds(_shown(lambda **display: run_rounds(cfg, on_round=_announce, **display)), out)
 

@@ -47,6 +47,7 @@ from posemum_deploy.rounds.label_stage import (
     _label_stages,
     _thresholds_stage,
     attach_joint_reliability,
+    check_label_members,
 )
 from posemum_deploy.rounds.retrain import (
     backbones,
@@ -67,7 +68,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CHECKPOINT_BACKENDS", "INIT_MODES", "SCHEDULES", "STAGES", "RoundRecord",
            "RoundsConfig", "StageLog", "_label_stages", "_thresholds_stage",
-           "attach_joint_reliability", "backbones", "check_retrain_options",
+           "attach_joint_reliability", "backbones", "check_label_members", "check_retrain_options",
            "check_round_inputs", "check_same_run", "combine_labeled_and_pseudo", "continued_schedule",
            "evaluate_stage", "fit_schedule", "resolve_init", "resolve_schedule",
            "retrain_config", "run_rounds", "train_stage", "write_summary"]
@@ -90,6 +91,7 @@ def check_round_inputs(cfg: RoundsConfig) -> None:
     for option, path in folders.items():
         if path and not Path(path).is_dir():
             raise ConfigError(f"{path}: not a folder (given as {option})")
+    check_label_members(cfg)
     if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in Path(cfg.unlabeled).rglob("*")):
         raise ConfigError(f"{cfg.unlabeled}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) "
                           "under this folder (given as --unlabeled); nothing to pseudo-label")
@@ -187,7 +189,8 @@ def _retrain_round(cfg: RoundsConfig, k: int, teacher: str, start: str, init: st
     round_dir = Path(cfg.out) / f"round_{k}"
     stages = StageLog(round_dir)
     data = cfg.train.data
-    merged = _label_stages(cfg, stages, round_dir, teacher, label_progress)
+    merged = _label_stages(cfg, stages, round_dir, teacher, label_progress,
+                           members=cfg.label_members)
     pseudo: str | None = str(round_dir / "pseudo.json")
     if not merged["annotations"]:
         log.warning("%s: no pseudo-labeled person passed the filter (lower "

@@ -55,6 +55,9 @@ class RoundsConfig:
     pseudo_loss_weight: float = 0.3         # scale of the pseudo part's loss in each batch
                                             # (0.3 beat 1 at 128x96 on both schedules; 1 did
                                             # better at 64x64, rounds-recipe.md)
+    label_members: list[str] = field(default_factory=list)  # further teacher checkpoints
+                                            # averaged with each round's teacher when it
+                                            # labels (an ensemble, as label --model A --model B)
     teacher_backbone: str | None = None     # round 0 (None: train.model.backbone)
     student_backbone: str | None = None     # rounds ≥ 1 (None: train.model.backbone)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -31,6 +31,7 @@ def input_files(cfg: RoundsConfig) -> dict[str, str]:
              "--initial-checkpoint": cfg.initial_checkpoint, "--thresholds": cfg.thresholds,
              "--boxes": source if kind in ("gt", "det") else None,
              "pretrained weights": cfg.train.model.pretrained}
+    named |= {f"--label-member #{i}": path for i, path in enumerate(cfg.label_members, 1)}
     return {option: path for option, path in named.items() if path and Path(path).is_file()}
 
 

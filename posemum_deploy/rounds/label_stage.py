@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from posemum_deploy.data.coco import save_json
+from posemum_deploy.errors import ConfigError
 from posemum_deploy.rounds.config import CHECKPOINT_BACKENDS, RoundsConfig, StageLog
 
 
@@ -53,6 +54,32 @@ def _label_stages(cfg: RoundsConfig, log_: StageLog, round_dir: Path, teacher: s
         return stats
 
     return log_.run("merge", merge)
+
+
+def check_label_members(cfg: RoundsConfig) -> None:
+    """Every --label-member is a checkpoint that can label beside the run's teachers: the
+    input size the run trains at (and, with --initial-checkpoint, its keypoint set).
+    Found before round 0 trains, not at round 1's label stage hours later."""
+    from posemum_deploy.artifacts import ModelMetadata
+    from posemum_deploy.models.checkpoint import read_checkpoint
+
+    def meta(path: str) -> ModelMetadata:
+        return ModelMetadata.from_dict(read_checkpoint(path, mmap=True)["model_meta"])
+
+    want_hw = tuple(cfg.train.data.input_hw)
+    first = cfg.initial_checkpoint
+    keypoints = meta(first).keypoint_names if cfg.label_members and first else None
+    for path in cfg.label_members:
+        if not Path(path).is_file():
+            raise ConfigError(f"{path}: file not found (given as --label-member)")
+        member = meta(path)
+        if tuple(member.input_hw) != want_hw:
+            raise ConfigError(f"--label-member {path}: its input size {tuple(member.input_hw)} "
+                              f"differs from the run's {want_hw}; pass members trained at "
+                              "the run's --input-size, or label with the round's teacher alone")
+        if keypoints is not None and member.keypoint_names != keypoints:
+            raise ConfigError(f"--label-member {path}: its keypoint set differs from "
+                              f"{first}'s; ensemble members need the same keypoints")
 
 
 def _thresholds_stage(cfg: RoundsConfig, log_: StageLog, round_dir: Path,
