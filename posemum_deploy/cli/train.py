@@ -46,6 +46,9 @@ def train(
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     lr: Optional[float] = typer.Option(None, "--lr"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    warmup_steps: Optional[int] = typer.Option(
+        None, "--warmup-steps", help="linear lr warmup from 0.001x over N steps (mmpose: 500)",
+        show_default="0: off"),
     steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch"),
     decay: Optional[float] = typer.Option(None, "--decay", help="teacher EMA/EMAN decay"),
     workers: Optional[int] = typer.Option(None, "--workers", help="data loader processes"),
@@ -88,6 +91,7 @@ def train(
         ("model", "deconv_channels"): deconv_channels,
         ("optim", "epochs"): epochs, ("optim", "batch_size"): batch_size, ("optim", "lr"): lr,
         ("optim", "max_steps"): max_steps, ("optim", "steps_per_epoch"): steps_per_epoch,
+        ("optim", "warmup_steps"): warmup_steps,
         ("optim", "milestones"): tuple(int(m) for m in milestones.split(",")) if milestones else None,
         ("runtime", "device"): device, ("runtime", "precision"): precision,
         ("runtime", "seed"): seed, ("runtime", "val_every"): val_every,

@@ -52,6 +52,8 @@ class OptimConfig:
     batch_size: int = 32
     steps_per_epoch: int | None = None  # None: one pass over the labeled set
     max_steps: int | None = None        # stop early (smoke runs, benchmarks)
+    warmup_steps: int = 0               # linear lr warmup from 0.001x over these steps
+                                        # (mmpose: 500); 0: off, as every run before it
 
 
 @dataclass

@@ -28,7 +28,8 @@ from posemum_deploy.models.simple_baseline import build_model
 from posemum_deploy.training import distributed as ddp
 from posemum_deploy.training.config import TrainConfig
 from posemum_deploy.training.device_batches import batch_crops, encoded_items, loader_collate
-from posemum_deploy.training.optimizer import load_adam_state, make_adam
+from posemum_deploy.training.optimizer import (WarmupLR, load_adam_state, make_adam,
+                                               make_scheduler)
 from posemum_deploy.training.run_files import (UNREADABLE_NAME, MetricsLog, record_unreadable,
                                                rng_state, save_checkpoint, seed_everything,
                                                set_rng_state)
@@ -136,19 +137,6 @@ def epoch_length(cfg: TrainConfig, loader: DataLoader, step_fn: TrainStep) -> in
     return len(loader)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
-    """Per-epoch LR schedule: the paper's steps (×gamma at milestones) or cosine, which
-    converges faster when the whole budget is a few minutes (the demo). Cosine steps once
-    per epoch, so epoch e of E runs at (1 + cos(πe/E))/2 of the base lr: the last epoch of
-    20 at 0.006×, of 3 at 0.25× (few-epoch runs that should anneal want `step`)."""
-    if cfg.optim.schedule == "step":
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.optim.milestones),
-                                                    cfg.optim.gamma)
-    if cfg.optim.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.optim.epochs)
-    raise ConfigError(f"schedule must be 'step' or 'cosine', got {cfg.optim.schedule!r}")
-
-
 def validate(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
     """COCO keypoint AP on the val set with GT boxes (the model is put back in train mode)."""
     from posemum_deploy.evaluation.coco_eval import evaluate_results
@@ -196,6 +184,7 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
     student = ddp.wrap_model(model, env, device)  # DDP under torchrun, else `model`
     optimizer = make_adam(model.parameters(), cfg.optim.lr, device)
     scheduler = make_scheduler(optimizer, cfg)
+    warmup = WarmupLR(optimizer, scheduler, cfg.optim.warmup_steps)
     step_fn = build_step(cfg, student, optimizer, device, amp)
     steps_per_epoch = epoch_length(cfg, loader, step_fn)
     total = cfg.optim.epochs * steps_per_epoch
@@ -243,6 +232,7 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
             if crops is not None:
                 batch = crops(batch)
             unreadable[0].note(batch)
+            warmup.before_step(step)
             losses = step_fn(batch)
             step += 1
             seen += len(batch["image"])
@@ -253,6 +243,7 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
                 metrics.write("train", step=step, **logs)
             if callbacks:
                 callbacks.on_step(step, logs)
+        warmup.restore()  # the per-epoch schedule steps from its own lr, not a warmed one
         scheduler.step()
         last_epoch = epoch + 1 == cfg.optim.epochs or step >= total
         if cfg.data.val_ann and cfg.runtime.val_every and \

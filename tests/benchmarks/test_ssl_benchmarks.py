@@ -48,7 +48,7 @@ def test_ssl_synthetic_shares_one_config_across_presets(tmp_path):
 
 def test_ssl_synthetic_paper_schedule_drops_the_lr_at_two_thirds_and_five_sixths():
     from posemum_deploy.training.config import TrainConfig
-    from posemum_deploy.training.trainer import make_scheduler
+    from posemum_deploy.training.optimizer import make_scheduler
 
     bench = _load("ssl_synthetic")
     cfg = TrainConfig()
