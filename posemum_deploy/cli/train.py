@@ -51,6 +51,9 @@ def train(
         show_default="0: off"),
     steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch"),
     decay: Optional[float] = typer.Option(None, "--decay", help="teacher EMA/EMAN decay"),
+    clamp_targets: Optional[bool] = typer.Option(
+        None, "--clamp-targets/--no-clamp-targets", show_default="off",
+        help="clamp the teacher's heatmaps to [0, 1] before the unlabeled loss"),
     workers: Optional[int] = typer.Option(None, "--workers", help="data loader processes"),
     decode: Optional[str] = typer.Option(
         None, "--decode", help="host: loader workers decode and crop | device: workers read "
@@ -85,7 +88,7 @@ def train(
         ("data", "decode"): decode,
         ("data", "input_hw"): parse_hw(input_size) if input_size else None,
         ("ssl", "unlabeled"): unlabeled, ("ssl", "unlabeled_images"): unlabeled_images,
-        ("ssl", "decay"): decay, ("ssl", "unlabeled_boxes"): unlabeled_boxes,
+        ("ssl", "decay"): decay, ("ssl", "clamp_targets"): clamp_targets, ("ssl", "unlabeled_boxes"): unlabeled_boxes,
         ("ssl", "epoch_unit"): epoch_unit, ("ssl", "init_from"): init_from,
         ("model", "backbone"): backbone, ("model", "pretrained"): pretrained,
         ("model", "deconv_channels"): deconv_channels,

@@ -67,6 +67,9 @@ class SSLConfig:
     unlabeled_boxes: str = "whole"    # image folder only: "whole" or a detection results json
     unlabeled_batch_size: int = 32
     unsup_weight: float = 1.0
+    clamp_targets: bool = False       # teacher heatmaps clamped to [0, 1] (a Gaussian
+                                      # target's range) before the unlabeled loss; off:
+                                      # the paper's raw heatmaps (rounds-recipe.md)
     init_from: str | None = None      # start the student from this checkpoint (warm start)
     epoch_unit: str = "labeled"       # labeled | unlabeled: what one epoch is a pass over
     strong_affine: bool = False

@@ -212,7 +212,10 @@ class SemiSupervisedStep:
         for i, (model, opt) in enumerate(students):
             with self._autocast():
                 teacher_out = self._pseudo_labels(i, weak)
-            strong, pseudo = self.strong_view(weak, teacher_out.float())
+            pseudo = teacher_out.float()
+            if self.ssl.clamp_targets:  # outputs past a target's range feed back otherwise
+                pseudo = pseudo.clamp(0.0, 1.0)
+            strong, pseudo = self.strong_view(weak, pseudo)
             sup, unsup = self._student_loss(model, labeled, strong, pseudo, target, weight)
             loss = sup + self.ssl.unsup_weight * unsup
             opt.zero_grad(set_to_none=True)

@@ -165,3 +165,34 @@ def test_unreadable_images_are_reported_at_the_end(tmp_path):
     assert (tmp_path / "run" / "unreadable_images.txt").read_text().splitlines() == expected
     rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert [r["images"] for r in rows if r["kind"] == "unreadable"][-1] == 3
+
+
+@pytest.mark.parametrize("clamp", [False, True])
+def test_clamp_targets_bounds_the_teacher_heatmaps(synth, tmp_path, monkeypatch, clamp):
+    """ssl.clamp_targets: the teacher's heatmaps reach the unlabeled loss clamped to
+    [0, 1]; without it, a head whose outputs pass 1 hands them on as they are."""
+    from posemum_deploy.training import ssl_step
+
+    seen: list[torch.Tensor] = []
+    original = ssl_step.SemiSupervisedStep.strong_view
+
+    def spy(self, weak, pseudo):
+        seen.append(pseudo.detach().clone())
+        return original(self, weak, pseudo)
+
+    monkeypatch.setattr(ssl_step.SemiSupervisedStep, "strong_view", spy)
+    cfg = tiny_config(synth, tmp_path / "run", "pose-mum-plus", max_steps=1)
+    cfg.ssl.clamp_targets = clamp
+    init = tmp_path / "big.pt"  # a student (and so its EMAN teacher) with outputs up to ~±10
+    train(tiny_config(synth, tmp_path / "init", "supervised", max_steps=1))
+    state = torch.load(tmp_path / "init" / "checkpoints" / "last.pt", weights_only=True)
+    state["model"]["final.bias"] = torch.full_like(state["model"]["final.bias"], 5.0)
+    state["model"]["final.bias"][::2] = -5.0
+    torch.save(state, init)
+    cfg.ssl.init_from = str(init)
+    train(cfg)
+    low, high = min(float(p.min()) for p in seen), max(float(p.max()) for p in seen)
+    if clamp:
+        assert 0.0 <= low and high <= 1.0
+    else:
+        assert low < -1.0 and high > 1.0
