@@ -23,7 +23,9 @@ test), at one total step budget:
   d    ResNet-50 teacher (steps on the labeled split) → ResNet-18 student as in b,
        against row a (a ResNet-18 with as many steps as teacher + student)
   e    pose-mum-plus: round 0 → round 1 retrained with the preset on mixed batches,
-       against e-control (pose-mum-plus for all the steps without pseudo-labels)
+       against e-control (pose-mum-plus for all the steps without pseudo-labels);
+       --label-members K labels with an ensemble of K pose-mum-plus round 0s (e-own: the
+       same student on its own round 0's labels)
   u    the bound: b trained on the unlabeled set's hidden truth instead of its
        pseudo-labels (perfect labels, every visible joint kept): what any labeling could
        give at this budget; u − a ≤ 0 means the control is not data-limited here;
