@@ -55,11 +55,11 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
 
 class WarmupLR:
     """Linear LR warmup over the first `steps` steps, from WARMUP_START× to 1× of what
-    the per-epoch schedule says (mmpose's SimpleBaseline recipe warms up over 500).
-    Without it a from-scratch run at lr 2e-3 can blow up in its first steps and never
-    leave an all-background output (rounds-recipe.md: a pose-mum-plus round 0 at
-    AP 0.0). The schedules are chainable (they step from the group's lr), so the warmed
-    lr is put back before each epoch's scheduler step. `steps` 0: off."""
+    the per-epoch schedule says: mmpose's SimpleBaseline recipe (500 steps), for users who
+    train its way. (It did not keep a pose-mum-plus run that blows up at its start from
+    blowing up, only delayed it; `ssl.clamp_targets` did: rounds-recipe.md.) The
+    schedules are chainable (they step from the group's lr), so the warmed lr is put
+    back before each epoch's scheduler step. `steps` 0: off."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, scheduler: Any, steps: int) -> None:
         if steps < 0:
