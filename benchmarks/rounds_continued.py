@@ -117,12 +117,17 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
     `--label-members K` labels with an ensemble: e-round0 and K − 1 more pose-mum-plus
     round 0s on the same data with other training seeds (e-round0-seed*, their steps on
     top of the student's, as row d's teacher). e then continues e-round0 on the
-    ensemble's labels; e-own is the same student on e-round0's labels alone."""
+    ensemble's labels; e-own is the same student on e-round0's labels alone.
+
+    `--clamp-targets` trains every pose-mum-plus stage with the teacher's heatmaps clamped
+    to [0, 1] (`train --clamp-targets`), in folders of their own ("-clamp")."""
     total = args.teacher_steps + args.steps
     seed_dir = Path(args.out) / f"s{seed}"
     unl = unlabeled_knob(args)  # pose-mum-plus learns from the unlabeled set from step 0
+    unl += "-clamp" if args.clamp_targets else ""  # its own folders: no cached stage reused
     ssl = base_config(args, seed, sets, seed_dir / f"continue{total}-pmp{unl}",
                       preset="pose-mum-plus")
+    ssl.train.ssl.clamp_targets = args.clamp_targets
     ssl.schedule, ssl.rounds, ssl.train.optim.max_steps = "continue", 1, total
     first, round1 = continued_schedule(ssl.train.optim, 1)
     out = Path(ssl.out)

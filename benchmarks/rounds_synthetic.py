@@ -243,6 +243,7 @@ def main() -> None:
                    help="--schedule continue, row e: label with an ensemble of e-round0 and "
                         "K - 1 more pose-mum-plus round 0s with other training seeds (e-own: "
                         "the same student on e-round0's labels alone)")
+    p.add_argument("--clamp-targets", action="store_true", help="row e: train --clamp-targets")
     p.add_argument("--no-single", action="store_true",
                    help="--schedule continue, row e: skip e-single (7,200 more steps); "
                         "e-control is then e-continue, an upper bound of e - e-control")
@@ -266,9 +267,10 @@ def main() -> None:
     if args.distill_teacher != "round0" and args.schedule != "continue":
         p.error("--distill-teacher full needs --schedule continue (restart: d-teacher "
                 "trains --teacher-steps)")
-    if (args.label_members != 1 or args.no_single) and (args.schedule != "continue"
-                                                         or "e" not in args.rows):
-        p.error("--label-members / --no-single are for row e with --schedule continue")
+    if (args.label_members != 1 or args.no_single or args.clamp_targets) and (
+            args.schedule != "continue" or "e" not in args.rows):
+        p.error("--label-members / --no-single / --clamp-targets are for row e with "
+                "--schedule continue")
     if args.label_members < 1:
         p.error(f"--label-members {args.label_members}: give 1 (e-round0 alone) or more")
     if args.rounds != 1 and args.schedule != "continue":
@@ -289,7 +291,8 @@ def main() -> None:
           f"noise {args.noise}, ratio {args.labeled_ratio}, "
           f"pseudo loss x{args.pseudo_loss_weight:g}, tta {args.tta}, "
           f"{'calibrated at ' + str(args.precision) if args.calibrate else 'fixed'} "
-          f"thresholds, {time.perf_counter() - t0:.0f} s")
+          f"thresholds{', clamped targets' if args.clamp_targets else ''}, "
+          f"{time.perf_counter() - t0:.0f} s")
     print_table(per_seed, seeds)
 
 

@@ -133,6 +133,31 @@ def test_continued_ssl_row_continues_pose_mum_plus_with_the_pseudo_labels(tmp_pa
     assert e["optim"]["lr"] == pytest.approx(2e-4)
 
 
+
+def test_clamped_ssl_row_trains_every_pose_mum_plus_stage_clamped_in_its_own_folders(tmp_path):
+    """--clamp-targets: e-round0, e-continue and e train with ssl.clamp_targets, in
+    folders apart from the unclamped run's, so no cached unclamped stage is reused."""
+    import subprocess
+
+    import yaml
+
+    out = tmp_path / "bench"
+    proc = subprocess.run([
+        sys.executable, str(ROOT / "rounds_synthetic.py"), "--schedule", "continue",
+        "--teacher-steps", "8", "--steps", "4", "--rows", "e", "--seeds", "1",
+        "--no-single", "--clamp-targets", "--labeled-images", "8", "--unlabeled-images",
+        "16", "--val-images", "8", "--min-joint-score", "0", "--min-instance-score", "0",
+        "--no-calibrate", "--input", "64x64", "--tiles", "2x2", "--threads", "1",
+        "--out", str(out)], capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "clamped targets" in proc.stdout
+    assert "\ne - e-control" in proc.stdout and "e-single" not in proc.stdout
+    run = out / "s0" / "continue12-pmp-u16-clamp"
+    for name in ("round0", "e-continue", "e-u16"):
+        cfg = yaml.safe_load((run / name / "train" / "config.yaml").read_text())
+        assert cfg["preset"] == "pose-mum-plus" and cfg["ssl"]["clamp_targets"] is True
+    assert not (out / "s0" / "continue12-pmp-u16").exists()
+
 @pytest.mark.slow
 def test_continued_distillation_with_a_full_schedule_teacher(tmp_path):
     """Row d with --distill-teacher full, tiny: the ResNet-50 trains round 0's part of the
