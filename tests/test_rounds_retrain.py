@@ -8,7 +8,7 @@ import yaml
 
 from posemum_deploy.data.synthetic import generate_dataset
 from posemum_deploy.errors import ConfigError
-from posemum_deploy.rounds import RoundsConfig, resolve_init, run_rounds
+from posemum_deploy.rounds import RoundsConfig, resolve_init, retrain_config, run_rounds
 from posemum_deploy.training.config import TrainConfig
 
 from testdata import make_checkpoint
@@ -279,8 +279,20 @@ def test_label_members_are_checked_before_round_0(synthetic_small, unlabeled, tm
     torch.save(ckpt, other)
     cfg = _cfg(synthetic_small, unlabeled, tmp_path / "r", initial_checkpoint=str(meta_first),
                label_members=[str(other)])
-    with pytest.raises(ConfigError, match="other.pt: its keypoint set differs from .*first.pt"):
+    with pytest.raises(ConfigError, match="--label-member .*other.pt: its keypoint set .* "
+                                          "differs from .*first.pt's"):
         run_rounds(cfg)
+    # flip pairs are averaged joint for joint too: found now, not at round 1's labels
+    unflipped = make_checkpoint(tmp_path / "unflipped.pt", input_hw=(64, 64))
+    ckpt = torch.load(unflipped, weights_only=True)
+    ckpt["model_meta"]["flip_pairs"] = []
+    torch.save(ckpt, unflipped)
+    for initial in (None, str(meta_first)):
+        cfg = _cfg(synthetic_small, unlabeled, tmp_path / "r", initial_checkpoint=initial,
+                   label_members=[str(unflipped)])
+        with pytest.raises(ConfigError, match="unflipped.pt: its flip pairs \\(\\) differs"):
+            run_rounds(cfg)
+        assert not (tmp_path / "r").exists()
 
 
 def test_cli_label_member_reaches_the_rounds(synthetic_small, tmp_path):
@@ -302,3 +314,28 @@ def test_cli_label_member_reaches_the_rounds(synthetic_small, tmp_path):
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "--label-member" in lines[0] and "input size (128, 96)" in lines[0]
     assert not out.exists()
+
+
+def test_cli_training_options_reach_every_training_of_the_rounds(synthetic_small, tmp_path,
+                                                                 monkeypatch):
+    """`posemum rounds --preset pose-mum-plus --clamp-targets --warmup-steps N` sets them in
+    the train config every stage copies; left out, both stay off (the paper's recipe)."""
+    from typer.testing import CliRunner
+
+    import posemum_deploy.rounds as rounds_lib
+    from posemum_deploy.cli.app import app
+
+    seen = []
+    monkeypatch.setattr(rounds_lib, "run_rounds", lambda cfg, **kw: seen.append(cfg) or [])
+    images = str(synthetic_small.parent / "images")
+    base = ["rounds", "--labeled", str(synthetic_small), "--images", images, "--unlabeled",
+            images, "--val-ann", str(synthetic_small), "--val-images", images,
+            "--out", str(tmp_path / "run"), "--preset", "pose-mum-plus"]
+    for extra in (["--clamp-targets", "--warmup-steps", "50"], []):
+        result = CliRunner().invoke(app, base + extra)
+        assert result.exit_code == 0, result.output
+    on, off = (retrain_config(cfg, None) for cfg in seen)
+    assert on.ssl.teacher == "eman" and on.ssl.clamp_targets and on.optim.warmup_steps == 50
+    assert not off.ssl.clamp_targets and off.optim.warmup_steps == 0
+    result = CliRunner().invoke(app, base + ["--warmup-steps", "-1"])
+    assert result.exit_code == 2 and "--warmup-steps" in result.output

@@ -85,6 +85,13 @@ def rounds(
     deconv_channels: int = typer.Option(256, "--deconv-channels",
                                         help="head width (the demo's recipe uses 128)"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    warmup_steps: int = typer.Option(
+        0, "--warmup-steps", min=0,
+        help="every training: linear lr warmup from 0.001x over N steps (mmpose: 500)"),
+    clamp_targets: bool = typer.Option(
+        False, "--clamp-targets/--no-clamp-targets",
+        help="semi-supervised presets: clamp the teacher's heatmaps to [0, 1] before the "
+             "unlabeled loss (train --clamp-targets)"),
     workers: int = typer.Option(1, "--workers"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
@@ -101,6 +108,7 @@ def rounds(
     tcfg.optim.lr = lr
     tcfg.optim.epochs, tcfg.optim.batch_size, tcfg.optim.max_steps = epochs, batch_size, max_steps
     tcfg.optim.milestones = (int(epochs * 2 / 3), int(epochs * 5 / 6))
+    tcfg.optim.warmup_steps, tcfg.ssl.clamp_targets = warmup_steps, clamp_targets
     tcfg.runtime.seed = seed
     cfg = RoundsConfig(out=str(out), unlabeled=str(unlabeled), rounds=n_rounds, boxes=boxes,
                        backend=backend, init=init,

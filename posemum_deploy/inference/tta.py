@@ -155,9 +155,11 @@ def zoom_heatmaps(heatmaps: np.ndarray, factor: float,
     return out.reshape(n, k, h, w)
 
 
-def check_ensemble(metas: Sequence[ModelMetadata], names: Sequence[str]) -> None:
-    """Ensemble members must share input size, heatmap size and keypoint set: their
-    heatmaps are averaged pixel for pixel, joint for joint."""
+def check_ensemble(metas: Sequence[ModelMetadata], names: Sequence[str],
+                   option: str = "--model", alone: str = "label with one --model") -> None:
+    """Members share input size, heatmap size, keypoints and flip pairs with the first
+    entry (a model, or "the run"'s metadata): heatmaps are averaged pixel for pixel, joint
+    for joint. An error names the member as given with `option`, and what to do."""
     first = metas[0]
     for meta, name in zip(metas[1:], names[1:]):
         for what, a, b in (("input size", first.input_hw, meta.input_hw),
@@ -166,9 +168,9 @@ def check_ensemble(metas: Sequence[ModelMetadata], names: Sequence[str]) -> None
                            ("flip pairs", first.flip_pairs, meta.flip_pairs)):
             if tuple(a) != tuple(b):
                 raise ConfigError(
-                    f"--model {name}: its {what} {tuple(b)} differs from {names[0]}'s "
+                    f"{option} {name}: its {what} {tuple(b)} differs from {names[0]}'s "
                     f"{tuple(a)}; ensemble members need the same input size and keypoint "
-                    "set (export or train them alike, or label with one --model)")
+                    f"set (export or train them alike, or {alone})")
 
 
 def read_model_list(path: str | Path) -> list[str]:

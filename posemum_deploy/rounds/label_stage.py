@@ -57,29 +57,34 @@ def _label_stages(cfg: RoundsConfig, log_: StageLog, round_dir: Path, teacher: s
 
 
 def check_label_members(cfg: RoundsConfig) -> None:
-    """Every --label-member is a checkpoint that can label beside the run's teachers: the
-    input size the run trains at (and, with --initial-checkpoint, its keypoint set).
-    Found before round 0 trains, not at round 1's label stage hours later."""
+    """Every --label-member is a checkpoint that can label beside the teachers it will
+    meet: --initial-checkpoint (round 1's teacher, when given) and the models the run
+    trains (later rounds', or every round's without one), compared as `label --model`
+    compares ensemble members. Found before round 0 trains, not at a label stage hours
+    later."""
     from posemum_deploy.artifacts import ModelMetadata
+    from posemum_deploy.inference.tta import check_ensemble
     from posemum_deploy.models.checkpoint import read_checkpoint
+    from posemum_deploy.training.trainer import model_metadata
+
+    if not cfg.label_members:
+        return
+    for path in cfg.label_members:
+        if not Path(path).is_file():
+            raise ConfigError(f"{path}: file not found (given as --label-member)")
 
     def meta(path: str) -> ModelMetadata:
         return ModelMetadata.from_dict(read_checkpoint(path, mmap=True)["model_meta"])
 
-    want_hw = tuple(cfg.train.data.input_hw)
-    first = cfg.initial_checkpoint
-    keypoints = meta(first).keypoint_names if cfg.label_members and first else None
-    for path in cfg.label_members:
-        if not Path(path).is_file():
-            raise ConfigError(f"{path}: file not found (given as --label-member)")
-        member = meta(path)
-        if tuple(member.input_hw) != want_hw:
-            raise ConfigError(f"--label-member {path}: its input size {tuple(member.input_hw)} "
-                              f"differs from the run's {want_hw}; pass members trained at "
-                              "the run's --input-size, or label with the round's teacher alone")
-        if keypoints is not None and member.keypoint_names != keypoints:
-            raise ConfigError(f"--label-member {path}: its keypoint set differs from "
-                              f"{first}'s; ensemble members need the same keypoints")
+    members = [meta(path) for path in cfg.label_members]
+    teachers = []
+    if cfg.initial_checkpoint:
+        teachers.append((cfg.initial_checkpoint, meta(cfg.initial_checkpoint)))
+    if not cfg.initial_checkpoint or cfg.rounds > 1:
+        teachers.append(("the run", model_metadata(cfg.train)))
+    for name, teacher in teachers:
+        check_ensemble([teacher, *members], [name, *cfg.label_members],
+                       option="--label-member", alone="label with the round's teacher alone")
 
 
 def _thresholds_stage(cfg: RoundsConfig, log_: StageLog, round_dir: Path,
