@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rounds_label_quality import (  # benchmarks/ on sys.path
-    label_quality,
+    report_quality,
     truth_as_pseudo,
 )
 from rounds_stages import (
@@ -68,8 +68,7 @@ def run_continued(args: argparse.Namespace, seed: int, sets: dict[str, Path],
         labels = out / (f"labels{label_knobs(args)}" if k == 1 else f"labels-{of}{knobs}")
         pseudo = pseudo_labels(cfg, labels, teacher)
         if "q" in rows:
-            for key, value in label_quality(pseudo, sets["unlabeled"]).items():
-                done(key if k == 1 else key.replace("q-", f"q-r{k}-"), value)
+            report_quality(pseudo, sets["unlabeled"], done, "" if k == 1 else f"r{k}")
         if "b" not in rows:
             break
         name = "b" if k == args.rounds else f"b-r{k}"
@@ -99,8 +98,7 @@ def run_continued_distillation(cfg: RoundsConfig, args: argparse.Namespace, out:
         done("d-teacher-full", ap_big)
     pseudo = pseudo_labels(cfg, out / f"d-labels{full}{label_knobs(args)}", big)
     if "q" in args.rows:
-        for key, value in label_quality(pseudo, truth).items():
-            done(key.replace("q-", "q-d-"), value)
+        report_quality(pseudo, truth, done, "d")
     done("d", trained(cfg, out / f"d{full}{student_knobs(args)}", None, pseudo,
                       backbone="resnet18", init_from=student_start, optim=parts[1])[1])
 
@@ -137,8 +135,7 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
     done(own_row, trained(ssl, out / f"e{student_knobs(args)}", None, own, init_from=teacher,
                           optim=round1)[1])
     if "q" in args.rows:
-        for key, value in label_quality(own, sets["unlabeled"]).items():
-            done(key.replace("q-", f"q-{own_row}-"), value)
+        report_quality(own, sets["unlabeled"], done, own_row)
     if args.label_members > 1:
         members = []
         for j in range(1, args.label_members):
@@ -151,8 +148,7 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
         ens = f"-ens{args.label_members}"
         pseudo = pseudo_labels(ssl, out / f"labels{ens}{label_knobs(args)}", teacher, members)
         if "q" in args.rows:
-            for key, value in label_quality(pseudo, sets["unlabeled"]).items():
-                done(key.replace("q-", "q-e-"), value)
+            report_quality(pseudo, sets["unlabeled"], done, "e")
         done("e", trained(ssl, out / f"e{ens}{student_knobs(args)}", None, pseudo,
                           init_from=teacher, optim=round1)[1])
     if args.no_single:

@@ -4,6 +4,7 @@ unlabeled set's hidden truth (rows q, u-masked), and the truth written as pseudo
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,14 @@ def label_quality(pseudo: str, truth: Path) -> dict[str, float]:
     return {"q-precision": 100 * float((o >= 0.5).mean()),
             "q-keep": 100 * kept_visible / max(visible, 1), "q-mean-oks": 100 * float(o.mean())}
 
+
+def report_quality(pseudo: str, truth: Path, done: Callable[[str, float], None],
+                   row: str = "") -> None:
+    """`label_quality` as the benchmark's rows: q-precision, q-keep, q-mean-oks, or with
+    `row` ("d", "r2", "notta"…) q-d-precision and so on."""
+    tag = f"q-{row}-" if row else "q-"
+    for key, value in label_quality(pseudo, truth).items():
+        done(key.replace("q-", tag, 1), value)
 
 def truth_at_kept_joints(truth: dict, pseudo: dict) -> dict:
     """The true labels, each joint kept only where the pseudo-label of the same person

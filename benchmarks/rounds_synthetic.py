@@ -69,7 +69,7 @@ import torch
 
 # benchmarks/ is on sys.path when run
 from rounds_continued import run_continued
-from rounds_label_quality import label_quality, truth_as_pseudo, truth_at_kept_joints
+from rounds_label_quality import report_quality, truth_as_pseudo, truth_at_kept_joints
 from rounds_stages import (
     UNLABELED_IMAGES,
     base_config,
@@ -133,8 +133,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
     if rows & {"b", "c", "q"}:
         pseudo = pseudo_labels(cfg, out / f"labels{label_knobs(args)}", teacher)
         if "q" in rows:
-            for key, value in label_quality(pseudo, sets["unlabeled"]).items():
-                done(key, value)
+            report_quality(pseudo, sets["unlabeled"], done)
         if rows & {"b", "c"}:
             done("b", trained(cfg, student("b"), args.steps, pseudo, init_from=start)[1])
         if "c" in rows or "q" in rows:
@@ -142,8 +141,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
             single.label_tta = "none"  # one pass with flip test, as before issue 21
             pseudo1 = pseudo_labels(single, out / f"labels-notta{unl}", teacher)
             if "q" in rows:
-                for key, value in label_quality(pseudo1, sets["unlabeled"]).items():
-                    done(key.replace("q-", "q-notta-"), value)
+                report_quality(pseudo1, sets["unlabeled"], done, "notta")
         if "c" in rows:
             done("c-tta", trained(cfg, student("c-tta"), args.steps, pseudo1, init_from=start)[1])
             quiet = base_config(args, seed, sets, out)

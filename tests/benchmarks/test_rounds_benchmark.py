@@ -50,6 +50,10 @@ def test_label_quality_against_hand_made_truth(tmp_path):
     far = np.exp(-40.0 ** 2 / (2 * 80 * 120 * (2 * OKS_SIGMAS[10:13]) ** 2))  # truth's area
     assert far.max() < 0.5
     assert q["q-mean-oks"] == pytest.approx(100 * (10 + far.sum()) / 13)
+    rows = {}  # the benchmark's rows: q-d-precision, … for row d's labels
+    bench.report_quality(str(tmp_path / "p.json"), tmp_path / "t.json", rows.__setitem__, "d")
+    assert rows == {"q-d-precision": q["q-precision"], "q-d-keep": q["q-keep"],
+                    "q-d-mean-oks": q["q-mean-oks"]}
 
 
 def test_the_seed_draws_every_data_set(tmp_path):
