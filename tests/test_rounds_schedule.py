@@ -54,6 +54,15 @@ def test_epoch_length_comes_from_round_0_without_max_steps():
     assert (r2.epochs, r2.milestones, r2.lr) == (5, (), pytest.approx(1e-5))
 
 
+def test_a_continued_schedule_warms_up_once_at_its_start():
+    """--warmup-steps with --schedule continue: the rounds are one schedule, so round 0
+    warms up and the rounds that continue it at the decayed LR do not."""
+    optim = OptimConfig(lr=1e-3, epochs=30, milestones=(20, 25), max_steps=600, warmup_steps=50)
+    parts = continued_schedule(optim, 2)
+    assert [p.warmup_steps for p in parts] == [50, 0, 0]
+    assert optim.warmup_steps == 50  # untouched
+
+
 @pytest.mark.parametrize("optim,rounds,words", [
     (OptimConfig(schedule="cosine"), 1, "step LR schedule"),
     (OptimConfig(epochs=6, milestones=(6,)), 1, "have none inside the 6 epochs"),

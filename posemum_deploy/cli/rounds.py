@@ -87,7 +87,8 @@ def rounds(
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
     warmup_steps: int = typer.Option(
         0, "--warmup-steps", min=0,
-        help="every training: linear lr warmup from 0.001x over N steps (mmpose: 500)"),
+        help="linear lr warmup from 0.001x over N steps (mmpose: 500); --schedule continue "
+             "warms up once, in round 0"),
     clamp_targets: bool = typer.Option(
         False, "--clamp-targets/--no-clamp-targets",
         help="semi-supervised presets: clamp the teacher's heatmaps to [0, 1] before the "

@@ -76,8 +76,10 @@ def schedule_segment(optim: OptimConfig, start: int, end: int) -> OptimConfig:
     already multiplied by gamma for every milestone at or before `start`, the milestones
     inside shifted to start at 0, and `max_steps` cut to the part of the total inside the
     segment. Epoch length must be fixed (`steps_per_epoch`) unless the segment starts at 0
-    (round 0, whose trainer then makes an epoch one pass over the labeled set)."""
+    (round 0, whose trainer then makes an epoch one pass over the labeled set). A warmup
+    is the schedule's start: only the segment at epoch 0 has it."""
     seg = copy.deepcopy(optim)
+    seg.warmup_steps = 0 if start else optim.warmup_steps
     passed = sum(1 for m in optim.milestones if m <= start)
     seg.lr = optim.lr * optim.gamma ** passed
     seg.milestones = tuple(m - start for m in optim.milestones if start < m < end)
