@@ -73,6 +73,37 @@ def test_ssl_synthetic_makes_a_data_folder_per_size(tmp_path):
     assert [len(json.loads(v.read_text())["images"]) for v in (val_a, val_b)] == [2, 4]
 
 
+def test_ssl_synthetic_clamp_targets_trains_a_clamped_twin_of_each_teacher_preset(tmp_path, capsys):
+    """--clamp-targets: pose-mum-plus trains twice from the same warm-up, clamped only in
+    its +clamp folder; supervised (no teacher) has no twin; the table pairs the twin."""
+    from posemum_deploy.training.config import TrainConfig
+
+    bench = _load("ssl_synthetic")
+    args = argparse.Namespace(out=str(tmp_path), threads=1, presets=["supervised", "pose-mum-plus"],
+                              clamp_targets=True, steps=3, warmup_steps=2, labeled=8,
+                              input=(64, 64), tiles=(2, 2), batch=4, deconv_channels=32,
+                              workers=0, lr=1e-3, device="cpu",
+                              mix_stages=list(bench.SSLConfig.mix_stages), schedule="paper")
+    assert bench.rows(args) == ["supervised", "pose-mum-plus", "pose-mum-plus+clamp"]
+    assert bench.rows(argparse.Namespace(presets=["pose-mum-plus"], clamp_targets=False)) \
+        == ["pose-mum-plus"]
+    train_json, val_json = bench.make_data(tmp_path / "data", 4, 2)
+    threads_before = torch.get_num_threads()
+    try:
+        aps = bench.run_seed(args, 0, train_json, val_json)
+    finally:
+        torch.set_num_threads(threads_before)
+    assert list(aps) == bench.rows(args)
+    saved = {row: TrainConfig.load(tmp_path / f"{row}-s0" / "config.yaml") for row in aps}
+    assert [saved[r].ssl.clamp_targets for r in aps] == [False, False, True]
+    assert saved["pose-mum-plus+clamp"].ssl.init_from == saved["pose-mum-plus"].ssl.init_from
+    assert saved["pose-mum-plus+clamp"].ssl.teacher == "eman"
+    bench.print_table({row: [ap, ap + 1.0] for row, ap in aps.items()})
+    printed = capsys.readouterr().out
+    assert "pose-mum-plus+clamp - pose-mum-plus: +0.00 ± 0.00" in printed
+    assert "pose-mum-plus+clamp - supervised" in printed
+
+
 @pytest.mark.slow
 def test_ssl_synthetic_seeds_trained_side_by_side_train_as_one_at_a_time(tmp_path):
     """--jobs 2 runs each seed in its own spawned process; seed 1 there takes the same
