@@ -34,7 +34,8 @@ def run_continued(args: argparse.Namespace, seed: int, sets: dict[str, Path],
     the decayed LR on mixed batches (round k ≥ 2 relabels with round k − 1's model).
     a-continue is the same continuation labeled-only; a-single the schedule unbroken.
     Row d labels the folder with a ResNet-50 round 0 (the same first part of the schedule)
-    and continues the ResNet-18 round 0 on those labels, as b does on its own."""
+    and continues the ResNet-18 round 0 on those labels, as b does on its own. Row a (its
+    control and b's) trains only when asked: `--rows d` alone trains round 0 and d."""
     rows, total = set(args.rows), args.teacher_steps + args.steps
     seed_dir = Path(args.out) / f"s{seed}"
     cfg = base_config(args, seed, sets, seed_dir / f"continue{total}")
@@ -50,12 +51,12 @@ def run_continued(args: argparse.Namespace, seed: int, sets: dict[str, Path],
         run_continued_ssl(args, seed, sets, res, done)
     if not rows & {"a", "b", "d", "q", "u"}:
         return
-    controls = bool(rows & {"a", "d"})
-    teacher = round0_and_continue(cfg, "a", "round0", controls, done)
+    controls = "a" in rows
+    teacher = round0_and_continue(cfg, "a", "round0", controls, done)[0]
     if controls:
         single_and_control(cfg, seed_dir / f"labeled-{total}", "a", "a", res, done)
     if "d" in rows:
-        run_continued_distillation(cfg, args, out, teacher, parts, sets["unlabeled"], done)
+        run_continued_distillation(cfg, args, seed, sets, teacher, parts, done)
     if "u" in rows:  # round 1 on the unlabeled set's true labels: the bound
         truth = str(truth_as_pseudo(out, sets["unlabeled"], unlabeled_knob(args)))
         done("u", trained(cfg, out / f"u{knobs}", None, truth, init_from=teacher,
@@ -77,8 +78,9 @@ def run_continued(args: argparse.Namespace, seed: int, sets: dict[str, Path],
         done(name, ap)
 
 
-def run_continued_distillation(cfg: RoundsConfig, args: argparse.Namespace, out: Path,
-                               student_start: str, parts: list[OptimConfig], truth: Path,
+def run_continued_distillation(cfg: RoundsConfig, args: argparse.Namespace, seed: int,
+                               sets: dict[str, Path], student_start: str,
+                               parts: list[OptimConfig],
                                done: Callable[[str, float], None]) -> None:
     """Row d with `--schedule continue`: a ResNet-50 trained on the labeled split for the
     schedule's first part (d-teacher, like round 0) labels the folder; the ResNet-18
@@ -88,19 +90,52 @@ def run_continued_distillation(cfg: RoundsConfig, args: argparse.Namespace, out:
     `--distill-teacher full` trains the ResNet-50 through the whole schedule instead (its
     first part continued labeled-only at the decayed LR, as a-continue does for the
     ResNet-18: d-teacher-full), as Data Distillation labels with a converged teacher.
-    With row q, its labels are scored against `truth` (the unlabeled set's json)."""
-    big, ap_big = trained(cfg, out / "d-teacher", None, backbone="resnet50", optim=parts[0])
-    done("d-teacher", ap_big)
-    full = "-full" if args.distill_teacher == "full" else ""
-    if full:  # the same decayed epochs as the student's, labeled-only
+    `--distill-teacher pose-mum-plus` labels with row e's model after the whole schedule
+    (e-continue: a ResNet-18 trained with pose-mum-plus on the labeled split and the
+    unlabeled folder; clamped with --clamp-targets): a teacher that knows more than the
+    student without a bigger backbone. With row q, its labels are scored against the
+    unlabeled set's truth."""
+    out = Path(cfg.out)
+    if args.distill_teacher == "pose-mum-plus":
+        big = ssl_round0_and_continue(args, seed, sets, done)[1]
+        tag = "-pmp" + ("-clamp" if args.clamp_targets else "")
+    else:
+        big, ap_big = trained(cfg, out / "d-teacher", None, backbone="resnet50",
+                              optim=parts[0])
+        done("d-teacher", ap_big)
+        tag = "-full" if args.distill_teacher == "full" else ""
+    if tag == "-full":  # the same decayed epochs as the student's, labeled-only
         big, ap_big = trained(cfg, out / "d-teacher-full", None, backbone="resnet50",
                               init_from=big, optim=parts[1])
         done("d-teacher-full", ap_big)
-    pseudo = pseudo_labels(cfg, out / f"d-labels{full}{label_knobs(args)}", big)
+    pseudo = pseudo_labels(cfg, out / f"d-labels{tag}{label_knobs(args)}", big)
     if "q" in args.rows:
-        report_quality(pseudo, truth, done, "d")
-    done("d", trained(cfg, out / f"d{full}{student_knobs(args)}", None, pseudo,
+        report_quality(pseudo, sets["unlabeled"], done, "d")
+    done("d", trained(cfg, out / f"d{tag}{student_knobs(args)}", None, pseudo,
                       backbone="resnet18", init_from=student_start, optim=parts[1])[1])
+
+
+def ssl_config(args: argparse.Namespace, seed: int, sets: dict[str, Path]) -> RoundsConfig:
+    """Row e's config: pose-mum-plus on the continued schedule, the unlabeled folder as
+    its unlabeled stream from step 0, in folders of its own per --clamp-targets ("-clamp":
+    no unclamped cached stage is reused)."""
+    unl = unlabeled_knob(args) + ("-clamp" if args.clamp_targets else "")
+    ssl = base_config(args, seed, sets, Path(args.out) / f"s{seed}" /
+                      f"continue{args.teacher_steps + args.steps}-pmp{unl}",
+                      preset="pose-mum-plus")
+    ssl.train.ssl.clamp_targets = args.clamp_targets
+    ssl.schedule, ssl.rounds = "continue", 1
+    ssl.train.optim.max_steps = args.teacher_steps + args.steps
+    return ssl
+
+
+def ssl_round0_and_continue(args: argparse.Namespace, seed: int, sets: dict[str, Path],
+                            done: Callable[[str, float], None]) -> tuple[str, str]:
+    """Row e's round 0 and e-continue (cached when row e trained them): their checkpoints."""
+    round0, whole = round0_and_continue(ssl_config(args, seed, sets), "e", "e-round0", True,
+                                        done)
+    assert whole is not None  # with_control: the continuation was trained
+    return round0, whole
 
 
 def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path],
@@ -119,17 +154,10 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
 
     `--clamp-targets` trains every pose-mum-plus stage with the teacher's heatmaps clamped
     to [0, 1] (`train --clamp-targets`), in folders of their own ("-clamp")."""
-    total = args.teacher_steps + args.steps
-    seed_dir = Path(args.out) / f"s{seed}"
-    unl = unlabeled_knob(args)  # pose-mum-plus learns from the unlabeled set from step 0
-    unl += "-clamp" if args.clamp_targets else ""  # its own folders: no cached stage reused
-    ssl = base_config(args, seed, sets, seed_dir / f"continue{total}-pmp{unl}",
-                      preset="pose-mum-plus")
-    ssl.train.ssl.clamp_targets = args.clamp_targets
-    ssl.schedule, ssl.rounds, ssl.train.optim.max_steps = "continue", 1, total
+    ssl = ssl_config(args, seed, sets)
     first, round1 = continued_schedule(ssl.train.optim, 1)
     out = Path(ssl.out)
-    teacher = round0_and_continue(ssl, "e", "e-round0", True, done)
+    teacher = round0_and_continue(ssl, "e", "e-round0", True, done)[0]
     own = pseudo_labels(ssl, out / f"labels{label_knobs(args)}", teacher)
     own_row = "e" if args.label_members == 1 else "e-own"
     done(own_row, trained(ssl, out / f"e{student_knobs(args)}", None, own, init_from=teacher,
@@ -155,25 +183,30 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
         done("e-control", res["e-continue"])
         return
     # last: the longest training, and e − e-continue already bounds e − e-control above
-    single_and_control(ssl, seed_dir / f"pmp-{total}{unl}", "e", "e-control", res, done)
+    unl = unlabeled_knob(args) + ("-clamp" if args.clamp_targets else "")
+    single_and_control(ssl, Path(args.out) / f"s{seed}" / f"pmp-{ssl.train.optim.max_steps}{unl}",
+                       "e", "e-control", res, done)
 
 
 def round0_and_continue(cfg: RoundsConfig, prefix: str, round0: str, with_control: bool,
-                        done: Callable[[str, float], None]) -> str:
+                        done: Callable[[str, float], None]) -> tuple[str, str | None]:
     """Round 0 of `cfg`'s continued schedule (row `round0`, trained in cfg.out/round0) and,
     `with_control`, its decayed epochs continued from round 0 with the same recipe
     (`{prefix}-continue`): the control with round 1's steps and start, without the
-    pseudo-labels. Returns round 0's checkpoint, the teacher that labels the folder."""
+    pseudo-labels. Returns the checkpoints of round 0 (the teacher that labels the
+    folder) and of the continuation (None without it)."""
     optim, out = cfg.train.optim, Path(cfg.out)
     first = continued_schedule(optim, cfg.rounds)[0]
     teacher, ap0 = trained(cfg, out / "round0", None, optim=first)
     done(round0, ap0)
-    if with_control:  # the epochs after the milestone, no pseudo-labels, in one training
-        whole = fit_schedule(optim, optim.max_steps)
-        tail = schedule_segment(whole, first.epochs, whole.epochs)
-        done(f"{prefix}-continue", trained(cfg, out / f"{prefix}-continue", None,
-                                           init_from=teacher, optim=tail)[1])
-    return teacher
+    if not with_control:
+        return teacher, None
+    # the epochs after the milestone, no pseudo-labels, in one training
+    whole = fit_schedule(optim, optim.max_steps)
+    tail = schedule_segment(whole, first.epochs, whole.epochs)
+    continued, ap = trained(cfg, out / f"{prefix}-continue", None, init_from=teacher, optim=tail)
+    done(f"{prefix}-continue", ap)
+    return teacher, continued
 
 
 def single_and_control(cfg: RoundsConfig, single_dir: Path, prefix: str, control: str,

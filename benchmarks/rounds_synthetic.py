@@ -21,7 +21,8 @@ test), at one total step budget:
        it), c-noise (no noise), c-union (one union list, labeled repeated), c-init (the
        other --init)
   d    ResNet-50 teacher (steps on the labeled split) → ResNet-18 student as in b,
-       against row a (a ResNet-18 with as many steps as teacher + student)
+       against row a (a ResNet-18 with as many steps as teacher + student);
+       --distill-teacher picks the teacher's schedule, or row e's model as teacher
   e    pose-mum-plus: round 0 → round 1 retrained with the preset on mixed batches,
        against e-control (pose-mum-plus for all the steps without pseudo-labels);
        --label-members K labels with an ensemble of K pose-mum-plus round 0s (e-own: the
@@ -43,9 +44,8 @@ schedule with pose-mum-plus (e-single, e-round0, e-continue, e) and row d labels
 ResNet-50 round 0 (d-teacher) what the ResNet-18 round 0 continues on (rows a b d e q u).
 
 The table gives each row's AP as the mean over seeds with the per-seed values, then the
-paired gaps (b−a, c−b, d−a, e−e-control), mean ± standard error over seeds.
-With --steps 800 (the default) one seed of rows a, b and q takes about 15 minutes on
-2 cores.
+paired gaps (b−a, c−b, d−a, e−e-control), mean ± standard error over seeds. With --steps
+800 (the default) one seed of rows a, b and q takes about 15 minutes on 2 cores.
 
     python benchmarks/rounds_synthetic.py                       # default: rows a b q, 3 seeds
     python benchmarks/rounds_synthetic.py --rows a b c d e q --seeds 3   # the full table
@@ -234,14 +234,16 @@ def main() -> None:
                         "initial weights (row c-init runs the other)")
     p.add_argument("--noise", default="randaugment,cutout",
                    help="strong view of the pseudo crops: affine,randaugment,cutout,mum | none")
-    p.add_argument("--distill-teacher", choices=("round0", "full"), default="round0",
+    p.add_argument("--distill-teacher", choices=("round0", "full", "pose-mum-plus"),
+                   default="round0",
                    help="--schedule continue, row d: the ResNet-50 teacher trains the "
-                        "schedule's first part as round 0 does, or the full schedule")
+                        "schedule's first part as round 0 does, or the full schedule; or "
+                        "the teacher is row e's ResNet-18 after the full schedule")
     p.add_argument("--label-members", type=int, default=1,
                    help="--schedule continue, row e: label with an ensemble of e-round0 and "
                         "K - 1 more pose-mum-plus round 0s with other training seeds (e-own: "
                         "the same student on e-round0's labels alone)")
-    p.add_argument("--clamp-targets", action="store_true", help="row e: train --clamp-targets")
+    p.add_argument("--clamp-targets", action="store_true", help="row e, row d's pose-mum-plus: clamped")
     p.add_argument("--no-single", action="store_true",
                    help="--schedule continue, row e: skip e-single (7,200 more steps); "
                         "e-control is then e-continue, an upper bound of e - e-control")
@@ -256,16 +258,16 @@ def main() -> None:
                    help="kept joints a person needs (calibrated thresholds keep joints that "
                         "are right 90%% of the time; a partial person is a good partial label)")
     p.add_argument("--jobs", type=int, default=1,
-                   help="seeds side by side (0: one per core; 3 seeds on 2 cores finish "
-                        "sooner one after another on both cores)")
+                   help="seeds side by side (0: one per core; 3 seeds on 2 cores: sooner 1)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per job")
     args = p.parse_args()
     if args.schedule == "continue" and set(args.rows) - {"a", "b", "d", "e", "q", "u"}:
         p.error("--schedule continue runs rows a, b, d, e, q and u only")
     if args.distill_teacher != "round0" and args.schedule != "continue":
-        p.error("--distill-teacher full needs --schedule continue (restart: d-teacher "
-                "trains --teacher-steps)")
-    if (args.label_members != 1 or args.no_single or args.clamp_targets) and (
+        p.error(f"--distill-teacher {args.distill_teacher} needs --schedule continue "
+                "(restart: d-teacher trains --teacher-steps)")
+    pmp_d = args.distill_teacher == "pose-mum-plus" and "d" in args.rows
+    if (args.label_members != 1 or args.no_single or args.clamp_targets and not pmp_d) and (
             args.schedule != "continue" or "e" not in args.rows):
         p.error("--label-members / --no-single / --clamp-targets are for row e with "
                 "--schedule continue")
