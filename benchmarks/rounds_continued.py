@@ -123,7 +123,6 @@ def ssl_config(args: argparse.Namespace, seed: int, sets: dict[str, Path]) -> Ro
     ssl = base_config(args, seed, sets, Path(args.out) / f"s{seed}" /
                       f"continue{args.teacher_steps + args.steps}-pmp{unl}",
                       preset="pose-mum-plus")
-    ssl.train.ssl.clamp_targets = args.clamp_targets
     ssl.schedule, ssl.rounds = "continue", 1
     ssl.train.optim.max_steps = args.teacher_steps + args.steps
     return ssl

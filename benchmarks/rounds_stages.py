@@ -58,6 +58,9 @@ def base_config(args: argparse.Namespace, seed: int, sets: dict[str, Path], out:
         optim=OptimConfig(lr=args.lr, epochs=6, milestones=(4, 5), batch_size=args.batch),
         runtime=RuntimeConfig(seed=seed, val_every=0, val_flip=True, device="cpu"))
     apply_preset(tcfg, preset)
+    # raw teacher heatmaps unless --clamp-targets (in folders of their own), whatever the
+    # preset's default: stages are reused by folder name, and the recorded rows trained raw
+    tcfg.ssl.clamp_targets = getattr(args, "clamp_targets", False)
     tcfg.ssl.unlabeled_batch_size, tcfg.ssl.tiles = args.batch, args.tiles
     return RoundsConfig(out=str(out), unlabeled=str(unl.parent / "images"), rounds=1,
                         boxes=f"gt:{unl}", backend="torch", min_joint_score=args.min_joint_score,

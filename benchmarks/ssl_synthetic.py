@@ -22,13 +22,14 @@ a useful AP and the teacher's pseudo-labels carry signal.
     python benchmarks/ssl_synthetic.py --steps 4 --warmup-steps 4 --seeds 1 \
         --train-images 20 --val-images 10              # smoke run
     python benchmarks/ssl_synthetic.py --presets supervised pose-mum-plus --clamp-targets
-                                                       # + pose-mum-plus+clamp, paired gaps
+                                                       # + pose-mum-plus+raw, paired gaps
 
-`--clamp-targets` adds a twin of each semi-supervised preset trained with the teacher's
-heatmaps clamped to [0, 1] (`train --clamp-targets`), row and folder `PRESET+clamp`, from
-the same warm-up: clamping stopped pose-mum-plus blowing up from scratch in the 64×64
-rounds benchmark (docs/training.md); this measures what it costs or gives where the
-training is stable.
+`--clamp-targets` adds a twin of each semi-supervised preset trained with the other setting
+of `ssl.clamp_targets` (the teacher's heatmaps clamped to [0, 1] before the unlabeled
+loss) from the same warm-up: row and folder `PRESET+clamp` for a preset that trains raw
+heatmaps, `PRESET+raw` for one that clamps (pose-mum-plus). Clamping stopped pose-mum-plus
+blowing up from scratch in the 64×64 rounds benchmark (docs/training.md); this measures
+what it costs or gives where the training is stable.
 """
 from __future__ import annotations
 
@@ -52,24 +53,32 @@ COMPARED = ("supervised", "affine-s", "mum", "pose-mum", "pose-mum-plus")
 # The issue's targets (>= 3 and >= 0 points) and the gaps that explain them.
 GAPS = (("pose-mum-plus", "supervised"), ("pose-mum", "mum"),
         ("pose-mum-plus", "pose-mum"), ("mum", "supervised"))
-CLAMPED = "+clamp"  # row suffix: the preset with the teacher's heatmaps clamped to [0, 1]
+TWINS = {"+clamp": True, "+raw": False}  # row suffix → ssl.clamp_targets of the twin
 
 
 def rows(args: argparse.Namespace) -> list[str]:
-    """The rows a seed trains: the presets, then (--clamp-targets) the clamped twin of each
-    one that has a teacher."""
-    twins = [p + CLAMPED for p in args.presets
-             if getattr(args, "clamp_targets", False)
-             and apply_preset(TrainConfig(), p).ssl.teacher != "none"]
+    """The rows a seed trains: the presets, then (--clamp-targets) the twin of each one
+    that has a teacher, with the other clamping."""
+    twins = []
+    for preset in args.presets if getattr(args, "clamp_targets", False) else ():
+        ssl = apply_preset(TrainConfig(), preset).ssl
+        if ssl.teacher != "none":
+            twins.append(preset + ("+raw" if ssl.clamp_targets else "+clamp"))
     return list(args.presets) + twins
 
 
+def preset_of(row: str) -> tuple[str, bool | None]:
+    """A row's preset and its twin's clamp (None: the preset's own)."""
+    preset, plus, variant = row.partition("+")
+    return preset, TWINS[plus + variant] if plus else None
+
+
 def gaps(results: dict[str, list[float]]) -> list[tuple[str, str]]:
-    """The paired gaps to print: the targets' where both rows ran, then each clamped twin
-    against its preset and against supervised."""
+    """The paired gaps to print: the targets' where both rows ran, then each twin against
+    its preset and against supervised."""
     pairs = [(a, b) for a, b in GAPS if a in results and b in results]
-    for row in (r for r in results if r.endswith(CLAMPED)):
-        pairs += [(row, b) for b in (row.removesuffix(CLAMPED), "supervised") if b in results]
+    for row in (r for r in results if preset_of(r)[1] is not None):
+        pairs += [(row, b) for b in (preset_of(row)[0], "supervised") if b in results]
     return pairs
 
 
@@ -143,9 +152,10 @@ def run_seed(args: argparse.Namespace, seed: int, train_json: Path,
     say(f"seed {seed}: warm-up {args.warmup_steps} steps in {time.perf_counter() - t0:.0f}s")
     aps: dict[str, float] = {}
     for row in rows(args):
-        preset = row.removesuffix(CLAMPED)
+        preset, clamp = preset_of(row)
         cfg = shared_config(args, preset, seed, root / f"{row}-s{seed}", train_json, val_json)
-        cfg.ssl.clamp_targets = row.endswith(CLAMPED)
+        if clamp is not None:
+            cfg.ssl.clamp_targets = clamp
         cfg.ssl.init_from = str(root / f"warmup-s{seed}" / "checkpoints" / "last.pt")
         t0 = time.perf_counter()
         result = train(cfg)
@@ -181,7 +191,7 @@ def print_table(results: dict[str, list[float]]) -> None:
     print(f"{'preset':<20}{'AP (mean)':>10}  {'per seed':<24}paper AP (COCO 1K, R18)")
     for row, aps in results.items():
         seeds = " ".join(f"{a:.2f}" for a in aps)
-        paper = PRESETS[row.removesuffix(CLAMPED)].paper_ap
+        paper = PRESETS[preset_of(row)[0]].paper_ap
         print(f"{row:<20}{statistics.mean(aps):>10.2f}  {seeds:<24}{paper}")
     for a, b in gaps(results):
         diff = [x - y for x, y in zip(results[a], results[b])]
@@ -217,8 +227,8 @@ def main() -> None:
     p.add_argument("--schedule", choices=("paper", "cosine"), default="paper",
                    help="preset phase lr schedule (paper: x0.1 at 2/3 and 5/6 of the steps)")
     p.add_argument("--clamp-targets", action="store_true",
-                   help="also train each semi-supervised preset with the teacher's heatmaps "
-                        "clamped to [0, 1] (rows PRESET+clamp, same warm-up)")
+                   help="also train each semi-supervised preset with the other setting of "
+                        "clamped teacher heatmaps (rows PRESET+clamp / PRESET+raw, same warm-up)")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--jobs", type=int, default=0,

@@ -318,8 +318,9 @@ def test_cli_label_member_reaches_the_rounds(synthetic_small, tmp_path):
 
 def test_cli_training_options_reach_every_training_of_the_rounds(synthetic_small, tmp_path,
                                                                  monkeypatch):
-    """`posemum rounds --preset pose-mum-plus --clamp-targets --warmup-steps N` sets them in
-    the train config every stage copies; left out, both stay off (the paper's recipe)."""
+    """`posemum rounds --preset pose-mum-plus --no-clamp-targets --warmup-steps N` sets them
+    in the train config every stage copies; left out, the preset's clamp (on for
+    pose-mum-plus) and no warmup; --clamp-targets turns it on for another preset."""
     from typer.testing import CliRunner
 
     import posemum_deploy.rounds as rounds_lib
@@ -331,11 +332,13 @@ def test_cli_training_options_reach_every_training_of_the_rounds(synthetic_small
     base = ["rounds", "--labeled", str(synthetic_small), "--images", images, "--unlabeled",
             images, "--val-ann", str(synthetic_small), "--val-images", images,
             "--out", str(tmp_path / "run"), "--preset", "pose-mum-plus"]
-    for extra in (["--clamp-targets", "--warmup-steps", "50"], []):
+    for extra in (["--no-clamp-targets", "--warmup-steps", "50"], [],
+                  ["--preset", "mum"], ["--preset", "mum", "--clamp-targets"]):
         result = CliRunner().invoke(app, base + extra)
         assert result.exit_code == 0, result.output
-    on, off = (retrain_config(cfg, None) for cfg in seen)
-    assert on.ssl.teacher == "eman" and on.ssl.clamp_targets and on.optim.warmup_steps == 50
-    assert not off.ssl.clamp_targets and off.optim.warmup_steps == 0
+    raw, preset, mum, mum_clamped = (retrain_config(cfg, None) for cfg in seen)
+    assert raw.ssl.teacher == "eman" and not raw.ssl.clamp_targets and raw.optim.warmup_steps == 50
+    assert preset.ssl.clamp_targets and preset.optim.warmup_steps == 0
+    assert mum.ssl.mum and not mum.ssl.clamp_targets and mum_clamped.ssl.clamp_targets
     result = CliRunner().invoke(app, base + ["--warmup-steps", "-1"])
     assert result.exit_code == 2 and "--warmup-steps" in result.output

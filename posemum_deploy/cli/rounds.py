@@ -89,8 +89,8 @@ def rounds(
         0, "--warmup-steps", min=0,
         help="linear lr warmup from 0.001x over N steps (mmpose: 500); --schedule continue "
              "warms up once, in round 0"),
-    clamp_targets: bool = typer.Option(
-        False, "--clamp-targets/--no-clamp-targets",
+    clamp_targets: Optional[bool] = typer.Option(
+        None, "--clamp-targets/--no-clamp-targets", show_default="the preset's (pose-mum-plus: on)",
         help="semi-supervised presets: clamp the teacher's heatmaps to [0, 1] before the "
              "unlabeled loss (train --clamp-targets)"),
     workers: int = typer.Option(1, "--workers"),
@@ -109,7 +109,9 @@ def rounds(
     tcfg.optim.lr = lr
     tcfg.optim.epochs, tcfg.optim.batch_size, tcfg.optim.max_steps = epochs, batch_size, max_steps
     tcfg.optim.milestones = (int(epochs * 2 / 3), int(epochs * 5 / 6))
-    tcfg.optim.warmup_steps, tcfg.ssl.clamp_targets = warmup_steps, clamp_targets
+    tcfg.optim.warmup_steps = warmup_steps
+    if clamp_targets is not None:  # else the preset's
+        tcfg.ssl.clamp_targets = clamp_targets
     tcfg.runtime.seed = seed
     cfg = RoundsConfig(out=str(out), unlabeled=str(unlabeled), rounds=n_rounds, boxes=boxes,
                        backend=backend, init=init,

@@ -52,7 +52,7 @@ def train(
     steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch"),
     decay: Optional[float] = typer.Option(None, "--decay", help="teacher EMA/EMAN decay"),
     clamp_targets: Optional[bool] = typer.Option(
-        None, "--clamp-targets/--no-clamp-targets", show_default="off",
+        None, "--clamp-targets/--no-clamp-targets", show_default="the preset's (pose-mum-plus: on)",
         help="clamp the teacher's heatmaps to [0, 1] before the unlabeled loss"),
     workers: Optional[int] = typer.Option(None, "--workers", help="data loader processes"),
     decode: Optional[str] = typer.Option(

@@ -73,18 +73,20 @@ def test_ssl_synthetic_makes_a_data_folder_per_size(tmp_path):
     assert [len(json.loads(v.read_text())["images"]) for v in (val_a, val_b)] == [2, 4]
 
 
-def test_ssl_synthetic_clamp_targets_trains_a_clamped_twin_of_each_teacher_preset(tmp_path, capsys):
-    """--clamp-targets: pose-mum-plus trains twice from the same warm-up, clamped only in
-    its +clamp folder; supervised (no teacher) has no twin; the table pairs the twin."""
+def test_ssl_synthetic_clamp_targets_trains_a_twin_with_the_other_clamping(tmp_path, capsys):
+    """--clamp-targets: pose-mum-plus (clamped by its preset) and mum (raw) train twice from
+    the same warm-up, the twin with the other clamping (+raw, +clamp); supervised (no
+    teacher) has no twin; the table pairs each twin with its preset."""
     from posemum_deploy.training.config import TrainConfig
 
     bench = _load("ssl_synthetic")
-    args = argparse.Namespace(out=str(tmp_path), threads=1, presets=["supervised", "pose-mum-plus"],
+    args = argparse.Namespace(out=str(tmp_path), threads=1, presets=["supervised", "pose-mum-plus", "mum"],
                               clamp_targets=True, steps=3, warmup_steps=2, labeled=8,
                               input=(64, 64), tiles=(2, 2), batch=4, deconv_channels=32,
                               workers=0, lr=1e-3, device="cpu",
                               mix_stages=list(bench.SSLConfig.mix_stages), schedule="paper")
-    assert bench.rows(args) == ["supervised", "pose-mum-plus", "pose-mum-plus+clamp"]
+    assert bench.rows(args) == ["supervised", "pose-mum-plus", "mum", "pose-mum-plus+raw",
+                                "mum+clamp"]
     assert bench.rows(argparse.Namespace(presets=["pose-mum-plus"], clamp_targets=False)) \
         == ["pose-mum-plus"]
     train_json, val_json = bench.make_data(tmp_path / "data", 4, 2)
@@ -95,13 +97,13 @@ def test_ssl_synthetic_clamp_targets_trains_a_clamped_twin_of_each_teacher_prese
         torch.set_num_threads(threads_before)
     assert list(aps) == bench.rows(args)
     saved = {row: TrainConfig.load(tmp_path / f"{row}-s0" / "config.yaml") for row in aps}
-    assert [saved[r].ssl.clamp_targets for r in aps] == [False, False, True]
-    assert saved["pose-mum-plus+clamp"].ssl.init_from == saved["pose-mum-plus"].ssl.init_from
-    assert saved["pose-mum-plus+clamp"].ssl.teacher == "eman"
+    assert [saved[r].ssl.clamp_targets for r in aps] == [False, True, False, False, True]
+    assert saved["pose-mum-plus+raw"].ssl.init_from == saved["pose-mum-plus"].ssl.init_from
+    assert saved["pose-mum-plus+raw"].ssl.teacher == "eman" and saved["mum+clamp"].ssl.mum
     bench.print_table({row: [ap, ap + 1.0] for row, ap in aps.items()})
     printed = capsys.readouterr().out
-    assert "pose-mum-plus+clamp - pose-mum-plus: +0.00 ± 0.00" in printed
-    assert "pose-mum-plus+clamp - supervised" in printed
+    assert "pose-mum-plus+raw - pose-mum-plus: +0.00 ± 0.00" in printed
+    assert "mum+clamp - mum: +0.00 ± 0.00" in printed and "mum+clamp - supervised" in printed
 
 
 @pytest.mark.slow

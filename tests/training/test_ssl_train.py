@@ -73,6 +73,11 @@ def test_every_preset_builds_a_consistent_config():
     cfg = apply_preset(TrainConfig(), "pose-mum-plus")
     assert cfg.ssl.teacher == "eman" and cfg.ssl.decay is None and cfg.ssl.feature_mum
     assert not cfg.ssl.strong_affine  # Table 3: Pose-MUM row has no affine θ
+    # clamped teacher targets: pose-mum-plus and its decay sweeps; every paper row raw
+    clamped = {name for name in PRESETS if apply_preset(TrainConfig(), name).ssl.clamp_targets}
+    assert clamped == {"pose-mum-plus"} | {n for n in PRESETS if n.startswith("pose-mum-plus-")}
+    cfg = apply_preset(apply_preset(TrainConfig(), "pose-mum-plus"), "mum")
+    assert not cfg.ssl.clamp_targets  # a preset sets the clamp either way, never inherits it
 
 
 @pytest.mark.slow
