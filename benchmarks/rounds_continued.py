@@ -97,8 +97,7 @@ def run_continued_distillation(cfg: RoundsConfig, args: argparse.Namespace, seed
     unlabeled set's truth."""
     out = Path(cfg.out)
     if args.distill_teacher == "pose-mum-plus":
-        big = ssl_round0_and_continue(args, seed, sets, done)[1]
-        tag = "-pmp" + ("-clamp" if args.clamp_targets else "")
+        big, tag = ssl_whole_schedule(args, seed, sets, done), "-pmp" + ssl_knob(args, "")
     else:
         big, ap_big = trained(cfg, out / "d-teacher", None, backbone="resnet50",
                               optim=parts[0])
@@ -115,26 +114,32 @@ def run_continued_distillation(cfg: RoundsConfig, args: argparse.Namespace, seed
                       backbone="resnet18", init_from=student_start, optim=parts[1])[1])
 
 
+def ssl_knob(args: argparse.Namespace, unlabeled: str | None = None) -> str:
+    """The suffix of row e's folders: the unlabeled set's (pose-mum-plus learns from it
+    from step 0), then "-clamp" with --clamp-targets, so no unclamped cached stage is
+    reused."""
+    unl = unlabeled_knob(args) if unlabeled is None else unlabeled
+    return unl + ("-clamp" if args.clamp_targets else "")
+
+
 def ssl_config(args: argparse.Namespace, seed: int, sets: dict[str, Path]) -> RoundsConfig:
     """Row e's config: pose-mum-plus on the continued schedule, the unlabeled folder as
-    its unlabeled stream from step 0, in folders of its own per --clamp-targets ("-clamp":
-    no unclamped cached stage is reused)."""
-    unl = unlabeled_knob(args) + ("-clamp" if args.clamp_targets else "")
+    its unlabeled stream, in folders of their own (ssl_knob)."""
     ssl = base_config(args, seed, sets, Path(args.out) / f"s{seed}" /
-                      f"continue{args.teacher_steps + args.steps}-pmp{unl}",
+                      f"continue{args.teacher_steps + args.steps}-pmp{ssl_knob(args)}",
                       preset="pose-mum-plus")
     ssl.schedule, ssl.rounds = "continue", 1
     ssl.train.optim.max_steps = args.teacher_steps + args.steps
     return ssl
 
 
-def ssl_round0_and_continue(args: argparse.Namespace, seed: int, sets: dict[str, Path],
-                            done: Callable[[str, float], None]) -> tuple[str, str]:
-    """Row e's round 0 and e-continue (cached when row e trained them): their checkpoints."""
-    round0, whole = round0_and_continue(ssl_config(args, seed, sets), "e", "e-round0", True,
-                                        done)
+def ssl_whole_schedule(args: argparse.Namespace, seed: int, sets: dict[str, Path],
+                       done: Callable[[str, float], None]) -> str:
+    """The checkpoint of row e's model after the whole schedule: e-round0 continued
+    without pseudo-labels (e-continue; cached where row e trained it)."""
+    whole = round0_and_continue(ssl_config(args, seed, sets), "e", "e-round0", True, done)[1]
     assert whole is not None  # with_control: the continuation was trained
-    return round0, whole
+    return whole
 
 
 def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path],
@@ -182,9 +187,8 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
         done("e-control", res["e-continue"])
         return
     # last: the longest training, and e − e-continue already bounds e − e-control above
-    unl = unlabeled_knob(args) + ("-clamp" if args.clamp_targets else "")
-    single_and_control(ssl, Path(args.out) / f"s{seed}" / f"pmp-{ssl.train.optim.max_steps}{unl}",
-                       "e", "e-control", res, done)
+    single = Path(args.out) / f"s{seed}" / f"pmp-{ssl.train.optim.max_steps}{ssl_knob(args)}"
+    single_and_control(ssl, single, "e", "e-control", res, done)
 
 
 def round0_and_continue(cfg: RoundsConfig, prefix: str, round0: str, with_control: bool,
