@@ -97,7 +97,7 @@ def run_continued_distillation(cfg: RoundsConfig, args: argparse.Namespace, seed
     unlabeled set's truth."""
     out = Path(cfg.out)
     if args.distill_teacher == "pose-mum-plus":
-        big, tag = ssl_whole_schedule(args, seed, sets, done), "-pmp" + ssl_knob(args, "")
+        big, tag = ssl_whole_schedule(args, seed, sets, done), "-pmp" + clamp_knob(args)
     else:
         big, ap_big = trained(cfg, out / "d-teacher", None, backbone="resnet50",
                               optim=parts[0])
@@ -114,12 +114,16 @@ def run_continued_distillation(cfg: RoundsConfig, args: argparse.Namespace, seed
                       backbone="resnet18", init_from=student_start, optim=parts[1])[1])
 
 
-def ssl_knob(args: argparse.Namespace, unlabeled: str | None = None) -> str:
+def clamp_knob(args: argparse.Namespace) -> str:
+    """"-clamp" with --clamp-targets: clamped pose-mum-plus stages get folders of their
+    own, so no unclamped cached stage is reused."""
+    return "-clamp" if args.clamp_targets else ""
+
+
+def ssl_knob(args: argparse.Namespace) -> str:
     """The suffix of row e's folders: the unlabeled set's (pose-mum-plus learns from it
-    from step 0), then "-clamp" with --clamp-targets, so no unclamped cached stage is
-    reused."""
-    unl = unlabeled_knob(args) if unlabeled is None else unlabeled
-    return unl + ("-clamp" if args.clamp_targets else "")
+    from step 0), then the clamp's."""
+    return unlabeled_knob(args) + clamp_knob(args)
 
 
 def ssl_config(args: argparse.Namespace, seed: int, sets: dict[str, Path]) -> RoundsConfig:

@@ -234,8 +234,7 @@ def main() -> None:
                         "initial weights (row c-init runs the other)")
     p.add_argument("--noise", default="randaugment,cutout",
                    help="strong view of the pseudo crops: affine,randaugment,cutout,mum | none")
-    p.add_argument("--distill-teacher", choices=("round0", "full", "pose-mum-plus"),
-                   default="round0",
+    p.add_argument("--distill-teacher", choices=("round0", "full", "pose-mum-plus"), default="round0",
                    help="--schedule continue, row d: the ResNet-50 teacher trains the "
                         "schedule's first part as round 0 does, or the full schedule; or "
                         "the teacher is row e's ResNet-18 after the full schedule")
@@ -243,7 +242,8 @@ def main() -> None:
                    help="--schedule continue, row e: label with an ensemble of e-round0 and "
                         "K - 1 more pose-mum-plus round 0s with other training seeds (e-own: "
                         "the same student on e-round0's labels alone)")
-    p.add_argument("--clamp-targets", action="store_true", help="row e, row d's pose-mum-plus: clamped")
+    p.add_argument("--clamp-targets", action="store_true",
+                   help="train row e (and row d's pose-mum-plus teacher) --clamp-targets")
     p.add_argument("--no-single", action="store_true",
                    help="--schedule continue, row e: skip e-single (7,200 more steps); "
                         "e-control is then e-continue, an upper bound of e - e-control")
@@ -258,7 +258,7 @@ def main() -> None:
                    help="kept joints a person needs (calibrated thresholds keep joints that "
                         "are right 90%% of the time; a partial person is a good partial label)")
     p.add_argument("--jobs", type=int, default=1,
-                   help="seeds side by side (0: one per core; 3 seeds on 2 cores: sooner 1)")
+                   help="seeds side by side (0: one per core; 3 seeds on 2 cores finish sooner with 1)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per job")
     args = p.parse_args()
     if args.schedule == "continue" and set(args.rows) - {"a", "b", "d", "e", "q", "u"}:
@@ -267,7 +267,7 @@ def main() -> None:
         p.error(f"--distill-teacher {args.distill_teacher} needs --schedule continue "
                 "(restart: d-teacher trains --teacher-steps)")
     pmp_d = args.distill_teacher == "pose-mum-plus" and "d" in args.rows
-    if (args.label_members != 1 or args.no_single or args.clamp_targets and not pmp_d) and (
+    if (args.label_members != 1 or args.no_single or (args.clamp_targets and not pmp_d)) and (
             args.schedule != "continue" or "e" not in args.rows):
         p.error("--label-members / --no-single / --clamp-targets are for row e with "
                 "--schedule continue")
