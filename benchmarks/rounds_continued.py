@@ -158,7 +158,9 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
     `--label-members K` labels with an ensemble: e-round0 and K − 1 more pose-mum-plus
     round 0s on the same data with other training seeds (e-round0-seed*, their steps on
     top of the student's, as row d's teacher). e then continues e-round0 on the
-    ensemble's labels; e-own is the same student on e-round0's labels alone.
+    ensemble's labels; e-own is the same student on e-round0's labels alone. With row
+    u, e-u is that student on the unlabeled set's true labels (every visible joint): what
+    perfect labels would add to pose-mum-plus, the ceiling of e − e-control.
 
     `--clamp-targets` trains every pose-mum-plus stage with the teacher's heatmaps clamped
     to [0, 1] (`train --clamp-targets`), in folders of their own ("-clamp")."""
@@ -172,6 +174,10 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
                           optim=round1)[1])
     if "q" in args.rows:
         report_quality(own, sets["unlabeled"], done, own_row)
+    if "u" in args.rows:  # the same student on the unlabeled set's true labels: e's bound
+        truth = str(truth_as_pseudo(out, sets["unlabeled"], unlabeled_knob(args)))
+        done("e-u", trained(ssl, out / f"e-u{student_knobs(args)}", None, truth,
+                            init_from=teacher, optim=round1)[1])
     if args.label_members > 1:
         members = []
         for j in range(1, args.label_members):

@@ -28,9 +28,9 @@ test), at one total step budget:
        --label-members K labels with an ensemble of K pose-mum-plus round 0s (e-own: the
        same student on its own round 0's labels)
   u    the bound: b trained on the unlabeled set's hidden truth instead of its
-       pseudo-labels (perfect labels, every visible joint kept): what any labeling could
-       give at this budget; u − a ≤ 0 means the control is not data-limited here;
-       with b, also u-masked: the true positions only at the joints the labels kept
+       pseudo-labels (every visible joint kept): any labeling's ceiling at this budget
+       (u − a ≤ 0: the control is not data-limited); u-masked with b (true positions only
+       at the joints the labels kept); e-u with e (continue): e − e-control's ceiling
   q    pseudo-label quality against the hidden truth of the unlabeled set: share of
        kept joints within OKS 0.5, keep rate (kept / visible true joints), mean OKS; with
        TTA (q-*) and from one flip-test pass (q-notta-*), each at its calibrated thresholds
@@ -89,7 +89,7 @@ ROWS = ("a", "b", "c", "d", "e", "q", "u")
 GAPS = (("b", "a"), ("b", "a-single"), ("b", "a-restart"), ("b", "a-continue"), ("c-tta", "b"),
         ("c-noise", "b"), ("c-union", "b"), ("c-init", "b"), ("d", "a"), ("e", "e-control"),
         ("e", "e-single"), ("e", "e-continue"), ("e", "e-own"), ("e-own", "e-control"),
-        ("u", "a"))
+        ("u", "a"), ("e-u", "e-control"))
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:

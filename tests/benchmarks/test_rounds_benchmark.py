@@ -140,7 +140,8 @@ def test_continued_ssl_row_continues_pose_mum_plus_with_the_pseudo_labels(tmp_pa
 
 def test_clamped_ssl_row_trains_every_pose_mum_plus_stage_clamped_in_its_own_folders(tmp_path):
     """--clamp-targets: e-round0, e-continue and e train with ssl.clamp_targets, in
-    folders apart from the unclamped run's, so no cached unclamped stage is reused."""
+    folders apart from the unclamped run's, so no cached unclamped stage is reused. With
+    row u, e-u continues e-round0 on the unlabeled set's truth, as e does on its labels."""
     import subprocess
 
     import yaml
@@ -148,7 +149,7 @@ def test_clamped_ssl_row_trains_every_pose_mum_plus_stage_clamped_in_its_own_fol
     out = tmp_path / "bench"
     proc = subprocess.run([
         sys.executable, str(ROOT / "rounds_synthetic.py"), "--schedule", "continue",
-        "--teacher-steps", "8", "--steps", "4", "--rows", "e", "--seeds", "1",
+        "--teacher-steps", "8", "--steps", "4", "--rows", "e", "u", "--seeds", "1",
         "--no-single", "--clamp-targets", "--labeled-images", "8", "--unlabeled-images",
         "16", "--val-images", "8", "--min-joint-score", "0", "--min-instance-score", "0",
         "--no-calibrate", "--input", "64x64", "--tiles", "2x2", "--threads", "1",
@@ -156,10 +157,14 @@ def test_clamped_ssl_row_trains_every_pose_mum_plus_stage_clamped_in_its_own_fol
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "clamped targets" in proc.stdout
     assert "\ne - e-control" in proc.stdout and "e-single" not in proc.stdout
+    assert "\ne-u - e-control" in proc.stdout and "\nu - a" not in proc.stdout  # no row a
     run = out / "s0" / "continue12-pmp-u16-clamp"
-    for name in ("round0", "e-continue", "e-u16"):
+    for name in ("round0", "e-continue", "e-u16", "e-u-u16"):
         cfg = yaml.safe_load((run / name / "train" / "config.yaml").read_text())
         assert cfg["preset"] == "pose-mum-plus" and cfg["ssl"]["clamp_targets"] is True
+    truth = yaml.safe_load((run / "e-u-u16" / "train" / "config.yaml").read_text())
+    assert truth["pseudo"]["labels"] == str(run / "truth_as_pseudo-u16.json")
+    assert truth["ssl"]["init_from"] == str(run / "round0" / "train" / "checkpoints" / "best.pt")
     assert not (out / "s0" / "continue12-pmp-u16").exists()
 
 @pytest.mark.slow
