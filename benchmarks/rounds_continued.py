@@ -11,6 +11,7 @@ from pathlib import Path
 from rounds_label_quality import (  # benchmarks/ on sys.path
     report_quality,
     truth_as_pseudo,
+    truth_masked_as_pseudo,
 )
 from rounds_stages import (
     base_config,
@@ -160,7 +161,10 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
     top of the student's, as row d's teacher). e then continues e-round0 on the
     ensemble's labels; e-own is the same student on e-round0's labels alone. With row
     u, e-u is that student on the unlabeled set's true labels (every visible joint): what
-    perfect labels would add to pose-mum-plus, the ceiling of e − e-control.
+    perfect labels would add to pose-mum-plus, the ceiling of e − e-control; e-u-masked
+    the same with the true positions only at the joints e-round0's labels kept, which
+    splits e-own's distance to e-u into dropped joints (e-u − e-u-masked) and position
+    errors (e-u-masked − e-own).
 
     `--clamp-targets` trains every pose-mum-plus stage with the teacher's heatmaps clamped
     to [0, 1] (`train --clamp-targets`), in folders of their own ("-clamp")."""
@@ -175,9 +179,12 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
     if "q" in args.rows:
         report_quality(own, sets["unlabeled"], done, own_row)
     if "u" in args.rows:  # the same student on the unlabeled set's true labels: e's bound
-        truth = str(truth_as_pseudo(out, sets["unlabeled"], unlabeled_knob(args)))
-        done("e-u", trained(ssl, out / f"e-u{student_knobs(args)}", None, truth,
+        truth = truth_as_pseudo(out, sets["unlabeled"], unlabeled_knob(args))
+        done("e-u", trained(ssl, out / f"e-u{student_knobs(args)}", None, str(truth),
                             init_from=teacher, optim=round1)[1])
+        masked = truth_masked_as_pseudo(out, truth, own, label_knobs(args))
+        done("e-u-masked", trained(ssl, out / f"e-u-masked{student_knobs(args)}", None,
+                                   str(masked), init_from=teacher, optim=round1)[1])
     if args.label_members > 1:
         members = []
         for j in range(1, args.label_members):

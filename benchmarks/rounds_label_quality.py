@@ -103,3 +103,14 @@ def truth_as_pseudo(out: Path, unlabeled: Path, knob: str = "") -> Path:
             ann["score"] = 1.0
         truth.write_text(json.dumps(coco))
     return truth
+
+
+def truth_masked_as_pseudo(out: Path, truth: Path, pseudo: str, knob: str = "") -> Path:
+    """`truth_at_kept_joints` of the truth file `truth` (truth_as_pseudo) and the labels
+    `pseudo`, written once as out/truth_masked_as_pseudo{knob}.json (row u-masked); `knob`
+    names the labels' knobs (rounds_stages.label_knobs)."""
+    masked = out / f"truth_masked_as_pseudo{knob}.json"
+    if not masked.is_file():
+        masked.write_text(json.dumps(truth_at_kept_joints(
+            json.loads(truth.read_text()), json.loads(Path(pseudo).read_text()))))
+    return masked

@@ -58,7 +58,6 @@ paired gaps (b−a, c−b, d−a, e−e-control), mean ± standard error over se
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import statistics
 import time
@@ -69,7 +68,7 @@ import torch
 
 # benchmarks/ is on sys.path when run
 from rounds_continued import run_continued
-from rounds_label_quality import report_quality, truth_as_pseudo, truth_at_kept_joints
+from rounds_label_quality import report_quality, truth_as_pseudo, truth_masked_as_pseudo
 from rounds_stages import (
     UNLABELED_IMAGES,
     base_config,
@@ -159,10 +158,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
         truth = truth_as_pseudo(out, sets["unlabeled"], unl)
         done("u", trained(cfg, student("u"), args.steps, str(truth), init_from=start)[1])
         if rows & {"b", "c", "q"}:  # the true positions at the joints the labels kept
-            masked = out / f"truth_masked_as_pseudo{label_knobs(args)}.json"
-            if not masked.is_file():
-                masked.write_text(json.dumps(truth_at_kept_joints(
-                    json.loads(truth.read_text()), json.loads(Path(pseudo).read_text()))))
+            masked = truth_masked_as_pseudo(out, truth, pseudo, label_knobs(args))
             done("u-masked", trained(cfg, student("u-masked"), args.steps, str(masked),
                                      init_from=start)[1])
     if "d" in rows:

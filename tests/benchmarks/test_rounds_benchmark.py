@@ -141,7 +141,8 @@ def test_continued_ssl_row_continues_pose_mum_plus_with_the_pseudo_labels(tmp_pa
 def test_clamped_ssl_row_trains_every_pose_mum_plus_stage_clamped_in_its_own_folders(tmp_path):
     """--clamp-targets: e-round0, e-continue and e train with ssl.clamp_targets, in
     folders apart from the unclamped run's, so no cached unclamped stage is reused. With
-    row u, e-u continues e-round0 on the unlabeled set's truth, as e does on its labels."""
+    row u, e-u continues e-round0 on the unlabeled set's truth, as e does on its labels,
+    and e-u-masked on the truth at the joints e-round0's labels kept."""
     import subprocess
 
     import yaml
@@ -159,12 +160,18 @@ def test_clamped_ssl_row_trains_every_pose_mum_plus_stage_clamped_in_its_own_fol
     assert "\ne - e-control" in proc.stdout and "e-single" not in proc.stdout
     assert "\ne-u - e-control" in proc.stdout and "\nu - a" not in proc.stdout  # no row a
     run = out / "s0" / "continue12-pmp-u16-clamp"
-    for name in ("round0", "e-continue", "e-u16", "e-u-u16"):
+    for name in ("round0", "e-continue", "e-u16", "e-u-u16", "e-u-masked-u16"):
         cfg = yaml.safe_load((run / name / "train" / "config.yaml").read_text())
         assert cfg["preset"] == "pose-mum-plus" and cfg["ssl"]["clamp_targets"] is True
-    truth = yaml.safe_load((run / "e-u-u16" / "train" / "config.yaml").read_text())
-    assert truth["pseudo"]["labels"] == str(run / "truth_as_pseudo-u16.json")
-    assert truth["ssl"]["init_from"] == str(run / "round0" / "train" / "checkpoints" / "best.pt")
+    start = str(run / "round0" / "train" / "checkpoints" / "best.pt")
+    for name, labels in (("e-u-u16", "truth_as_pseudo-u16.json"),
+                         ("e-u-masked-u16", "truth_masked_as_pseudo-u16.json")):
+        cfg = yaml.safe_load((run / name / "train" / "config.yaml").read_text())
+        assert cfg["pseudo"]["labels"] == str(run / labels) and cfg["ssl"]["init_from"] == start
+    truth = json.loads((run / "truth_as_pseudo-u16.json").read_text())["annotations"]
+    masked = json.loads((run / "truth_masked_as_pseudo-u16.json").read_text())["annotations"]
+    own = json.loads((run / "labels-u16" / "pseudo.json").read_text())["annotations"]
+    assert len(masked) <= min(len(truth), len(own))  # persons the labels kept, true joints
     assert not (out / "s0" / "continue12-pmp-u16").exists()
 
 @pytest.mark.slow
