@@ -94,11 +94,18 @@ def run_continued_distillation(cfg: RoundsConfig, args: argparse.Namespace, seed
     `--distill-teacher pose-mum-plus` labels with row e's model after the whole schedule
     (e-continue: a ResNet-18 trained with pose-mum-plus on the labeled split and the
     unlabeled folder; clamped with --clamp-targets): a teacher that knows more than the
-    student without a bigger backbone. With row q, its labels are scored against the
+    student without a bigger backbone. `pose-mum-plus-r50` trains that teacher as a
+    ResNet-50 for the schedule's first part (d-teacher-pmp, as d-teacher: the costlier
+    backbone at round 0's length). With row q, its labels are scored against the
     unlabeled set's truth."""
     out = Path(cfg.out)
     if args.distill_teacher == "pose-mum-plus":
         big, tag = ssl_whole_schedule(args, seed, sets, done), "-pmp" + clamp_knob(args)
+    elif args.distill_teacher == "pose-mum-plus-r50":
+        ssl50 = ssl_config(args, seed, sets, backbone="resnet50")
+        big, ap_big = trained(ssl50, Path(ssl50.out) / "round0", None, optim=parts[0])
+        done("d-teacher-pmp", ap_big)
+        tag = "-pmp-r50" + clamp_knob(args)
     else:
         big, ap_big = trained(cfg, out / "d-teacher", None, backbone="resnet50",
                               optim=parts[0])
@@ -127,12 +134,15 @@ def ssl_knob(args: argparse.Namespace) -> str:
     return unlabeled_knob(args) + clamp_knob(args)
 
 
-def ssl_config(args: argparse.Namespace, seed: int, sets: dict[str, Path]) -> RoundsConfig:
+def ssl_config(args: argparse.Namespace, seed: int, sets: dict[str, Path],
+               backbone: str = "resnet18") -> RoundsConfig:
     """Row e's config: pose-mum-plus on the continued schedule, the unlabeled folder as
-    its unlabeled stream, in folders of their own (ssl_knob)."""
+    its unlabeled stream, in folders of their own (ssl_knob; "-r50" for a ResNet-50)."""
+    size = "" if backbone == "resnet18" else f"-r{backbone.removeprefix('resnet')}"
     ssl = base_config(args, seed, sets, Path(args.out) / f"s{seed}" /
-                      f"continue{args.teacher_steps + args.steps}-pmp{ssl_knob(args)}",
+                      f"continue{args.teacher_steps + args.steps}-pmp{size}{ssl_knob(args)}",
                       preset="pose-mum-plus")
+    ssl.train.model.backbone = backbone
     ssl.schedule, ssl.rounds = "continue", 1
     ssl.train.optim.max_steps = args.teacher_steps + args.steps
     return ssl

@@ -22,7 +22,7 @@ test), at one total step budget:
        other --init)
   d    ResNet-50 teacher (steps on the labeled split) → ResNet-18 student as in b,
        against row a (a ResNet-18 with as many steps as teacher + student);
-       --distill-teacher picks the teacher's schedule, or row e's model as teacher
+       --distill-teacher: its schedule, or a pose-mum-plus teacher (e's model, a ResNet-50)
   e    pose-mum-plus: round 0 → round 1 retrained with the preset on mixed batches,
        against e-control (pose-mum-plus for all the steps without pseudo-labels);
        --label-members K labels with an ensemble of K pose-mum-plus round 0s (e-own: the
@@ -230,10 +230,12 @@ def main() -> None:
                         "initial weights (row c-init runs the other)")
     p.add_argument("--noise", default="randaugment,cutout",
                    help="strong view of the pseudo crops: affine,randaugment,cutout,mum | none")
-    p.add_argument("--distill-teacher", choices=("round0", "full", "pose-mum-plus"), default="round0",
+    p.add_argument("--distill-teacher", default="round0",
+                   choices=("round0", "full", "pose-mum-plus", "pose-mum-plus-r50"),
                    help="--schedule continue, row d: the ResNet-50 teacher trains the "
                         "schedule's first part as round 0 does, or the full schedule; or "
-                        "the teacher is row e's ResNet-18 after the full schedule")
+                        "the teacher is row e's ResNet-18 after the full schedule, or a "
+                        "pose-mum-plus ResNet-50 trained as round 0")
     p.add_argument("--label-members", type=int, default=1,
                    help="--schedule continue, row e: label with an ensemble of e-round0 and "
                         "K - 1 more pose-mum-plus round 0s with other training seeds (e-own: "
@@ -262,7 +264,7 @@ def main() -> None:
     if args.distill_teacher != "round0" and args.schedule != "continue":
         p.error(f"--distill-teacher {args.distill_teacher} needs --schedule continue "
                 "(restart: d-teacher trains --teacher-steps)")
-    pmp_d = args.distill_teacher == "pose-mum-plus" and "d" in args.rows
+    pmp_d = args.distill_teacher.startswith("pose-mum-plus") and "d" in args.rows
     if (args.label_members != 1 or args.no_single or (args.clamp_targets and not pmp_d)) and (
             args.schedule != "continue" or "e" not in args.rows):
         p.error("--label-members / --no-single / --clamp-targets are for row e with "

@@ -211,10 +211,12 @@ def test_continued_distillation_with_a_full_schedule_teacher(tmp_path):
 
 
 @pytest.mark.slow
-def test_continued_distillation_from_the_clamped_pose_mum_plus_schedule(tmp_path):
-    """Row d with --distill-teacher pose-mum-plus --clamp-targets, tiny, rows d alone: row
-    e's clamped round 0 and e-continue train in row e's folder, e-continue labels the
-    folder, the ResNet-18 round 0 continues on those labels; row a is not trained."""
+@pytest.mark.parametrize("teacher", ["pose-mum-plus", "pose-mum-plus-r50"])
+def test_continued_distillation_from_a_clamped_pose_mum_plus_teacher(tmp_path, teacher):
+    """Row d with --distill-teacher pose-mum-plus[-r50] --clamp-targets, tiny, rows d alone:
+    row e's clamped round 0 and e-continue (or a clamped pose-mum-plus ResNet-50 trained
+    as round 0) label the folder, the ResNet-18 round 0 continues on those labels; row a
+    is not trained."""
     import subprocess
 
     import yaml
@@ -223,28 +225,33 @@ def test_continued_distillation_from_the_clamped_pose_mum_plus_schedule(tmp_path
     proc = subprocess.run([
         sys.executable, str(ROOT / "rounds_synthetic.py"), "--schedule", "continue",
         "--teacher-steps", "8", "--steps", "4", "--rows", "d", "--seeds", "1",
-        "--distill-teacher", "pose-mum-plus", "--clamp-targets", "--labeled-images", "8",
+        "--distill-teacher", teacher, "--clamp-targets", "--labeled-images", "8",
         "--unlabeled-images", "16", "--val-images", "8", "--min-joint-score", "0",
         "--min-instance-score", "0", "--min-joints", "1", "--no-calibrate", "--input", "64x64",
         "--tiles", "2x2", "--threads", "1", "--out", str(out)],
         capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
-    assert {"round0", "e-round0", "e-continue", "d"} <= rows, proc.stdout
+    r50 = teacher.endswith("r50")
+    assert {"round0", "d", *(("d-teacher-pmp",) if r50 else ("e-round0", "e-continue"))} <= rows
     assert not rows & {"a", "a-single", "a-continue", "d-teacher"}, proc.stdout
-    run, ssl = out / "s0" / "continue12", out / "s0" / "continue12-pmp-u16-clamp"
+    tag = "-pmp-r50-clamp" if r50 else "-pmp-clamp"
+    run, ssl = out / "s0" / "continue12", out / "s0" / f"continue12-pmp{'-r50' if r50 else ''}-u16-clamp"
+    big = ssl / ("round0" if r50 else "e-continue")
 
-    def config(folder, name):
-        return yaml.safe_load((folder / name / "train" / "config.yaml").read_text())
+    def config(folder):
+        return yaml.safe_load((folder / "train" / "config.yaml").read_text())
 
-    teacher, student = config(ssl, "e-continue"), config(run, "d-pmp-clamp-u16")
-    assert teacher["preset"] == "pose-mum-plus" and teacher["ssl"]["clamp_targets"] is True
+    t, student = config(big), config(run / f"d{tag}-u16")
+    assert t["preset"] == "pose-mum-plus" and t["ssl"]["clamp_targets"] is True
+    assert t["model"]["backbone"] == ("resnet50" if r50 else "resnet18")
+    if r50:  # trained as round 0: the schedule's first part from scratch
+        assert t["optim"]["max_steps"] == 8 and not t["ssl"]["init_from"]
     assert student["preset"] == "supervised" and student["model"]["backbone"] == "resnet18"
     assert student["ssl"]["init_from"] == str(run / "round0" / "train" / "checkpoints" / "best.pt")
-    assert student["pseudo"]["labels"] == str(run / "d-labels-pmp-clamp-u16" / "pseudo.json")
-    stages = json.loads((run / "d-labels-pmp-clamp-u16" / "stages.json").read_text())
-    assert stages["export"]["artifact"] == str(ssl / "e-continue" / "train" / "checkpoints" /
-                                               "best.pt")
+    assert student["pseudo"]["labels"] == str(run / f"d-labels{tag}-u16" / "pseudo.json")
+    stages = json.loads((run / f"d-labels{tag}-u16" / "stages.json").read_text())
+    assert stages["export"]["artifact"] == str(big / "train" / "checkpoints" / "best.pt")
     assert not (run / "labeled-12").exists() and not (run / "a-continue").exists()
 
 
