@@ -99,27 +99,40 @@ def run_continued_distillation(cfg: RoundsConfig, args: argparse.Namespace, seed
     backbone at round 0's length). With row q, its labels are scored against the
     unlabeled set's truth."""
     out = Path(cfg.out)
-    if args.distill_teacher == "pose-mum-plus":
-        big, tag = ssl_whole_schedule(args, seed, sets, done), "-pmp" + clamp_knob(args)
-    elif args.distill_teacher == "pose-mum-plus-r50":
-        ssl50 = ssl_config(args, seed, sets, backbone="resnet50")
-        big, ap_big = trained(ssl50, Path(ssl50.out) / "round0", None, optim=parts[0])
-        done("d-teacher-pmp", ap_big)
-        tag = "-pmp-r50" + clamp_knob(args)
+    if args.distill_teacher == "pose-mum-plus-r50":  # its labels shared with row e's
+        pseudo, tag = pmp_r50_labels(args, seed, sets, done), "-pmp-r50" + clamp_knob(args)
     else:
-        big, ap_big = trained(cfg, out / "d-teacher", None, backbone="resnet50",
-                              optim=parts[0])
-        done("d-teacher", ap_big)
-        tag = "-full" if args.distill_teacher == "full" else ""
-    if tag == "-full":  # the same decayed epochs as the student's, labeled-only
-        big, ap_big = trained(cfg, out / "d-teacher-full", None, backbone="resnet50",
-                              init_from=big, optim=parts[1])
-        done("d-teacher-full", ap_big)
-    pseudo = pseudo_labels(cfg, out / f"d-labels{tag}{label_knobs(args)}", big)
+        if args.distill_teacher == "pose-mum-plus":
+            big, tag = ssl_whole_schedule(args, seed, sets, done), "-pmp" + clamp_knob(args)
+        else:
+            big, ap_big = trained(cfg, out / "d-teacher", None, backbone="resnet50",
+                                  optim=parts[0])
+            done("d-teacher", ap_big)
+            tag = "-full" if args.distill_teacher == "full" else ""
+        if tag == "-full":  # the same decayed epochs as the student's, labeled-only
+            big, ap_big = trained(cfg, out / "d-teacher-full", None, backbone="resnet50",
+                                  init_from=big, optim=parts[1])
+            done("d-teacher-full", ap_big)
+        pseudo = pseudo_labels(cfg, out / f"d-labels{tag}{label_knobs(args)}", big)
     if "q" in args.rows:
         report_quality(pseudo, sets["unlabeled"], done, "d")
     done("d", trained(cfg, out / f"d{tag}{student_knobs(args)}", None, pseudo,
                       backbone="resnet18", init_from=student_start, optim=parts[1])[1])
+
+
+def pmp_r50_labels(args: argparse.Namespace, seed: int, sets: dict[str, Path],
+                   done: Callable[[str, float], None]) -> str:
+    """The folder's labels by a pose-mum-plus ResNet-50 trained as round 0 (d-teacher-pmp:
+    the schedule's first part, clamped with --clamp-targets), in row d's folders: row d
+    (--distill-teacher pose-mum-plus-r50) and row e (--label-teacher pose-mum-plus-r50)
+    share the teacher and its labels, cached for both. The json path."""
+    ssl50 = ssl_config(args, seed, sets, backbone="resnet50")
+    first = continued_schedule(ssl50.train.optim, 1)[0]  # round 0's part for any --rounds
+    big, ap_big = trained(ssl50, Path(ssl50.out) / "round0", None, optim=first)
+    done("d-teacher-pmp", ap_big)
+    d_out = Path(args.out) / f"s{seed}" / f"continue{args.teacher_steps + args.steps}"
+    return pseudo_labels(ssl50, d_out / f"d-labels-pmp-r50{clamp_knob(args)}{label_knobs(args)}",
+                         big)
 
 
 def clamp_knob(args: argparse.Namespace) -> str:
@@ -169,7 +182,9 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
     `--label-members K` labels with an ensemble: e-round0 and K − 1 more pose-mum-plus
     round 0s on the same data with other training seeds (e-round0-seed*, their steps on
     top of the student's, as row d's teacher). e then continues e-round0 on the
-    ensemble's labels; e-own is the same student on e-round0's labels alone. With row
+    ensemble's labels; e-own is the same student on e-round0's labels alone.
+    `--label-teacher pose-mum-plus-r50` labels with row d's pose-mum-plus ResNet-50 round 0
+    instead (pmp_r50_labels), a labeler that knows more than e-round0. With row
     u, e-u is that student on the unlabeled set's true labels (every visible joint): what
     perfect labels would add to pose-mum-plus, the ceiling of e − e-control; e-u-masked
     the same with the true positions only at the joints e-round0's labels kept, which
@@ -183,7 +198,7 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
     out = Path(ssl.out)
     teacher = round0_and_continue(ssl, "e", "e-round0", True, done)[0]
     own = pseudo_labels(ssl, out / f"labels{label_knobs(args)}", teacher)
-    own_row = "e" if args.label_members == 1 else "e-own"
+    own_row = "e" if args.label_members == 1 and args.label_teacher == "round0" else "e-own"
     done(own_row, trained(ssl, out / f"e{student_knobs(args)}", None, own, init_from=teacher,
                           optim=round1)[1])
     if "q" in args.rows:
@@ -209,6 +224,12 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
         if "q" in args.rows:
             report_quality(pseudo, sets["unlabeled"], done, "e")
         done("e", trained(ssl, out / f"e{ens}{student_knobs(args)}", None, pseudo,
+                          init_from=teacher, optim=round1)[1])
+    if args.label_teacher == "pose-mum-plus-r50":  # a teacher that knows more: row d's
+        pseudo = pmp_r50_labels(args, seed, sets, done)
+        if "q" in args.rows:
+            report_quality(pseudo, sets["unlabeled"], done, "e")
+        done("e", trained(ssl, out / f"e-pmp-r50{student_knobs(args)}", None, pseudo,
                           init_from=teacher, optim=round1)[1])
     if args.no_single:
         done("e-control", res["e-continue"])

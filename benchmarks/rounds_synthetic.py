@@ -25,8 +25,8 @@ test), at one total step budget:
        --distill-teacher: its schedule, or a pose-mum-plus teacher (e's model, a ResNet-50)
   e    pose-mum-plus: round 0 → round 1 retrained with the preset on mixed batches,
        against e-control (pose-mum-plus for all the steps without pseudo-labels);
-       --label-members K labels with an ensemble of K pose-mum-plus round 0s (e-own: the
-       same student on its own round 0's labels)
+       --label-members K labels with an ensemble of K pose-mum-plus round 0s, --label-teacher
+       with row d's pose-mum-plus ResNet-50 (e-own: the student on its round 0's labels)
   u    the bound: b trained on the unlabeled set's hidden truth instead of its
        pseudo-labels (every visible joint kept): any labeling's ceiling at this budget
        (u − a ≤ 0: the control is not data-limited); u-masked with b (true positions only
@@ -35,13 +35,11 @@ test), at one total step budget:
        kept joints within OKS 0.5, keep rate (kept / visible true joints), mean OKS; with
        TTA (q-*) and from one flip-test pass (q-notta-*), each at its calibrated thresholds
 
-With --schedule continue (rounds --schedule continue) the run is one schedule of
---teacher-steps + --steps: round 0 trains its first 2/3, up to the first LR decay, and
-round 1 (or --rounds R, splitting the rest) continues it from round 0's model at the
-decayed LR on mixed batches; a-continue is that continuation labeled-only, a-single the
-schedule unbroken, u round 1 on the unlabeled set's true labels; row e trains the same
-schedule with pose-mum-plus (e-single, e-round0, e-continue, e) and row d labels with a
-ResNet-50 round 0 (d-teacher) what the ResNet-18 round 0 continues on (rows a b d e q u).
+With --schedule continue (rows a b d e q u) the run is one schedule of --teacher-steps +
+--steps: round 0 trains its first 2/3, up to the first LR decay; round 1 (or --rounds R,
+splitting the rest) continues round 0's model at the decayed LR on mixed batches
+(a-continue: labeled-only, a-single: the schedule unbroken); row e trains the schedule
+with pose-mum-plus, row d continues the ResNet-18 round 0 on a ResNet-50's labels.
 
 The table gives each row's AP as the mean over seeds with the per-seed values, then the
 paired gaps (b−a, c−b, d−a, e−e-control), mean ± standard error over seeds. With --steps
@@ -238,8 +236,10 @@ def main() -> None:
                         "pose-mum-plus ResNet-50 trained as round 0")
     p.add_argument("--label-members", type=int, default=1,
                    help="--schedule continue, row e: label with an ensemble of e-round0 and "
-                        "K - 1 more pose-mum-plus round 0s with other training seeds (e-own: "
-                        "the same student on e-round0's labels alone)")
+                        "K - 1 more with other seeds (e-own: e-round0's labels alone)")
+    p.add_argument("--label-teacher", choices=("round0", "pose-mum-plus-r50"), default="round0",
+                   help="--schedule continue, row e: label with e-round0, or with row d's "
+                        "pose-mum-plus ResNet-50 round 0 (e-own: e-round0's labels)")
     p.add_argument("--clamp-targets", action="store_true",
                    help="train row e (and row d's pose-mum-plus teacher) --clamp-targets")
     p.add_argument("--no-single", action="store_true",
@@ -265,12 +265,14 @@ def main() -> None:
         p.error(f"--distill-teacher {args.distill_teacher} needs --schedule continue "
                 "(restart: d-teacher trains --teacher-steps)")
     pmp_d = args.distill_teacher.startswith("pose-mum-plus") and "d" in args.rows
-    if (args.label_members != 1 or args.no_single or (args.clamp_targets and not pmp_d)) and (
-            args.schedule != "continue" or "e" not in args.rows):
-        p.error("--label-members / --no-single / --clamp-targets are for row e with "
-                "--schedule continue")
-    if args.label_members < 1:
-        p.error(f"--label-members {args.label_members}: give 1 (e-round0 alone) or more")
+    row_e_only = (args.label_members != 1, args.no_single, args.label_teacher != "round0",
+                  args.clamp_targets and not pmp_d)
+    if any(row_e_only) and (args.schedule != "continue" or "e" not in args.rows):
+        p.error("--label-members / --label-teacher / --no-single / --clamp-targets are for "
+                "row e with --schedule continue")
+    if args.label_members < 1 or (args.label_members > 1 and args.label_teacher != "round0"):
+        p.error(f"--label-members {args.label_members}: give 1 (e-round0 alone, or "
+                "--label-teacher's) or more (an ensemble with e-round0, no --label-teacher)")
     if args.rounds != 1 and args.schedule != "continue":
         p.error("--rounds needs --schedule continue (restart runs one round)")
     args.jobs = args.jobs or max(1, min(args.seeds, usable_cpus()))

@@ -255,6 +255,56 @@ def test_continued_distillation_from_a_clamped_pose_mum_plus_teacher(tmp_path, t
     assert not (run / "labeled-12").exists() and not (run / "a-continue").exists()
 
 
+@pytest.mark.slow
+def test_row_e_labels_with_row_ds_pose_mum_plus_resnet50(tmp_path):
+    """--label-teacher pose-mum-plus-r50 with rows d and e, tiny: one clamped pose-mum-plus
+    ResNet-50 round 0 labels the folder once; row d's ResNet-18 and row e's e-round0 both
+    continue on those labels (e), e-own on e-round0's own labels."""
+    import subprocess
+
+    import yaml
+
+    out = tmp_path / "bench"
+    proc = subprocess.run([
+        sys.executable, str(ROOT / "rounds_synthetic.py"), "--schedule", "continue",
+        "--teacher-steps", "8", "--steps", "4", "--rows", "d", "e", "--seeds", "1",
+        "--distill-teacher", "pose-mum-plus-r50", "--label-teacher", "pose-mum-plus-r50",
+        "--clamp-targets", "--no-single", "--labeled-images", "8", "--unlabeled-images", "16",
+        "--val-images", "8", "--min-joint-score", "0", "--min-instance-score", "0",
+        "--no-calibrate", "--input", "64x64", "--tiles", "2x2", "--threads", "1",
+        "--out", str(out)], capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for row in ("e-own ", "e ", "d ", "e - e-own:", "e - e-control:"):
+        assert f"\n{row}" in proc.stdout, proc.stdout
+    seed = out / "s0"
+    labels = seed / "continue12" / "d-labels-pmp-r50-clamp-u16"
+    e_run = seed / "continue12-pmp-u16-clamp"
+
+    def config(folder):
+        return yaml.safe_load((folder / "train" / "config.yaml").read_text())
+
+    e, own, d = (config(e_run / "e-pmp-r50-u16"), config(e_run / "e-u16"),
+                 config(seed / "continue12" / "d-pmp-r50-clamp-u16"))
+    assert e["pseudo"]["labels"] == d["pseudo"]["labels"] == str(labels / "pseudo.json")
+    assert own["pseudo"]["labels"] == str(e_run / "labels-u16" / "pseudo.json")
+    assert e["preset"] == "pose-mum-plus" and e["ssl"]["clamp_targets"] is True
+    assert e["ssl"]["init_from"] == str(e_run / "round0" / "train" / "checkpoints" / "best.pt")
+    big = seed / "continue12-pmp-r50-u16-clamp" / "round0" / "train" / "checkpoints" / "best.pt"
+    assert json.loads((labels / "stages.json").read_text())["export"]["artifact"] == str(big)
+
+
+def test_label_teacher_is_for_row_e_alone_and_not_an_ensemble():
+    import subprocess
+
+    base = [sys.executable, str(ROOT / "rounds_synthetic.py"), "--schedule", "continue",
+            "--label-teacher", "pose-mum-plus-r50"]
+    for extra, message in ((["--rows", "d"], "are for row e with --schedule continue"),
+                           (["--rows", "e", "--label-members", "2"], "no --label-teacher")):
+        proc = subprocess.run(base + extra, capture_output=True, text=True, timeout=120,
+                              check=False)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
 def test_full_schedule_teacher_needs_the_continued_schedule():
     import subprocess
 
