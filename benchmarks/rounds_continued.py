@@ -184,7 +184,7 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
     top of the student's, as row d's teacher). e then continues e-round0 on the
     ensemble's labels; e-own is the same student on e-round0's labels alone.
     `--label-teacher pose-mum-plus-r50` labels with row d's pose-mum-plus ResNet-50 round 0
-    instead (pmp_r50_labels), a labeler that knows more than e-round0. With row
+    instead (pmp_r50_labels): labels from another model than the student. With row
     u, e-u is that student on the unlabeled set's true labels (every visible joint): what
     perfect labels would add to pose-mum-plus, the ceiling of e − e-control; e-u-masked
     the same with the true positions only at the joints e-round0's labels kept, which
@@ -225,7 +225,7 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
             report_quality(pseudo, sets["unlabeled"], done, "e")
         done("e", trained(ssl, out / f"e{ens}{student_knobs(args)}", None, pseudo,
                           init_from=teacher, optim=round1)[1])
-    if args.label_teacher == "pose-mum-plus-r50":  # a teacher that knows more: row d's
+    if args.label_teacher == "pose-mum-plus-r50":  # another model labels: row d's
         pseudo = pmp_r50_labels(args, seed, sets, done)
         if "q" in args.rows:
             report_quality(pseudo, sets["unlabeled"], done, "e")
