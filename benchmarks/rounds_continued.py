@@ -120,16 +120,23 @@ def run_continued_distillation(cfg: RoundsConfig, args: argparse.Namespace, seed
                       backbone="resnet18", init_from=student_start, optim=parts[1])[1])
 
 
-def pmp_r50_labels(args: argparse.Namespace, seed: int, sets: dict[str, Path],
-                   done: Callable[[str, float], None]) -> str:
-    """The folder's labels by a pose-mum-plus ResNet-50 trained as round 0 (d-teacher-pmp:
-    the schedule's first part, clamped with --clamp-targets), in row d's folders: row d
-    (--distill-teacher pose-mum-plus-r50) and row e (--label-teacher pose-mum-plus-r50)
-    share the teacher and its labels, cached for both. The json path."""
+def pmp_r50_teacher(args: argparse.Namespace, seed: int, sets: dict[str, Path],
+                    done: Callable[[str, float], None]) -> tuple[RoundsConfig, str]:
+    """(config, checkpoint) of a pose-mum-plus ResNet-50 trained as round 0 (d-teacher-pmp:
+    the schedule's first part, clamped with --clamp-targets), cached for rows d and e."""
     ssl50 = ssl_config(args, seed, sets, backbone="resnet50")
     first = continued_schedule(ssl50.train.optim, 1)[0]  # round 0's part for any --rounds
     big, ap_big = trained(ssl50, Path(ssl50.out) / "round0", None, optim=first)
     done("d-teacher-pmp", ap_big)
+    return ssl50, big
+
+
+def pmp_r50_labels(args: argparse.Namespace, seed: int, sets: dict[str, Path],
+                   done: Callable[[str, float], None]) -> str:
+    """The folder's labels by the pose-mum-plus ResNet-50 round 0 (pmp_r50_teacher), in
+    row d's folders: row d (--distill-teacher pose-mum-plus-r50) and row e (--label-teacher
+    pose-mum-plus-r50) share the teacher and its labels. The json path."""
+    ssl50, big = pmp_r50_teacher(args, seed, sets, done)
     d_out = Path(args.out) / f"s{seed}" / f"continue{args.teacher_steps + args.steps}"
     return pseudo_labels(ssl50, d_out / f"d-labels-pmp-r50{clamp_knob(args)}{label_knobs(args)}",
                          big)
@@ -184,7 +191,8 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
     top of the student's, as row d's teacher). e then continues e-round0 on the
     ensemble's labels; e-own is the same student on e-round0's labels alone.
     `--label-teacher pose-mum-plus-r50` labels with row d's pose-mum-plus ResNet-50 round 0
-    instead (pmp_r50_labels): labels from another model than the student. With row
+    instead (pmp_r50_labels): labels from another model than the student; with
+    `--label-members K` too, the ResNet-50 joins the K round 0s' ensemble ("-ens{K}-r50"). With row
     u, e-u is that student on the unlabeled set's true labels (every visible joint): what
     perfect labels would add to pose-mum-plus, the ceiling of e − e-control; e-u-masked
     the same with the true positions only at the joints e-round0's labels kept, which
@@ -220,12 +228,15 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
             done(name, ap)
             members.append(ckpt)
         ens = f"-ens{args.label_members}"
+        if args.label_teacher == "pose-mum-plus-r50":  # and row d's ResNet-50
+            members.append(pmp_r50_teacher(args, seed, sets, done)[1])
+            ens += "-r50"
         pseudo = pseudo_labels(ssl, out / f"labels{ens}{label_knobs(args)}", teacher, members)
         if "q" in args.rows:
             report_quality(pseudo, sets["unlabeled"], done, "e")
         done("e", trained(ssl, out / f"e{ens}{student_knobs(args)}", None, pseudo,
                           init_from=teacher, optim=round1)[1])
-    if args.label_teacher == "pose-mum-plus-r50":  # another model labels: row d's
+    elif args.label_teacher == "pose-mum-plus-r50":  # another model labels: row d's
         pseudo = pmp_r50_labels(args, seed, sets, done)
         if "q" in args.rows:
             report_quality(pseudo, sets["unlabeled"], done, "e")

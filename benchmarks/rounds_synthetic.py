@@ -4,9 +4,8 @@ Per seed (the seed draws the labeled, unlabeled and val sets as well as the trai
 randomness, so every seed is a fresh draw of the whole experiment): a small labeled
 split, an unlabeled folder ≥ 10× its images (person boxes from its json, labels
 ignored) and 1,000 val images (100 left ±2 AP of per-seed noise in ssl_synthetic).
-Round 0 trains on the labeled split for `--teacher-steps` (default: `--steps`), round 1
-for `--steps`; each row below is scored on the val set (COCO keypoint AP, GT boxes, flip
-test), at one total step budget:
+Round 0 trains on the labeled split for `--teacher-steps` (default: `--steps`), round 1 for
+`--steps`; each row is scored on the val set (COCO keypoint AP, GT boxes, flip test):
 
   a    labeled-only control at the same total steps (round 0 + round 1), at its best
        schedule per seed: the better of a-single (one schedule of all the steps) and
@@ -26,7 +25,8 @@ test), at one total step budget:
   e    pose-mum-plus: round 0 → round 1 retrained with the preset on mixed batches,
        against e-control (pose-mum-plus for all the steps without pseudo-labels);
        --label-members K labels with an ensemble of K pose-mum-plus round 0s, --label-teacher
-       with row d's pose-mum-plus ResNet-50 (e-own: the student on its round 0's labels)
+       with row d's pose-mum-plus ResNet-50, both: with the K and the ResNet-50 (e-own: the
+       student on its round 0's labels)
   u    the bound: b trained on the unlabeled set's hidden truth instead of its
        pseudo-labels (every visible joint kept): any labeling's ceiling at this budget
        (u − a ≤ 0: the control is not data-limited); u-masked with b (true positions only
@@ -235,8 +235,8 @@ def main() -> None:
                         "the teacher is row e's ResNet-18 after the full schedule, or a "
                         "pose-mum-plus ResNet-50 trained as round 0")
     p.add_argument("--label-members", type=int, default=1,
-                   help="--schedule continue, row e: label with an ensemble of e-round0 and "
-                        "K - 1 more with other seeds (e-own: e-round0's labels alone)")
+                   help="--schedule continue, row e: label with e-round0, K - 1 more with "
+                        "other seeds and --label-teacher's ResNet-50 (e-own: e-round0's alone)")
     p.add_argument("--label-teacher", choices=("round0", "pose-mum-plus-r50"), default="round0",
                    help="--schedule continue, row e: label with e-round0, or with row d's "
                         "pose-mum-plus ResNet-50 round 0 (e-own: e-round0's labels)")
@@ -270,9 +270,9 @@ def main() -> None:
     if any(row_e_only) and (args.schedule != "continue" or "e" not in args.rows):
         p.error("--label-members / --label-teacher / --no-single / --clamp-targets are for "
                 "row e with --schedule continue")
-    if args.label_members < 1 or (args.label_members > 1 and args.label_teacher != "round0"):
+    if args.label_members < 1:
         p.error(f"--label-members {args.label_members}: give 1 (e-round0 alone, or "
-                "--label-teacher's) or more (an ensemble with e-round0, no --label-teacher)")
+                "--label-teacher's) or more (an ensemble with e-round0)")
     if args.rounds != 1 and args.schedule != "continue":
         p.error("--rounds needs --schedule continue (restart runs one round)")
     args.jobs = args.jobs or max(1, min(args.seeds, usable_cpus()))

@@ -265,14 +265,15 @@ def test_row_e_labels_with_row_ds_pose_mum_plus_resnet50(tmp_path):
     import yaml
 
     out = tmp_path / "bench"
-    proc = subprocess.run([
+    command = [
         sys.executable, str(ROOT / "rounds_synthetic.py"), "--schedule", "continue",
         "--teacher-steps", "8", "--steps", "4", "--rows", "d", "e", "--seeds", "1",
         "--distill-teacher", "pose-mum-plus-r50", "--label-teacher", "pose-mum-plus-r50",
         "--clamp-targets", "--no-single", "--labeled-images", "8", "--unlabeled-images", "16",
         "--val-images", "8", "--min-joint-score", "0", "--min-instance-score", "0",
         "--no-calibrate", "--input", "64x64", "--tiles", "2x2", "--threads", "1",
-        "--out", str(out)], capture_output=True, text=True, timeout=600, check=False)
+        "--out", str(out)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for row in ("e-own ", "e ", "d ", "e - e-own:", "e - e-control:"):
         assert f"\n{row}" in proc.stdout, proc.stdout
@@ -292,14 +293,26 @@ def test_row_e_labels_with_row_ds_pose_mum_plus_resnet50(tmp_path):
     big = seed / "continue12-pmp-r50-u16-clamp" / "round0" / "train" / "checkpoints" / "best.pt"
     assert json.loads((labels / "stages.json").read_text())["export"]["artifact"] == str(big)
 
+    # with --label-members 2 the ResNet-50 joins e-round0 and a second round 0 (cached
+    # stages reused: only that round 0, the ensemble's labels and its student train)
+    proc = subprocess.run([*command, "--label-members", "2"], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "\ne-round0-seed100 " in proc.stdout and "\ne " in proc.stdout, proc.stdout
+    ens = e_run / "labels-ens2-r50-u16"
+    export = json.loads((ens / "stages.json").read_text())["export"]
+    second = e_run / "e-round0-seed100" / "train" / "checkpoints" / "best.pt"
+    assert export["members"] == [str(second), str(big)], export
+    assert config(e_run / "e-ens2-r50-u16")["pseudo"]["labels"] == str(ens / "pseudo.json")
 
-def test_label_teacher_is_for_row_e_alone_and_not_an_ensemble():
+
+def test_label_teacher_and_members_are_for_row_e_alone():
     import subprocess
 
     base = [sys.executable, str(ROOT / "rounds_synthetic.py"), "--schedule", "continue",
             "--label-teacher", "pose-mum-plus-r50"]
     for extra, message in ((["--rows", "d"], "are for row e with --schedule continue"),
-                           (["--rows", "e", "--label-members", "2"], "no --label-teacher")):
+                           (["--rows", "e", "--label-members", "0"], "--label-members 0: give 1")):
         proc = subprocess.run(base + extra, capture_output=True, text=True, timeout=120,
                               check=False)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
