@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -142,6 +143,18 @@ def pmp_r50_labels(args: argparse.Namespace, seed: int, sets: dict[str, Path],
                          big)
 
 
+def checkpoints_elsewhere(args: argparse.Namespace, seed: int) -> tuple[list[str], str]:
+    """The `--label-checkpoint` members of `seed` ({seed} filled in) and their folders'
+    suffix ("-x{N}-{hash of the paths}": other members, other labels, other folders)."""
+    paths = [p.replace("{seed}", str(seed)) for p in args.label_checkpoint]
+    for path in paths:
+        if not Path(path).is_file():
+            raise SystemExit(f"--label-checkpoint {path}: no such checkpoint for seed {seed}; "
+                             "give a .pt file that exists for every seed ({seed} in the path)")
+    digest = hashlib.sha1("\n".join(paths).encode()).hexdigest()[:6]
+    return paths, f"-x{len(paths)}-{digest}" if paths else ""
+
+
 def clamp_knob(args: argparse.Namespace) -> str:
     """"-clamp" with --clamp-targets: clamped pose-mum-plus stages get folders of their
     own, so no unclamped cached stage is reused."""
@@ -192,7 +205,8 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
     ensemble's labels; e-own is the same student on e-round0's labels alone.
     `--label-teacher pose-mum-plus-r50` labels with row d's pose-mum-plus ResNet-50 round 0
     instead (pmp_r50_labels): labels from another model than the student; with
-    `--label-members K` too, the ResNet-50 joins the K round 0s' ensemble ("-ens{K}-r50"). With row
+    `--label-members K` too, the ResNet-50 joins the K round 0s' ensemble ("-ens{K}-r50").
+    Each `--label-checkpoint PATH` adds a member trained elsewhere ("-x{N}-{hash}"). With row
     u, e-u is that student on the unlabeled set's true labels (every visible joint): what
     perfect labels would add to pose-mum-plus, the ceiling of e − e-control; e-u-masked
     the same with the true positions only at the joints e-round0's labels kept, which
@@ -206,7 +220,8 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
     out = Path(ssl.out)
     teacher = round0_and_continue(ssl, "e", "e-round0", True, done)[0]
     own = pseudo_labels(ssl, out / f"labels{label_knobs(args)}", teacher)
-    own_row = "e" if args.label_members == 1 and args.label_teacher == "round0" else "e-own"
+    ensemble = args.label_members > 1 or bool(args.label_checkpoint)
+    own_row = "e" if not ensemble and args.label_teacher == "round0" else "e-own"
     done(own_row, trained(ssl, out / f"e{student_knobs(args)}", None, own, init_from=teacher,
                           optim=round1)[1])
     if "q" in args.rows:
@@ -218,7 +233,7 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
         masked = truth_masked_as_pseudo(out, truth, own, label_knobs(args))
         done("e-u-masked", trained(ssl, out / f"e-u-masked{student_knobs(args)}", None,
                                    str(masked), init_from=teacher, optim=round1)[1])
-    if args.label_members > 1:
+    if ensemble:
         members = []
         for j in range(1, args.label_members):
             member = copy.deepcopy(ssl)
@@ -231,6 +246,8 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
         if args.label_teacher == "pose-mum-plus-r50":  # and row d's ResNet-50
             members.append(pmp_r50_teacher(args, seed, sets, done)[1])
             ens += "-r50"
+        extra, ens_extra = checkpoints_elsewhere(args, seed)
+        members, ens = members + extra, ens + ens_extra
         pseudo = pseudo_labels(ssl, out / f"labels{ens}{label_knobs(args)}", teacher, members)
         if "q" in args.rows:
             report_quality(pseudo, sets["unlabeled"], done, "e")

@@ -24,9 +24,8 @@ Round 0 trains on the labeled split for `--teacher-steps` (default: `--steps`), 
        --distill-teacher: its schedule, or a pose-mum-plus teacher (e's model, a ResNet-50)
   e    pose-mum-plus: round 0 → round 1 retrained with the preset on mixed batches,
        against e-control (pose-mum-plus for all the steps without pseudo-labels);
-       --label-members K labels with an ensemble of K pose-mum-plus round 0s, --label-teacher
-       with row d's pose-mum-plus ResNet-50, both: with the K and the ResNet-50 (e-own: the
-       student on its round 0's labels)
+       labels by --label-members K round 0s, --label-teacher (row d's pose-mum-plus ResNet-50),
+       --label-checkpoint (more members), together (e-own: e on its round 0's labels alone)
   u    the bound: b trained on the unlabeled set's hidden truth instead of its
        pseudo-labels (every visible joint kept): any labeling's ceiling at this budget
        (u − a ≤ 0: the control is not data-limited); u-masked with b (true positions only
@@ -235,11 +234,12 @@ def main() -> None:
                         "the teacher is row e's ResNet-18 after the full schedule, or a "
                         "pose-mum-plus ResNet-50 trained as round 0")
     p.add_argument("--label-members", type=int, default=1,
-                   help="--schedule continue, row e: label with e-round0, K - 1 more with "
-                        "other seeds and --label-teacher's ResNet-50 (e-own: e-round0's alone)")
+                   help="row e: label with e-round0, K - 1 round 0s of other seeds and "
+                        "--label-teacher's ResNet-50 (e-own: e-round0's labels alone)")
     p.add_argument("--label-teacher", choices=("round0", "pose-mum-plus-r50"), default="round0",
-                   help="--schedule continue, row e: label with e-round0, or with row d's "
-                        "pose-mum-plus ResNet-50 round 0 (e-own: e-round0's labels)")
+                   help="row e: label with e-round0, or with row d's pose-mum-plus ResNet-50")
+    p.add_argument("--label-checkpoint", action="append", default=[], metavar="PATH",
+                   help="row e: one more ensemble member, trained elsewhere ({seed}: the seed)")
     p.add_argument("--clamp-targets", action="store_true",
                    help="train row e (and row d's pose-mum-plus teacher) --clamp-targets")
     p.add_argument("--no-single", action="store_true",
@@ -266,10 +266,10 @@ def main() -> None:
                 "(restart: d-teacher trains --teacher-steps)")
     pmp_d = args.distill_teacher.startswith("pose-mum-plus") and "d" in args.rows
     row_e_only = (args.label_members != 1, args.no_single, args.label_teacher != "round0",
-                  args.clamp_targets and not pmp_d)
+                  args.clamp_targets and not pmp_d, args.label_checkpoint)
     if any(row_e_only) and (args.schedule != "continue" or "e" not in args.rows):
-        p.error("--label-members / --label-teacher / --no-single / --clamp-targets are for "
-                "row e with --schedule continue")
+        p.error("--label-members / --label-teacher / --label-checkpoint / --no-single / "
+                "--clamp-targets are for row e with --schedule continue")
     if args.label_members < 1:
         p.error(f"--label-members {args.label_members}: give 1 (e-round0 alone, or "
                 "--label-teacher's) or more (an ensemble with e-round0)")
