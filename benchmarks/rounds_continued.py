@@ -144,13 +144,9 @@ def pmp_r50_labels(args: argparse.Namespace, seed: int, sets: dict[str, Path],
 
 
 def checkpoints_elsewhere(args: argparse.Namespace, seed: int) -> tuple[list[str], str]:
-    """The `--label-checkpoint` members of `seed` ({seed} filled in) and their folders'
-    suffix ("-x{N}-{hash of the paths}": other members, other labels, other folders)."""
+    """The `--label-checkpoint` members of `seed` ({seed} filled in; checked by main) and
+    their folders' suffix ("-x{N}-{hash of the paths}": other members, other folders)."""
     paths = [p.replace("{seed}", str(seed)) for p in args.label_checkpoint]
-    for path in paths:
-        if not Path(path).is_file():
-            raise SystemExit(f"--label-checkpoint {path}: no such checkpoint for seed {seed}; "
-                             "give a .pt file that exists for every seed ({seed} in the path)")
     digest = hashlib.sha1("\n".join(paths).encode()).hexdigest()[:6]
     return paths, f"-x{len(paths)}-{digest}" if paths else ""
 

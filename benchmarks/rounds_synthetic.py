@@ -243,8 +243,7 @@ def main() -> None:
     p.add_argument("--clamp-targets", action="store_true",
                    help="train row e (and row d's pose-mum-plus teacher) --clamp-targets")
     p.add_argument("--no-single", action="store_true",
-                   help="--schedule continue, row e: skip e-single (7,200 more steps); "
-                        "e-control is then e-continue, an upper bound of e - e-control")
+                   help="row e: skip e-single (more steps); e-control is then e-continue")
     p.add_argument("--min-joint-score", type=float, default=0.5)
     p.add_argument("--tta", default="flip,scales=0.8,1.0,1.2")
     p.add_argument("--precision", type=float, default=0.9,
@@ -253,8 +252,7 @@ def main() -> None:
                    help="keep joints by --min-joint-score instead")
     p.add_argument("--min-instance-score", type=float, default=0.3)
     p.add_argument("--min-joints", type=int, default=1,
-                   help="kept joints a person needs (calibrated thresholds keep joints that "
-                        "are right 90%% of the time; a partial person is a good partial label)")
+                   help="kept joints a person needs (a partial person is a good partial label)")
     p.add_argument("--jobs", type=int, default=1,
                    help="seeds side by side (0: one per core; 3 seeds on 2 cores finish sooner with 1)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per job")
@@ -271,13 +269,15 @@ def main() -> None:
         p.error("--label-members / --label-teacher / --label-checkpoint / --no-single / "
                 "--clamp-targets are for row e with --schedule continue")
     if args.label_members < 1:
-        p.error(f"--label-members {args.label_members}: give 1 (e-round0 alone, or "
-                "--label-teacher's) or more (an ensemble with e-round0)")
+        p.error(f"--label-members {args.label_members}: give 1 (e-round0 alone) or more")
     if args.rounds != 1 and args.schedule != "continue":
         p.error("--rounds needs --schedule continue (restart runs one round)")
     args.jobs = args.jobs or max(1, min(args.seeds, usable_cpus()))
     args.threads = args.threads or max(1, usable_cpus() // min(args.jobs, args.seeds))
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    for path in {c.replace("{seed}", str(s)) for c in args.label_checkpoint for s in seeds}:
+        if not Path(path).is_file():
+            p.error(f"--label-checkpoint {path}: no such file; give a .pt of every seed's")
     t0 = time.perf_counter()
     if args.jobs == 1:
         per_seed = [run_seed(args, s) for s in seeds]

@@ -312,7 +312,10 @@ def test_label_teacher_and_members_are_for_row_e_alone():
     base = [sys.executable, str(ROOT / "rounds_synthetic.py"), "--schedule", "continue",
             "--label-teacher", "pose-mum-plus-r50"]
     for extra, message in ((["--rows", "d"], "are for row e with --schedule continue"),
-                           (["--rows", "e", "--label-members", "0"], "--label-members 0: give 1")):
+                           (["--rows", "e", "--label-members", "0"], "--label-members 0: give 1"),
+                           (["--rows", "e", "--label-checkpoint", "/nowhere/s{seed}.pt",
+                             "--first-seed", "3", "--seeds", "1"],
+                            "--label-checkpoint /nowhere/s3.pt: no such file")):
         proc = subprocess.run(base + extra, capture_output=True, text=True, timeout=120,
                               check=False)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
