@@ -305,6 +305,18 @@ def test_row_e_labels_with_row_ds_pose_mum_plus_resnet50(tmp_path):
     assert export["members"] == [str(second), str(big)], export
     assert config(e_run / "e-ens2-r50-u16")["pseudo"]["labels"] == str(ens / "pseudo.json")
 
+    # --label-checkpoint: a member trained elsewhere ({seed} filled in) joins e-round0 and
+    # the ResNet-50, in folders named by the paths
+    elsewhere = str(out / "s{seed}" / second.relative_to(seed))
+    proc = subprocess.run([*command, "--label-checkpoint", elsewhere], capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (labels_x,) = e_run.glob("labels-ens1-r50-x1-*")
+    export = json.loads((labels_x / "stages.json").read_text())["export"]
+    assert export["members"] == [str(big), str(second)], export
+    student = e_run / ("e" + labels_x.name.removeprefix("labels"))
+    assert config(student)["pseudo"]["labels"] == str(labels_x / "pseudo.json")
+
 
 def test_label_teacher_and_members_are_for_row_e_alone():
     import subprocess
