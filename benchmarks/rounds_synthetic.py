@@ -275,9 +275,9 @@ def main() -> None:
     args.jobs = args.jobs or max(1, min(args.seeds, usable_cpus()))
     args.threads = args.threads or max(1, usable_cpus() // min(args.jobs, args.seeds))
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    for path in {c.replace("{seed}", str(s)) for c in args.label_checkpoint for s in seeds}:
+    for path in dict.fromkeys(c.replace("{seed}", str(s)) for c in args.label_checkpoint for s in seeds):
         if not Path(path).is_file():
-            p.error(f"--label-checkpoint {path}: no such file; give a .pt of every seed's")
+            p.error(f"--label-checkpoint {path}: no such file; give one for each seed ({{seed}})")
     t0 = time.perf_counter()
     if args.jobs == 1:
         per_seed = [run_seed(args, s) for s in seeds]
