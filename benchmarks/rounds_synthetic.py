@@ -64,7 +64,7 @@ from pathlib import Path
 import torch
 
 # benchmarks/ is on sys.path when run
-from rounds_continued import run_continued
+from rounds_continued import checkpoints_elsewhere, run_continued
 from rounds_label_quality import report_quality, truth_as_pseudo, truth_masked_as_pseudo
 from rounds_stages import (
     UNLABELED_IMAGES,
@@ -275,7 +275,7 @@ def main() -> None:
     args.jobs = args.jobs or max(1, min(args.seeds, usable_cpus()))
     args.threads = args.threads or max(1, usable_cpus() // min(args.jobs, args.seeds))
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    for path in dict.fromkeys(c.replace("{seed}", str(s)) for c in args.label_checkpoint for s in seeds):
+    for path in dict.fromkeys(c for s in seeds for c in checkpoints_elsewhere(args, s)[0]):
         if not Path(path).is_file():
             p.error(f"--label-checkpoint {path}: no such file; give one for each seed ({{seed}})")
     t0 = time.perf_counter()
