@@ -215,20 +215,7 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
     first, round1 = continued_schedule(ssl.train.optim, 1)
     out = Path(ssl.out)
     teacher = round0_and_continue(ssl, "e", "e-round0", True, done)[0]
-    own = pseudo_labels(ssl, out / f"labels{label_knobs(args)}", teacher)
     ensemble = args.label_members > 1 or bool(args.label_checkpoint)
-    own_row = "e" if not ensemble and args.label_teacher == "round0" else "e-own"
-    done(own_row, trained(ssl, out / f"e{student_knobs(args)}", None, own, init_from=teacher,
-                          optim=round1)[1])
-    if "q" in args.rows:
-        report_quality(own, sets["unlabeled"], done, own_row)
-    if "u" in args.rows:  # the same student on the unlabeled set's true labels: e's bound
-        truth = truth_as_pseudo(out, sets["unlabeled"], unlabeled_knob(args))
-        done("e-u", trained(ssl, out / f"e-u{student_knobs(args)}", None, str(truth),
-                            init_from=teacher, optim=round1)[1])
-        masked = truth_masked_as_pseudo(out, truth, own, label_knobs(args))
-        done("e-u-masked", trained(ssl, out / f"e-u-masked{student_knobs(args)}", None,
-                                   str(masked), init_from=teacher, optim=round1)[1])
     if ensemble:
         members = []
         for j in range(1, args.label_members):
@@ -255,6 +242,20 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
             report_quality(pseudo, sets["unlabeled"], done, "e")
         done("e", trained(ssl, out / f"e-pmp-r50{student_knobs(args)}", None, pseudo,
                           init_from=teacher, optim=round1)[1])
+    # e-own after the ensemble's e: the row's figure first (stages cached by folder)
+    own = pseudo_labels(ssl, out / f"labels{label_knobs(args)}", teacher)
+    own_row = "e" if not ensemble and args.label_teacher == "round0" else "e-own"
+    done(own_row, trained(ssl, out / f"e{student_knobs(args)}", None, own, init_from=teacher,
+                          optim=round1)[1])
+    if "q" in args.rows:
+        report_quality(own, sets["unlabeled"], done, own_row)
+    if "u" in args.rows:  # the same student on the unlabeled set's true labels: e's bound
+        truth = truth_as_pseudo(out, sets["unlabeled"], unlabeled_knob(args))
+        done("e-u", trained(ssl, out / f"e-u{student_knobs(args)}", None, str(truth),
+                            init_from=teacher, optim=round1)[1])
+        masked = truth_masked_as_pseudo(out, truth, own, label_knobs(args))
+        done("e-u-masked", trained(ssl, out / f"e-u-masked{student_knobs(args)}", None,
+                                   str(masked), init_from=teacher, optim=round1)[1])
     if args.no_single:
         done("e-control", res["e-continue"])
         return

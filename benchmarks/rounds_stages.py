@@ -68,7 +68,9 @@ def base_config(args: argparse.Namespace, seed: int, sets: dict[str, Path], out:
                         labeled_ratio=args.labeled_ratio, pseudo_noise=args.noise,
                         pseudo_loss_weight=args.pseudo_loss_weight,
                         label_tta=args.tta, calibrate=args.calibrate,
-                        calibrate_precision=args.precision, train=tcfg)
+                        calibrate_precision=args.precision, train=tcfg,
+                        calibrate_search=getattr(args, "threshold_search", "each"),
+                        calibrate_z=getattr(args, "threshold_z", 0.0))
 
 
 def trained(cfg: RoundsConfig, out: Path, steps: int | None, pseudo: str | None = None,
@@ -109,9 +111,13 @@ def unlabeled_knob(args: argparse.Namespace) -> str:
 
 
 def label_knobs(args: argparse.Namespace) -> str:
-    """The suffix of a labels folder: the calibration precision when not 0.9 ("-p0.8")
-    and the unlabeled set's size when not the default."""
+    """The suffix of a labels folder: the calibration precision when not 0.9 ("-p0.8"),
+    its search and confidence when not each / 0 ("-pairz1") and the unlabeled set's size
+    when not the default."""
     precision = f"-p{args.precision:g}" if args.calibrate and args.precision != 0.9 else ""
+    search, z = getattr(args, "threshold_search", "each"), getattr(args, "threshold_z", 0.0)
+    if args.calibrate and (search, z) != ("each", 0.0):
+        precision += f"-{search}" + (f"z{z:g}" if z else "")
     return precision + unlabeled_knob(args)
 
 

@@ -248,6 +248,9 @@ def main() -> None:
     p.add_argument("--tta", default="flip,scales=0.8,1.0,1.2")
     p.add_argument("--precision", type=float, default=0.9,
                    help="calibrated thresholds: share of kept val joints within OKS 0.5")
+    p.add_argument("--threshold-search", choices=("each", "pair"), default="each",
+                   help="how calibrate picks score and agreement thresholds (--search)")
+    p.add_argument("--threshold-z", type=float, default=0.0, help="calibrate --confidence-z")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="keep joints by --min-joint-score instead")
     p.add_argument("--min-instance-score", type=float, default=0.3)
@@ -290,8 +293,9 @@ def main() -> None:
           f"(schedule {args.schedule}, {args.rounds} round(s)), "
           f"noise {args.noise}, ratio {args.labeled_ratio}, "
           f"pseudo loss x{args.pseudo_loss_weight:g}, tta {args.tta}, "
-          f"{'calibrated at ' + str(args.precision) if args.calibrate else 'fixed'} "
-          f"thresholds{', clamped targets' if args.clamp_targets else ''}, "
+          f"{'calibrated at ' + str(args.precision) if args.calibrate else 'fixed'} thresholds"
+          f"{f' (search {args.threshold_search}, z {args.threshold_z:g})' if args.calibrate else ''}"
+          f"{', clamped targets' if args.clamp_targets else ''}, "
           f"{time.perf_counter() - t0:.0f} s")
     print_table(per_seed, seeds)
 

@@ -25,6 +25,12 @@ def calibrate(
         "--models", help="A text file of further teachers, one path a line.")] = None,
     precision: Annotated[float, typer.Option(
         "--precision", help="Share of kept joints that must lie within OKS 0.5.")] = 0.9,
+    search: Annotated[str, typer.Option(
+        "--search", help="each: score and agreement thresholds each reach --precision alone "
+        "(a joint passes both); pair: the pair keeping the most joints at it.")] = "each",
+    confidence_z: Annotated[float, typer.Option(
+        "--confidence-z", help="> 0: the precision's Wilson lower bound (Z standard errors) "
+        "must reach --precision, so the thresholds hold on new images (1 is careful).")] = 0.0,
     backend: Annotated[str, typer.Option(
         "--backend", help="auto | torch | torch-fast | onnxruntime | tensorrt | openvino")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Crops per call.")] = 32,
@@ -42,7 +48,8 @@ def calibrate(
         task = bar.add_task("calibrate", total=None)
         result = run(members, ann, images, out, tta, precision,
                      backend=backend, batch_size=batch_size, max_images=max_images,
-                     progress=lambda done, total: bar.update(task, completed=done, total=total))
+                     progress=lambda done, total: bar.update(task, completed=done, total=total),
+                     search=search, z=confidence_z)
     table = Table(title=f"thresholds at precision {precision:g} → {out}")
     for col in ("joint", "score ≥", "keeps", "agreement ≥", "keeps (both)"):
         table.add_column(col, justify="left" if col == "joint" else "right")

@@ -63,6 +63,12 @@ def rounds(
         help="calibrate per-joint thresholds on the val set each round (else --min-joint-score)"),
     calibrate_precision: float = typer.Option(
         0.9, "--calibrate-precision", help="share of kept val joints within OKS 0.5"),
+    calibrate_search: str = typer.Option(
+        "each", "--calibrate-search",
+        help="each: score and agreement thresholds each reach the precision; pair: the pair "
+             "keeping the most joints (see posemum calibrate --search)"),
+    calibrate_z: float = typer.Option(
+        0.0, "--calibrate-z", help="> 0: the precision's lower bound (z std errors) must reach it"),
     labeled_repeat: Optional[int] = typer.Option(
         None, "--labeled-repeat", help="--union: list each labeled person N times "
         "(default: as often as makes labeled ≈ pseudo-labeled)"),
@@ -120,6 +126,7 @@ def rounds(
                        min_joints=min_joints, label_flip=label_flip, label_tta=tta,
                        thresholds=str(thresholds) if thresholds else None, calibrate=calibrate,
                        calibrate_precision=calibrate_precision,
+                       calibrate_search=calibrate_search, calibrate_z=calibrate_z,
                        labeled_repeat=labeled_repeat, retrain_max_steps=retrain_max_steps,
                        schedule=schedule,
                        mixed=mixed, labeled_ratio=labeled_ratio, pseudo_noise=pseudo_noise,

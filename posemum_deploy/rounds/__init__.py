@@ -92,6 +92,11 @@ def check_round_inputs(cfg: RoundsConfig) -> None:
         if path and not Path(path).is_dir():
             raise ConfigError(f"{path}: not a folder (given as {option})")
     check_label_members(cfg)
+    if cfg.calibrate and not cfg.thresholds:
+        from posemum_deploy.label.calibrate import check_search
+
+        check_search(cfg.calibrate_precision, cfg.calibrate_search, cfg.calibrate_z,
+                     ("--calibrate-precision", "--calibrate-search", "--calibrate-z"))
     if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in Path(cfg.unlabeled).rglob("*")):
         raise ConfigError(f"{cfg.unlabeled}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) "
                           "under this folder (given as --unlabeled); nothing to pseudo-label")

@@ -41,6 +41,9 @@ class RoundsConfig:
     thresholds: str | None = None           # per-joint thresholds json (`posemum calibrate`)
     calibrate: bool = True                  # else: calibrate on the val set every round
     calibrate_precision: float = 0.9        # share of kept val joints within OKS 0.5
+    calibrate_search: str = "each"          # each | pair: how score and agreement thresholds
+                                            # are chosen (label/calibrate.py)
+    calibrate_z: float = 0.0                # > 0: the precision's lower bound must reach it
     labeled_repeat: int | None = None       # union mode: repeat labeled persons (None: to match)
     retrain_max_steps: int | None = None    # steps of each retraining (None: round 0's steps)
     schedule: str = "auto"                  # restart: each retraining runs the whole LR

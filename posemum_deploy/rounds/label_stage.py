@@ -103,7 +103,7 @@ def _thresholds_stage(cfg: RoundsConfig, log_: StageLog, round_dir: Path,
     log_.run("calibrate", lambda: {"thresholds": str(out), "precision": calibrate(
         artifact, data.val_ann, data.val_images, out, tta=cfg.label_tta,
         precision=cfg.calibrate_precision, backend=cfg.backend,
-        batch_size=cfg.label_batch_size).precision})
+        batch_size=cfg.label_batch_size, search=cfg.calibrate_search, z=cfg.calibrate_z).precision})
     return load_thresholds(out)
 
 
