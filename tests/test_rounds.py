@@ -141,4 +141,12 @@ def test_rounds_refuse_bad_inputs_before_run_dir(synthetic_small, tmp_path):
     cfg = RoundsConfig(out=str(tmp_path / "run"), unlabeled=str(train.data.images), train=train)
     with pytest.raises(ConfigError, match="val.json: file not found \\(given as --val-ann\\)"):
         run_rounds(cfg)
+    train.data.val_ann = str(synthetic_small)
+    for bad, message in (({"calibrate_search": "both"}, "--calibrate-search both: use each"),
+                         ({"calibrate_z": -1.0}, "--calibrate-z -1.0: standard errors"),
+                         ({"calibrate_precision": 0.0}, "--calibrate-precision 0.0: must be")):
+        cfg = RoundsConfig(out=str(tmp_path / "run"), unlabeled=str(train.data.images),
+                           train=train, **bad)
+        with pytest.raises(ConfigError, match=message):
+            run_rounds(cfg)
     assert not (tmp_path / "run").exists()

@@ -93,6 +93,10 @@ def test_folders_that_depend_on_the_unlabeled_set_are_named_by_its_size():
     assert stages.unlabeled_knob(args) == "-u1200"
     assert stages.label_knobs(args) == "-p0.8-u1200"
     assert stages.student_knobs(args) == "-lw0.3-p0.8-u1200"
+    args.threshold_search, args.threshold_z = "pair", 0.0  # thresholds chosen otherwise
+    assert stages.label_knobs(args) == "-p0.8-pair-u1200"
+    args.threshold_z = 1.0
+    assert stages.student_knobs(args) == "-lw0.3-p0.8-pairz1-u1200"
 
 
 @pytest.mark.slow

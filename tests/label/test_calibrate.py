@@ -13,6 +13,7 @@ from posemum_deploy.label.calibrate import (
     joint_thresholds,
     load_thresholds,
     lowest_threshold,
+    pair_threshold,
 )
 
 
@@ -53,12 +54,46 @@ def test_joint_thresholds_hand_made():
         joint_thresholds(scores, None, correct, visible, ("a", "b", "c"), 1.5)
 
 
+def test_lowest_threshold_at_a_confidence_bound():
+    # ten right joints: measured precision 1 everywhere; the Wilson lower bound at z = 1 is
+    # (1 + 1/2n - sqrt(1/4n²)) / (1 + 1/n) = n / (n + 1): 0.909 at 10 joints, 0.833 at 5
+    scores = np.linspace(1.0, 0.1, 10)
+    assert lowest_threshold(scores, np.ones(10), 0.9, z=1.0) == (pytest.approx(0.1), 10, 1.0)
+    t, kept, _ = lowest_threshold(scores[:5], np.ones(5), 0.9, z=1.0)
+    assert np.isposinf(t) and kept == 0  # five right joints do not show 90 %
+    assert lowest_threshold(scores[:5], np.ones(5), 0.9) == (pytest.approx(0.6), 5, 1.0)
+
+
+def test_pair_search_keeps_what_each_threshold_alone_would_drop():
+    # one joint type: the score ranks the eight right joints first; the agreement ranks a
+    # wrong one first, so no agreement threshold alone reaches precision 1
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
+    correct = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0, 0], bool)
+    agreement = np.array([0.1, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.95, 0.2])
+    assert pair_threshold(scores, agreement, correct, 1.0) == (0.2, 0.1, 8)
+    args = (scores[:, None], agreement[:, None], correct[:, None], np.ones((10, 1), bool), ("a",))
+    each = joint_thresholds(*args, precision=1.0)
+    assert each.score[0] == 0.2 and np.isposinf(each.agreement[0])
+    assert each.stats[0]["kept_share_both"] == 0.0  # both must pass: nothing kept
+    pair = joint_thresholds(*args, precision=1.0, search="pair")
+    assert (pair.score[0], pair.agreement[0]) == (0.2, 0.1)
+    assert pair.stats[0]["kept_share_both"] == 0.8 and pair.stats[0]["precision_both"] == 1.0
+    assert pair_threshold(scores, agreement, np.zeros(10, bool), 0.5) == (np.inf, np.inf, 0)
+    for bad, message in (({"search": "both"}, "--search both: use each "),
+                         ({"z": -0.5}, "--confidence-z -0.5: standard errors")):
+        with pytest.raises(ConfigError, match=message):
+            joint_thresholds(*args, precision=1.0, **bad)
+
+
 def test_thresholds_file_round_trip_and_refusals(tmp_path):
     scores = np.array([[0.9, 0.2], [0.1, 0.3]])
     t = joint_thresholds(scores, None, np.array([[1, 1], [0, 0]], bool), np.ones((2, 2), bool),
                          ("nose", "neck"), 0.9)
     back = load_thresholds(t.save(tmp_path / "t.json"))
-    assert back.keypoint_names == ("nose", "neck")
+    assert back.keypoint_names == ("nose", "neck") and (back.search, back.z) == ("each", 0.0)
+    paired = joint_thresholds(scores, scores, np.array([[1, 1], [0, 0]], bool),
+                              np.ones((2, 2), bool), ("nose", "neck"), 0.9, search="pair", z=1)
+    assert (load_thresholds(paired.save(tmp_path / "p.json")).search, paired.z) == ("pair", 1)
     np.testing.assert_array_equal(back.score, t.score)
     assert np.isnan(back.agreement).all()
     (tmp_path / "bad.json").write_text(json.dumps({"joints": []}))
@@ -82,6 +117,17 @@ def test_calibrate_runs_on_a_labeled_set(tiny_model, coco_mini, tmp_path):
         if entry["score_reached"] and entry["visible"]:
             assert entry["precision_score"] >= 0.5
             assert result.score[j] == pytest.approx(entry["score"], abs=1e-6)
+    # the pair search keeps at least what either threshold alone keeps, at the precision
+    paired = calibrate(tiny_model, coco_mini / "test_coco.json", coco_mini, tmp_path / "p.json",
+                       tta="flip", precision=0.5, backend="torch", batch_size=8, max_images=2,
+                       plot=None, search="pair")
+    assert json.loads((tmp_path / "p.json").read_text())["search"] == "pair"
+    for entry in paired.stats:
+        assert entry["kept_share_both"] >= max(entry["kept_share_score"],
+                                               entry["kept_share_agreement"])
+        assert entry["precision_both"] is None or entry["precision_both"] >= 0.5
+    assert sum(e["kept_share_both"] for e in paired.stats) > sum(
+        e["kept_share_both"] for e in result.stats)
 
 
 @pytest.mark.slow
@@ -99,6 +145,14 @@ def test_calibrate_label_merge_commands(tiny_model, coco_mini, tmp_path):
                               "--precision", "0.5", "--backend", "torch", "--max-images", "1"])
     assert res.exit_code == 0, res.output
     assert "left_ankle" in res.output and thr.is_file() and thr.with_suffix(".png").is_file()
+    paired = tmp_path / "pair.json"
+    for extra, code in ((["--search", "pair", "--confidence-z", "1"], 0), (["--search", "both"], 1)):
+        res = runner.invoke(app, ["calibrate", str(tiny_model), "--ann", str(ann), "--images",
+                                  str(coco_mini), "--out", str(paired), "--tta", "flip",
+                                  "--backend", "torch", "--max-images", "1", *extra])
+        assert res.exit_code == code, res.output
+    assert "--search both" in str(res.exception or res.output)
+    assert json.loads(paired.read_text())["confidence_z"] == 1.0
     res = runner.invoke(app, ["calibrate", str(tiny_model), "--ann", str(ann), "--images",
                               str(coco_mini), "--out", str(thr), "--tta", "scales=0"])
     assert res.exit_code != 0 and "--tta" in str(res.exception or res.output)
