@@ -344,3 +344,18 @@ def test_full_schedule_teacher_needs_the_continued_schedule():
                            "--distill-teacher", "full"], capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.returncode == 2 and "--distill-teacher full needs --schedule continue" in proc.stderr
+
+
+def test_threshold_search_scores_each_rule_where_the_labels_are_used():
+    """Thresholds picked on one set, scored on another with its truth: the hand-made joint
+    of test_calibrate (agreement ranks a wrong joint first) keeps nothing by `each`,
+    eight of ten by `score` and `pair`; a target with two of those eight wrong shows it."""
+    search = _bench("threshold_search")
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])[:, None]
+    oks = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0, 0], float)[:, None]
+    agreement = np.array([0.1, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.95, 0.2])[:, None]
+    val = {"scores": scores, "agreement": agreement, "oks": oks, "visible": np.ones((10, 1), bool)}
+    target = dict(val, oks=np.where(np.arange(10)[:, None] < 2, 0.0, oks))
+    assert search.applied(val, val, "each", 0.0, 1.0) == (0.0, 0.0)
+    assert search.applied(val, val, "pair", 0.0, 1.0) == (0.8, 1.0)
+    assert search.applied(val, target, "score", 0.0, 1.0) == (0.8, 0.75)
