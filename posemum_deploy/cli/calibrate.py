@@ -50,7 +50,8 @@ def calibrate(
                      backend=backend, batch_size=batch_size, max_images=max_images,
                      progress=lambda done, total: bar.update(task, completed=done, total=total),
                      search=search, z=confidence_z)
-    table = Table(title=f"thresholds at precision {precision:g} → {out}")
+    chosen = f", {search}" + (f", z {confidence_z:g}" if confidence_z else "")
+    table = Table(title=f"thresholds at precision {precision:g}{chosen} → {out}")
     for col in ("joint", "score ≥", "keeps", "agreement ≥", "keeps (both)"):
         table.add_column(col, justify="left" if col == "joint" else "right")
 
