@@ -93,7 +93,8 @@ def test_thresholds_file_round_trip_and_refusals(tmp_path):
     assert back.keypoint_names == ("nose", "neck") and (back.search, back.z) == ("each", 0.0)
     paired = joint_thresholds(scores, scores, np.array([[1, 1], [0, 0]], bool),
                               np.ones((2, 2), bool), ("nose", "neck"), 0.9, search="pair", z=1)
-    assert (load_thresholds(paired.save(tmp_path / "p.json")).search, paired.z) == ("pair", 1)
+    loaded = load_thresholds(paired.save(tmp_path / "p.json"))
+    assert (loaded.search, loaded.z) == ("pair", 1.0)
     np.testing.assert_array_equal(back.score, t.score)
     assert np.isnan(back.agreement).all()
     (tmp_path / "bad.json").write_text(json.dumps({"joints": []}))
