@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,19 @@ def cgroup_cpu_limit(v2_max: Path = CGROUP_V2_MAX, v1_quota: Path = CGROUP_V1_QU
     except (OSError, ValueError):
         return None
     return None
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name ("AMD EPYC 9R14 96-Core Processor"), for benchmark headers:
+    hosts differ from run to run, so every printed figure names the one it ran on.
+    /proc/cpuinfo's first "model name" line, else what `platform` knows, else "unknown CPU"."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def usable_cpus() -> int:

@@ -50,3 +50,18 @@ def test_visible_gpus_without_the_variable_ask_torch(monkeypatch) -> None:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     assert system.visible_gpus() == ["0", "1", "2"]
+
+
+def test_cpu_model_reads_the_first_model_name(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\n"
+                    "model name\t: AMD EPYC 9R14 96-Core Processor\nflags\t: avx512f\n\n"
+                    "processor\t: 1\nmodel name\t: Other\n")
+    assert system.cpu_model(info) == "AMD EPYC 9R14 96-Core Processor"
+
+
+def test_cpu_model_without_cpuinfo_falls_back(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(system.platform, "processor", lambda: "")
+    assert system.cpu_model(tmp_path / "missing") == "unknown CPU"
+    monkeypatch.setattr(system.platform, "processor", lambda: "x86_64")
+    assert system.cpu_model(tmp_path / "missing") == "x86_64"
