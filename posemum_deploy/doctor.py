@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from importlib import metadata as pkg_metadata
 from typing import Any, Callable
 
-from posemum_deploy.system import usable_cpus
+from posemum_deploy.system import cpu_isa, usable_cpus
 
 
 @dataclass(frozen=True)
@@ -137,14 +137,7 @@ def check_module(label: str, module: str, fix: str) -> list[Check]:
 
 
 def check_cpu() -> list[Check]:
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        pass
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
-           if f" {f}" in flags]
+    isa = cpu_isa()
     usable = usable_cpus()
     threads = f"{os.cpu_count()} threads" + (f" ({usable} usable: affinity / cgroup quota)"
                                              if usable != os.cpu_count() else "")

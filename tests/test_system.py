@@ -65,3 +65,13 @@ def test_cpu_model_without_cpuinfo_falls_back(tmp_path: Path, monkeypatch) -> No
     assert system.cpu_model(tmp_path / "missing") == "unknown CPU"
     monkeypatch.setattr(system.platform, "processor", lambda: "x86_64")
     assert system.cpu_model(tmp_path / "missing") == "x86_64"
+
+
+def test_cpu_isa_lists_the_reported_extensions_in_order(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("model name\t: AMD EPYC\n"
+                    "flags\t\t: fpu sse avx avx512_bf16 avx2 avx512fp16 avx512f avx512_vnni\n")
+    assert system.cpu_isa(info) == ["avx2", "avx512f", "avx512_vnni", "avx512_bf16"]
+    info.write_text("flags\t: fpu avx avx2 fma\n")
+    assert system.cpu_isa(info) == ["avx2"]
+    assert system.cpu_isa(tmp_path / "missing") == []
