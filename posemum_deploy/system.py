@@ -1,4 +1,5 @@
-"""What this machine offers the process: usable CPUs, visible GPUs, the torch device.
+"""What this machine offers the process: usable CPUs, the CPU's name and SIMD
+extensions, visible GPUs, the torch device.
 
 How many CPUs this process may really use:
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 CGROUP_V2_MAX = Path("/sys/fs/cgroup/cpu.max")
 CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
 CGROUP_V1_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
 
 
 def cgroup_cpu_limit(v2_max: Path = CGROUP_V2_MAX, v1_quota: Path = CGROUP_V1_QUOTA,
@@ -53,9 +55,6 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
-
-
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
 
 
 def cpu_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
