@@ -63,7 +63,7 @@ from posemum_deploy.inference.torch_backend import TorchBackend
 from posemum_deploy.models.checkpoint import load_model
 from posemum_deploy.models.complexity import count_macs
 from posemum_deploy.models.simple_baseline import build_model
-from posemum_deploy.system import cpu_isa, cpu_model
+from posemum_deploy.system import cpu_summary
 
 COCO_MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco_mini"
 # row -> (least share of its arithmetic's GEMM peak, most AP drop in points)
@@ -285,7 +285,7 @@ def main() -> None:
     model, meta, note = load_network(args)
     calib = args.calib or args.val_ann or COCO_MINI / "test_coco.json"
     crops = calibration_crops(calib, tuple(meta.input_hw), args.calib_count)
-    cpu = f"{cpu_model()} ({' '.join(cpu_isa()) or 'ISA unknown'})"
+    cpu = cpu_summary()
     print(f"model: SimpleBaseline-{meta.backbone} {meta.input_hw[0]}×{meta.input_hw[1]}, {note}")
     print(f"cpu: {cpu}, {os.cpu_count()} cores, threads {args.threads}, OpenVINO precisions "
           f"{', '.join(cpu_precisions())}; load average at start {os.getloadavg()[0]:.2f}")

@@ -24,7 +24,7 @@ import numpy as np
 
 from posemum_deploy.inference.tta import ensemble_estimator, parse_tta
 from posemum_deploy.label.calibrate import joint_thresholds, measure
-from posemum_deploy.system import cpu_isa, cpu_model
+from posemum_deploy.system import cpu_summary
 
 RULES = (("each", 0.0), ("score", 0.0), ("pair", 0.0), ("each", 1.0), ("score", 1.0),
          ("pair", 1.0))
@@ -68,7 +68,7 @@ def main() -> None:
     t0 = time.perf_counter()
     val = measured(args.model, args.tta, args.val, args.cache / "val.npz")
     target = measured(args.model, args.tta, args.target, args.cache / "target.npz")
-    cpu = f"{cpu_model()} ({' '.join(cpu_isa()) or 'ISA unknown'})"
+    cpu = cpu_summary()
     print(f"# threshold_search: {len(args.model)} model(s), tta {args.tta}, precision "
           f"{args.precision:g}; calibrated on {len(val['scores'])} val persons, applied to "
           f"{len(target['scores'])}; {cpu}, {date.today()}, {time.perf_counter() - t0:.0f} s")

@@ -70,6 +70,12 @@ def cpu_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
     return [f for f in ISA_FLAGS if f in present]
 
 
+def cpu_summary(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The model name and its SIMD extensions in one string, "AMD EPYC (avx2)": what a
+    benchmark header prints to say which host a figure came from."""
+    return f"{cpu_model(cpuinfo)} ({' '.join(cpu_isa(cpuinfo)) or 'ISA unknown'})"
+
+
 def usable_cpus() -> int:
     """CPUs this process can run on: the affinity mask, capped by the cgroup quota."""
     try:

@@ -75,3 +75,11 @@ def test_cpu_isa_lists_the_reported_extensions_in_order(tmp_path: Path) -> None:
     info.write_text("flags\t: fpu avx avx2 fma\n")
     assert system.cpu_isa(info) == ["avx2"]
     assert system.cpu_isa(tmp_path / "missing") == []
+
+
+def test_cpu_summary_names_model_and_extensions(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("model name\t: AMD EPYC\nflags\t: fpu avx avx2 fma\n")
+    assert system.cpu_summary(info) == "AMD EPYC (avx2)"
+    info.write_text("model name\t: Old CPU\nflags\t: fpu sse2\n")
+    assert system.cpu_summary(info) == "Old CPU (ISA unknown)"
