@@ -5,15 +5,53 @@ per-folder conftests wrap these fixtures, they do not build their own.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-
 from testdata import COCO_MINI, NO_SHARED_DATA, SHARED_DATA, make_checkpoint
 
-torch.set_num_threads(2)
+from posemum_deploy.system import usable_cpus
+
+
+def _threads_per_test_process() -> int:
+    """Two torch threads in a lone pytest process; under pytest-xdist (`-n N`) each of
+    the N workers gets its share of the CPUs, and so do the subprocesses its tests start
+    (OMP_NUM_THREADS), so that side-by-side workers do not oversubscribe the cores."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    threads = max(1, min(2, usable_cpus() // workers))
+    if workers > 1:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    return threads
+
+
+torch.set_num_threads(_threads_per_test_process())
+
+
+# A worker's peak memory, its tests' subprocesses included: 2 workers peaked at 8.9 GB
+# together (largest process 5.6 GB) in a full run on 2026-12-07 (docs/development.md).
+WORKER_MEMORY = 5 * 2**30
+
+
+def _available_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one worker per CPU this process may use (affinity mask and cgroup
+    quota, which xdist's own count through psutil ignores), as many as the available
+    memory holds at WORKER_MEMORY each."""
+    memory = _available_memory()
+    by_memory = memory // WORKER_MEMORY if memory else usable_cpus()
+    return max(1, min(usable_cpus(), by_memory))
 
 
 @pytest.fixture(scope="session")

@@ -114,7 +114,7 @@ def test_continued_ssl_row_continues_pose_mum_plus_with_the_pseudo_labels(tmp_pa
         "--teacher-steps", "8", "--steps", "4", "--rows", "e", "--seeds", "1",
         "--labeled-images", "8", "--unlabeled-images", "16", "--val-images", "8",
         "--min-joint-score", "0", "--min-instance-score", "0", "--min-joints", "1",
-        "--no-calibrate", "--input", "64x64", "--tiles", "2x2", "--threads", "1",
+        "--no-calibrate", "--input", "64x64", "--tiles", "2x2", "--threads", "1", "--batch", "4",
         "--out", str(out)], capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for row in ("e-single", "e-round0", "e-continue", "e-control", "e - e-control"):
@@ -157,7 +157,7 @@ def test_clamped_ssl_row_trains_every_pose_mum_plus_stage_clamped_in_its_own_fol
         "--teacher-steps", "8", "--steps", "4", "--rows", "e", "u", "--seeds", "1",
         "--no-single", "--clamp-targets", "--labeled-images", "8", "--unlabeled-images",
         "16", "--val-images", "8", "--min-joint-score", "0", "--min-instance-score", "0",
-        "--no-calibrate", "--input", "64x64", "--tiles", "2x2", "--threads", "1",
+        "--no-calibrate", "--input", "64x64", "--tiles", "2x2", "--threads", "1", "--batch", "4",
         "--out", str(out)], capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "clamped targets" in proc.stdout
@@ -193,7 +193,7 @@ def test_continued_distillation_with_a_full_schedule_teacher(tmp_path):
         "--teacher-steps", "8", "--steps", "4", "--rows", "a", "d", "--seeds", "1",
         "--distill-teacher", "full", "--labeled-images", "8", "--unlabeled-images", "16",
         "--val-images", "8", "--min-joint-score", "0", "--min-instance-score", "0",
-        "--min-joints", "1", "--no-calibrate", "--input", "64x64", "--threads", "1",
+        "--min-joints", "1", "--no-calibrate", "--input", "64x64", "--threads", "1", "--batch", "4",
         "--out", str(out)], capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for row in ("d-teacher", "d-teacher-full", "d - a"):
@@ -232,7 +232,7 @@ def test_continued_distillation_from_a_clamped_pose_mum_plus_teacher(tmp_path, t
         "--distill-teacher", teacher, "--clamp-targets", "--labeled-images", "8",
         "--unlabeled-images", "16", "--val-images", "8", "--min-joint-score", "0",
         "--min-instance-score", "0", "--min-joints", "1", "--no-calibrate", "--input", "64x64",
-        "--tiles", "2x2", "--threads", "1", "--out", str(out)],
+        "--tiles", "2x2", "--threads", "1", "--batch", "4", "--out", str(out)],
         capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
@@ -275,7 +275,7 @@ def test_row_e_labels_with_row_ds_pose_mum_plus_resnet50(tmp_path):
         "--distill-teacher", "pose-mum-plus-r50", "--label-teacher", "pose-mum-plus-r50",
         "--clamp-targets", "--no-single", "--labeled-images", "8", "--unlabeled-images", "16",
         "--val-images", "8", "--min-joint-score", "0", "--min-instance-score", "0",
-        "--no-calibrate", "--input", "64x64", "--tiles", "2x2", "--threads", "1",
+        "--no-calibrate", "--input", "64x64", "--tiles", "2x2", "--threads", "1", "--batch", "4",
         "--out", str(out)]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -101,8 +101,8 @@ def test_resume_on_cuda(synthetic_small, tmp_path):
 @pytest.mark.slow
 def test_loss_decreases_on_a_tiny_set(synthetic_small, tmp_path):
     cfg = _cfg(synthetic_small, tmp_path / "run", max_steps=30)
-    cfg.optim.epochs = 30
-    cfg.optim.steps_per_epoch = 1
+    cfg.optim.epochs, cfg.optim.milestones = 1, ()  # one epoch: one checkpoint, not 30
+    cfg.optim.steps_per_epoch = 30
     cfg.runtime.val_every = 0
     train(cfg)
     rows = [json.loads(l) for l in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
