@@ -31,7 +31,7 @@ torch.set_num_threads(_threads_per_test_process())
 
 
 # A worker's peak memory, its tests' subprocesses included: 2 workers peaked at 8.9 GB
-# together (largest process 5.6 GB) in a full run on 2026-12-07 (docs/development.md).
+# together (the largest process 5.6 GB) in a full run on 2026-12-07 (docs/development.md).
 WORKER_MEMORY = 5 * 2**30
 
 
