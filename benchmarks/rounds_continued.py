@@ -16,8 +16,10 @@ from rounds_label_quality import (  # benchmarks/ on sys.path
 )
 from rounds_stages import (
     base_config,
+    clamp_knob,
     label_knobs,
     pseudo_labels,
+    ssl_knob,
     student_knobs,
     trained,
     unlabeled_knob,
@@ -151,18 +153,6 @@ def checkpoints_elsewhere(args: argparse.Namespace, seed: int) -> tuple[list[str
     return paths, f"-x{len(paths)}-{digest}" if paths else ""
 
 
-def clamp_knob(args: argparse.Namespace) -> str:
-    """"-clamp" with --clamp-targets: clamped pose-mum-plus stages get folders of their
-    own, so no unclamped cached stage is reused."""
-    return "-clamp" if args.clamp_targets else ""
-
-
-def ssl_knob(args: argparse.Namespace) -> str:
-    """The suffix of row e's folders: the unlabeled set's (pose-mum-plus learns from it
-    from step 0), then the clamp's."""
-    return unlabeled_knob(args) + clamp_knob(args)
-
-
 def ssl_config(args: argparse.Namespace, seed: int, sets: dict[str, Path],
                backbone: str = "resnet18") -> RoundsConfig:
     """Row e's config: pose-mum-plus on the continued schedule, the unlabeled folder as
@@ -210,8 +200,16 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
     errors (e-u-masked − e-own).
 
     `--clamp-targets` trains every pose-mum-plus stage with the teacher's heatmaps clamped
-    to [0, 1] (`train --clamp-targets`), in folders of their own ("-clamp")."""
+    to [0, 1] (`train --clamp-targets`), in folders of their own ("-clamp"). `--e-stage
+    round0` or `single` trains that stage alone, in the folder the whole row uses."""
     ssl = ssl_config(args, seed, sets)
+    if args.e_stage == "round0":  # one stage alone: a rerun, on another host or seed
+        round0_and_continue(ssl, "e", "e-round0", False, done)
+        return
+    if args.e_stage == "single":
+        done("e-single", trained(ssl, ssl_single_dir(args, seed, ssl),
+                                 ssl.train.optim.max_steps)[1])
+        return
     first, round1 = continued_schedule(ssl.train.optim, 1)
     out = Path(ssl.out)
     teacher = round0_and_continue(ssl, "e", "e-round0", True, done)[0]
@@ -260,8 +258,12 @@ def run_continued_ssl(args: argparse.Namespace, seed: int, sets: dict[str, Path]
         done("e-control", res["e-continue"])
         return
     # last: the longest training, and e − e-continue already bounds e − e-control above
-    single = Path(args.out) / f"s{seed}" / f"pmp-{ssl.train.optim.max_steps}{ssl_knob(args)}"
-    single_and_control(ssl, single, "e", "e-control", res, done)
+    single_and_control(ssl, ssl_single_dir(args, seed, ssl), "e", "e-control", res, done)
+
+
+def ssl_single_dir(args: argparse.Namespace, seed: int, ssl: RoundsConfig) -> Path:
+    """e-single's folder: beside the seed's schedules, named by its steps (no round's)."""
+    return Path(args.out) / f"s{seed}" / f"pmp-{ssl.train.optim.max_steps}{ssl_knob(args)}"
 
 
 def round0_and_continue(cfg: RoundsConfig, prefix: str, round0: str, with_control: bool,

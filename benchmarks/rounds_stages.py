@@ -110,6 +110,18 @@ def unlabeled_knob(args: argparse.Namespace) -> str:
     return f"-u{n}" if n != UNLABELED_IMAGES else ""
 
 
+def clamp_knob(args: argparse.Namespace) -> str:
+    """"-clamp" with --clamp-targets: clamped pose-mum-plus stages get folders of their
+    own, so no unclamped cached stage is reused."""
+    return "-clamp" if args.clamp_targets else ""
+
+
+def ssl_knob(args: argparse.Namespace) -> str:
+    """The suffix of row e's folders: the unlabeled set's (pose-mum-plus learns from it
+    from step 0), then the clamp's."""
+    return unlabeled_knob(args) + clamp_knob(args)
+
+
 def label_knobs(args: argparse.Namespace) -> str:
     """The suffix of a labels folder: the calibration precision when not 0.9 ("-p0.8"),
     its search and confidence when not each / 0 ("-pairz1") and the unlabeled set's size

@@ -25,7 +25,8 @@ Round 0 trains on the labeled split for `--teacher-steps` (default: `--steps`), 
   e    pose-mum-plus: round 0 → round 1 retrained with the preset on mixed batches,
        against e-control (pose-mum-plus for all the steps without pseudo-labels);
        labels by --label-members K round 0s, --label-teacher (row d's pose-mum-plus ResNet-50),
-       --label-checkpoint (more members), together (e-own: e on its round 0's labels alone)
+       --label-checkpoint (more members), together (e-own: e on its round 0's labels alone);
+       --e-stage round0 | single trains that stage alone (a rerun on another host)
   u    the bound: b trained on the unlabeled set's hidden truth instead of its
        pseudo-labels (every visible joint kept): any labeling's ceiling at this budget
        (u − a ≤ 0: the control is not data-limited); u-masked with b (true positions only
@@ -56,7 +57,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -77,15 +77,12 @@ from rounds_stages import (
     trained,
     unlabeled_knob,
 )
+from rounds_table import print_table
 
 from posemum_deploy.rounds import SCHEDULES
 from posemum_deploy.system import usable_cpus
 
 ROWS = ("a", "b", "c", "d", "e", "q", "u")
-GAPS = (("b", "a"), ("b", "a-single"), ("b", "a-restart"), ("b", "a-continue"), ("c-tta", "b"),
-        ("c-noise", "b"), ("c-union", "b"), ("c-init", "b"), ("d", "a"), ("e", "e-control"),
-        ("e", "e-single"), ("e", "e-continue"), ("e", "e-own"), ("e-own", "e-control"),
-        ("u", "a"), ("e-u", "e-control"))
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
@@ -173,22 +170,6 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
     return res
 
 
-def print_table(per_seed: list[dict[str, float]], seeds: list[int]) -> None:
-    """Each row's mean and per-seed values, then the paired gaps (mean ± SE)."""
-    names = [k for k in per_seed[0]]
-    print(f"{'row':<16}{'mean':>8}  per seed ({', '.join(map(str, seeds))})")
-    for name in names:
-        values = [r[name] for r in per_seed]
-        print(f"{name:<16}{statistics.mean(values):>8.2f}  {' '.join(f'{v:.2f}' for v in values)}")
-    for a, b in GAPS:
-        if a not in names or b not in names:
-            continue
-        gaps = [r[a] - r[b] for r in per_seed]
-        se = f" ± {statistics.stdev(gaps) / len(gaps) ** 0.5:.2f}" if len(gaps) > 1 else ""
-        print(f"{a} - {b}: {statistics.mean(gaps):+.2f}{se}  "
-              f"(per seed {' '.join(f'{g:+.2f}' for g in gaps)})")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -244,6 +225,9 @@ def main() -> None:
                    help="train row e (and row d's pose-mum-plus teacher) --clamp-targets")
     p.add_argument("--no-single", action="store_true",
                    help="row e: skip e-single (more steps); e-control is then e-continue")
+    p.add_argument("--e-stage", choices=("all", "round0", "single"), default="all",
+                   help="--rows e: train only e-round0 or only e-single, in the row's folders "
+                        "(a rerun of one stage, e.g. on another host)")
     p.add_argument("--min-joint-score", type=float, default=0.5)
     p.add_argument("--tta", default="flip,scales=0.8,1.0,1.2")
     p.add_argument("--precision", type=float, default=0.9,
@@ -271,6 +255,9 @@ def main() -> None:
     if any(row_e_only) and (args.schedule != "continue" or "e" not in args.rows):
         p.error("--label-members / --label-teacher / --label-checkpoint / --no-single / "
                 "--clamp-targets are for row e with --schedule continue")
+    if args.e_stage != "all" and (args.schedule != "continue" or args.rows != ["e"]):
+        p.error(f"--e-stage {args.e_stage} trains one stage of row e: give --schedule "
+                "continue --rows e")
     if args.label_members < 1:
         p.error(f"--label-members {args.label_members}: give 1 (e-round0 alone) or more")
     if args.rounds != 1 and args.schedule != "continue":

@@ -179,6 +179,40 @@ def test_clamped_ssl_row_trains_every_pose_mum_plus_stage_clamped_in_its_own_fol
     assert not (out / "s0" / "continue12-pmp-u16").exists()
 
 @pytest.mark.slow
+def test_e_stage_trains_one_stage_of_row_e_alone_in_the_rows_folders(tmp_path):
+    """--e-stage round0 (single) trains e-round0 (e-single) alone, in the folder the whole
+    row uses, so that a full run afterwards reuses it; other rows are refused."""
+    import subprocess
+
+    import yaml
+
+    out = tmp_path / "bench"
+    command = [
+        sys.executable, str(ROOT / "rounds_synthetic.py"), "--schedule", "continue",
+        "--teacher-steps", "8", "--steps", "4", "--rows", "e", "--seeds", "1",
+        "--labeled-images", "8", "--unlabeled-images", "16", "--val-images", "8",
+        "--input", "64x64", "--tiles", "2x2", "--threads", "1", "--batch", "4",
+        "--out", str(out)]
+    seed = out / "s0"
+    round0, single = seed / "continue12-pmp-u16" / "round0", seed / "pmp-12-u16"
+    for stage, folder, other in (("round0", round0, single), ("single", single, None)):
+        proc = subprocess.run([*command, "--e-stage", stage], capture_output=True, text=True,
+                              timeout=600, check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = [line.split()[0] for line in proc.stdout.splitlines()
+                if line.startswith("e") and "  " in line]
+        assert rows == [f"e-{stage}"], proc.stdout
+        cfg = yaml.safe_load((folder / "train" / "config.yaml").read_text())
+        assert cfg["preset"] == "pose-mum-plus" and cfg["optim"]["max_steps"] == \
+            (8 if stage == "round0" else 12)
+        assert other is None or not other.exists()
+    assert not (seed / "continue12-pmp-u16" / "e-continue").exists()
+    proc = subprocess.run([*command[:-2], "--rows", "d", "e", "--e-stage", "single"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "--e-stage single trains one stage of row e" in proc.stderr
+
+
+@pytest.mark.slow
 def test_continued_distillation_with_a_full_schedule_teacher(tmp_path):
     """Row d with --distill-teacher full, tiny: the ResNet-50 trains round 0's part of the
     schedule, continues labeled-only through the decayed rest (d-teacher-full) and labels
