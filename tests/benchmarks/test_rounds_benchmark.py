@@ -141,7 +141,7 @@ def test_continued_ssl_row_continues_pose_mum_plus_with_the_pseudo_labels(tmp_pa
     assert e["optim"]["lr"] == pytest.approx(2e-4)
 
 
-
+@pytest.mark.slow
 def test_clamped_ssl_row_trains_every_pose_mum_plus_stage_clamped_in_its_own_folders(tmp_path):
     """--clamp-targets: e-round0, e-continue and e train with ssl.clamp_targets, in
     folders apart from the unclamped run's, so no cached unclamped stage is reused. With
@@ -177,6 +177,7 @@ def test_clamped_ssl_row_trains_every_pose_mum_plus_stage_clamped_in_its_own_fol
     own = json.loads((run / "labels-u16" / "pseudo.json").read_text())["annotations"]
     assert len(masked) <= min(len(truth), len(own))  # persons the labels kept, true joints
     assert not (out / "s0" / "continue12-pmp-u16").exists()
+
 
 @pytest.mark.slow
 def test_e_stage_trains_one_stage_of_row_e_alone_in_the_rows_folders(tmp_path):

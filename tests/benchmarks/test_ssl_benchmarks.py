@@ -73,6 +73,7 @@ def test_ssl_synthetic_makes_a_data_folder_per_size(tmp_path):
     assert [len(json.loads(v.read_text())["images"]) for v in (val_a, val_b)] == [2, 4]
 
 
+@pytest.mark.slow
 def test_ssl_synthetic_clamp_targets_trains_a_twin_with_the_other_clamping(tmp_path, capsys):
     """--clamp-targets: pose-mum-plus (clamped by its preset) and mum (raw) train twice from
     the same warm-up, the twin with the other clamping (+raw, +clamp); supervised (no
