@@ -99,40 +99,75 @@ def test_folders_that_depend_on_the_unlabeled_set_are_named_by_its_size():
     assert stages.student_knobs(args) == "-lw0.3-p0.8-pairz1-u1200"
 
 
-@pytest.mark.slow
-def test_continued_ssl_row_continues_pose_mum_plus_with_the_pseudo_labels(tmp_path):
-    """Row e with --schedule continue, tiny: e-round0 trains pose-mum-plus up to the first
-    milestone and labels the folder; e continues from it at the decayed LR with the
-    pseudo-labels on top of the unlabeled loss, e-continue the same without them."""
+TINY = ["--schedule", "continue", "--teacher-steps", "8", "--steps", "4", "--seeds", "1",
+        "--labeled-images", "8", "--unlabeled-images", "16", "--val-images", "8",
+        "--input", "64x64", "--threads", "1", "--batch", "4"]
+ANY_LABEL = ["--min-joint-score", "0", "--min-instance-score", "0", "--no-calibrate"]
+
+
+def _tiny(out: Path, *args: str, timeout: int = 600):
+    """One tiny rounds_synthetic.py run into `out` (stages already there are reused, by
+    folder name, as in a benchmark run after another); it must succeed."""
     import subprocess
 
+    proc = subprocess.run([sys.executable, str(ROOT / "rounds_synthetic.py"), *TINY, *args,
+                           "--out", str(out)], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _config(folder: Path) -> dict:
     import yaml
 
+    return yaml.safe_load((folder / "train" / "config.yaml").read_text())
+
+
+def _best(folder: Path) -> Path:
+    return folder / "train" / "checkpoints" / "best.pt"
+
+
+@pytest.mark.slow
+def test_e_stage_trains_one_stage_alone_and_a_full_row_e_reuses_it(tmp_path):
+    """--e-stage round0 (single) trains e-round0 (e-single) alone, in the folder the whole
+    row uses; other rows are refused. A full row e afterwards (--schedule continue) reuses
+    both: e continues e-round0 at the decayed LR with the pseudo-labels on top of the
+    unlabeled loss, e-continue the same without them."""
+    import subprocess
+
     out = tmp_path / "bench"
-    proc = subprocess.run([
-        sys.executable, str(ROOT / "rounds_synthetic.py"), "--schedule", "continue",
-        "--teacher-steps", "8", "--steps", "4", "--rows", "e", "--seeds", "1",
-        "--labeled-images", "8", "--unlabeled-images", "16", "--val-images", "8",
-        "--min-joint-score", "0", "--min-instance-score", "0", "--min-joints", "1",
-        "--no-calibrate", "--input", "64x64", "--tiles", "2x2", "--threads", "1", "--batch", "4",
-        "--out", str(out)], capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    seed = out / "s0"
+    run = seed / "continue12-pmp-u16"  # 16 unlabeled images, not the default 600
+    round0, single = run / "round0", seed / "pmp-12-u16"
+    for stage, folder, other in (("round0", round0, single), ("single", single, None)):
+        proc = _tiny(out, "--rows", "e", "--tiles", "2x2", "--e-stage", stage)
+        rows = [line.split()[0] for line in proc.stdout.splitlines()
+                if line.startswith("e") and "  " in line]
+        assert rows == [f"e-{stage}"], proc.stdout
+        cfg = _config(folder)
+        assert cfg["preset"] == "pose-mum-plus" and cfg["optim"]["max_steps"] == \
+            (8 if stage == "round0" else 12)
+        assert other is None or not other.exists()
+    assert not (run / "e-continue").exists()
+    proc = subprocess.run([sys.executable, str(ROOT / "rounds_synthetic.py"), *TINY, "--rows",
+                           "d", "e", "--e-stage", "single", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "--e-stage single trains one stage of row e" in proc.stderr
+
+    trained = {f: _best(f).stat().st_mtime_ns for f in (round0, single)}
+    proc = _tiny(out, "--rows", "e", "--tiles", "2x2", *ANY_LABEL, "--min-joints", "1")
     for row in ("e-single", "e-round0", "e-continue", "e-control", "e - e-control"):
         assert f"\n{row}" in proc.stdout, proc.stdout
-    run = out / "s0" / "continue12-pmp-u16"  # 16 unlabeled images, not the default 600
-
-    def config(name):
-        return yaml.safe_load((run / name / "train" / "config.yaml").read_text())
+    assert {f: _best(f).stat().st_mtime_ns for f in (round0, single)} == trained  # reused
 
     def last(name):  # the last logged training step: (step, lr)
         rows = (run / name / "train" / "metrics.jsonl").read_text().splitlines()
         row = [r for r in map(json.loads, rows) if r["kind"] == "train"][-1]
         return row["step"], row["lr"]
 
-    r0, e, bare = config("round0"), config("e-u16"), config("e-continue")
+    r0, e, bare = _config(round0), _config(run / "e-u16"), _config(run / "e-continue")
     assert r0["preset"] == e["preset"] == bare["preset"] == "pose-mum-plus"
-    ckpt = str(run / "round0" / "train" / "checkpoints" / "best.pt")
-    assert e["ssl"]["init_from"] == bare["ssl"]["init_from"] == ckpt
+    assert e["ssl"]["init_from"] == bare["ssl"]["init_from"] == str(_best(round0))
     assert e["pseudo"]["labels"] == str(run / "labels-u16" / "pseudo.json")
     assert not bare["pseudo"]["labels"]
     assert json.loads((run / "labels-u16" / "pseudo.json").read_text())["annotations"]
@@ -141,37 +176,47 @@ def test_continued_ssl_row_continues_pose_mum_plus_with_the_pseudo_labels(tmp_pa
     assert e["optim"]["lr"] == pytest.approx(2e-4)
 
 
+ROW_D_E_R50 = ["--rows", "d", "e", "--distill-teacher", "pose-mum-plus-r50", "--label-teacher",
+               "pose-mum-plus-r50", "--clamp-targets", "--no-single", *ANY_LABEL,
+               "--tiles", "2x2"]
+
+
+@pytest.fixture(scope="module")
+def clamped_rows_d_e(tmp_path_factory):
+    """Rows d and e clamped, tiny, with one pose-mum-plus ResNet-50 labeling the folder for
+    both: (its folder, the run's stdout). The tests of other clamped rows run in the same
+    folder after it and reuse its stages (the supervised round 0, e-round0, e-continue,
+    e-own's labels and student), as a benchmark run after another does; each adds
+    folders of its own, so they do not depend on one another's order."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("clamped_rows_d_e") / "bench"
+    yield out, _tiny(out, *ROW_D_E_R50).stdout
+    shutil.rmtree(out.parent, ignore_errors=True)  # GBs of checkpoints
+
+
 @pytest.mark.slow
-def test_clamped_ssl_row_trains_every_pose_mum_plus_stage_clamped_in_its_own_folders(tmp_path):
+def test_clamped_ssl_row_trains_every_pose_mum_plus_stage_clamped_in_its_own_folders(
+        clamped_rows_d_e):
     """--clamp-targets: e-round0, e-continue and e train with ssl.clamp_targets, in
     folders apart from the unclamped run's, so no cached unclamped stage is reused. With
     row u, e-u continues e-round0 on the unlabeled set's truth, as e does on its labels,
     and e-u-masked on the truth at the joints e-round0's labels kept."""
-    import subprocess
-
-    import yaml
-
-    out = tmp_path / "bench"
-    proc = subprocess.run([
-        sys.executable, str(ROOT / "rounds_synthetic.py"), "--schedule", "continue",
-        "--teacher-steps", "8", "--steps", "4", "--rows", "e", "u", "--seeds", "1",
-        "--no-single", "--clamp-targets", "--labeled-images", "8", "--unlabeled-images",
-        "16", "--val-images", "8", "--min-joint-score", "0", "--min-instance-score", "0",
-        "--no-calibrate", "--input", "64x64", "--tiles", "2x2", "--threads", "1", "--batch", "4",
-        "--out", str(out)], capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out, _ = clamped_rows_d_e
+    proc = _tiny(out, "--rows", "e", "u", "--no-single", "--clamp-targets", *ANY_LABEL,
+                 "--tiles", "2x2")
     assert "clamped targets" in proc.stdout
     assert "\ne - e-control" in proc.stdout and "e-single" not in proc.stdout
     assert "\ne-u - e-control" in proc.stdout and "\nu - a" not in proc.stdout  # no row a
     run = out / "s0" / "continue12-pmp-u16-clamp"
     for name in ("round0", "e-continue", "e-u16", "e-u-u16", "e-u-masked-u16"):
-        cfg = yaml.safe_load((run / name / "train" / "config.yaml").read_text())
+        cfg = _config(run / name)
         assert cfg["preset"] == "pose-mum-plus" and cfg["ssl"]["clamp_targets"] is True
-    start = str(run / "round0" / "train" / "checkpoints" / "best.pt")
     for name, labels in (("e-u-u16", "truth_as_pseudo-u16.json"),
                          ("e-u-masked-u16", "truth_masked_as_pseudo-u16.json")):
-        cfg = yaml.safe_load((run / name / "train" / "config.yaml").read_text())
-        assert cfg["pseudo"]["labels"] == str(run / labels) and cfg["ssl"]["init_from"] == start
+        cfg = _config(run / name)
+        assert cfg["pseudo"]["labels"] == str(run / labels)
+        assert cfg["ssl"]["init_from"] == str(_best(run / "round0"))
     truth = json.loads((run / "truth_as_pseudo-u16.json").read_text())["annotations"]
     masked = json.loads((run / "truth_masked_as_pseudo-u16.json").read_text())["annotations"]
     own = json.loads((run / "labels-u16" / "pseudo.json").read_text())["annotations"]
@@ -180,182 +225,94 @@ def test_clamped_ssl_row_trains_every_pose_mum_plus_stage_clamped_in_its_own_fol
 
 
 @pytest.mark.slow
-def test_e_stage_trains_one_stage_of_row_e_alone_in_the_rows_folders(tmp_path):
-    """--e-stage round0 (single) trains e-round0 (e-single) alone, in the folder the whole
-    row uses, so that a full run afterwards reuses it; other rows are refused."""
-    import subprocess
-
-    import yaml
-
-    out = tmp_path / "bench"
-    command = [
-        sys.executable, str(ROOT / "rounds_synthetic.py"), "--schedule", "continue",
-        "--teacher-steps", "8", "--steps", "4", "--rows", "e", "--seeds", "1",
-        "--labeled-images", "8", "--unlabeled-images", "16", "--val-images", "8",
-        "--input", "64x64", "--tiles", "2x2", "--threads", "1", "--batch", "4",
-        "--out", str(out)]
-    seed = out / "s0"
-    round0, single = seed / "continue12-pmp-u16" / "round0", seed / "pmp-12-u16"
-    for stage, folder, other in (("round0", round0, single), ("single", single, None)):
-        proc = subprocess.run([*command, "--e-stage", stage], capture_output=True, text=True,
-                              timeout=600, check=False)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        rows = [line.split()[0] for line in proc.stdout.splitlines()
-                if line.startswith("e") and "  " in line]
-        assert rows == [f"e-{stage}"], proc.stdout
-        cfg = yaml.safe_load((folder / "train" / "config.yaml").read_text())
-        assert cfg["preset"] == "pose-mum-plus" and cfg["optim"]["max_steps"] == \
-            (8 if stage == "round0" else 12)
-        assert other is None or not other.exists()
-    assert not (seed / "continue12-pmp-u16" / "e-continue").exists()
-    proc = subprocess.run([*command[:-2], "--rows", "d", "e", "--e-stage", "single"],
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 2 and "--e-stage single trains one stage of row e" in proc.stderr
-
-
-@pytest.mark.slow
 def test_continued_distillation_with_a_full_schedule_teacher(tmp_path):
     """Row d with --distill-teacher full, tiny: the ResNet-50 trains round 0's part of the
     schedule, continues labeled-only through the decayed rest (d-teacher-full) and labels
     the folder; the ResNet-18 round 0 continues on those labels at the decayed LR."""
-    import subprocess
-
-    import yaml
-
     out = tmp_path / "bench"
-    proc = subprocess.run([
-        sys.executable, str(ROOT / "rounds_synthetic.py"), "--schedule", "continue",
-        "--teacher-steps", "8", "--steps", "4", "--rows", "a", "d", "--seeds", "1",
-        "--distill-teacher", "full", "--labeled-images", "8", "--unlabeled-images", "16",
-        "--val-images", "8", "--min-joint-score", "0", "--min-instance-score", "0",
-        "--min-joints", "1", "--no-calibrate", "--input", "64x64", "--threads", "1", "--batch", "4",
-        "--out", str(out)], capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _tiny(out, "--rows", "a", "d", "--distill-teacher", "full", "--min-joint-score",
+                 "0", "--min-instance-score", "0", "--min-joints", "1", "--no-calibrate")
     for row in ("d-teacher", "d-teacher-full", "d - a"):
         assert f"\n{row}" in proc.stdout, proc.stdout
     run = out / "s0" / "continue12"
-
-    def config(name):
-        return yaml.safe_load((run / name / "train" / "config.yaml").read_text())
-
-    def ckpt(name):
-        return str(run / name / "train" / "checkpoints" / "best.pt")
-
-    big, student = config("d-teacher-full"), config("d-full-u16")
+    big, student = _config(run / "d-teacher-full"), _config(run / "d-full-u16")
     assert big["model"]["backbone"] == "resnet50" and student["model"]["backbone"] == "resnet18"
-    assert big["ssl"]["init_from"] == ckpt("d-teacher") and not big["pseudo"]["labels"]
-    assert student["ssl"]["init_from"] == ckpt("round0")
+    assert big["ssl"]["init_from"] == str(_best(run / "d-teacher"))
+    assert not big["pseudo"]["labels"]
+    assert student["ssl"]["init_from"] == str(_best(run / "round0"))
     assert student["pseudo"]["labels"] == str(run / "d-labels-full-u16" / "pseudo.json")
     assert big["optim"]["lr"] == student["optim"]["lr"] == pytest.approx(2e-4)  # decayed
 
 
 @pytest.mark.slow
-def test_continued_distillation_from_a_clamped_pose_mum_plus_teacher(tmp_path):
+def test_continued_distillation_from_a_clamped_pose_mum_plus_teacher(clamped_rows_d_e):
     """Row d with --distill-teacher pose-mum-plus --clamp-targets, tiny, rows d alone: row
     e's clamped round 0 and e-continue label the folder, the ResNet-18 round 0 continues
     on those labels; row a is not trained. (The pose-mum-plus-r50 teacher is checked by
-    test_row_e_labels_with_row_ds_pose_mum_plus_resnet50, which trains it anyway.)"""
-    import subprocess
-
-    import yaml
-
-    out = tmp_path / "bench"
-    proc = subprocess.run([
-        sys.executable, str(ROOT / "rounds_synthetic.py"), "--schedule", "continue",
-        "--teacher-steps", "8", "--steps", "4", "--rows", "d", "--seeds", "1",
-        "--distill-teacher", "pose-mum-plus", "--clamp-targets", "--labeled-images", "8",
-        "--unlabeled-images", "16", "--val-images", "8", "--min-joint-score", "0",
-        "--min-instance-score", "0", "--min-joints", "1", "--no-calibrate", "--input", "64x64",
-        "--tiles", "2x2", "--threads", "1", "--batch", "4", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    test_row_e_labels_with_row_ds_pose_mum_plus_resnet50.)"""
+    out, _ = clamped_rows_d_e
+    proc = _tiny(out, "--rows", "d", "--distill-teacher", "pose-mum-plus", "--clamp-targets",
+                 *ANY_LABEL, "--min-joints", "1", "--tiles", "2x2")
     rows = {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
     assert {"round0", "d", "e-round0", "e-continue"} <= rows
     assert not rows & {"a", "a-single", "a-continue", "d-teacher"}, proc.stdout
     run, big = out / "s0" / "continue12", out / "s0" / "continue12-pmp-u16-clamp" / "e-continue"
-
-    def config(folder):
-        return yaml.safe_load((folder / "train" / "config.yaml").read_text())
-
-    t, student = config(big), config(run / "d-pmp-clamp-u16")
+    t, student = _config(big), _config(run / "d-pmp-clamp-u16")
     assert t["preset"] == "pose-mum-plus" and t["ssl"]["clamp_targets"] is True
     assert t["model"]["backbone"] == "resnet18"
     assert student["preset"] == "supervised" and student["model"]["backbone"] == "resnet18"
-    assert student["ssl"]["init_from"] == str(run / "round0" / "train" / "checkpoints" / "best.pt")
+    assert student["ssl"]["init_from"] == str(_best(run / "round0"))
     assert student["pseudo"]["labels"] == str(run / "d-labels-pmp-clamp-u16" / "pseudo.json")
     stages = json.loads((run / "d-labels-pmp-clamp-u16" / "stages.json").read_text())
-    assert stages["export"]["artifact"] == str(big / "train" / "checkpoints" / "best.pt")
+    assert stages["export"]["artifact"] == str(_best(big))
     assert not (run / "labeled-12").exists() and not (run / "a-continue").exists()
 
 
 @pytest.mark.slow
-def test_row_e_labels_with_row_ds_pose_mum_plus_resnet50(tmp_path):
+def test_row_e_labels_with_row_ds_pose_mum_plus_resnet50(clamped_rows_d_e):
     """--label-teacher pose-mum-plus-r50 with rows d and e, tiny: one clamped pose-mum-plus
     ResNet-50 round 0 labels the folder once; row d's ResNet-18 and row e's e-round0 both
     continue on those labels (e), e-own on e-round0's own labels."""
-    import subprocess
-
-    import yaml
-
-    out = tmp_path / "bench"
-    command = [
-        sys.executable, str(ROOT / "rounds_synthetic.py"), "--schedule", "continue",
-        "--teacher-steps", "8", "--steps", "4", "--rows", "d", "e", "--seeds", "1",
-        "--distill-teacher", "pose-mum-plus-r50", "--label-teacher", "pose-mum-plus-r50",
-        "--clamp-targets", "--no-single", "--labeled-images", "8", "--unlabeled-images", "16",
-        "--val-images", "8", "--min-joint-score", "0", "--min-instance-score", "0",
-        "--no-calibrate", "--input", "64x64", "--tiles", "2x2", "--threads", "1", "--batch", "4",
-        "--out", str(out)]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out, stdout = clamped_rows_d_e
     for row in ("e-own ", "e ", "d ", "e - e-own:", "e - e-control:"):
-        assert f"\n{row}" in proc.stdout, proc.stdout
+        assert f"\n{row}" in stdout, stdout
     seed = out / "s0"
     labels = seed / "continue12" / "d-labels-pmp-r50-clamp-u16"
     e_run = seed / "continue12-pmp-u16-clamp"
-
-    def config(folder):
-        return yaml.safe_load((folder / "train" / "config.yaml").read_text())
-
-    e, own, d = (config(e_run / "e-pmp-r50-u16"), config(e_run / "e-u16"),
-                 config(seed / "continue12" / "d-pmp-r50-clamp-u16"))
+    e, own, d = (_config(e_run / "e-pmp-r50-u16"), _config(e_run / "e-u16"),
+                 _config(seed / "continue12" / "d-pmp-r50-clamp-u16"))
     assert e["pseudo"]["labels"] == d["pseudo"]["labels"] == str(labels / "pseudo.json")
     assert own["pseudo"]["labels"] == str(e_run / "labels-u16" / "pseudo.json")
     assert e["preset"] == "pose-mum-plus" and e["ssl"]["clamp_targets"] is True
-    assert e["ssl"]["init_from"] == str(e_run / "round0" / "train" / "checkpoints" / "best.pt")
-    big = seed / "continue12-pmp-r50-u16-clamp" / "round0" / "train" / "checkpoints" / "best.pt"
+    assert e["ssl"]["init_from"] == str(_best(e_run / "round0"))
+    big = _best(seed / "continue12-pmp-r50-u16-clamp" / "round0")
     assert json.loads((labels / "stages.json").read_text())["export"]["artifact"] == str(big)
-    r50 = config(big.parents[2])  # trained as round 0: the schedule's first part from scratch
+    r50 = _config(big.parents[2])  # trained as round 0: the schedule's first part from scratch
     assert r50["preset"] == "pose-mum-plus" and r50["ssl"]["clamp_targets"] is True
     assert r50["model"]["backbone"] == "resnet50" and r50["optim"]["max_steps"] == 8
     assert not r50["ssl"]["init_from"]
     assert d["preset"] == "supervised" and d["model"]["backbone"] == "resnet18"
-    assert d["ssl"]["init_from"] == str(seed / "continue12" / "round0" / "train" / "checkpoints"
-                                        / "best.pt")
+    assert d["ssl"]["init_from"] == str(_best(seed / "continue12" / "round0"))
 
     # with --label-members 2 the ResNet-50 joins e-round0 and a second round 0 (cached
     # stages reused: only that round 0, the ensemble's labels and its student train)
-    proc = subprocess.run([*command, "--label-members", "2"], capture_output=True, text=True,
-                          timeout=600, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _tiny(out, *ROW_D_E_R50, "--label-members", "2")
     assert "\ne-round0-seed100 " in proc.stdout and "\ne " in proc.stdout, proc.stdout
     ens = e_run / "labels-ens2-r50-u16"
     export = json.loads((ens / "stages.json").read_text())["export"]
-    second = e_run / "e-round0-seed100" / "train" / "checkpoints" / "best.pt"
+    second = _best(e_run / "e-round0-seed100")
     assert export["members"] == [str(second), str(big)], export
-    assert config(e_run / "e-ens2-r50-u16")["pseudo"]["labels"] == str(ens / "pseudo.json")
+    assert _config(e_run / "e-ens2-r50-u16")["pseudo"]["labels"] == str(ens / "pseudo.json")
 
     # --label-checkpoint: a member trained elsewhere ({seed} filled in) joins e-round0 and
     # the ResNet-50, in folders named by the paths
     elsewhere = str(out / "s{seed}" / second.relative_to(seed))
-    proc = subprocess.run([*command, "--label-checkpoint", elsewhere], capture_output=True,
-                          text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _tiny(out, *ROW_D_E_R50, "--label-checkpoint", elsewhere)
     (labels_x,) = e_run.glob("labels-ens1-r50-x1-*")
     export = json.loads((labels_x / "stages.json").read_text())["export"]
     assert export["members"] == [str(big), str(second)], export
     student = e_run / ("e" + labels_x.name.removeprefix("labels"))
-    assert config(student)["pseudo"]["labels"] == str(labels_x / "pseudo.json")
+    assert _config(student)["pseudo"]["labels"] == str(labels_x / "pseudo.json")
 
 
 def test_label_teacher_and_members_are_for_row_e_alone():
