@@ -89,6 +89,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state(cuda_state.cpu(), index)
 
 
+# What only a resume reads (from last.pt): best.pt leaves them out, so the file a user
+# evaluates, exports, labels with or warm-starts from holds the weights and metadata at
+# a third (supervised) to a half (with a teacher) of last.pt's size, as Ultralytics
+# strips the optimiser from its best.pt.
+RESUME_ONLY = ("optimizer", "scheduler", "teacher_state", "rng")
+
+
+def without_resume_state(payload: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint without RESUME_ONLY's entries: model, teacher, step, metrics, config."""
+    return {k: v for k, v in payload.items() if k not in RESUME_ONLY}
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write atomically: a kill during the save never leaves a truncated checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)

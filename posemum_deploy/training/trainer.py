@@ -32,7 +32,7 @@ from posemum_deploy.training.optimizer import (WarmupLR, load_adam_state, make_a
                                                make_scheduler)
 from posemum_deploy.training.run_files import (UNREADABLE_NAME, MetricsLog, record_unreadable,
                                                rng_state, save_checkpoint, seed_everything,
-                                               set_rng_state)
+                                               set_rng_state, without_resume_state)
 from posemum_deploy.training.steps import TrainStep, build_step
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def validate(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> 
 def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
           resume: bool = False) -> TrainResult:
     """Train a pose network as `cfg` says; writes RUN_DIR/{config.yaml, metrics.jsonl,
-    checkpoints/last.pt, checkpoints/best.pt}."""
+    checkpoints/last.pt (all a resume needs), checkpoints/best.pt (weights and metadata)}."""
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     seed_everything(cfg.runtime.seed)
@@ -267,7 +267,7 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
             unscored = "AP" not in last_metrics
             if unscored or last_metrics["AP"] > best_ap or not (ckpt_dir / "best.pt").exists():
                 best_ap = max(best_ap, last_metrics.get("AP", -1.0))
-                save_checkpoint(ckpt_dir / "best.pt", payload)
+                save_checkpoint(ckpt_dir / "best.pt", without_resume_state(payload))
     ddp.shutdown(env)
     if skipped:
         log.warning("%d images could not be read and were skipped; listed in %s",

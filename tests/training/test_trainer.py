@@ -126,6 +126,13 @@ def test_without_validation_best_follows_last(synthetic_small, tmp_path):
     train(cfg)
     best = torch.load(tmp_path / "run/checkpoints/best.pt", weights_only=True)
     assert best["epoch"] == 1 and best["step"] == 2
+    # best.pt holds the weights and metadata; the optimiser, scheduler and RNG states a
+    # resume needs are in last.pt alone
+    last = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
+    assert set(last) - set(best) == {"optimizer", "scheduler", "teacher_state", "rng"}
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
+    size = {n: (tmp_path / f"run/checkpoints/{n}.pt").stat().st_size for n in ("best", "last")}
+    assert size["best"] < 0.4 * size["last"]  # Adam's two moments per weight stay out
 
 
 @pytest.mark.parametrize("preset", ["supervised", "affine-s"])
