@@ -45,6 +45,7 @@ def _available_memory() -> int | None:
     return None
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: unknown to a pytest without it
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """`-n auto`: one worker per CPU this process may use (affinity mask and cgroup
     quota, which xdist's own count through psutil ignores), as many as the available
@@ -52,6 +53,15 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     memory = _available_memory()
     by_memory = memory // WORKER_MEMORY if memory else usable_cpus()
     return max(1, min(usable_cpus(), by_memory))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """`-n N` hands whole files to the workers (`--dist loadfile`) unless `--dist` is
+    given: module fixtures are then built once. Set here, not in pyproject's addopts,
+    so that pytest without pytest-xdist (the `dev` extra) still runs."""
+    given = any(a == "--dist" or a.startswith("--dist=") for a in config.invocation_params.args)
+    if getattr(config.option, "dist", "no") == "load" and not given:
+        config.option.dist = "loadfile"
 
 
 @pytest.fixture(scope="session")
