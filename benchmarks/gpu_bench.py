@@ -16,12 +16,12 @@ On a CUDA machine this prints, for SimpleBaseline ResNet-18 and ResNet-101 at 25
     python benchmarks/gpu_bench.py                 # full run (< 8 min on an H100)
     python benchmarks/gpu_bench.py --quick         # smaller, for a smoke run
 Runs on the CPU too (--device cpu --quick) so the script itself is testable anywhere.
+Sections 2 and 3 live beside it (gpu_bench_labeling.py, gpu_bench_training.py).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -33,16 +33,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from gpu_bench_labeling import label_rows, parse_label_runs  # noqa: E402
+from gpu_bench_training import sync, training_rows  # noqa: E402
+
 from posemum_deploy.artifacts import ModelMetadata  # noqa: E402
 from posemum_deploy.inference.fast_torch import FastTorchBackend  # noqa: E402
 from posemum_deploy.inference.torch_backend import TorchBackend  # noqa: E402
-from posemum_deploy.data.jpeg_decoders import nvimgcodec_installed  # noqa: E402
 from posemum_deploy.models import build_model  # noqa: E402
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def rate(fn, n_items: int, device: torch.device, reps: int, warmup: int = 3) -> float:
@@ -161,238 +158,6 @@ def synthetic_folder(args) -> Path:
     if not ann.is_file():
         generate_dataset(root, args.images, seed=0, image_size=(480, 640))
     return ann
-
-
-def replicate(ann: Path, repeat: int, work: Path) -> Path:
-    """`repeat` hard-linked copies of the synthetic folder (rNN/name) and their GT json,
-    so a long labeling run needs no long generation."""
-    coco = json.loads(ann.read_text())
-    root = work / f"label_x{repeat}"
-    images, anns = [], []
-    for r in range(repeat):
-        (root / "images" / f"r{r:02d}").mkdir(parents=True, exist_ok=True)
-        offset = r * 10_000_000
-        for im in coco["images"]:
-            dst = root / "images" / f"r{r:02d}" / im["file_name"]
-            if not dst.exists():
-                os.link(ann.parent / "images" / im["file_name"], dst)
-            images.append({**im, "id": im["id"] + offset, "file_name": f"r{r:02d}/{im['file_name']}"})
-        anns += [{**a, "id": a["id"] + offset, "image_id": a["image_id"] + offset}
-                 for a in coco["annotations"]]
-    out = root / "annotations.json"
-    out.write_text(json.dumps({**coco, "images": images, "annotations": anns}))
-    return out
-
-
-def label_rows(ann: Path, fast: FastTorchBackend, batch: int, model_only: float, device,
-               args) -> dict:
-    """`label_folder` (what `posemum label` runs) with the fast backend: device decode in
-    one process (the warm in-process backend) and in N spawned processes sharing the
-    GPU (each loads the checkpoint), and host decode threads for comparison."""
-    from posemum_deploy.label.runner import LabelSettings, RunSettings, label_folder
-
-    ckpt = Path(args.work) / "r18.pt"
-    weights = {k: v.float().cpu() for k, v in fast.model.state_dict().items()}
-    torch.save({"model": weights, "teacher": None, "model_meta": ModelMetadata().to_dict()}, ckpt)
-    big = replicate(ann, args.label_repeat, Path(args.work))
-    results = {}
-
-    def run(name: str, gt: Path, decode: str, processes: int = 1, jpeg: str = "torchvision",
-            shards_per_task: int | None = None) -> None:
-        backend = fast if processes == 1 else "torch-fast"
-        options = {} if processes == 1 else {"precision": args.half, "device": str(device)}
-        start = time.time()
-        s = label_folder(ckpt, gt.parent / "images", Path(tempfile.mkdtemp(dir=args.work)),
-                         LabelSettings(boxes=f"gt:{gt}", shard_size=args.label_shard,
-                                       decode=decode, jpeg_decoder=jpeg),
-                         RunSettings(backend=backend, batch_size=batch,
-                                     workers=args.label_workers, processes=processes,
-                                     backend_options=options, shards_per_task=shards_per_task))
-        results[name] = {"images": s.images, "crops": s.crops, "crops_per_s": s.crops_per_s,
-                         "steady_crops_per_s": s.steady_crops_per_s(),
-                         "labeling_window_s": (max(m[0] for m in s.shard_marks)
-                                               - min(m[0] for m in s.shard_marks)),
-                         "stage_seconds": {k: round(v, 3) for k, v in s.stage_seconds.items()}}
-        # When each labeler began and finished loading its model and when its first and last
-        # shards were done, in seconds from the call (labelers that never overlap show here).
-        results[name]["labelers"] = [
-            {"load_s": round(v["started_at"] - start, 1),
-             "ready_s": round(v["ready_at"] - start, 1), "shards": len(v["shards"]),
-             "gpu": v["gpu"],
-             "first_s": round(min(v["shards"]) - start, 1),
-             "last_s": round(max(v["shards"]) - start, 1),
-             "stage_s": round(v["stage_s"], 1), "cpu_s": round(v["cpu_s"], 1)}
-            for v in s.labelers.values()]
-        print_label_row(name, results[name], model_only)
-        if processes > 1:
-            print("   labelers (model load / ready / first / last shard s, shards, "
-                  "stage-clock s, process CPU s): " +
-                  ", ".join(f"{x['load_s']}/{x['ready_s']}/{x['first_s']}/{x['last_s']} "
-                            f"({x['shards']}, {x['stage_s']}, {x['cpu_s']})"
-                            for x in results[name]["labelers"]), flush=True)
-
-    jpegs = [j for j in args.label_jpeg if j != "nvimgcodec" or nvimgcodec_installed()]
-    if jpegs != args.label_jpeg:
-        print("(nvImageCodec is not installed: its rows are skipped)", flush=True)
-    for jpeg in jpegs:
-        run(f"1 process, {args.images} img, {jpeg}", ann, "device", jpeg=jpeg)
-    if args.label_host:
-        run(f"--decode host --processes 1 ({args.images} img)", ann, "host")
-    if args.label_runs and device.type == "cuda":  # spawned labelers need the GPU memory
-        fast.close()
-    for n, decode, per_task in args.label_runs:
-        for jpeg in jpegs if decode == "device" else ["-"]:
-            run(f"{n} processes, {args.images * args.label_repeat} img, {decode}"
-                + (f", {jpeg}" if decode == "device" else "")
-                + (f", {per_task} shard/task" if per_task else ""), big, decode, n,
-                jpeg if decode == "device" else "torchvision", per_task)
-    return results
-
-
-def parse_label_runs(value: str) -> list[tuple[int, str, int | None]]:
-    """"8:device:auto,8:host:auto,4:device:1" → (processes, decode, shards per task)."""
-    runs = []
-    for item in filter(None, value.split(",")):
-        parts = item.split(":")
-        n, decode, per_task = parts + ["device", "auto"][len(parts) - 1:]
-        runs.append((int(n), decode, None if per_task == "auto" else int(per_task)))
-    return runs
-
-
-def print_label_row(name: str, row: dict, model_only: float) -> None:
-    steady = row["steady_crops_per_s"]
-    print(f"{name:44s} {row['crops_per_s']:8.0f} {steady:8.0f} crops/s  steady "
-          f"{steady / model_only:5.2f}x  first→last shard {row['labeling_window_s']:.1f} s  "
-          f"stages(s): {json.dumps(row['stage_seconds'])}", flush=True)
-
-
-def kernel_time_per_step(step, batch: dict, device: torch.device, n: int = 5) -> tuple[float, float]:
-    """(GPU kernel ms, kernels launched) per step, from the profiler's CUDA activity.
-
-    Set against the step's wall time this says whether the GPU or the host (Python
-    launching kernels) bounds the step. NaN where no CUDA activity is recorded.
-    """
-    if device.type != "cuda":
-        return float("nan"), float("nan")
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    sync(device)
-    try:
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(n):
-                step(batch)
-            sync(device)
-        kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
-    except (RuntimeError, AttributeError) as e:  # a profiler that cannot trace: keep the timings
-        print(f"profiler unavailable ({e}); kernel time not measured", file=sys.stderr)
-        return float("nan"), float("nan")
-    busy_us = sum(e.self_device_time_total for e in kernels)
-    return busy_us / n / 1e3, sum(e.count for e in kernels) / n
-
-
-def time_steps(steps: dict, batch: dict, device: torch.device, n: int) -> dict[str, tuple[float, float]]:
-    """Per preset: (median ms of one step with a sync on each side, ms per step of `n`
-    steps run back to back with one sync at the end). The first is the step's latency;
-    the second is what training runs at, where the host queues the next step's kernels
-    while the GPU still runs the last one's. Presets alternate so drift hits all alike."""
-    latency = {p: [] for p in steps}
-    for i in range(n + 3):
-        for preset, step in steps.items():
-            sync(device)
-            t0 = time.perf_counter()
-            step(batch)
-            sync(device)
-            if i >= 3:
-                latency[preset].append(time.perf_counter() - t0)
-    pipelined = {p: [] for p in steps}
-    for _ in range(3):  # median of three windows: one GC pause or allocator growth is not the rate
-        for preset, step in steps.items():
-            sync(device)
-            t0 = time.perf_counter()
-            for _ in range(n):
-                step(batch)
-            sync(device)
-            pipelined[preset].append((time.perf_counter() - t0) / n)
-    return {p: (statistics.median(latency[p]) * 1e3, statistics.median(pipelined[p]) * 1e3)
-            for p in steps}
-
-
-def loader_crops_per_s(ann: Path, batches: int, decode: str = "host",
-                       device: torch.device | None = None) -> float:
-    """Crops/s the labeled training loader delivers: `host`, workers decode and crop
-    (cv2 decode + affine + heatmaps); `device`, workers read bytes and make targets and
-    the GPU decodes and crops each batch (`data.decode: device`), synced at the end."""
-    from torch.utils.data import DataLoader
-
-    from posemum_deploy.data.codec import HeatmapCodec
-    from posemum_deploy.data.datasets import TopDownDataset, load_instances
-    from posemum_deploy.data.transforms import AffineAugment
-    from posemum_deploy.training.device_batches import (batch_crops, encoded_items,
-                                                        loader_collate)
-
-    ds = TopDownDataset(load_instances(ann, ann.parent / "images"),
-                        HeatmapCodec((256, 192), (64, 48)), AffineAugment(),
-                        encoded=encoded_items(decode))
-    loader = DataLoader(ds, batch_size=32, shuffle=True, num_workers=os.cpu_count(),
-                        drop_last=True, persistent_workers=True, collate_fn=loader_collate(decode))
-    crops = batch_crops(decode, device or torch.device("cpu"), (256, 192))
-    it = iter(loader)
-    next(it)
-    t0, n = time.perf_counter(), 0
-    for _ in range(batches):
-        try:
-            batch = next(it)
-        except StopIteration:  # small sets: start another epoch
-            it = iter(loader)
-            batch = next(it)
-        if crops is not None:
-            batch = crops(batch)
-        n += len(batch["image"])
-    if device is not None:
-        sync(device)
-    return n / (time.perf_counter() - t0)
-
-
-def training_rows(ann: Path, device: torch.device, args) -> list[dict]:
-    """pose-mum-plus step vs a plain semi-supervised step (fused Adam, teacher forward
-    from a CUDA graph), the plain step once with PyTorch's default multi-tensor Adam and
-    once with an eager teacher, GPU kernel time per step, and the loader's crop rate."""
-    from step_overhead import labeled_batch, make_step
-
-    ns = argparse.Namespace(input=(256, 192), tiles=(4, 3), batch=32, backbone="resnet18",
-                            precision="bf16")
-    steps = {p: make_step(p, ns, device) for p in ("eman", "pose-mum-plus")}
-    steps["eman, default Adam"] = make_step("eman", ns, device)
-    plain = steps["eman, default Adam"]
-    plain.optimizer = torch.optim.Adam(plain.model.parameters(), lr=1e-3)
-    steps["eman, eager teacher"] = make_step("eman", ns, device)
-    steps["eman, eager teacher"]._teacher_graph = None
-    lab = labeled_batch(ns)
-    if device.type == "cuda":  # as the loader hands batches over (pin_memory=True)
-        lab = {k: v.pin_memory() for k, v in lab.items()}
-    timed = time_steps(steps, lab, device, args.train_steps)
-    rows = []
-    for preset, (latency, pipelined) in timed.items():
-        gpu_ms, kernels = kernel_time_per_step(steps[preset], lab, device)
-        rows += [{"what": f"{preset} step, ms (synced)", "value": latency},
-                 {"what": f"{preset} step, ms (back to back)", "value": pipelined},
-                 {"what": f"{preset} GPU kernel ms / step", "value": gpu_ms},
-                 {"what": f"{preset} kernels / step", "value": kernels}]
-    plus, plain_ms = timed["pose-mum-plus"][1], timed["eman"][1]
-    loader_rate = loader_crops_per_s(ann, args.loader_batches)
-    device_rate = loader_crops_per_s(ann, args.loader_batches, "device", device) \
-        if device.type == "cuda" else None
-    need = 64 / (plus / 1e3)  # labeled + unlabeled crops per step
-    rows += [{"what": "pose-mum-plus / plain (back to back)", "value": plus / plain_ms},
-             {"what": "crops a pose-mum-plus step consumes /s", "value": need},
-             {"what": f"loader crops/s ({os.cpu_count()} workers)", "value": loader_rate},
-             {"what": "loader / step need", "value": loader_rate / need}]
-    if device_rate is not None:
-        rows += [{"what": f"loader crops/s, --decode device ({os.cpu_count()} workers)",
-                  "value": device_rate},
-                 {"what": "loader (--decode device) / step need", "value": device_rate / need}]
-    return rows
 
 
 def main() -> None:
