@@ -4,11 +4,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -105,21 +107,17 @@ TINY = ["--schedule", "continue", "--teacher-steps", "8", "--steps", "4", "--see
 ANY_LABEL = ["--min-joint-score", "0", "--min-instance-score", "0", "--no-calibrate"]
 
 
-def _tiny(out: Path, *args: str, timeout: int = 600):
+def _tiny(out: Path, *args: str):
     """One tiny rounds_synthetic.py run into `out` (stages already there are reused, by
     folder name, as in a benchmark run after another); it must succeed."""
-    import subprocess
-
     proc = subprocess.run([sys.executable, str(ROOT / "rounds_synthetic.py"), *TINY, *args,
                            "--out", str(out)], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+                          timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
 def _config(folder: Path) -> dict:
-    import yaml
-
     return yaml.safe_load((folder / "train" / "config.yaml").read_text())
 
 
@@ -133,8 +131,6 @@ def test_e_stage_trains_one_stage_alone_and_a_full_row_e_reuses_it(tmp_path):
     row uses; other rows are refused. A full row e afterwards (--schedule continue) reuses
     both: e continues e-round0 at the decayed LR with the pseudo-labels on top of the
     unlabeled loss, e-continue the same without them."""
-    import subprocess
-
     out = tmp_path / "bench"
     seed = out / "s0"
     run = seed / "continue12-pmp-u16"  # 16 unlabeled images, not the default 600
@@ -316,8 +312,6 @@ def test_row_e_labels_with_row_ds_pose_mum_plus_resnet50(clamped_rows_d_e):
 
 
 def test_label_teacher_and_members_are_for_row_e_alone():
-    import subprocess
-
     base = [sys.executable, str(ROOT / "rounds_synthetic.py"), "--schedule", "continue",
             "--label-teacher", "pose-mum-plus-r50"]
     for extra, message in ((["--rows", "d"], "are for row e with --schedule continue"),
@@ -331,8 +325,6 @@ def test_label_teacher_and_members_are_for_row_e_alone():
 
 
 def test_full_schedule_teacher_needs_the_continued_schedule():
-    import subprocess
-
     proc = subprocess.run([sys.executable, str(ROOT / "rounds_synthetic.py"), "--rows", "d",
                            "--distill-teacher", "full"], capture_output=True, text=True,
                           timeout=120, check=False)
