@@ -44,16 +44,17 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from roofline import arithmetic, gemm_peaks
 
+from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.data.transforms import normalize_numpy
 from posemum_deploy.export.calibration import CropBatcher, calibration_crops
-from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.export.onnx import CONVTRANSPOSE, GRAPH_KINDS, export_network, finish_sidecar
 from posemum_deploy.export.openvino import export_openvino
 from posemum_deploy.export.quantize import quantize_qdq

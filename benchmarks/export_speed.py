@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from roofline import arithmetic, gemm_peaks
 
+from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.data.transforms import normalize_numpy
 from posemum_deploy.export.calibration import calibration_crops
 from posemum_deploy.export.formats import ExportOptions, export_model
-from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.inference.ort_backend import OrtBackend
 from posemum_deploy.inference.torch_backend import TorchBackend
 from posemum_deploy.models.complexity import count_macs

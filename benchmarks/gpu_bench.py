@@ -74,7 +74,7 @@ def infer_rows(backbone: str, batches: list[int], device: torch.device, args) ->
         x = torch.randn(b, 3, 256, 192, device=device)
         ref = eager.predict_tensor(x)
         reps = args.reps if b > 1 else args.reps * 5
-        eager_rate[b] = rate(lambda: eager.predict_tensor(x), b, device, reps)
+        eager_rate[b] = rate(lambda x=x: eager.predict_tensor(x), b, device, reps)
         add({"model": backbone, "batch": b, "backend": "torch eager fp32",
              "crops_per_s": eager_rate[b], "max_diff": 0.0, "peak": float(ref.abs().max())})
         modes = [("fast fp16+CL+graphs", dict(compile=False))]
@@ -91,7 +91,7 @@ def infer_rows(backbone: str, batches: list[int], device: torch.device, args) ->
                 out = fast.predict_tensor(x)
                 add({"model": backbone, "batch": b,
                      "backend": label.replace("fp16", fast.metadata.precision),
-                     "crops_per_s": rate(lambda: fast.predict_tensor(x), b, device, reps),
+                     "crops_per_s": rate(lambda fast=fast, x=x: fast.predict_tensor(x), b, device, reps),
                      "max_diff": float((out - ref).abs().max()),
                      "peak": float(ref.abs().max())})
             except Exception as e:  # report, keep benchmarking the rest
@@ -121,7 +121,8 @@ def runtime_rows(model, backbone, b, x, ref, device, args) -> list[dict]:
             feed = {sess.get_inputs()[0].name: x.cpu().numpy()}
             out = sess.run(None, feed)[0]
             rows.append({"model": backbone, "batch": b, "backend": f"ORT {provider}",
-                         "crops_per_s": rate(lambda: sess.run(None, feed), b, device, args.reps),
+                         "crops_per_s": rate(lambda sess=sess, feed=feed: sess.run(None, feed), b, device,
+                                             args.reps),
                          "max_diff": float(np.abs(out - ref.cpu().numpy()).max()),
                          "peak": float(ref.abs().max())})
     try:

@@ -199,7 +199,8 @@ def main() -> int:
           f"batch {args.batch}, {args.threads} inference threads, {args.workers} decode "
           f"thread(s), {usable_cpus()} CPUs, schedule "
           f"{'sequential' if args.sequential else 'pipelined'}, ORT spinning "
-          f"{'on' if args.ort_spinning else 'off'}, OpenVINO streams {args.streams or 'hint'}; load average {os.getloadavg()[0]:.2f}",
+          f"{'on' if args.ort_spinning else 'off'}, OpenVINO streams {args.streams or 'hint'}; "
+          f"load average {os.getloadavg()[0]:.2f}",
           file=sys.stderr)
     results = []
     ctx = multiprocessing.get_context("spawn")

@@ -12,7 +12,7 @@ GAPS = (("b", "a"), ("b", "a-single"), ("b", "a-restart"), ("b", "a-continue"), 
 
 def print_table(per_seed: list[dict[str, float]], seeds: list[int]) -> None:
     """Each row's mean and per-seed values, then the paired gaps (mean ± SE)."""
-    names = [k for k in per_seed[0]]
+    names = list(per_seed[0])
     print(f"{'row':<16}{'mean':>8}  per seed ({', '.join(map(str, seeds))})")
     for name in names:
         values = [r[name] for r in per_seed]

@@ -15,12 +15,12 @@ import re
 import time
 from pathlib import Path
 
-from posemum_deploy.system import resolve_device
+from ssl_synthetic import COMPARED, print_table, synthetic_set  # benchmarks/ is on sys.path when run
+
 from posemum_deploy.models.checkpoint import load_model
+from posemum_deploy.system import resolve_device
 from posemum_deploy.training.config import TrainConfig
 from posemum_deploy.training.trainer import validate
-
-from ssl_synthetic import COMPARED, print_table, synthetic_set  # benchmarks/ is on sys.path when run
 
 RUN_NAME = re.compile(r"^(?P<preset>.+)-s(?P<seed>\d+)$")
 

@@ -194,7 +194,7 @@ def print_table(results: dict[str, list[float]]) -> None:
         paper = PRESETS[preset_of(row)[0]].paper_ap
         print(f"{row:<20}{statistics.mean(aps):>10.2f}  {seeds:<24}{paper}")
     for a, b in gaps(results):
-        diff = [x - y for x, y in zip(results[a], results[b])]
+        diff = [x - y for x, y in zip(results[a], results[b], strict=True)]
         se = f" ± {statistics.stdev(diff) / len(diff) ** 0.5:.2f}" if len(diff) > 1 else ""
         print(f"{a} - {b}: {statistics.mean(diff):+.2f}{se}  "
               f"(per seed {' '.join(f'{g:+.2f}' for g in diff)})")

@@ -49,7 +49,7 @@ class ModelMetadata:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelMetadata":
+    def from_dict(cls, data: dict[str, Any]) -> ModelMetadata:
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in data.items() if k in known}
         for key in ("input_hw", "heatmap_hw", "mean", "std", "keypoint_names"):
@@ -68,7 +68,7 @@ class ModelMetadata:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "ModelMetadata":
+    def load(cls, path: str | Path) -> ModelMetadata:
         path = Path(path)
         try:
             return cls.from_dict(json.loads(path.read_text()))

@@ -19,8 +19,7 @@ from posemum_deploy.evaluation.coco_eval import evaluate_results
 from posemum_deploy.inference.predict import predict_coco
 from posemum_deploy.inference.torch_backend import TorchBackend
 from posemum_deploy.models.simple_baseline import build_model
-from posemum_deploy.training.config import (DataConfig, ModelConfig, OptimConfig, RuntimeConfig,
-                                            TrainConfig)
+from posemum_deploy.training.config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig
 from posemum_deploy.training.trainer import TrainCallbacks, model_metadata, train
 
 log = logging.getLogger(__name__)
@@ -127,8 +126,7 @@ def run_demo_rounds(cfg: DemoConfig, result: DemoResult, n_rounds: int, on_round
     batches with round 0's step budget); then the control: round 0 trained as many steps
     more on the labeled set alone. All rows are scored alike (rounds' evaluate stage)."""
     from posemum_deploy.models.checkpoint import read_checkpoint
-    from posemum_deploy.rounds import (RoundsConfig, evaluate_stage, retrain_config, run_rounds,
-                                       train_stage)
+    from posemum_deploy.rounds import RoundsConfig, evaluate_stage, retrain_config, run_rounds, train_stage
 
     unlabeled_ann = Path(cfg.out) / "data" / "unlabeled" / "annotations.json"
     if not unlabeled_ann.is_file():

@@ -8,9 +8,10 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata as pkg_metadata
-from typing import Any, Callable
+from typing import Any
 
 from posemum_deploy.system import cpu_isa, usable_cpus
 

@@ -102,7 +102,7 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def resolve_device(device: str | None) -> "torch.device":
+def resolve_device(device: str | None) -> torch.device:
     """'auto' → cuda when present else cpu; 'cuda' without a GPU raises instead of falling back."""
     import torch
 

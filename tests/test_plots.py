@@ -2,6 +2,7 @@
 run's rates, and one-line errors for folders that are neither."""
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def test_two_runs_on_one_figure(two_runs: list[Path], tmp_path: Path) -> None:
     series = plot_folders(two_runs, out)
     assert [s.preset for s in series] == ["supervised", "pose-mum-plus"]
     assert [s.label for s in series] == ["supervised", "pose-mum-plus"]
-    for run, s in zip(two_runs, series):
+    for run, s in zip(two_runs, series, strict=True):
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         val = [r for r in rows if r["kind"] == "val"]
         assert s.val_steps == [1, 2] == [r["step"] for r in val]
@@ -103,7 +104,7 @@ def test_label_dir_rates(tiny_ckpt: Path, tmp_path: Path) -> None:
     assert len(shards) == 3 and len(rates.seconds) == 3
     assert rates.images_per_s == [s["images_per_s"] for s in shards]
     assert rates.crops_per_s == [s["crops_per_s"] for s in shards]
-    assert all(b >= a >= 0 for a, b in zip(rates.seconds, rates.seconds[1:]))
+    assert all(b >= a >= 0 for a, b in itertools.pairwise(rates.seconds))
     assert _png_pixels(png).shape[1] > 1000
 
 

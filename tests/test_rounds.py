@@ -113,7 +113,7 @@ def test_retraining_schedule_trains_exactly_max_steps(max_steps, epochs):
     # the trainer runs min(epochs × steps/epoch, max_steps) steps: exactly max_steps, with
     # only the last epoch partial, and the milestones at the same fractions of the run
     assert fit.max_steps == max_steps and n * per >= max_steps > (n - 1) * per
-    for old, new in zip(base.milestones, fit.milestones):
+    for old, new in zip(base.milestones, fit.milestones, strict=True):
         assert abs(new / n - old / epochs) <= 0.5 / n + 1e-9 or new == 1
     assert base.steps_per_epoch is None and base.max_steps is None  # the input is untouched
     kept = fit_schedule(OptimConfig(steps_per_epoch=3), 100)

@@ -5,13 +5,12 @@ import json
 import pytest
 import torch
 import yaml
+from testdata import make_checkpoint
 
 from posemum_deploy.data.synthetic import generate_dataset
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.rounds import RoundsConfig, resolve_init, retrain_config, run_rounds
 from posemum_deploy.training.config import TrainConfig
-
-from testdata import make_checkpoint
 
 CONV1 = "stages.0.0.weight"
 
@@ -174,7 +173,7 @@ def test_label_stage_calibrates_on_val_and_carries_reliability(synthetic_small, 
     merged = json.loads((tmp_path / "r2" / "pseudo.json").read_text())
     shards = [p for _, r in iter_indexed(tmp_path / "r2" / "labels") for p in r["persons"]]
     assert len(merged["annotations"]) == len(shards) == 12  # one full-image box each
-    for ann, person in zip(merged["annotations"], shards):
+    for ann, person in zip(merged["annotations"], shards, strict=True):
         assert ann["joint_scores"] == pytest.approx(person["joint_scores"], abs=1e-4)
         assert ann["joint_agreement"] == pytest.approx(person["joint_agreement"], abs=1e-4)
         assert len(set(ann["joint_agreement"])) > 1  # real per-joint values, not a constant

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -19,9 +19,9 @@ def calibrate(
     out: Annotated[Path, typer.Option("--out", help="Thresholds json to write (PNG beside).")],
     tta: Annotated[str, typer.Option(
         "--tta", help="The views the labels will use: flip | scales=0.8,1.0,1.2 | ...")] = "none",
-    ensemble: Annotated[Optional[list[Path]], typer.Option(
+    ensemble: Annotated[list[Path] | None, typer.Option(
         "--model", help="Another teacher of the ensemble (as with `posemum label`).")] = None,
-    models_file: Annotated[Optional[Path], typer.Option(
+    models_file: Annotated[Path | None, typer.Option(
         "--models", help="A text file of further teachers, one path a line.")] = None,
     precision: Annotated[float, typer.Option(
         "--precision", help="Share of kept joints that must lie within OKS 0.5.")] = 0.9,
@@ -34,7 +34,7 @@ def calibrate(
     backend: Annotated[str, typer.Option(
         "--backend", help="auto | torch | torch-fast | onnxruntime | tensorrt | openvino")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Crops per call.")] = 32,
-    max_images: Annotated[Optional[int], typer.Option(
+    max_images: Annotated[int | None, typer.Option(
         "--max-images", min=1, help="Use only the first N labeled images.")] = None,
 ) -> None:
     """Per joint type, the lowest score (and agreement) threshold whose kept joints are

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -11,7 +10,7 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="where data and the run go"),
     train_images: int = typer.Option(800, "--train-images"),
     val_images: int = typer.Option(100, "--val-images"),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    epochs: int | None = typer.Option(None, "--epochs"),
     seed: int = typer.Option(0, "--seed"),
     rounds: int = typer.Option(0, "--rounds", help="then run N pseudo-label retraining rounds"),
 ) -> None:

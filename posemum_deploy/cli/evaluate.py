@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -16,11 +16,11 @@ from posemum_deploy.evaluation.coco_eval import STAT_NAMES, evaluate_results
 
 def evaluate(
     ann: Annotated[Path, typer.Option("--ann", help="COCO person-keypoints GT json.")],
-    results: Annotated[Optional[Path], typer.Option(
+    results: Annotated[Path | None, typer.Option(
         "--results", help="COCO keypoint results json to score (mode a).")] = None,
-    model: Annotated[Optional[Path], typer.Option(
+    model: Annotated[Path | None, typer.Option(
         "--model", help="Checkpoint / ONNX / engine to run on --ann's images first (mode b).")] = None,
-    images: Annotated[Optional[Path], typer.Option(
+    images: Annotated[Path | None, typer.Option(
         "--images", help="Folder with --ann's images (--model).",
         show_default="the folder of --ann")] = None,
     boxes: Annotated[str, typer.Option(
@@ -30,9 +30,9 @@ def evaluate(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Crops per batch (--model).")] = 64,
     backend: Annotated[str, typer.Option(
         "--backend", help="Runtime for --model: auto, torch, onnxruntime, tensorrt...")] = "auto",
-    json_out: Annotated[Optional[Path], typer.Option(
+    json_out: Annotated[Path | None, typer.Option(
         "--json-out", help="Write the 10 stats as json here.")] = None,
-    results_out: Annotated[Optional[Path], typer.Option(
+    results_out: Annotated[Path | None, typer.Option(
         "--results-out", help="Where --model writes its COCO results json.",
         show_default="results.json beside --json-out, else ./results.json")] = None,
 ) -> None:

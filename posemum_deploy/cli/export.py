@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,23 +20,23 @@ def export(
                    ] = Path("export"),
     fp16: Annotated[bool, typer.Option("--fp16", help="TensorRT: FP16 kernels.")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="TensorRT: INT8 calibrated on --calib.")] = False,
-    calib: Annotated[Optional[Path], typer.Option(
+    calib: Annotated[Path | None, typer.Option(
         "--calib", help="Person images folder or COCO keypoints json for INT8 calibration.")] = None,
     calib_count: Annotated[int, typer.Option("--calib-count", min=1, help="Crops to calibrate on.")
                            ] = 256,
-    check: Annotated[Optional[Path], typer.Option(
+    check: Annotated[Path | None, typer.Option(
         "--check", help="Images folder or COCO json for the torch parity check.",
         show_default="--calib, else the checkpoint's val set")] = None,
     batch: Annotated[str, typer.Option("--batch", help="TensorRT batch profile MIN,OPT,MAX.")
                      ] = "1,32,64",
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset (≥ 17).")] = 17,
     weights: Annotated[str, typer.Option("--weights", help="teacher or student.")] = "teacher",
-    val_ann: Annotated[Optional[Path], typer.Option(
+    val_ann: Annotated[Path | None, typer.Option(
         "--val-ann", help="COCO json to compare AP of INT8 with fp32.")] = None,
-    val_images: Annotated[Optional[Path], typer.Option("--val-images", help="Its images.")] = None,
+    val_images: Annotated[Path | None, typer.Option("--val-images", help="Its images.")] = None,
     max_ap_drop: Annotated[float, typer.Option(
         "--max-ap-drop", help="Refuse INT8 when AP drops more (points).")] = 1.0,
-    precision: Annotated[Optional[str], typer.Option(
+    precision: Annotated[str | None, typer.Option(
         "--precision", help="OpenVINO: fp32, bf16 or int8 (bf16/int8 need --calib).")] = None,
 ) -> None:
     """Export the network (crops in, heatmaps out) with a model.json sidecar, then check it."""

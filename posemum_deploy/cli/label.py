@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -18,15 +18,16 @@ def label(
     out: Annotated[Path, typer.Option("--out", help="Output folder: shards, manifest, errors.")],
     boxes: Annotated[str, typer.Option(
         "--boxes", help="gt:ANN.json | det:DET.json | hog | full | detector:[ARCH:]WEIGHTS")] = "full",
-    boxes_ann: Annotated[Optional[Path], typer.Option(
+    boxes_ann: Annotated[Path | None, typer.Option(
         "--boxes-ann", help="COCO json whose 'images' map file names to ids for det: boxes.",
         show_default="numeric file stem")] = None,
     box_score: Annotated[float, typer.Option("--box-score", help="Minimum person box score.")] = 0.0,
-    max_people: Annotated[int, typer.Option("--max-people", min=1, help="People per image, best first.")] = 20,
+    max_people: Annotated[int, typer.Option("--max-people", min=1,
+                                            help="People per image, best first.")] = 20,
     backend: Annotated[str, typer.Option(
         "--backend", help="auto | torch | torch-fast | onnxruntime | tensorrt | openvino")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Crops per inference call.")] = 64,
-    workers: Annotated[Optional[int], typer.Option(
+    workers: Annotated[int | None, typer.Option(
         "--workers", min=1, help="Decode threads (local) or threads per actor (ray).",
         show_default="min(4, CPUs)")] = None,
     shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Images per shard file.")] = 1000,
@@ -42,21 +43,22 @@ def label(
     processes: Annotated[int, typer.Option(
         "--processes", min=1, help="Labeling processes, each with its own model (several "
         "share one GPU: a GPU outruns one Python process)")] = 1,
-    gpus: Annotated[Optional[str], typer.Option(
+    gpus: Annotated[str | None, typer.Option(
         "--gpus", help="GPUs to spread the --processes labelers over, round-robin "
         "(CUDA_VISIBLE_DEVICES entries, e.g. 0,1,2,3)", show_default="every visible GPU")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in --out.")] = False,
-    engine: Annotated[str, typer.Option("--engine", help="local | ray (RAY_ADDRESS for a cluster)")] = "local",
-    ray_actors: Annotated[Optional[int], typer.Option(
+    engine: Annotated[str, typer.Option(
+        "--engine", help="local | ray (RAY_ADDRESS for a cluster)")] = "local",
+    ray_actors: Annotated[int | None, typer.Option(
         "--ray-actors", min=1, help="Model actors for --engine ray.",
         show_default="one per GPU, else CPUs/2")] = None,
     tta: Annotated[str, typer.Option(
         "--tta", help="Views of every person, heatmaps averaged: flip | scales=0.8,1.0,1.2 | "
         "flip,scales=... (records each joint's agreement; docs/pseudo-labels.md)")] = "none",
-    ensemble: Annotated[Optional[list[Path]], typer.Option(
+    ensemble: Annotated[list[Path] | None, typer.Option(
         "--model", help="Another teacher averaged with MODEL (repeat for more; same input "
         "size and keypoints)")] = None,
-    models_file: Annotated[Optional[Path], typer.Option(
+    models_file: Annotated[Path | None, typer.Option(
         "--models", help="A text file of further teachers, one path a line.")] = None,
 ) -> None:
     """Pseudo-label every image under IMAGES_DIR into resumable JSONL shards."""
@@ -111,19 +113,19 @@ def merge(
         "--min-instance-score", help="Drop people scoring below this.")] = 0.0,
     min_joints: Annotated[int, typer.Option(
         "--min-joints", min=0, help="Drop people with fewer confident joints.")] = 1,
-    results_out: Annotated[Optional[Path], typer.Option(
+    results_out: Annotated[Path | None, typer.Option(
         "--results-out", help="Also write a COCO keypoint results list here.")] = None,
     fmt: Annotated[str, typer.Option(
         "--format", help="coco: --out is a json | yolo: --out is a folder, an Ultralytics "
         "pose dataset (labels/, symlinked images/, data.yaml)")] = "coco",
-    images: Annotated[Optional[Path], typer.Option(
+    images: Annotated[Path | None, typer.Option(
         "--images", help="--format yolo: the folder that was labeled.")] = None,
     split: Annotated[str, typer.Option("--split", help="--format yolo: train | val | test")
                      ] = "train",
     min_agreement: Annotated[float, typer.Option(
         "--min-agreement", min=0.0, max=1.0, help="Joints whose TTA views / teachers agree "
         "less become unlabeled (labels made with --tta or several --model).")] = 0.0,
-    thresholds: Annotated[Optional[Path], typer.Option(
+    thresholds: Annotated[Path | None, typer.Option(
         "--thresholds", help="Per-joint thresholds from `posemum calibrate`; they replace "
         "--min-joint-score / --min-agreement for the joints they set.")] = None,
 ) -> None:

@@ -4,8 +4,15 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn,
-                           TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 console = Console(stderr=True)
 # labeled images after which the progress line shows hours per million images
@@ -26,7 +33,7 @@ class RichTrainCallbacks:
         self.progress = make_progress(TextColumn("{task.fields[info]}"))
         self.task = None
 
-    def __enter__(self) -> "RichTrainCallbacks":
+    def __enter__(self) -> RichTrainCallbacks:
         self.progress.start()
         return self
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -22,7 +21,7 @@ def rounds(
                                     "as extra labeled data plus the unlabeled loss)"),
     boxes: str = typer.Option("full", "--boxes", help="full | hog | gt:ANN.json | det:DET.json"),
     backend: str = typer.Option("auto", "--backend", help="labeling backend"),
-    init: Optional[str] = typer.Option(
+    init: str | None = typer.Option(
         None, "--init", help="scratch | pretrained | previous: how each retraining starts "
         "(default: previous, the last round's model; a student of another backbone starts "
         "from the initial weights)"),
@@ -40,15 +39,15 @@ def rounds(
         0.3, "--pseudo-loss-weight",
         help="scale of the pseudo-labeled crops' loss in each batch (0.3: they pull less "
              "than the clean labels; 1: as much)"),
-    teacher_backbone: Optional[str] = typer.Option(None, "--teacher-backbone",
-                                                   help="round 0's backbone (default --backbone)"),
-    student_backbone: Optional[str] = typer.Option(
+    teacher_backbone: str | None = typer.Option(None, "--teacher-backbone",
+                                                help="round 0's backbone (default --backbone)"),
+    student_backbone: str | None = typer.Option(
         None, "--student-backbone", help="the retrained students' backbone (default --backbone)"),
-    label_members: Optional[list[Path]] = typer.Option(
+    label_members: list[Path] | None = typer.Option(
         None, "--label-member", help="a further teacher checkpoint averaged with each round's "
         "teacher when it labels (an ensemble; repeat the option for more)"),
-    initial_checkpoint: Optional[Path] = typer.Option(None, "--initial-checkpoint",
-                                                      help="round-0 teacher (else trained)"),
+    initial_checkpoint: Path | None = typer.Option(None, "--initial-checkpoint",
+                                                   help="round-0 teacher (else trained)"),
     min_joint_score: float = typer.Option(0.5, "--min-joint-score"),
     min_instance_score: float = typer.Option(0.3, "--min-instance-score"),
     min_joints: int = typer.Option(6, "--min-joints"),
@@ -56,7 +55,7 @@ def rounds(
                                     help="the teacher labels with flip test"),
     tta: str = typer.Option("flip,scales=0.8,1.0,1.2", "--tta",
                             help="labeling views averaged before decoding ('none': one pass)"),
-    thresholds: Optional[Path] = typer.Option(
+    thresholds: Path | None = typer.Option(
         None, "--thresholds", help="per-joint thresholds json (posemum calibrate) for every round"),
     calibrate: bool = typer.Option(
         True, "--calibrate/--no-calibrate",
@@ -69,10 +68,10 @@ def rounds(
              "keeping the most joints (see posemum calibrate --search)"),
     calibrate_z: float = typer.Option(
         0.0, "--calibrate-z", help="> 0: the precision's lower bound (z std errors) must reach it"),
-    labeled_repeat: Optional[int] = typer.Option(
+    labeled_repeat: int | None = typer.Option(
         None, "--labeled-repeat", help="--union: list each labeled person N times "
         "(default: as often as makes labeled ≈ pseudo-labeled)"),
-    retrain_max_steps: Optional[int] = typer.Option(
+    retrain_max_steps: int | None = typer.Option(
         None, "--retrain-max-steps",
         help="steps of each retraining (default: round 0's; the schedule spans them)"),
     schedule: str = typer.Option(
@@ -90,12 +89,12 @@ def rounds(
     lr: float = typer.Option(1e-3, "--lr"),
     deconv_channels: int = typer.Option(256, "--deconv-channels",
                                         help="head width (the demo's recipe uses 128)"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    max_steps: int | None = typer.Option(None, "--max-steps"),
     warmup_steps: int = typer.Option(
         0, "--warmup-steps", min=0,
         help="linear lr warmup from 0.001x over N steps (mmpose: 500); --schedule continue "
              "warms up once, in round 0"),
-    clamp_targets: Optional[bool] = typer.Option(
+    clamp_targets: bool | None = typer.Option(
         None, "--clamp-targets/--no-clamp-targets", show_default="the preset's (pose-mum-plus: on)",
         help="semi-supervised presets: clamp the teacher's heatmaps to [0, 1] before the "
              "unlabeled loss (train --clamp-targets)"),

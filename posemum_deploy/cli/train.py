@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -13,56 +12,56 @@ from posemum_deploy.cli.options import parse_hw
 
 
 def train(
-    preset: Optional[str] = typer.Option(
+    preset: str | None = typer.Option(
         None, "--preset", help="paper variant (`posemum presets`) [default: the --config's "
         "own (a saved config.yaml reruns its run), else supervised]"),
-    labeled: Optional[Path] = typer.Option(
+    labeled: Path | None = typer.Option(
         None, "--labeled", help="COCO person-keypoints json, or a YOLO-pose data.yaml (its "
         "train split; then --images is not needed)"),
-    images: Optional[Path] = typer.Option(None, "--images", help="image folder of --labeled"),
+    images: Path | None = typer.Option(None, "--images", help="image folder of --labeled"),
     out: Path = typer.Option(Path("runs/train"), "--out", help="run directory"),
-    val_ann: Optional[Path] = typer.Option(
+    val_ann: Path | None = typer.Option(
         None, "--val-ann", help="COCO json, or a YOLO-pose data.yaml (its val split)"),
-    val_images: Optional[Path] = typer.Option(None, "--val-images"),
-    labeled_count: Optional[int] = typer.Option(None, "--labeled-count",
-                                                help="first N labeled persons (1K/5K/10K splits)"),
-    unlabeled: Optional[Path] = typer.Option(None, "--unlabeled",
-                                             help="COCO json, pseudo-label json or image folder"),
-    unlabeled_images: Optional[Path] = typer.Option(None, "--unlabeled-images"),
-    unlabeled_boxes: Optional[str] = typer.Option(
+    val_images: Path | None = typer.Option(None, "--val-images"),
+    labeled_count: int | None = typer.Option(None, "--labeled-count",
+                                             help="first N labeled persons (1K/5K/10K splits)"),
+    unlabeled: Path | None = typer.Option(None, "--unlabeled",
+                                          help="COCO json, pseudo-label json or image folder"),
+    unlabeled_images: Path | None = typer.Option(None, "--unlabeled-images"),
+    unlabeled_boxes: str | None = typer.Option(
         None, "--unlabeled-boxes", help="image folder: 'whole' or a detection results json"),
-    epoch_unit: Optional[str] = typer.Option(
+    epoch_unit: str | None = typer.Option(
         None, "--epoch-unit", help="labeled | unlabeled: what one epoch passes over"),
-    init_from: Optional[Path] = typer.Option(
+    init_from: Path | None = typer.Option(
         None, "--init-from", help="start the student from this checkpoint's weights"),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="resnet18 ... resnet152"),
-    pretrained: Optional[Path] = typer.Option(None, "--pretrained",
-                                              help="local ImageNet state_dict for the ResNet"),
-    input_size: Optional[str] = typer.Option(None, "--input-size", help="HxW, e.g. 256x192"),
-    deconv_channels: Optional[int] = typer.Option(None, "--deconv-channels",
-                                                  help="head width (SimpleBaseline: 256)"),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
-    milestones: Optional[str] = typer.Option(None, "--milestones", help="e.g. 20,25"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    lr: Optional[float] = typer.Option(None, "--lr"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
-    warmup_steps: Optional[int] = typer.Option(
+    backbone: str | None = typer.Option(None, "--backbone", help="resnet18 ... resnet152"),
+    pretrained: Path | None = typer.Option(None, "--pretrained",
+                                           help="local ImageNet state_dict for the ResNet"),
+    input_size: str | None = typer.Option(None, "--input-size", help="HxW, e.g. 256x192"),
+    deconv_channels: int | None = typer.Option(None, "--deconv-channels",
+                                               help="head width (SimpleBaseline: 256)"),
+    epochs: int | None = typer.Option(None, "--epochs"),
+    milestones: str | None = typer.Option(None, "--milestones", help="e.g. 20,25"),
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+    lr: float | None = typer.Option(None, "--lr"),
+    max_steps: int | None = typer.Option(None, "--max-steps"),
+    warmup_steps: int | None = typer.Option(
         None, "--warmup-steps", help="linear lr warmup from 0.001x over N steps (mmpose: 500)",
         show_default="0: off"),
-    steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch"),
-    decay: Optional[float] = typer.Option(None, "--decay", help="teacher EMA/EMAN decay"),
-    clamp_targets: Optional[bool] = typer.Option(
+    steps_per_epoch: int | None = typer.Option(None, "--steps-per-epoch"),
+    decay: float | None = typer.Option(None, "--decay", help="teacher EMA/EMAN decay"),
+    clamp_targets: bool | None = typer.Option(
         None, "--clamp-targets/--no-clamp-targets", show_default="the preset's (pose-mum-plus: on)",
         help="clamp the teacher's heatmaps to [0, 1] before the unlabeled loss"),
-    workers: Optional[int] = typer.Option(None, "--workers", help="data loader processes"),
-    decode: Optional[str] = typer.Option(
+    workers: int | None = typer.Option(None, "--workers", help="data loader processes"),
+    decode: str | None = typer.Option(
         None, "--decode", help="host: loader workers decode and crop | device: workers read "
         "bytes, the GPU decodes (nvjpeg) and crops", show_default="host"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    val_every: Optional[int] = typer.Option(None, "--val-every", help="epochs between val"),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config to start from"),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    precision: str | None = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16"),
+    seed: int | None = typer.Option(None, "--seed"),
+    val_every: int | None = typer.Option(None, "--val-every", help="epochs between val"),
+    config: Path | None = typer.Option(None, "--config", help="YAML config to start from"),
     resume: bool = typer.Option(False, "--resume", help="continue RUN_DIR's last checkpoint"),
     tensorboard: bool = typer.Option(
         False, "--tensorboard", help="also write TensorBoard scalars to RUN_DIR/tensorboard "

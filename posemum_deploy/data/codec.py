@@ -102,7 +102,7 @@ def argmax_numpy(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return (idx % w).astype(np.int64), (idx // w).astype(np.int64), scores
 
 
-def argmax_torch(heatmaps: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+def argmax_torch(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`argmax_numpy` on the tensor's device: x, y [N, K] (int64) and the maximum [N, K]."""
     import torch
 
@@ -111,7 +111,7 @@ def argmax_torch(heatmaps: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tenso
     return idx % w, torch.div(idx, w, rounding_mode="floor"), scores
 
 
-def decode_quarter_torch(heatmaps: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+def decode_quarter_torch(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Heatmaps [N, K, h, w] → heatmap coords [N, K, 2] and max scores [N, K] on the
     device: argmax, then ±0.25 toward the higher neighbour (a neighbour beyond the border
     counts as 0), exactly `HeatmapCodec.decode_heatmap_coords(dark=False)`."""
@@ -132,8 +132,8 @@ def decode_quarter_torch(heatmaps: "torch.Tensor") -> tuple["torch.Tensor", "tor
     return coords, scores
 
 
-def to_input_torch(xy: "torch.Tensor", input_hw: tuple[int, int],
-                   heatmap_hw: tuple[int, int]) -> "torch.Tensor":
+def to_input_torch(xy: torch.Tensor, input_hw: tuple[int, int],
+                   heatmap_hw: tuple[int, int]) -> torch.Tensor:
     """`HeatmapCodec.to_input` for a tensor of heatmap coords [..., 2] (x, y), in its
     dtype on its device (the stride is copied up without a host sync)."""
     from posemum_deploy.data.device import device_constant

@@ -14,13 +14,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from posemum_deploy.data.codec import HeatmapCodec
-from posemum_deploy.data.coco import flip_permutation, load_coco_keypoints
 from posemum_deploy.data.boxes import _clean_box
-from posemum_deploy.data.images import (IMAGE_SUFFIXES, check_paths_found, read_checked_bytes,
-                                        read_image)
-from posemum_deploy.data.transforms import (AffineAugment, affine_matrices, box_to_center_scale,
-                                            flip_matrices, invert_affine, transform_points)
+from posemum_deploy.data.coco import flip_permutation, load_coco_keypoints
+from posemum_deploy.data.codec import HeatmapCodec
+from posemum_deploy.data.images import IMAGE_SUFFIXES, check_paths_found, read_checked_bytes, read_image
+from posemum_deploy.data.transforms import (
+    AffineAugment,
+    affine_matrices,
+    box_to_center_scale,
+    flip_matrices,
+    invert_affine,
+    transform_points,
+)
 from posemum_deploy.errors import AnnotationError, ImageError
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ On the CPU (and for tensors already on the device) these are plain `.to` calls.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -84,7 +84,7 @@ def decode_files(files: list[tuple[str | Path, bytes]], jpeg: JpegDecoder, devic
     out: list[torch.Tensor | str | None] = [None] * len(files)
     jpegs = [i for i, (_, data) in enumerate(files) if data[:2] == b"\xff\xd8"]
     if jpegs:
-        for i, image in zip(jpegs, jpeg([files[i][1] for i in jpegs])):
+        for i, image in zip(jpegs, jpeg([files[i][1] for i in jpegs]), strict=True):
             out[i] = image
     for i, (path, data) in enumerate(files):
         if out[i] is None:  # not a JPEG, or one the device decoder refused
@@ -126,7 +126,7 @@ class TorchvisionJpeg:
             decoded = [self._one(t) for t in tensors]
         # nvjpeg ignores EXIF (torchvision applies it on the CPU only): do it here
         return [None if image is None else orient_chw(image, jpeg_exif_orientation(data))
-                for image, data in zip(decoded, chunk)]
+                for image, data in zip(decoded, chunk, strict=True)]
 
     def _one(self, data: torch.Tensor) -> torch.Tensor | None:
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -205,6 +205,6 @@ class NvImageCodecJpeg:
         ok = [i for i, s in enumerate(streams) if s is not None]
         out: list[torch.Tensor | None] = [None] * len(chunk)
         if ok:
-            for i, image in zip(ok, self._decode([streams[i] for i in ok])):
+            for i, image in zip(ok, self._decode([streams[i] for i in ok]), strict=True):
                 out[i] = self._tensor(image)
         return out

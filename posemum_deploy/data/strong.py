@@ -11,7 +11,7 @@ are drawn on the generator's device and moved to the images' device.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

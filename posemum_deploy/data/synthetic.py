@@ -22,8 +22,7 @@ import cv2
 import numpy as np
 
 from posemum_deploy.data.coco import NUM_KEYPOINTS, person_category, save_json
-from posemum_deploy.data.synthetic_body import (HEAD, NECK, PROP, TOES, TORSO, body_points,
-                                                rot, sample_pose)
+from posemum_deploy.data.synthetic_body import HEAD, NECK, PROP, TOES, TORSO, body_points, rot, sample_pose
 from posemum_deploy.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -79,7 +78,7 @@ def _capsule(img: np.ndarray, mask: np.ndarray, a: np.ndarray, b: np.ndarray, t:
         c = a + f * (b - a)
         cv2.line(img, _fx(c - across), _fx(c + across), band, max(1, t // 4), cv2.LINE_AA,
                  _SHIFT)
-    for point, joint in zip((a, b), ends):
+    for point, joint in zip((a, b), ends, strict=True):
         if joint in _MARKS:
             _disc(img, mask, point, 0.35 * t, _MARKS[joint])
 
@@ -245,7 +244,7 @@ def _render_image(rng: np.random.Generator, h: int, w: int, max_people: int,
         front = np.zeros((h, w), np.uint8)
         _clutter(rng, img, front, int(rng.integers(1, 3)), reach=0.3)
         label[front > 0] = 255
-    anns = [_annotate(p, m, label, r) for r, (p, m) in enumerate(zip(people, masks), 1)]
+    anns = [_annotate(p, m, label, r) for r, (p, m) in enumerate(zip(people, masks, strict=True), 1)]
     return _finish(rng, img, noise), [a for a in anns if a is not None]
 
 

@@ -14,7 +14,7 @@ import io
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -33,8 +33,8 @@ RESULT_KEYS: tuple[str, ...] = ("image_id", "category_id", "keypoints", "score")
 GT_ANN_KEYS: tuple[str, ...] = ("id", "image_id", "category_id", "keypoints",
                                 "num_keypoints", "area", "bbox", "iscrowd")
 
-GroundTruth = Union[str, Path, Mapping[str, Any], COCO]
-Results = Union[str, Path, Sequence[Mapping[str, Any]]]
+GroundTruth = str | Path | Mapping[str, Any] | COCO
+Results = str | Path | Sequence[Mapping[str, Any]]
 
 
 def evaluate_results(gt: GroundTruth, results: Results) -> dict[str, float]:
@@ -51,14 +51,14 @@ def evaluate_results(gt: GroundTruth, results: Results) -> dict[str, float]:
     _check_results(dets, res_name, coco_gt, gt_name)
     if not dets:
         logger.warning("%s: no keypoint results to score; every stat is 0.0", res_name)
-        return {name: 0.0 for name in STAT_NAMES}
+        return dict.fromkeys(STAT_NAMES, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco_dt = coco_gt.loadRes([dict(d) for d in dets])  # copies: loadRes mutates
         coco_eval = COCOeval(coco_gt, coco_dt, "keypoints")
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
-    return {name: float(v) for name, v in zip(STAT_NAMES, coco_eval.stats)}
+    return {name: float(v) for name, v in zip(STAT_NAMES, coco_eval.stats, strict=True)}
 
 
 def _load_gt(gt: GroundTruth) -> tuple[COCO, str]:

@@ -9,8 +9,8 @@ quantiser reads is testable without any runtime.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

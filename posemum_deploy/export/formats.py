@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from posemum_deploy.artifacts import ModelMetadata, sidecar_path
 from posemum_deploy.errors import ArtifactError, ConfigError

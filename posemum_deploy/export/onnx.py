@@ -18,6 +18,7 @@ decoded keypoints).
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 import warnings
@@ -51,7 +52,7 @@ def fold_deconv_bn(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model).eval()
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         layers = list(seq)
-        for i, (a, b) in enumerate(zip(layers, layers[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(layers)):
             if isinstance(a, nn.ConvTranspose2d) and isinstance(b, nn.BatchNorm2d) and a.groups == 1:
                 scale = b.weight / torch.sqrt(b.running_var + b.eps)
                 bias = a.bias if a.bias is not None else torch.zeros_like(b.running_mean)
@@ -145,7 +146,7 @@ def embed_metadata(path: Path, meta: ModelMetadata, output_khw: tuple[int, ...] 
 
     model = onnx.load(str(path))
     dims = model.graph.output[0].type.tensor_type.shape.dim
-    for dim, size in zip(list(dims)[1:], output_khw):
+    for dim, size in zip(list(dims)[1:], output_khw, strict=False):
         dim.dim_value = int(size)
     data = {k: v for k, v in meta.to_dict().items() if k != "artifact_sha256"}
     del model.metadata_props[:]

@@ -48,7 +48,7 @@ def check_signature(model: Any, path: Path, input_hw: tuple[int, int]) -> None:
         raise ArtifactError(f"{path}: {len(inputs)} input(s) ({_describe(inputs)}) and "
                             f"{len(outputs)} output(s) ({_describe(outputs)}); {want}")
     dims, out_dims = _dims(inputs[0]), _dims(outputs[0])
-    fixed = [(d, v) for d, v in zip(dims[1:], (3, *input_hw)) if isinstance(d, int) and d]
+    fixed = [(d, v) for d, v in zip(dims[1:], (3, *input_hw), strict=False) if isinstance(d, int) and d]
     if len(dims) != 4 or len(out_dims) != 4 or any(d != v for d, v in fixed):
         raise ArtifactError(f"{path}: input {inputs[0].name} {dims}, output {outputs[0].name} "
                             f"{out_dims}; {want} (pass the model's own --input-size)")
@@ -88,7 +88,7 @@ def posemum_names(model: Any) -> Any:
     init = {t.name for t in graph.initializer}
     used = {n for node in graph.node for n in [*node.input, *node.output]} | init
     current = (next(i for i in graph.input if i.name not in init).name, graph.output[0].name)
-    for old, new in zip(current, (INPUT_NAME, OUTPUT_NAME)):
+    for old, new in zip(current, (INPUT_NAME, OUTPUT_NAME), strict=True):
         if old != new and new not in used:
             _rename(graph, old, new)
     return model

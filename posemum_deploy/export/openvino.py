@@ -88,8 +88,8 @@ def export_openvino(onnx_path: str | Path, out: str | Path, precision: str = "fp
     """Write `out` (.xml + .bin + sidecar) from the fp32 ONNX export (with its model.json).
 
     `crops` (uint8 [N, H, W, 3], from `export.calibration.calibration_crops`) calibrate
-    NNCF INT8 and feed the accuracy guard, so bf16/int8 need them. `int8_method="qdq"` converts `qdq_onnx` (the
-    ORT static-QDQ export) instead of running NNCF. The reduced-precision IR is compared
+    NNCF INT8 and feed the accuracy guard, so bf16/int8 need them. `int8_method="qdq"` converts
+    `qdq_onnx` (the ORT static-QDQ export) instead of running NNCF. The reduced-precision IR is compared
     with the fp32 ONNX and deleted again when it fails the guard.
     """
     ov = require_openvino()

@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -204,7 +205,7 @@ class OpenVinoBackend:
         shape = model.inputs[0].get_partial_shape()
         h, w = self.metadata.input_hw
         if shape.rank.get_length() != 4 or any(
-                d.is_static and d.get_length() != v for d, v in zip(list(shape)[1:], (3, h, w))):
+                d.is_static and d.get_length() != v for d, v in zip(list(shape)[1:], (3, h, w), strict=True)):
             raise ArtifactError(f"{self.path}: input shape {shape} does not match the sidecar's "
                                 f"[N, 3, {h}, {w}]; the model.json belongs to another export")
 

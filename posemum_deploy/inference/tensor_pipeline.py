@@ -4,8 +4,8 @@ The GPU labeling path decodes JPEGs and warps crops on the device; copying those
 back to the host for `PoseEstimator` and the heatmaps back again would cost more than
 the network. `TensorPoseEstimator` keeps everything on the device: fixed-size padded
 batches, flip test, and the argmax + quarter-pixel decode of `HeatmapCodec` (its torch
-twin, `codec.decode_quarter_torch`), so only [N, K, 3] keypoints cross to the host. DARK refinement runs on the host copy (it blurs
-every heatmap with cv2), as `PoseEstimator` does it.
+twin, `codec.decode_quarter_torch`), so only [N, K, 3] keypoints cross to the host. DARK
+refinement runs on the host copy (it blurs every heatmap with cv2), as `PoseEstimator` does it.
 """
 from __future__ import annotations
 

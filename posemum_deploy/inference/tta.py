@@ -161,7 +161,7 @@ def check_ensemble(metas: Sequence[ModelMetadata], names: Sequence[str],
     entry (a model, or "the run"'s metadata): heatmaps are averaged pixel for pixel, joint
     for joint. An error names the member as given with `option`, and what to do."""
     first = metas[0]
-    for meta, name in zip(metas[1:], names[1:]):
+    for meta, name in zip(metas[1:], names[1:], strict=True):
         for what, a, b in (("input size", first.input_hw, meta.input_hw),
                            ("heatmap size", first.heatmap_hw, meta.heatmap_hw),
                            ("keypoint set", first.keypoint_names, meta.keypoint_names),

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from posemum_deploy.errors import ArtifactError, ConfigError
 from posemum_deploy.artifacts import sha256_file
+from posemum_deploy.errors import ArtifactError, ConfigError
 from posemum_deploy.label.boxes import BoxLimits
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class TorchvisionDetectorBoxes:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_spec(cls, arg: str, limits: BoxLimits) -> "TorchvisionDetectorBoxes":
+    def from_spec(cls, arg: str, limits: BoxLimits) -> TorchvisionDetectorBoxes:
         """`WEIGHTS` or `ARCH:WEIGHTS`; checks the file loads now, not in a worker."""
         arch, sep, rest = arg.partition(":")
         arch, path = (arch, Path(rest)) if sep and arch in ARCHITECTURES else (None, Path(arg))

@@ -17,21 +17,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
+from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.data.images import read_checked_bytes
+from posemum_deploy.data.jpeg_decoders import JpegDecoder, decode_files, make_jpeg_decoder
 from posemum_deploy.data.transforms import normalize_batch
 from posemum_deploy.errors import ConfigError
-from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.inference.gpu_crops import warp_crops_batched
 from posemum_deploy.inference.pipeline import CropBatch, crop_frames
 from posemum_deploy.label.boxes import SIZE_ONLY_KINDS, BoxSource, sized_boxes
-from posemum_deploy.data.jpeg_decoders import JpegDecoder, decode_files, make_jpeg_decoder
 from posemum_deploy.label.shard import Prepared, StageTimes, prefetch
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class DeviceCropper:
         decoded: list[torch.Tensor] = []
         sized: list[tuple[int, str, int, int]] = []  # (k, rel, width, height)
         h_in, w_in = self.meta.input_hw
-        for (k, rel, _), image in zip(readable, images):
+        for (k, rel, _), image in zip(readable, images, strict=True):
             if isinstance(image, str):
                 prepared[k] = Prepared(rel, error=image)
                 continue
@@ -135,7 +136,7 @@ class DeviceCropper:
             if self.device.type == "cuda":  # read on the consumer's stream
                 crops.record_stream(self.consumer or torch.cuda.default_stream(self.device))
         start = 0
-        for (k, rel, width, height), n in zip(sized, counts.tolist()):
+        for (k, rel, width, height), n in zip(sized, counts.tolist(), strict=True):
             part = slice(start, start + n)
             batch = CropBatch(crops[part] if n else None, inverse[part], boxes[part],
                               box_scores[part], areas[part])

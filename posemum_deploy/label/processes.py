@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from posemum_deploy.label.worker import ShardResult, WorkerSpec
 from posemum_deploy.system import usable_cpus, visible_gpus
@@ -22,8 +23,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def process_tasks(todo: list["ShardJob"], processes: int, max_shards: int | None = None
-                  ) -> list[list["ShardJob"]]:
+def process_tasks(todo: list[ShardJob], processes: int, max_shards: int | None = None
+                  ) -> list[list[ShardJob]]:
     """Consecutive runs of shards, one task each. A task is one decode stream (a stream
     stalls as it starts), so tasks are long: about four per labeler, which still evens
     out the end of the run, and at most `max_shards` shards (default 64)."""
@@ -31,7 +32,7 @@ def process_tasks(todo: list["ShardJob"], processes: int, max_shards: int | None
     return [todo[i:i + size] for i in range(0, len(todo), size)]
 
 
-def run_processes(spec: WorkerSpec, todo: list["ShardJob"], write: Callable[[ShardResult], None],
+def run_processes(spec: WorkerSpec, todo: list[ShardJob], write: Callable[[ShardResult], None],
                   processes: int, max_shards: int | None = None,
                   gpus: list[str] | None = None) -> None:
     """`processes` spawned labelers (each with its own model, on the CPU or on one of
@@ -88,12 +89,12 @@ def _next_shard(finished: Any, futures: list[Any], patience_s: float = 30.0) -> 
         except queue.Empty:
             for future in futures:
                 if future.done() and future.exception() is not None:
-                    raise future.exception()  # type: ignore[misc]
+                    raise future.exception() from None  # type: ignore[misc]
             if all(future.done() for future in futures):
                 idle_since = idle_since or time.perf_counter()
                 if time.perf_counter() - idle_since > patience_s:
                     raise RuntimeError("every labeling process returned, but some shards "
-                                       "never arrived; rerun with --resume to label them")
+                                       "never arrived; rerun with --resume to label them") from None
 
 
 def _drain_while(shutdown: Callable[[], Any], finished: Any,

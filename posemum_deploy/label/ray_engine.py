@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ class ShardActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = [self.worker.label(int(index), json.loads(files))
-                   for index, files in zip(batch["shard"], batch["files"])]
+                   for index, files in zip(batch["shard"], batch["files"], strict=True)]
         return {"shard": np.asarray([r.index for r in results]),
                 "text": np.array([r.shard.text for r in results], dtype=object),
                 "counts": np.asarray([(r.shard.images, r.shard.errors, r.shard.persons)
@@ -59,7 +60,7 @@ def _init_ray() -> Any:
     return ray
 
 
-def run_ray(spec: WorkerSpec, todo: list["ShardJob"], write: Callable[[ShardResult], None],
+def run_ray(spec: WorkerSpec, todo: list[ShardJob], write: Callable[[ShardResult], None],
             actors: int | None = None) -> None:
     """Label `todo` shards on Ray actors; the driver calls `write` on each shard as it
     arrives (the runner's `record_shard`: store, summary, progress)."""

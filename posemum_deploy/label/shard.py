@@ -291,6 +291,6 @@ class ShardLabeler:
                        for i in order]
             if kpts.shape[-1] > 3:
                 agreement = np.round(kpts[:, :, 3], 4).tolist()
-                for i, person in zip(order, persons):
+                for i, person in zip(order, persons, strict=True):
                     person["joint_agreement"] = agreement[i]
         return {"file": item.rel, "width": item.width, "height": item.height, "persons": persons}

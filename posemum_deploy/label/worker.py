@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from itertools import groupby
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 from posemum_deploy.inference.backends import Backend, load_backend
 from posemum_deploy.inference.pipeline import PoseEstimator
@@ -153,9 +154,9 @@ class ShardWorker:
             self.estimator: Any = tta_estimator(be, spec)
             self.scales = self.estimator.spec.scales
         elif spec.decode == "device":
+            from posemum_deploy.data.jpeg_decoders import make_jpeg_decoder
             from posemum_deploy.inference.tensor_pipeline import TensorPoseEstimator
             from posemum_deploy.label.device_crops import backend_device
-            from posemum_deploy.data.jpeg_decoders import make_jpeg_decoder
 
             self.estimator = TensorPoseEstimator(be, spec.batch_size, spec.flip, spec.dark)
             self.device = backend_device(be)

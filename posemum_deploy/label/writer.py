@@ -15,9 +15,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from posemum_deploy.errors import ConfigError, PosemumError
 
@@ -171,7 +172,7 @@ class ShardStore:
         entry = self.manifest["shards"].get(str(index))
         return entry is not None and (self.out_dir / entry["file"]).is_file()
 
-    def write_shard(self, index: int, shard: "list[dict[str, Any]] | EncodedShard",
+    def write_shard(self, index: int, shard: list[dict[str, Any]] | EncodedShard,
                     crops: int = 0) -> dict[str, Any]:
         """Write one shard (its records, or their `encode_shard` text) atomically, then
         record it in the manifest and the run log (with its `crops`); returns its entry."""

@@ -13,7 +13,7 @@ Parameter) are not: `reset()` after those.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

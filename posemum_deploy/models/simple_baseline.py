@@ -6,8 +6,8 @@ the model knowing anything about training.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -89,7 +89,7 @@ class SimpleBaseline(nn.Module):
 
     def forward_features(self, x: Tensor, after_stage: StageHook | None = None) -> Tensor:
         """Run the encoder stage by stage; `after_stage(name, x)` may replace each output."""
-        for name, stage in zip(STAGE_NAMES, self.stages):
+        for name, stage in zip(STAGE_NAMES, self.stages, strict=True):
             x = stage(x)
             if after_stage is not None:
                 x = after_stage(name, x)

@@ -39,7 +39,7 @@ def combine_labeled_and_pseudo(labeled: str | Path, labeled_images: str | Path,
         n_labeled = max(1, len(parts[0][0]["annotations"]))
         labeled_repeat = max(1, round(len(parts[1][0]["annotations"]) / n_labeled))
     images, anns = [], []
-    for (coco, folder), repeat in zip(parts, (labeled_repeat, 1)):
+    for (coco, folder), repeat in zip(parts, (labeled_repeat, 1), strict=True):
         id_map = {}
         for im in coco["images"]:
             id_map[im["id"]] = len(images) + 1

@@ -134,7 +134,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         return _build(cls, data)
 
     def save(self, path: str | Path) -> Path:
@@ -144,7 +144,7 @@ class TrainConfig:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
+    def load(cls, path: str | Path) -> TrainConfig:
         return cls.from_dict(read_config(path))
 
 

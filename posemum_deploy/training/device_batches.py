@@ -21,15 +21,16 @@ image (its `unreadable` entry).
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import default_collate
 
+from posemum_deploy.data.jpeg_decoders import decode_files, make_jpeg_decoder
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.inference.gpu_crops import warp_crops_batched
-from posemum_deploy.data.jpeg_decoders import decode_files, make_jpeg_decoder
 
 log = logging.getLogger(__name__)
 DECODES = ("host", "device")
@@ -79,7 +80,7 @@ class DeviceCropBatches:
         if "encoded" not in batch:
             return batch
         files = [(name, bytes(t.numpy())) for name, t in zip(batch.pop("file"),
-                                                               batch.pop("encoded"))]
+                                                               batch.pop("encoded"), strict=True)]
         images = decode_files(files, self.jpeg, self.device)
         inverse = batch.pop("inverse").numpy()
         bad = [k for k, image in enumerate(images) if isinstance(image, str)]

@@ -108,7 +108,7 @@ def sync_buffers(module: nn.Module, env: DistEnv, src: int = 0) -> None:
     flat = torch.cat([b.reshape(-1) for b in bufs])  # one broadcast instead of hundreds
     dist.broadcast(flat, src)
     torch._foreach_copy_(bufs, [v.view_as(b) for v, b in
-                                zip(flat.split([b.numel() for b in bufs]), bufs)])
+                                zip(flat.split([b.numel() for b in bufs]), bufs, strict=True)])
 
 
 def union_across_ranks(values: set[str], env: DistEnv) -> set[str]:

@@ -111,7 +111,7 @@ class MixHook:
     for tests and logs; `stack` is the live stack, empty again after the unmix point.
     """
 
-    mixer: "PoseMumMixer"
+    mixer: PoseMumMixer
     generator: torch.Generator | None
     skip: int = 0  # leading samples left alone (the labeled part of a joint forward)
     stack: list[Tensor] = field(default_factory=list)

@@ -9,7 +9,8 @@ state dict has the same layout, so checkpoints move between CPU and GPU runs.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -36,7 +37,7 @@ def load_adam_state(optimizer: torch.optim.Adam, state: dict) -> None:
     """
     chosen = [(g["fused"], g["foreach"]) for g in optimizer.param_groups]
     optimizer.load_state_dict(state)
-    for group, (fused, foreach) in zip(optimizer.param_groups, chosen):
+    for group, (fused, foreach) in zip(optimizer.param_groups, chosen, strict=True):
         group["fused"], group["foreach"] = fused, foreach
 
 
@@ -71,9 +72,9 @@ class WarmupLR:
         if done > self.steps or not self.steps:
             return
         factor = WARMUP_START + (1 - WARMUP_START) * done / self.steps
-        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
             group["lr"] = lr * factor
 
     def restore(self) -> None:
-        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
             group["lr"] = lr

@@ -14,9 +14,10 @@ the 64×64 rounds benchmark), and where training is stable it changes nothing me
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.training.config import TrainConfig, read_config

@@ -15,25 +15,24 @@ a joint goes with weight², and the dataset stores √reliability to make it lin
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from posemum_deploy.data.codec import HeatmapCodec
 from posemum_deploy.data.coco import load_coco_keypoints
-from posemum_deploy.data.datasets import (PersonInstance, TopDownDataset, check_images_found,
-                                          load_instances)
+from posemum_deploy.data.codec import HeatmapCodec
+from posemum_deploy.data.datasets import PersonInstance, TopDownDataset, check_images_found, load_instances
 from posemum_deploy.data.strong import joint_cutout, rand_augment
 from posemum_deploy.data.transforms import AffineAugment, normalize_batch
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.training.config import TrainConfig
 from posemum_deploy.training.device_batches import encoded_items, loader_collate
 from posemum_deploy.training.losses import joints_mse_loss
-from posemum_deploy.training.steps import (STEP_EPOCH_STRIDE, STEP_SEED_STRIDE, StepTeacher,
-                                          UnlabeledBatches)
+from posemum_deploy.training.steps import STEP_EPOCH_STRIDE, STEP_SEED_STRIDE, StepTeacher, UnlabeledBatches
 from posemum_deploy.training.strong_view import StrongAffine, warp
 
 log = logging.getLogger(__name__)

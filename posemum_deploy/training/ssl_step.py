@@ -14,16 +14,21 @@ Per step (Xie et al. 2021 setup, Eq. 1 of the paper):
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from posemum_deploy.data.codec import HeatmapCodec
-from posemum_deploy.data.datasets import (TopDownDataset, UnreadableImages, check_images_found,
-                                          load_unlabeled_instances)
+from posemum_deploy.data.datasets import (
+    TopDownDataset,
+    UnreadableImages,
+    check_images_found,
+    load_unlabeled_instances,
+)
 from posemum_deploy.data.strong import joint_cutout, rand_augment
 from posemum_deploy.data.transforms import AffineAugment, normalize_batch
 from posemum_deploy.errors import ConfigError

@@ -21,7 +21,7 @@ The teacher module can never enter train mode: `train()` is overridden, so calli
 from __future__ import annotations
 
 import copy
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -52,7 +52,7 @@ class Teacher(nn.Module):
             p.requires_grad_(False)
         self.train(False)
 
-    def train(self, mode: bool = True) -> "Teacher":  # noqa: ARG002 - mode is ignored on purpose
+    def train(self, mode: bool = True) -> Teacher:  # noqa: ARG002 - mode is ignored on purpose
         """Always eval: a parent's `.train()` must not switch BN/dropout of the teacher."""
         return super().train(False)
 

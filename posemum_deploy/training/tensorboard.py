@@ -59,7 +59,7 @@ class TensorBoardCallbacks:
         if self.writer is not None:
             self.writer.close()
 
-    def __enter__(self) -> "TensorBoardCallbacks":
+    def __enter__(self) -> TensorBoardCallbacks:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -16,23 +16,34 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.data.codec import HeatmapCodec
-from posemum_deploy.data.datasets import (TopDownDataset, UnreadableImages, check_images_found,
-                                          check_json_images, load_instances)
+from posemum_deploy.data.datasets import (
+    TopDownDataset,
+    UnreadableImages,
+    check_images_found,
+    check_json_images,
+    load_instances,
+)
 from posemum_deploy.data.transforms import AffineAugment
 from posemum_deploy.errors import ConfigError
-from posemum_deploy.artifacts import ModelMetadata
-from posemum_deploy.system import resolve_device
 from posemum_deploy.models.checkpoint import read_checkpoint
 from posemum_deploy.models.simple_baseline import build_model
+from posemum_deploy.system import resolve_device
 from posemum_deploy.training import distributed as ddp
 from posemum_deploy.training.config import TrainConfig
 from posemum_deploy.training.device_batches import batch_crops, encoded_items, loader_collate
-from posemum_deploy.training.optimizer import (WarmupLR, load_adam_state, make_adam,
-                                               make_scheduler)
-from posemum_deploy.training.run_files import (UNREADABLE_NAME, MetricsLog, record_unreadable,
-                                               rng_state, save_checkpoint, seed_everything,
-                                               set_rng_state, without_resume_state)
+from posemum_deploy.training.optimizer import WarmupLR, load_adam_state, make_adam, make_scheduler
+from posemum_deploy.training.run_files import (
+    UNREADABLE_NAME,
+    MetricsLog,
+    record_unreadable,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+    without_resume_state,
+)
 from posemum_deploy.training.steps import TrainStep, build_step
 
 log = logging.getLogger(__name__)

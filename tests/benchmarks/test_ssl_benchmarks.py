@@ -227,7 +227,7 @@ def test_roofline_measures_every_arithmetic_the_cpu_tables_use():
 
 
 def test_only_eval_mode_teachers_are_replayed_from_a_graph():
-    from posemum_deploy.training.teachers import EmaTeacher, EmanTeacher, SingleTeacher
+    from posemum_deploy.training.teachers import EmanTeacher, EmaTeacher, SingleTeacher
 
     assert SingleTeacher.eval_mode_predict and EmanTeacher.eval_mode_predict
     assert not EmaTeacher.eval_mode_predict  # BN in batch-statistics mode while predicting

@@ -5,7 +5,6 @@ import sys
 
 import pytest
 import torch
-
 from testdata import make_checkpoint
 
 
@@ -21,7 +20,7 @@ def _checkpoint(path, input_hw):
 
 def _one_line_error(proc, *needles):
     assert proc.returncode == 2, proc.stderr
-    lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
+    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     for needle in needles:
         assert needle in proc.stderr.replace("\n", " ")

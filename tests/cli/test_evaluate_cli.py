@@ -8,12 +8,12 @@ import types
 from pathlib import Path
 
 import pytest
+from testdata import NO_SHARED_DATA, make_checkpoint
+from testdata import SHARED_DATA as SHARED
 from typer.testing import CliRunner
 
 from posemum_deploy.cli.app import app, main
 from posemum_deploy.evaluation.coco_eval import STAT_NAMES
-
-from testdata import NO_SHARED_DATA, SHARED_DATA as SHARED, make_checkpoint
 
 GOLDEN = SHARED / "eval_golden" / "faster_coco_eval_keypoints"
 COCO_MINI = SHARED / "coco_mini" / "test_coco.json"

@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
 
-from posemum_deploy.data.codec import HeatmapCodec, flip_back
 from posemum_deploy.data.coco import flip_permutation
-from posemum_deploy.data.transforms import (affine_matrices, box_to_center_scale,
-                                            transform_points)
+from posemum_deploy.data.codec import HeatmapCodec, flip_back
+from posemum_deploy.data.transforms import affine_matrices, box_to_center_scale, transform_points
 
 CODEC = HeatmapCodec((256, 192), (64, 48), 2.0)
 
@@ -80,8 +79,7 @@ def test_numpy_and_torch_decodes_agree_on_the_same_heatmaps():
     conversion and Joint Cutout's argmax must agree."""
     import torch
 
-    from posemum_deploy.data.codec import (argmax_numpy, argmax_torch, decode_quarter_torch,
-                                           to_input_torch)
+    from posemum_deploy.data.codec import argmax_numpy, argmax_torch, decode_quarter_torch, to_input_torch
     from posemum_deploy.data.strong import heatmap_argmax
 
     rng = np.random.default_rng(0)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from posemum_deploy.data.codec import HeatmapCodec
 from posemum_deploy.data.coco import load_coco_keypoints
+from posemum_deploy.data.codec import HeatmapCodec
 from posemum_deploy.data.datasets import TopDownDataset, load_instances
 from posemum_deploy.data.transforms import AffineAugment
 from posemum_deploy.errors import AnnotationError

@@ -17,7 +17,8 @@ def test_cpu_copies_are_plain_and_exact() -> None:
 
 
 def test_normalize_batch_equals_the_host_normalisation() -> None:
-    crops = torch.randint(0, 256, (3, 16, 12, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    crops = torch.randint(0, 256, (3, 16, 12, 3), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(0))
     ours = normalize_batch(crops.permute(0, 3, 1, 2))
     assert torch.equal(ours, torch.from_numpy(normalize_numpy(crops.numpy())))
     assert torch.equal(normalize_batch(crops.permute(0, 3, 1, 2).float()), ours)  # float 0..255 too

@@ -9,9 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from posemum_deploy.data.jpeg_decoders import (
+    TorchvisionJpeg,
+    check_jpeg_decoder,
+    make_jpeg_decoder,
+    nvimgcodec_installed,
+)
 from posemum_deploy.errors import BackendUnavailableError, ConfigError
-from posemum_deploy.data.jpeg_decoders import (TorchvisionJpeg, check_jpeg_decoder,
-                                                make_jpeg_decoder, nvimgcodec_installed)
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 NVIMGCODEC_GPU = torch.cuda.is_available() and nvimgcodec_installed()
@@ -79,7 +83,7 @@ def _check_decoder(decoder, tmp_path: Path) -> None:
     corrupt = chunk[0][:200] + b"\x00" * 300 + chunk[0][-2:]
     out = decoder(chunk + [b"\xff\xd8not a jpeg\xff\xd9", corrupt])
     assert len(out) == 6
-    for image, ref in zip(out[:4], expected):
+    for image, ref in zip(out[:4], expected, strict=True):
         assert image is not None and image.dtype == torch.uint8
         got = image.permute(1, 2, 0).cpu().numpy()
         assert got.shape == ref.shape  # orientations 6 and 8 swap height and width
@@ -111,5 +115,5 @@ def test_nvimgcodec_images_survive_on_a_side_stream(tmp_path: Path) -> None:
     side.synchronize()
     del images
     torch.cuda.synchronize()
-    for got, ref in zip(stacked.permute(0, 2, 3, 1).cpu().numpy(), refs):
+    for got, ref in zip(stacked.permute(0, 2, 3, 1).cpu().numpy(), refs, strict=True):
         assert np.abs(got - ref).mean() < 3.0

@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from posemum_deploy.data.strong import (
-    RAND_AUGMENT_OPS, heatmap_argmax, joint_cutout, rand_augment,
+    RAND_AUGMENT_OPS,
+    heatmap_argmax,
+    joint_cutout,
+    rand_augment,
 )
 
 

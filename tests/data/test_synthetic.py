@@ -84,7 +84,7 @@ def test_visibility_flags_match_geometry(dataset: tuple[Path, dict]) -> None:
 def test_boxes_and_areas_are_tight(dataset: tuple[Path, dict]) -> None:
     _, data = dataset
     h, w = SIZE
-    for ann, kp in zip(data["annotations"], _keypoints(data)):
+    for ann, kp in zip(data["annotations"], _keypoints(data), strict=True):
         x, y, bw, bh = ann["bbox"]
         assert x >= 0 and y >= 0 and x + bw <= w and y + bh <= h and bw > 0 and bh > 0
         vis = kp[kp[:, 2] > 0]

@@ -1,8 +1,14 @@
 import numpy as np
 
-from posemum_deploy.data.transforms import (AffineAugment, affine_matrices, box_to_center_scale,
-                                            flip_matrices, normalize_numpy, transform_points,
-                                            warp_crops)
+from posemum_deploy.data.transforms import (
+    AffineAugment,
+    affine_matrices,
+    box_to_center_scale,
+    flip_matrices,
+    normalize_numpy,
+    transform_points,
+    warp_crops,
+)
 
 
 def test_box_to_center_scale_fixes_aspect_and_pads():

@@ -6,11 +6,11 @@ import logging
 from pathlib import Path
 
 import pytest
+from testdata import NO_SHARED_DATA
+from testdata import SHARED_DATA as SHARED
 
 from posemum_deploy.errors import AnnotationError
 from posemum_deploy.evaluation.coco_eval import STAT_NAMES, evaluate_results
-
-from testdata import NO_SHARED_DATA, SHARED_DATA as SHARED
 
 GOLDEN = SHARED / "eval_golden" / "faster_coco_eval_keypoints"
 COCO_MINI = SHARED / "coco_mini" / "test_coco.json"
@@ -53,7 +53,7 @@ def test_gt_as_results_scores_one(capsys: pytest.CaptureFixture[str]) -> None:
 def test_empty_results_score_zero_with_warning(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
         stats = evaluate_results(COCO_MINI, [])
-    assert stats == {n: 0.0 for n in STAT_NAMES}
+    assert stats == dict.fromkeys(STAT_NAMES, 0.0)
     assert "no keypoint results" in caplog.text
 
 

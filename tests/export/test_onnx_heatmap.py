@@ -62,8 +62,8 @@ def foreign(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path]:
 def imported(foreign, tmp_path_factory) -> Path:
     _, src = foreign
     out = tmp_path_factory.mktemp("imported")
-    scale = lambda v: tuple(x / 255 for x in v)
-    import_onnx_heatmap(src, out, HW, scale(MEAN_255), scale(STD_255), "bgr")
+    mean, std = (tuple(x / 255 for x in v) for v in (MEAN_255, STD_255))
+    import_onnx_heatmap(src, out, HW, mean, std, "bgr")
     return out / "model.onnx"
 
 

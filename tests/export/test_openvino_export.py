@@ -149,7 +149,7 @@ class OracleBackend:
             kps = np.array([a["keypoints"] for a in anns], np.float64).reshape(len(anns), 17, 3)
             fwd = np.stack([cv2.invertAffineTransform(m) for m in batch.inverse])
             heatmaps, _ = codec.encode(transform_points(kps[..., :2], fwd), kps[..., 2])
-            for crop, hm in zip(normalize_numpy(batch.crops), heatmaps):
+            for crop, hm in zip(normalize_numpy(batch.crops), heatmaps, strict=True):
                 self.table[crop.tobytes()] = np.roll(hm, shift_px, axis=-1)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:

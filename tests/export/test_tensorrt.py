@@ -196,7 +196,8 @@ def test_timing_cache_mismatch_or_garbage_falls_back_to_a_fresh_cache(
     store_entry(timing, b"garbage")
     trt = FakeTrt()
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="posemum_deploy.export.tensorrt"):  # another test may have raised the logger's level
+    # at_level: another test may have raised the logger's level
+    with caplog.at_level(logging.WARNING, logger="posemum_deploy.export.tensorrt"):
         trt_export.build_engine(trt, tiny_onnx.artifact, key, (128, 96), tmp_path)
     assert "cannot read this timing cache" in caplog.text
     assert _calls(trt, "set_timing_cache") == [(b"", False)]

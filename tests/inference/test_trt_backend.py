@@ -6,13 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from testdata import COCO_MINI, make_checkpoint
 
 from posemum_deploy.data.coco import load_coco_keypoints
 from posemum_deploy.export.calibration import calibration_crops
 from posemum_deploy.export.formats import ExportOptions, export_model
 from posemum_deploy.inference.trt_backend import TrtBackend
-
-from testdata import COCO_MINI, make_checkpoint
 
 SHARED = COCO_MINI
 AVAILABLE, WHY = TrtBackend.is_available()

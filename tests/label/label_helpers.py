@@ -6,11 +6,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-from posemum_deploy.label.boxes import FullImageBoxes
-
 from testdata import SHARED_DATA as SHARED  # noqa: F401  (imported by label tests)
 from testdata import make_checkpoint as _make_checkpoint
+
+from posemum_deploy.label.boxes import FullImageBoxes
 
 
 def make_checkpoint(path: Path, seed: int = 0) -> Path:

@@ -80,7 +80,7 @@ def test_sized_boxes_equal_each_sources_boxes(tmp_path: Path) -> None:
         boxes, scores, counts = sized_boxes(source, images)
         assert counts.sum() == len(boxes) == len(scores)
         start = 0
-        for (rel, w, h), n in zip(images, counts):
+        for (rel, w, h), n in zip(images, counts, strict=True):
             want = source.boxes(rel, np.zeros((h, w, 3), np.uint8))
             np.testing.assert_array_equal(boxes[start:start + n], want[0])
             np.testing.assert_array_equal(scores[start:start + n], want[1])

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from posemum_deploy.data.synthetic import generate_dataset
 from posemum_deploy.artifacts import ModelMetadata
+from posemum_deploy.data.synthetic import generate_dataset
 from posemum_deploy.inference.pipeline import PoseEstimator
 from posemum_deploy.inference.tensor_pipeline import TensorPoseEstimator
 from posemum_deploy.inference.torch_backend import TorchBackend
@@ -56,9 +56,9 @@ def _host_and_device_agree(tmp_path: Path, model: Path, backend: str | TorchBack
     host, device = records["host"], records["device"]
     assert [r["file"] for r in host] == [r["file"] for r in device]
     dist = []
-    for a, b in zip(host, device):
+    for a, b in zip(host, device, strict=True):
         assert len(a["persons"]) == len(b["persons"])
-        for pa, pb in zip(a["persons"], b["persons"]):
+        for pa, pb in zip(a["persons"], b["persons"], strict=True):
             assert pa["box"] == pb["box"]
             dist.append(np.abs(np.subtract(pa["keypoints"], pb["keypoints"])).max(-1))
     dist = np.concatenate(dist)
@@ -92,8 +92,8 @@ def test_cuda_fast_backend_labels_like_fp32(tmp_path: Path, tiny_model: Path) ->
                      RunSettings(backend=backend, batch_size=16))
         runs[name] = [r for _, r in iter_indexed(out)]
     joints = [np.abs(np.subtract(a["keypoints"], b["keypoints"])).max(-1)
-              for ra, rb in zip(runs["fp32"], runs["fast"])
-              for a, b in zip(ra["persons"], rb["persons"])]
+              for ra, rb in zip(runs["fp32"], runs["fast"], strict=True)
+              for a, b in zip(ra["persons"], rb["persons"], strict=True)]
     agree = (np.concatenate(joints) < 0.5).mean()
     assert len(joints) > 10 and agree > 0.95, f"{agree:.3f} of joints within 0.5 px"
 
@@ -112,7 +112,8 @@ def _crop_differences(ann: Path, device: torch.device) -> np.ndarray:
     cropper = DeviceCropper(root, boxes, meta, device, StageTimes())
     files = sorted(p.name for p in root.iterdir())
     diffs = []
-    for (_, item), name in zip(cropper.prepare([(0, read_bytes(root, f)) for f in files]), files):
+    prepared = cropper.prepare([(0, read_bytes(root, f)) for f in files])
+    for (_, item), name in zip(prepared, files, strict=True):
         image = read_image(root / name)
         ref = make_crops(image, *boxes.boxes(name, image), (128, 96))
         got = item.crops.crops.float().cpu().numpy().transpose(0, 2, 3, 1)

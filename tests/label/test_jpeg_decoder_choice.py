@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from posemum_deploy.errors import ConfigError
 from posemum_deploy.data.jpeg_decoders import nvimgcodec_installed
+from posemum_deploy.errors import ConfigError
 from posemum_deploy.label.runner import LabelSettings, RunSettings, label_folder
 from posemum_deploy.label.writer import load_manifest
 

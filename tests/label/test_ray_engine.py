@@ -5,11 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from label_helpers import write_images
 
 from posemum_deploy.label.runner import LabelSettings, RunSettings, label_folder
 from posemum_deploy.label.writer import iter_indexed
-
-from label_helpers import write_images
 
 ray = pytest.importorskip("ray", reason="ray not installed (pip install 'ray[data]')")
 
@@ -38,10 +37,10 @@ def test_ray_matches_local_and_resumes(tmp_path: Path, tiny_model: Path, local_r
     a = [r for _, r in iter_indexed(local)]
     b = [r for _, r in iter_indexed(cluster)]
     assert [r["file"] for r in a] == [r["file"] for r in b]
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=True):
         assert ra.get("error") == rb.get("error")
         assert len(ra.get("persons", ())) == len(rb.get("persons", ()))
-        for pa, pb in zip(ra.get("persons", ()), rb.get("persons", ())):
+        for pa, pb in zip(ra.get("persons", ()), rb.get("persons", ()), strict=True):
             np.testing.assert_allclose(pa["keypoints"], pb["keypoints"], atol=1e-4)
             np.testing.assert_allclose(pa["joint_scores"], pb["joint_scores"], atol=1e-4)
     # a shard lost from the ray run is redone by the local engine: the formats mix

@@ -4,10 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from label_helpers import make_checkpoint, write_images
 
 from posemum_deploy.rounds import RoundsConfig, StageLog, _label_stages
-
-from label_helpers import make_checkpoint, write_images
 
 
 @pytest.mark.parametrize("backend", ["torch", "torch-fast"])

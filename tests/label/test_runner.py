@@ -7,12 +7,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from label_helpers import SHARED, write_images
 from PIL import Image
 
 from posemum_deploy.label.runner import LabelSettings, RunSettings, label_folder
 from posemum_deploy.label.writer import ERRORS_NAME, ResumeError, iter_indexed
-
-from label_helpers import SHARED, write_images
 
 
 def _bad_corpus(folder: Path) -> dict[str, str | None]:
@@ -91,8 +90,8 @@ def test_batch_size_and_workers_do_not_change_results(tmp_path: Path, tiny_model
                      RunSettings(batch_size=batch, workers=workers))
         outs.append([r for _, r in iter_indexed(out)])
     assert [r["file"] for r in outs[0]] == [r["file"] for r in outs[1]]
-    for a, b in zip(*outs):
-        for pa, pb in zip(a["persons"], b["persons"]):
+    for a, b in zip(*outs, strict=True):
+        for pa, pb in zip(a["persons"], b["persons"], strict=True):
             np.testing.assert_allclose(pa["keypoints"], pb["keypoints"], atol=0.011)
             np.testing.assert_allclose(pa["joint_scores"], pb["joint_scores"], atol=1e-4)
 
@@ -232,8 +231,9 @@ def test_a_labeler_that_dies_ends_the_run_with_an_error_and_keeps_finished_shard
     error, not a hang; shards written before stay, and a resume redoes only the rest."""
     from concurrent.futures.process import BrokenProcessPool
 
-    import posemum_deploy.label.runner as runner
     from label_helpers import DyingBoxes
+
+    import posemum_deploy.label.runner as runner
 
     root = tmp_path / "images"
     files = sorted(p.relative_to(root).as_posix() for p in write_images(root, 8))
@@ -255,8 +255,9 @@ def test_a_labeler_error_reaches_the_caller_while_the_others_finish(
     """An exception in one labeling process (not a bad file: those become error records)
     is raised by `label_folder`; the other processes' shards are still written while it
     stops, and a resume finishes the run."""
-    import posemum_deploy.label.runner as runner
     from label_helpers import FailingBoxes
+
+    import posemum_deploy.label.runner as runner
 
     root = tmp_path / "images"
     files = sorted(p.relative_to(root).as_posix() for p in write_images(root, 12))

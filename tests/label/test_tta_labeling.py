@@ -133,7 +133,7 @@ def test_ray_engine_labels_tta_ensembles_like_the_local_engine(tmp_path, tiny_mo
         ray.shutdown()
     a, b = [r for _, r in iter_indexed(local)], [r for _, r in iter_indexed(cluster)]
     assert [r["file"] for r in a] == [r["file"] for r in b] and len(a) == 4
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=True):
         for pa, pb in zip(ra["persons"], rb["persons"], strict=True):
             for key in ("keypoints", "joint_scores", "joint_agreement"):
                 np.testing.assert_allclose(pa[key], pb[key], atol=1e-4)

@@ -67,7 +67,7 @@ class ResNetBody(nn.Module):
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers)):
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers, strict=True)):
             setattr(self, f"layer{i + 1}", self._make_layer(block, planes, n, 1 if i == 0 else 2))
 
     def _make_layer(self, block, planes, blocks, stride):
@@ -358,7 +358,7 @@ def test_flip_test_lines_up_in_upstream_convention(flip: bool, tmp_path: Path) -
     _, meta = load_model(tmp_path / "m.pt")
     crops = np.zeros((3, 128, 128, 3), np.uint8)
     points = np.array([[41, 60], [77, 38], [53, 87]])  # (x, y) crop pixels
-    for crop, (x, y) in zip(crops, points):
+    for crop, (x, y) in zip(crops, points, strict=True):
         crop[y, x] = 255
     est = PoseEstimator(MsraBackend(meta), batch_size=4, flip=flip, dark=True)
     xy, _ = est.codec.decode(est.heatmaps(crops), dark=True)

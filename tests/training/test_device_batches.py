@@ -18,8 +18,12 @@ from posemum_deploy.data.codec import HeatmapCodec
 from posemum_deploy.data.datasets import TopDownDataset, UnreadableImages, load_instances
 from posemum_deploy.data.transforms import AffineAugment
 from posemum_deploy.errors import ConfigError
-from posemum_deploy.training.device_batches import (DeviceCropBatches, batch_crops,
-                                                    collate_encoded, encoded_items)
+from posemum_deploy.training.device_batches import (
+    DeviceCropBatches,
+    batch_crops,
+    collate_encoded,
+    encoded_items,
+)
 
 CODEC = HeatmapCodec((128, 96), (32, 24), 2.0)
 CPU = torch.device("cpu")

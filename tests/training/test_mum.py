@@ -9,7 +9,12 @@ import torch
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.models.simple_baseline import STAGE_NAMES, build_model
 from posemum_deploy.training.mum import (
-    HOOK_STRIDES, MIXABLE_STAGES, PoseMumMixer, make_mask, mix, unmix,
+    HOOK_STRIDES,
+    MIXABLE_STAGES,
+    PoseMumMixer,
+    make_mask,
+    mix,
+    unmix,
 )
 
 TILES = (4, 3)

@@ -37,7 +37,7 @@ def test_loading_a_state_keeps_this_devices_kernel_choice():
     assert resumed.param_groups[0]["fused"] is True
     assert resumed.state_dict()["state"][0]["step"] == 3
     expected, got = _stepped(saved_params, saved), _stepped(resumed_params, resumed)
-    for e, g in zip(expected, got):
+    for e, g in zip(expected, got, strict=True):
         torch.testing.assert_close(g, e)
 
 
@@ -50,5 +50,5 @@ def test_cuda_adam_is_fused_and_takes_adams_step():
     opt = make_adam(cuda_params, 1e-2, "cuda")
     assert opt.param_groups[0]["fused"] is True
     expected = _stepped(ref_params, torch.optim.Adam(ref_params, lr=1e-2))
-    for e, g in zip(expected, _stepped(cuda_params, opt)):
+    for e, g in zip(expected, _stepped(cuda_params, opt), strict=True):
         torch.testing.assert_close(g.cpu(), e, rtol=1e-5, atol=1e-6)

@@ -86,9 +86,10 @@ def test_resume_continues_exactly(synth, tmp_path):
     train(tiny_config(synth, tmp_path / "b", "pose-mum-plus", max_steps=2))
     resumed = train(tiny_config(synth, tmp_path / "b", "pose-mum-plus"), resume=True)
     assert straight.steps == resumed.steps == 4
-    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    for a, b in zip(straight.teacher.state_dict().values(), resumed.teacher.state_dict().values()):
+    for a, b in zip(straight.teacher.state_dict().values(), resumed.teacher.state_dict().values(),
+                    strict=True):
         assert torch.equal(a, b)
 
 
@@ -198,6 +199,6 @@ def test_clamp_targets_bounds_the_teacher_heatmaps(synth, tmp_path, monkeypatch,
     train(cfg)
     low, high = min(float(p.min()) for p in seen), max(float(p.max()) for p in seen)
     if clamp:
-        assert 0.0 <= low and high <= 1.0
+        assert low >= 0.0 and high <= 1.0
     else:
         assert low < -1.0 and high > 1.0

@@ -5,7 +5,11 @@ import pytest
 import torch
 
 from posemum_deploy.training.strong_view import (
-    StrongAffine, affine_matrix, invert, map_points, warp,
+    StrongAffine,
+    affine_matrix,
+    invert,
+    map_points,
+    warp,
 )
 
 INPUT_HW, HEATMAP_HW = (256, 192), (64, 48)

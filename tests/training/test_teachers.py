@@ -8,7 +8,11 @@ from torch import nn
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.models.simple_baseline import build_model
 from posemum_deploy.training.teachers import (
-    DualTeachers, EmaTeacher, EmanTeacher, SingleTeacher, build_teacher,
+    DualTeachers,
+    EmanTeacher,
+    EmaTeacher,
+    SingleTeacher,
+    build_teacher,
 )
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from posemum_deploy.training.config import (DataConfig, OptimConfig, RuntimeConfig, TrainConfig)
+from posemum_deploy.training.config import DataConfig, OptimConfig, RuntimeConfig, TrainConfig
 from posemum_deploy.training.trainer import train
 
 
@@ -26,7 +26,7 @@ def test_train_writes_run_dir_and_resumes(synthetic_small, tmp_path):
     ckpt = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "config", "model_meta", "rng", "epoch"} <= set(ckpt)
     assert (tmp_path / "run/checkpoints/best.pt").is_file()
-    rows = [json.loads(l) for l in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in rows].count("train") == 2 and rows[-1]["kind"] == "val"
     assert 0.0 <= rows[-1]["AP"] <= 1.0
     assert (tmp_path / "run/config.yaml").is_file()
@@ -65,12 +65,12 @@ def test_training_logs_one_curve_after_a_kill(synthetic_small, tmp_path):
     log.parent.mkdir()
     log.write_text('{"kind": "train", "time": 9.0, "step": 7}\n')  # no checkpoint: fresh
     train(cfg)
-    assert [json.loads(l)["step"] for l in log.read_text().splitlines()] == [1, 2]
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2]
     with log.open("a") as f:  # the epoch-2 rows of a run killed before its checkpoint
         f.write('{"kind": "train", "time": 9.0, "step": 3}\n{"kind": "train", "ti')
     cfg.optim.epochs = 2
     train(cfg, resume=True)
-    assert [json.loads(l)["step"] for l in log.read_text().splitlines()] == [1, 2, 3, 4]
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4]
 
 
 def test_resume_from_a_corrupt_checkpoint_names_the_file(synthetic_small, tmp_path):
@@ -105,7 +105,7 @@ def test_loss_decreases_on_a_tiny_set(synthetic_small, tmp_path):
     cfg.optim.steps_per_epoch = 30
     cfg.runtime.val_every = 0
     train(cfg)
-    rows = [json.loads(l) for l in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if r["kind"] == "train"]
     assert sum(losses[-5:]) < 0.8 * sum(losses[:5])
 

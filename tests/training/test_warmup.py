@@ -4,11 +4,10 @@ import json
 
 import pytest
 import torch
+from test_trainer import _cfg
 
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.training.optimizer import WARMUP_START, WarmupLR
-
-from test_trainer import _cfg
 
 
 def _lrs(steps_per_epoch: int, epochs: int, warmup: int) -> list[float]:
