@@ -45,19 +45,22 @@ class ModelMetadata:
     extra: dict[str, Any] = field(default_factory=dict)
     tool_versions: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Callers pass lists too (json, YAML, user code); the runtimes compare tuples.
+        (h, w), (hh, hw) = self.input_hw, self.heatmap_hw
+        self.input_hw, self.heatmap_hw = (h, w), (hh, hw)
+        (r, g, b), (sr, sg, sb) = self.mean, self.std
+        self.mean, self.std = (r, g, b), (sr, sg, sb)
+        self.keypoint_names = tuple(self.keypoint_names)
+        self.flip_pairs = tuple((left, right) for left, right in self.flip_pairs)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelMetadata:
         known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in data.items() if k in known}
-        for key in ("input_hw", "heatmap_hw", "mean", "std", "keypoint_names"):
-            if key in kw:
-                kw[key] = tuple(kw[key])
-        if "flip_pairs" in kw:
-            kw["flip_pairs"] = tuple(tuple(p) for p in kw["flip_pairs"])
-        return cls(**kw)
+        return cls(**{k: v for k, v in data.items() if k in known})  # lists become tuples
 
     def save(self, path: str | Path) -> Path:
         """Write as json (a directory gets `model.json` inside it)."""
@@ -75,7 +78,7 @@ class ModelMetadata:
         except FileNotFoundError as e:
             raise ArtifactError(f"{path}: metadata sidecar missing; re-export the model with "
                                 "`posemum export` so model.json sits beside the artifact") from e
-        except (json.JSONDecodeError, TypeError) as e:
+        except (ValueError, TypeError) as e:  # bad json, or fields of the wrong shape
             raise ArtifactError(f"{path}: unreadable metadata sidecar ({e}); re-export") from e
 
 

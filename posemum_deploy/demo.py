@@ -56,11 +56,16 @@ class DemoResult:
     seconds: float
 
 
+def images_of(ann: Path) -> Path:
+    """The image folder of a set `generate_dataset` wrote (beside its annotations.json)."""
+    return ann.parent / "images"
+
+
 def demo_train_config(cfg: DemoConfig, train_ann: Path, val_ann: Path) -> TrainConfig:
     return TrainConfig(
         preset="supervised", out=str(Path(cfg.out) / "run"),
-        data=DataConfig(labeled=str(train_ann), images=str(train_ann.parent / "images"),
-                        val_ann=str(val_ann), val_images=str(val_ann.parent / "images"),
+        data=DataConfig(labeled=str(train_ann), images=str(images_of(train_ann)),
+                        val_ann=str(val_ann), val_images=str(images_of(val_ann)),
                         input_hw=cfg.input_hw, workers=0, cache_images=True,
                         rotation_factor=cfg.rotation_factor, scale_factor=cfg.scale_factor),
         model=ModelConfig(backbone=cfg.backbone, deconv_channels=cfg.deconv_channels),
@@ -84,13 +89,13 @@ def synth_sets(cfg: DemoConfig) -> tuple[Path, Path]:
     return made[0], made[1]
 
 
-def untrained_ap(tcfg: TrainConfig) -> float:
+def untrained_ap(tcfg: TrainConfig, val_ann: Path) -> float:
     """AP of a freshly initialised network: the floor the trained one is compared with."""
     torch.manual_seed(tcfg.runtime.seed)
     model = build_model(tcfg.model.backbone, deconv_channels=tcfg.model.deconv_channels)
     backend = TorchBackend(model, model_metadata(tcfg), device="cpu")
-    results = predict_coco(backend, tcfg.data.val_ann, tcfg.data.val_images, flip=True, dark=True)
-    return evaluate_results(tcfg.data.val_ann, results)["AP"]
+    results = predict_coco(backend, val_ann, images_of(val_ann), flip=True, dark=True)
+    return evaluate_results(val_ann, results)["AP"]
 
 
 def run_demo(cfg: DemoConfig, callbacks: TrainCallbacks | None = None) -> DemoResult:
@@ -98,11 +103,11 @@ def run_demo(cfg: DemoConfig, callbacks: TrainCallbacks | None = None) -> DemoRe
     start = time.perf_counter()
     train_ann, val_ann = synth_sets(cfg)
     tcfg = demo_train_config(cfg, train_ann, val_ann)
-    floor = untrained_ap(tcfg)
+    floor = untrained_ap(tcfg, val_ann)
     train(tcfg, callbacks)
     best = Path(tcfg.out) / "checkpoints" / "best.pt"
     # SimpleBaseline test protocol: flip-test averaging; DARK decoding matters at 32×24 maps.
-    metrics = evaluate_results(val_ann, predict_coco(best, val_ann, tcfg.data.val_images,
+    metrics = evaluate_results(val_ann, predict_coco(best, val_ann, images_of(val_ann),
                                                      backend="torch", flip=True, dark=True))
     return DemoResult(Path(tcfg.out), floor, metrics["AP"], metrics,
                       time.perf_counter() - start)
@@ -139,7 +144,7 @@ def run_demo_rounds(cfg: DemoConfig, result: DemoResult, n_rounds: int, on_round
     if rounds_dir.is_dir():  # the demo has just retrained its teacher: old rounds are stale
         shutil.rmtree(rounds_dir)
     rcfg = RoundsConfig(out=str(rounds_dir),
-                        unlabeled=str(unlabeled_ann.parent / "images"), rounds=n_rounds,
+                        unlabeled=str(images_of(unlabeled_ann)), rounds=n_rounds,
                         boxes=f"gt:{unlabeled_ann}", backend="torch",
                         initial_checkpoint=teacher, retrain_max_steps=steps,
                         schedule="restart", train=tcfg)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,7 +151,7 @@ def _unique_labels(runs: list[RunCurves]) -> None:
             run.label = run.preset
 
 
-def plot_runs(run_dirs: list[str | Path], out: str | Path) -> list[RunCurves]:
+def plot_runs(run_dirs: Sequence[str | Path], out: str | Path) -> list[RunCurves]:
     """Val AP against step (left) and the training losses (right) of several runs on one
     figure, one colour per run, one line style per loss; writes `out` (PNG)."""
     runs = [read_run(d) for d in run_dirs]
@@ -177,7 +178,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path) -> list[RunCurves]:
     return runs
 
 
-def plot_label_rates(out_dirs: list[str | Path], out: str | Path) -> list[LabelRates]:
+def plot_label_rates(out_dirs: Sequence[str | Path], out: str | Path) -> list[LabelRates]:
     """images/s (left) and crops/s (right) over time of one or more labeling runs."""
     runs = [read_label_log(d) for d in out_dirs]
     fig, (ax_img, ax_crop) = _figure(2)
@@ -194,7 +195,7 @@ def plot_label_rates(out_dirs: list[str | Path], out: str | Path) -> list[LabelR
     return runs
 
 
-def plot_folders(folders: list[str | Path], out: str | Path
+def plot_folders(folders: Sequence[str | Path], out: str | Path
                  ) -> list[RunCurves] | list[LabelRates]:
     """Training run folders -> `plot_runs`; labeling output folders -> `plot_label_rates`.
     A folder that is neither, or a mix of both kinds, is a one-line error."""

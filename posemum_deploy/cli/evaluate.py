@@ -45,6 +45,7 @@ def evaluate(
     if model is not None:
         results = results_out or (json_out.parent if json_out else Path(".")) / "results.json"
         _predict(model, ann, images or ann.parent, boxes, flip, batch_size, backend, results, dark)
+    assert results is not None  # given, or set just above for --model (exactly one of them)
     stats = evaluate_results(ann, results)
     console = Console()
     console.print(f"scored {results}", highlight=False, soft_wrap=True)

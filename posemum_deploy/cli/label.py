@@ -151,6 +151,7 @@ def merge(
         from posemum_deploy.data.coco import load_json
         from posemum_deploy.data.yolo import write_yolo_dataset
 
+        assert images is not None  # --format yolo checked it above
         out = write_yolo_dataset(load_json(out), images, yolo_dir, split)
     Console().print(f"{out}: {stats.images} images, {stats.annotations} of {stats.persons_in} "
                     f"people kept" + (f"; {stats.results} results → {results_out}"

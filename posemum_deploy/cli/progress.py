@@ -8,6 +8,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -31,7 +32,7 @@ class RichTrainCallbacks:
 
     def __init__(self) -> None:
         self.progress = make_progress(TextColumn("{task.fields[info]}"))
-        self.task = None
+        self.task: TaskID | None = None
 
     def __enter__(self) -> RichTrainCallbacks:
         self.progress.start()
@@ -45,6 +46,7 @@ class RichTrainCallbacks:
                                            info="")
 
     def on_step(self, step: int, logs: dict[str, float]) -> None:
+        assert self.task is not None  # the trainer calls on_start first
         if "loss" not in logs:  # nothing logged yet (the first runtime.log_every steps)
             self.progress.update(self.task, completed=step)
             return
@@ -64,7 +66,8 @@ class RichLabelProgress:
         # Its own display shows the bar while the model loads; a shared one gets it when
         # labeling starts (not during the trainings before it).
         self.progress = progress or make_progress(TextColumn("{task.fields[info]}"))
-        self.task = None if progress else self.progress.add_task("label", total=None, info="")
+        self.task: TaskID | None = (None if progress
+                                    else self.progress.add_task("label", total=None, info=""))
         self.images = self.crops = self.skipped = 0
         self.t0 = time.perf_counter()
 
@@ -85,4 +88,5 @@ class RichLabelProgress:
             from posemum_deploy.label.summary import hours_per_million_images
 
             info += f"  ≈{hours_per_million_images(self.images / dt):.1f} h/1M img"
+        assert self.task is not None  # the labeler calls start first
         self.progress.update(self.task, advance=images, info=info)

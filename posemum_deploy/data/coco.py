@@ -89,7 +89,9 @@ def load_coco_keypoints(path: str | Path, require_persons: bool = True) -> dict[
 
 def _has_kps(ann: dict[str, Any]) -> bool:
     kps = ann.get("keypoints")
-    return bool(kps) and any(v > 0 for v in kps[2::3])
+    if not kps:
+        return False
+    return any(v > 0 for v in kps[2::3])
 
 
 def save_json(obj: Any, path: str | Path) -> Path:

@@ -15,13 +15,16 @@ torch functions, so a NumPy-only caller does not pay for it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import cv2
 import numpy as np
 
 if TYPE_CHECKING:
     import torch
+
+# Heatmaps on the host or on the device: `flip_back` returns what it was given.
+HeatmapsT = TypeVar("HeatmapsT", np.ndarray, "torch.Tensor")
 
 
 @dataclass(frozen=True)
@@ -185,8 +188,8 @@ def _dark_offsets(hm: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: float) ->
     return np.where(ok[..., None], offset, _quarter_offsets(hm, x, y))
 
 
-def flip_back(heatmaps_of_flipped: np.ndarray, flip_perm: np.ndarray,
-              shift: float = 0.0) -> np.ndarray:
+def flip_back(heatmaps_of_flipped: HeatmapsT, flip_perm: np.ndarray,
+              shift: float = 0.0) -> HeatmapsT:
     """Heatmaps predicted on mirrored crops → heatmaps for the original crops.
 
     Mirror along W and swap left/right joints; exact under the pixel-centre convention.

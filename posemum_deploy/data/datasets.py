@@ -6,9 +6,10 @@ item is the same whichever worker makes it and a resumed run sees the same sampl
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -66,7 +67,8 @@ def load_instances(ann_path: str | Path, images_dir: str | Path, limit: int | No
             continue
         kps = ann.get("keypoints")
         kps = np.asarray(kps, dtype=np.float32).reshape(-1, 3) if kps else None
-        out.append(PersonInstance(Path(images_dir) / im["file_name"], im["id"], tuple(box),
+        x, y, w, h = box
+        out.append(PersonInstance(Path(images_dir) / im["file_name"], im["id"], (x, y, w, h),
                                   kps, ann.get("id", -1)))
         if limit is not None and len(out) >= limit:
             break
@@ -188,12 +190,19 @@ class TopDownDataset(Dataset):
         return item
 
 
+class HasInstances(Protocol):
+    """A dataset of person crops (`TopDownDataset`, or the rounds' labeled + pseudo mix)."""
+
+    @property
+    def instances(self) -> Sequence[PersonInstance]: ...
+
+
 class UnreadableImages:
     """Instances whose image could not be read, gathered in the main process from each
     batch's `unreadable` field: a loader worker's own skip set dies with the worker (they
     restart every epoch), so the items carry the news."""
 
-    def __init__(self, dataset: TopDownDataset) -> None:
+    def __init__(self, dataset: HasInstances) -> None:
         self.instances = dataset.instances
         self.indices: set[int] = set()
 
@@ -266,8 +275,12 @@ def _folder_instances(folder: Path, boxes: str) -> list[PersonInstance]:
     table = detection_boxes(boxes)
     out = []
     for p in paths:
-        for box in table.get(_stem_id(p) if _stem_id(p) is not None else -1, ([], []))[0]:
-            out.append(PersonInstance(p, _stem_id(p) or -1, tuple(float(v) for v in box), None))
+        stem_id = _stem_id(p)
+        image_id = stem_id if stem_id is not None else -1
+        found = table.get(image_id)
+        for box in found[0] if found is not None else []:
+            x, y, w, h = (float(v) for v in box)
+            out.append(PersonInstance(p, image_id, (x, y, w, h), None))
     if not out:
         raise AnnotationError(f"{boxes}: no detection's image_id matches an image in {folder} "
                               "(image_id must be the file's numeric name)")

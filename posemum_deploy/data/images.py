@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -49,7 +49,8 @@ def jpeg_exif_orientation(data: bytes) -> int:
 
 
 def _tiff_orientation(tiff: bytes) -> int:
-    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    orders: dict[bytes, Literal["little", "big"]] = {b"II": "little", b"MM": "big"}
+    order = orders.get(tiff[:2])
     if order is None or len(tiff) < 8:
         return 1
     ifd = int.from_bytes(tiff[4:8], order)

@@ -89,8 +89,8 @@ def decode_files(files: list[tuple[str | Path, bytes]], jpeg: JpegDecoder, devic
     for i, (path, data) in enumerate(files):
         if out[i] is None:  # not a JPEG, or one the device decoder refused
             try:
-                image = decode_image(data, path)
-                out[i] = torch.from_numpy(image).permute(2, 0, 1).to(device)
+                pixels = decode_image(data, path)
+                out[i] = torch.from_numpy(pixels).permute(2, 0, 1).to(device)
             except (OSError, ValueError) as e:
                 log.warning("skipped %s: %s", path, e)
                 out[i] = str(e)

@@ -46,7 +46,7 @@ def heatmap_argmax(heatmaps: Tensor, input_hw: tuple[int, int]) -> Tensor:
     """
     x, y, _ = argmax_torch(heatmaps)
     return to_input_torch(torch.stack([x, y], dim=-1).float(), input_hw,
-                          tuple(heatmaps.shape[-2:]))
+                          (heatmaps.shape[-2], heatmaps.shape[-1]))
 
 
 def joint_cutout(images: Tensor, teacher_heatmaps: Tensor, generator: torch.Generator | None = None,

@@ -150,11 +150,12 @@ def _draw_person(img: np.ndarray, mask: np.ndarray, p: dict[str, Any]) -> None:
     limbs overlap correctly; a skin V and a zip mark the front of the chest."""
     xy, z, h, c = p["xy"], p["z"], p["h"], p["colours"]
     tz = float(z[TORSO:].mean())
-    parts = [(tz, _poly, (cv2.convexHull(xy[TORSO:].astype(np.float32))[:, 0], c["shirt"])),
-             (z[NECK] + 1e-3, _capsule, (xy[NECK], xy[HEAD], _THICK["neck"] * h,
-                                          c["skin"], 0)),
-             (z[HEAD] + 0.02 * h, _draw_head, (xy, p["normals"], PROP["head"] * h,
-                                                 c["skin"], c["hair"]))]
+    # (depth, painter(img, mask, *args), args): the painters take different arguments.
+    parts: list[tuple[float, Callable[..., None], tuple[Any, ...]]] = [
+        (tz, _poly, (cv2.convexHull(xy[TORSO:].astype(np.float32))[:, 0], c["shirt"])),
+        (z[NECK] + 1e-3, _capsule, (xy[NECK], xy[HEAD], _THICK["neck"] * h, c["skin"], 0)),
+        (z[HEAD] + 0.02 * h, _draw_head, (xy, p["normals"], PROP["head"] * h,
+                                          c["skin"], c["hair"]))]
     if p["normals"][6, 2] > 0.2:
         neck, across = xy[NECK], 0.3 * (xy[5] - xy[6])
         vee = np.stack([neck + across, neck - across, neck + 0.25 * (xy[11:13].mean(0) - neck)])
@@ -184,7 +185,8 @@ def _clutter(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray | None,
         kind, size = rng.integers(3), rng.uniform(0.01, 0.15) * h
         p, q = rng.uniform(0, 1, (2, 2)) * [w, h]
         p, q = _fx(p), _fx(p + (q - p) * (reach if kind == 0 else 0.3))
-        for dst, lt in ((img, cv2.LINE_AA), (mask, cv2.LINE_8))[:1 + (mask is not None)]:
+        targets = [(img, cv2.LINE_AA)] + ([(mask, cv2.LINE_8)] if mask is not None else [])
+        for dst, lt in targets:
             colour = col if lt == cv2.LINE_AA else 255
             if kind == 0:
                 cv2.rectangle(dst, p, q, colour, -1, lt, _SHIFT)
@@ -264,7 +266,8 @@ def generate_dataset(out_dir: str | Path, num_images: int, seed: int = 0, *,
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     noise = np.random.default_rng([seed, 1 << 30]).standard_normal((2 * h, 2 * w, 3), np.float32)
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for i in range(num_images):
         img, anns = _render_image(np.random.default_rng([seed, i]), h, w, max_people, noise)
         name = f"{i + 1:06d}.jpg"

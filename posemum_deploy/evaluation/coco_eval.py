@@ -14,7 +14,7 @@ import io
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -33,8 +33,8 @@ RESULT_KEYS: tuple[str, ...] = ("image_id", "category_id", "keypoints", "score")
 GT_ANN_KEYS: tuple[str, ...] = ("id", "image_id", "category_id", "keypoints",
                                 "num_keypoints", "area", "bbox", "iscrowd")
 
-GroundTruth = str | Path | Mapping[str, Any] | COCO
-Results = str | Path | Sequence[Mapping[str, Any]]
+GroundTruth: TypeAlias = str | Path | Mapping[str, Any] | COCO
+Results: TypeAlias = str | Path | Sequence[Mapping[str, Any]]
 
 
 def evaluate_results(gt: GroundTruth, results: Results) -> dict[str, float]:

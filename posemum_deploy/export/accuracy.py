@@ -113,7 +113,7 @@ def check_accuracy(artifact: str | Path | Backend, reference: str | Path | Backe
         precision=cand.metadata.precision, num_crops=len(crops), mean_px=mean_px, max_px=max_px,
         confident_mean_px=conf_px, max_abs_heatmap_diff=float(np.abs(hm_c - hm_r).max()),
         max_ap_drop=max_ap_drop)
-    if val_ann is not None:
+    if val_ann is not None and val_images is not None:  # both or neither, checked above
         report.ap_reference = val_ap(ref, val_ann, val_images, batch_size)
         report.ap = val_ap(cand, val_ann, val_images, batch_size)
         report.ap_drop = 100.0 * (report.ap_reference - report.ap)

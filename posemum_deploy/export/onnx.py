@@ -23,7 +23,7 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -48,17 +48,21 @@ GRAPH_KINDS = (SUBPIXEL, CONVTRANSPOSE)
 
 
 def fold_deconv_bn(model: nn.Module) -> nn.Module:
-    """A copy of `model` with each ConvTranspose2d → BatchNorm2d pair folded into one layer."""
+    """A copy of `model` with each ConvTranspose2d → BatchNorm2d pair folded into one layer
+    (a BatchNorm2d without running statistics normalises with the batch's: it stays)."""
     model = copy.deepcopy(model).eval()
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         layers = list(seq)
         for i, (a, b) in enumerate(itertools.pairwise(layers)):
             if isinstance(a, nn.ConvTranspose2d) and isinstance(b, nn.BatchNorm2d) and a.groups == 1:
-                scale = b.weight / torch.sqrt(b.running_var + b.eps)
-                bias = a.bias if a.bias is not None else torch.zeros_like(b.running_mean)
+                mean, var = b.running_mean, b.running_var
+                if mean is None or var is None:
+                    continue
+                scale = b.weight / torch.sqrt(var + b.eps)
+                bias = a.bias if a.bias is not None else torch.zeros_like(mean)
                 with torch.no_grad():
                     a.weight.mul_(scale[None, :, None, None])
-                    a.bias = nn.Parameter((bias - b.running_mean) * scale + b.bias)
+                    a.bias = nn.Parameter((bias - mean) * scale + b.bias)
                 seq[i + 1] = nn.Identity()
     return model
 
@@ -81,6 +85,7 @@ class SubPixelDeconv(nn.Module):
                   for py in range(2) for px in range(2)]
         bias = deconv.bias.detach() if deconv.bias is not None else torch.zeros(c_out)
         self.conv = nn.Conv2d(c_in, 4 * c_out, 2, padding=1)
+        assert self.conv.bias is not None  # a Conv2d has a bias unless built with bias=False
         with torch.no_grad():
             self.conv.weight.copy_(torch.cat(phases))
             self.conv.bias.copy_(bias.repeat(4))
@@ -94,7 +99,7 @@ class SubPixelDeconv(nn.Module):
         return F.pixel_shuffle(torch.stack(phases, 2).flatten(1, 2), 2)
 
 
-def _is_subpixel_able(m: nn.Module) -> bool:
+def _is_subpixel_able(m: nn.Module) -> TypeGuard[nn.ConvTranspose2d]:
     return (isinstance(m, nn.ConvTranspose2d) and m.kernel_size == (4, 4) and m.stride == (2, 2)
             and m.padding == (1, 1) and m.output_padding == (0, 0) and m.groups == 1
             and m.dilation == (1, 1))
@@ -223,7 +228,7 @@ def check_crops(source: Path, meta: ModelMetadata, options: ExportOptions,
         candidates = _checkpoint_data(source)
     for path in candidates:
         if path.exists():
-            return calibration_crops(path, tuple(meta.input_hw), limit), str(path)
+            return calibration_crops(path, meta.input_hw, limit), str(path)
     log.warning("no real images for the parity check; using random pixels "
                 "(pass --check IMAGES for real crops)")
     h, w = meta.input_hw

@@ -144,7 +144,8 @@ def heatmap_hw(shape: tuple[int, ...], input_hw: tuple[int, int], path: Path) ->
 
 
 def import_onnx_heatmap(src: str | Path, out_dir: str | Path, input_hw: tuple[int, int],
-                        mean: tuple[float, ...], std: tuple[float, ...], channel_order: str,
+                        mean: tuple[float, float, float], std: tuple[float, float, float],
+                        channel_order: str,
                         keypoints: str = "coco17", heatmap_offset: float = 0.0) -> ModelMetadata:
     """Write OUT_DIR/model.onnx (+ model.json) from a foreign heatmap ONNX; returns its
     metadata. `mean`/`std` are on posemum's 0..1 scale, in the network's channel order;
@@ -169,7 +170,7 @@ def import_onnx_heatmap(src: str | Path, out_dir: str | Path, input_hw: tuple[in
     model = posemum_names(dynamic_batch(model))
     if order == "BGR":
         model = reverse_channels(model)
-        mean, std = tuple(mean)[::-1], tuple(std)[::-1]
+        mean, std = mean[::-1], std[::-1]
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / "model.onnx"
     onnx.save(model, str(out))
@@ -179,8 +180,8 @@ def import_onnx_heatmap(src: str | Path, out_dir: str | Path, input_hw: tuple[in
         raise ArtifactError(f"{src}: output has {shape[1]} channels, --keypoints {keypoints} "
                             f"has {len(names)} joints")
     meta = ModelMetadata(backbone=f"onnx:{src.stem}", num_joints=shape[1], deconv_channels=0,
-                         input_hw=tuple(input_hw), heatmap_hw=heatmap_hw(shape, input_hw, src),
-                         mean=tuple(mean), std=tuple(std), channel_order="RGB",
+                         input_hw=input_hw, heatmap_hw=heatmap_hw(shape, input_hw, src),
+                         mean=mean, std=std, channel_order="RGB",
                          keypoint_names=names, flip_pairs=flips, format="onnx",
                          source_checkpoint_sha256=sha256_file(src),
                          extra={"imported_from": {"file": src.name, "layout": "onnx-heatmap",

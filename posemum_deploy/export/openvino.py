@@ -101,8 +101,10 @@ def export_openvino(onnx_path: str | Path, out: str | Path, precision: str = "fp
     if is_quantized(model):
         raise ConfigError(f"{onnx_path}: already quantised; pass the fp32 ONNX export")
     if precision == "int8" and int8_method == "nncf":
+        assert crops is not None  # _check_options: int8 needs crops
         model = quantize_nncf(model, crops, meta)
     elif precision == "int8":
+        assert qdq_onnx is not None  # _check_options: method qdq needs qdq_onnx
         model = ov.convert_model(str(qdq_onnx))
         if not is_quantized(model):
             raise ConfigError(f"{qdq_onnx}: has no QuantizeLinear/DequantizeLinear pairs; pass "
@@ -120,6 +122,7 @@ def export_openvino(onnx_path: str | Path, out: str | Path, precision: str = "fp
     meta.save(sidecar_path(out))
     if precision == "fp32":
         return out, None
+    assert crops is not None  # _check_options: bf16 and int8 need crops
     try:
         reference = OpenVinoBackend(onnx_path, precision="fp32", batch_size=batch_size)
         candidate = OpenVinoBackend(out, batch_size=batch_size)
@@ -196,10 +199,11 @@ def export_openvino_ir(source: Path, out: Path, options: ExportOptions) -> Expor
         if options.calib is None:
             raise ConfigError(f"--precision {precision} needs --calib IMAGES (a folder of person "
                               "images or a COCO keypoints json) for calibration and the guard")
-        crops = calibration_crops(options.calib, tuple(meta.input_hw), options.calib_count)
+        crops = calibration_crops(options.calib, meta.input_hw, options.calib_count)
     qdq = None
     if precision == "int8" and method == "qdq":
         qdq = out.with_name(out.stem + ".qdq.onnx")
+        assert crops is not None  # read above for every precision but fp32
         quantize_qdq(onnx_path, qdq, CropBatcher(crops, min(16, len(crops)), meta.mean, meta.std))
     xml, report = export_openvino(onnx_path, out, precision, crops, method, qdq_onnx=qdq,
                                   calib_source=str(options.calib or ""), val_ann=options.val_ann,

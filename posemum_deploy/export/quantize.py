@@ -90,7 +90,7 @@ def export_onnx_int8(source: Path, out: Path, options: ExportOptions) -> ExportR
     fp32_path, meta = load_onnx_source(source, options, out)
     if meta.precision != "fp32":
         raise ConfigError(f"{fp32_path}: is already {meta.precision}; quantise the fp32 export")
-    crops = calibration_crops(options.calib, tuple(meta.input_hw), options.calib_count)
+    crops = calibration_crops(options.calib, meta.input_hw, options.calib_count)
     method = str(options.extra.get("calibrate_method", "minmax"))
     batcher = CropBatcher(crops, min(CALIB_BATCH, len(crops)), meta.mean, meta.std)
     quantize_qdq(fp32_path, out, batcher, method)

@@ -95,6 +95,7 @@ def export_tensorrt(source: Path, out: Path, options: ExportOptions) -> ExportRe
     if precision == "fp16":
         graph_path = fp16_network(onnx_path, onnx_sha, cache)
     elif precision == "int8" and given_qdq is None:
+        assert options.calib is not None  # _source_network refused int8 without --calib
         method = str(options.extra.get("calibrate_method", "minmax"))
         graph_path = int8_network(onnx_path, onnx_sha, meta, options.calib,
                                   options.calib_count, method, cache)
@@ -117,7 +118,7 @@ def export_tensorrt(source: Path, out: Path, options: ExportOptions) -> ExportRe
     if data is not None:
         log.info("reusing cached engine %s", cached)
     else:
-        data = build_engine(trt, graph_path, key, tuple(meta.input_hw), cache)
+        data = build_engine(trt, graph_path, key, meta.input_hw, cache)
         store_entry(cached, data, {"engine_key": asdict(key)})
     atomic_write_bytes(out, data)
     meta = ModelMetadata.from_dict(meta.to_dict())

@@ -50,7 +50,7 @@ def int8_network(onnx_path: Path, onnx_sha: str, meta: ModelMetadata, calib: Pat
     """The TensorRT-ready QDQ ONNX of `onnx_path`, calibrated on `calib` crops (cached)."""
     from posemum_deploy.export.calibration import CropBatcher, calibration_crops
 
-    crops = calibration_crops(calib, tuple(meta.input_hw), calib_count)
+    crops = calibration_crops(calib, meta.input_hw, calib_count)
     crops_sha = hashlib.sha256(crops.tobytes()).hexdigest()
     tag = hashlib.sha256(f"{onnx_sha}|{crops_sha}|{method}|{QDQ_SETTINGS}".encode())
     entry = cache / "networks" / f"{tag.hexdigest()[:24]}.qdq.onnx"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -25,6 +25,15 @@ class Backend(Protocol):
     name: str
 
     def predict(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+class BackendClass(Protocol):
+    """A backend class as `load_backend` uses it: opened on an artifact path with its
+    options, and first asked whether it can run that artifact here."""
+
+    def __call__(self, path: Path, /, **options: Any) -> Backend: ...
+
+    def is_available(self, path: str | Path | None = None) -> tuple[bool, str]: ...
 
 
 # kind -> (module, class); modules are imported only when that kind is used.
@@ -46,7 +55,7 @@ SUFFIX_BACKENDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _with_threads(cls: type, options: dict, cpu_threads: int | None) -> dict:
+def _with_threads(cls: BackendClass, options: dict, cpu_threads: int | None) -> dict:
     """`options` plus threads=cpu_threads when the backend takes a thread count and the
     caller did not choose one."""
     import inspect
@@ -56,7 +65,7 @@ def _with_threads(cls: type, options: dict, cpu_threads: int | None) -> dict:
     return options
 
 
-def backend_class(kind: str) -> type:
+def backend_class(kind: str) -> BackendClass:
     """The backend class for a kind name, importing its runtime module lazily."""
     if kind not in BACKENDS:
         raise ConfigError(f"unknown backend {kind!r}; choose auto, {', '.join(BACKENDS)}")

@@ -26,7 +26,7 @@ from posemum_deploy.inference.backends import Backend
 def codec_for(meta: ModelMetadata) -> HeatmapCodec:
     """The model's codec; `extra["heatmap_offset"]` (0 for teachers imported from mmpose or
     the original SimpleBaseline, see models/upstream.py) sets its coordinate convention."""
-    return HeatmapCodec(tuple(meta.input_hw), tuple(meta.heatmap_hw), meta.sigma,
+    return HeatmapCodec(meta.input_hw, meta.heatmap_hw, meta.sigma,
                         float(meta.extra.get("heatmap_offset", 0.5)))
 
 

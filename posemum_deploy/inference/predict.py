@@ -71,7 +71,7 @@ def predict_with_boxes(estimator: PoseEstimator, coco: dict[str, Any], images_di
         if image is None:
             skipped += 1
         else:
-            batch = make_crops(image, *boxes[image_id], tuple(estimator.meta.input_hw))
+            batch = make_crops(image, *boxes[image_id], estimator.meta.input_hw)
             pending.append((image_id, batch))
             queued += len(batch.boxes)
             if queued >= estimator.batch_size:

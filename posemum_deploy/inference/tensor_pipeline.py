@@ -24,6 +24,11 @@ class TensorPoseEstimator(PoseEstimator):
 
     Backends with `predict_tensor` (torch, fast torch) stay on the device; any other
     backend gets a host copy per batch, so the path works with every runtime.
+
+    The hooks take and give tensors where `PoseEstimator`'s take and give NumPy arrays
+    (hence the `type: ignore[override]`s): not substitutable per call, by design; the
+    caller hands each estimator the crops it was made for (label/worker.py picks it) and
+    passes its heatmaps back to its own `decode` only.
     """
 
     def _predict(self, batch: torch.Tensor) -> torch.Tensor:
@@ -33,7 +38,7 @@ class TensorPoseEstimator(PoseEstimator):
         out = self.backend.predict(batch.float().cpu().numpy())
         return torch.from_numpy(np.asarray(out)).to(batch.device)
 
-    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:  # type: ignore[override]  # tensors
         outs = []
         for start in range(0, len(batch), self.batch_size):
             chunk = batch[start:start + self.batch_size]
@@ -46,7 +51,7 @@ class TensorPoseEstimator(PoseEstimator):
             return batch.new_zeros((0, self.meta.num_joints, h, w), dtype=torch.float32)
         return torch.cat(outs)
 
-    def heatmaps(self, crops: torch.Tensor) -> torch.Tensor:
+    def heatmaps(self, crops: torch.Tensor) -> torch.Tensor:  # type: ignore[override]  # tensors
         """Normalised crops [N, 3, H, W] → heatmaps [N, K, h, w] (flip-averaged if enabled)."""
         out = self._run(crops)
         if self.flip:
@@ -54,7 +59,8 @@ class TensorPoseEstimator(PoseEstimator):
                                          self.codec.flip_shift))
         return out
 
-    def decode(self, heatmaps: torch.Tensor, inverse: np.ndarray) -> np.ndarray:
+    def decode(self, heatmaps: torch.Tensor,  # type: ignore[override]  # device heatmaps
+               inverse: np.ndarray) -> np.ndarray:
         """Heatmaps [N, K, h, w] + crop → image affines → keypoints [N, K, 3] (NumPy)."""
         if self.dark:
             coords, scores = self.codec.decode(heatmaps.cpu().numpy(), dark=True)
@@ -96,6 +102,6 @@ class UploadingPoseEstimator(TensorPoseEstimator):
         device = device or getattr(backend, "device", None) or torch.device("cpu")
         self.upload = CropUploader(torch.device(device), self.meta.mean, self.meta.std)
 
-    def heatmaps(self, crops: np.ndarray) -> torch.Tensor:
+    def heatmaps(self, crops: np.ndarray) -> torch.Tensor:  # type: ignore[override]  # host crops in
         """uint8 crops [N, H, W, 3] (NumPy) → heatmaps [N, K, h, w] on the device."""
         return super().heatmaps(self.upload(crops))

@@ -241,7 +241,7 @@ class TTAEstimator:
         self.batch_size = members[0].batch_size
         self.dark = members[0].dark
         self.flip_perm = members[0].flip_perm
-        hw = tuple(self.meta.heatmap_hw)
+        hw = self.meta.heatmap_hw
         h, w = self.meta.input_hw
         # the crop's pixel centre, about which views zoom, in this codec's heatmap frame
         # ((w-1)/2, (h-1)/2 under pixel centres; imported teachers may use another offset)

@@ -81,6 +81,15 @@ class BoxLimits:
         return clipped[order], scores[order], owner[order]
 
 
+class SizeOnlyBoxSource(BoxSource, Protocol):
+    """A source of `SIZE_ONLY_KINDS`: `raw` boxes from the image size alone, then `limits`
+    (what `sized_boxes` needs)."""
+
+    limits: BoxLimits
+
+    def raw(self, rel_path: str, width: int, height: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
 @dataclass
 class FullImageBoxes:
     """One box covering the whole image (folders of pre-cropped people)."""
@@ -150,7 +159,7 @@ class TableBoxes:
 _NO_BOXES = (np.zeros((0, 4)), np.zeros(0))
 
 
-def sized_boxes(source: FullImageBoxes | TableBoxes, images: list[tuple[str, int, int]]
+def sized_boxes(source: SizeOnlyBoxSource, images: list[tuple[str, int, int]]
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Boxes of many images from a source that needs only their sizes: (boxes [M, 4],
     scores [M], boxes per image [len(images)]), grouped by image in order, each image's

@@ -232,7 +232,8 @@ def measure(estimator: TTAEstimator, ann: str | Path, images: str | Path,
     todo = [im for im in data["images"] if im["id"] in by_image][:max_images]
     if not todo:
         raise ConfigError(f"--ann {ann}: no images with labeled people to calibrate on")
-    hw, spec = tuple(estimator.meta.input_hw), estimator.spec
+    in_h, in_w = estimator.meta.input_hw
+    hw, spec = (in_h, in_w), estimator.spec
     sig2 = (2.0 * joint_sigmas(estimator.meta)) ** 2
     out: list[np.ndarray] = []
     truth: list[np.ndarray] = []

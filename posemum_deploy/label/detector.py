@@ -96,8 +96,8 @@ class TorchvisionDetectorBoxes:
     @classmethod
     def from_spec(cls, arg: str, limits: BoxLimits) -> TorchvisionDetectorBoxes:
         """`WEIGHTS` or `ARCH:WEIGHTS`; checks the file loads now, not in a worker."""
-        arch, sep, rest = arg.partition(":")
-        arch, path = (arch, Path(rest)) if sep and arch in ARCHITECTURES else (None, Path(arg))
+        name, sep, rest = arg.partition(":")
+        arch, path = (name, Path(rest)) if sep and name in ARCHITECTURES else (None, Path(arg))
         source = cls(path, arch, limits, sha256_file(path) if path.is_file() else "")
         _, source.arch = source._load()
         return source
@@ -107,6 +107,7 @@ class TorchvisionDetectorBoxes:
             if self._model is None:
                 self._model, self.arch = load_detector(self.path, self.arch)
                 log.info("detector %s loaded from %s", self.arch, self.path)
+            assert self.arch is not None  # load_detector set it with the model
             return self._model, self.arch
 
     def __getstate__(self) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from posemum_deploy.data.transforms import normalize_batch
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.inference.gpu_crops import warp_crops_batched
 from posemum_deploy.inference.pipeline import CropBatch, crop_frames
-from posemum_deploy.label.boxes import SIZE_ONLY_KINDS, BoxSource, sized_boxes
+from posemum_deploy.label.boxes import SIZE_ONLY_KINDS, BoxSource, SizeOnlyBoxSource, sized_boxes
 from posemum_deploy.label.shard import Prepared, StageTimes, prefetch
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,16 @@ def check_box_spec(spec: str) -> None:
         raise ConfigError(_WRONG_BOXES)
 
 
-def check_box_source(boxes: BoxSource) -> None:
-    """Device crops know only each image's size on the host, not its pixels."""
-    if not callable(getattr(boxes, "raw", None)):
+def _size_only(boxes: BoxSource) -> TypeGuard[SizeOnlyBoxSource]:
+    return callable(getattr(boxes, "raw", None))
+
+
+def check_box_source(boxes: BoxSource) -> SizeOnlyBoxSource:
+    """Device crops know only each image's size on the host, not its pixels: `boxes`,
+    once it is a source that needs no more."""
+    if not _size_only(boxes):
         raise ConfigError(_WRONG_BOXES)
+    return boxes
 
 
 def backend_device(backend: Any) -> torch.device:
@@ -76,8 +82,8 @@ class DeviceCropper:
     def __init__(self, root: Path, boxes: BoxSource, meta: ModelMetadata,
                  device: torch.device, times: StageTimes, jpeg: JpegDecoder | None = None,
                  consumer: torch.cuda.Stream | None = None) -> None:
-        check_box_source(boxes)
-        self.root, self.boxes, self.meta, self.device, self.times = root, boxes, meta, device, times
+        self.boxes = check_box_source(boxes)
+        self.root, self.meta, self.device, self.times = root, meta, device, times
         self.jpeg = jpeg or make_jpeg_decoder("torchvision", device)
         self.consumer = consumer  # the stream that reads the crops (None: the default one)
         self._local = threading.local()
@@ -138,8 +144,10 @@ class DeviceCropper:
         start = 0
         for (k, rel, width, height), n in zip(sized, counts.tolist(), strict=True):
             part = slice(start, start + n)
-            batch = CropBatch(crops[part] if n else None, inverse[part], boxes[part],
-                              box_scores[part], areas[part])
+            # Device tensors (None for an image without boxes), where CropBatch.crops is
+            # annotated for host crops (an ndarray).
+            part_crops: Any = crops[part] if n and crops is not None else None
+            batch = CropBatch(part_crops, inverse[part], boxes[part], box_scores[part], areas[part])
             prepared[k] = Prepared(rel, width, height, batch)
             start += n
         for k, (_, (rel, data)) in enumerate(chunk):

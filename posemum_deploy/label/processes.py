@@ -89,7 +89,7 @@ def _next_shard(finished: Any, futures: list[Any], patience_s: float = 30.0) -> 
         except queue.Empty:
             for future in futures:
                 if future.done() and future.exception() is not None:
-                    raise future.exception() from None  # type: ignore[misc]
+                    raise future.exception() from None
             if all(future.done() for future in futures):
                 idle_since = idle_since or time.perf_counter()
                 if time.perf_counter() - idle_since > patience_s:

@@ -101,7 +101,7 @@ def run_identity(model_path: Path, files: list[str], settings: LabelSettings,
     tta = parse_tta(settings.tta)
     if not tta.trivial:  # (absent when off: runs from before TTA resume as they were)
         chosen["tta"] = str(tta)
-    model = {"file": model_path.name, "sha256": sha256_file(model_path)}
+    model: dict[str, Any] = {"file": model_path.name, "sha256": sha256_file(model_path)}
     if settings.ensemble:
         model["ensemble"] = [{"file": Path(m).name, "sha256": sha256_file(Path(m))}
                              for m in settings.ensemble]

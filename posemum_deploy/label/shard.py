@@ -139,6 +139,7 @@ def host_stream(root: Path, items: Iterable[tuple[Any, str]], boxes: BoxSource,
 class _Waiting:
     slot: int
     item: Prepared
+    crops: CropBatch  # item.crops, known not to be None here
     parts: list[np.ndarray] = field(default_factory=list)
     have: int = 0
 
@@ -192,13 +193,14 @@ class ShardLabeler:
         buffered = 0  # crops in buf_crops (counted, not summed: this loop runs per image)
         for item in items:
             records.append(None)
-            n = 0 if item.crops is None else len(item.crops.boxes)
-            if n == 0:
+            crops = item.crops
+            n = 0 if crops is None else len(crops.boxes)
+            if crops is None or n == 0:
                 finish(len(records) - 1, item, np.zeros((0, self.estimator.meta.num_joints, 4)))
                 continue
-            queue.append(_Waiting(len(records) - 1, item))
-            buf_crops.append(item.crops.crops)
-            buf_inv.append(item.crops.inverse)
+            queue.append(_Waiting(len(records) - 1, item, crops))
+            buf_crops.append(crops.crops)
+            buf_inv.append(crops.inverse)
             buffered += n
             while buffered >= batch:
                 self._run(batch, buf_crops, buf_inv, queue, finish)
@@ -219,7 +221,9 @@ class ShardLabeler:
                 self._collect(queue, finish)
             return
         t0 = time.perf_counter()
-        heatmaps = self.estimator.heatmaps(crops[:k])
+        # Any, as from `_infer`: each estimator's decode takes what its own heatmaps returns
+        # (arrays for a PoseEstimator, ViewHeatmaps for a TTAEstimator).
+        heatmaps: Any = self.estimator.heatmaps(crops[:k])
         t1 = time.perf_counter()
         kpts = self.estimator.decode(heatmaps, inv[:k])
         self.times.add("infer", t1 - t0)
@@ -256,11 +260,11 @@ class ShardLabeler:
         """Keypoints of consecutive crops to the waiting images, in order."""
         while len(kpts):
             head = queue[0]
-            take = min(len(head.item.crops.boxes) - head.have, len(kpts))
+            take = min(len(head.crops.boxes) - head.have, len(kpts))
             head.parts.append(kpts[:take])
             head.have += take
             kpts = kpts[take:]
-            if head.have == len(head.item.crops.boxes):
+            if head.have == len(head.crops.boxes):
                 queue.popleft()
                 finish(head.slot, head.item, np.concatenate(head.parts))
 
@@ -274,6 +278,7 @@ class ShardLabeler:
         persons: list[dict[str, Any]] = []
         if len(kpts):
             crops = item.crops
+            assert crops is not None  # keypoints only come from an image's crops
             scores = rescore(kpts[:, :, 2], crops.box_scores)
             order = (oks_nms(kpts[:, :, :3], scores, crops.areas, self.nms)
                      if self.nms and len(kpts) > 1

@@ -40,7 +40,7 @@ def draw_persons(image: np.ndarray, persons: list[dict[str, Any]],
             if ok[a - 1] and ok[b - 1]:
                 cv2.line(out, tuple(int(v) for v in xy[a - 1]), tuple(int(v) for v in xy[b - 1]),
                          _joint_color(b - 1), thick, cv2.LINE_AA)
-        for j in np.flatnonzero(ok):
+        for j in np.flatnonzero(ok).tolist():
             cv2.circle(out, tuple(int(v) for v in xy[j]), thick + 1, _joint_color(j), -1,
                        cv2.LINE_AA)
         cv2.putText(out, f"{person['score']:.2f}", (x, max(10, y - 3)), cv2.FONT_HERSHEY_SIMPLEX,

@@ -85,6 +85,7 @@ class SimpleBaseline(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.final.weight, std=0.001)
+        assert self.final.bias is not None  # built with bias=True above
         nn.init.zeros_(self.final.bias)
 
     def forward_features(self, x: Tensor, after_stage: StageHook | None = None) -> Tensor:

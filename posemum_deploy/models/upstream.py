@@ -50,9 +50,10 @@ FLAVOURS = {"mmpose1": ("backbone.", "head."), "mmpose0": ("backbone.", "keypoin
             "simplebaseline": ("", "")}
 SOURCE_OF = {"mmpose1": "mmpose", "mmpose0": "mmpose", "simplebaseline": "simplebaseline"}
 # residual blocks per stage -> torchvision depth name (basic blocks / bottlenecks).
-DEPTHS = {("basic", (2, 2, 2, 2)): "resnet18", ("basic", (3, 4, 6, 3)): "resnet34",
-          ("bottleneck", (3, 4, 6, 3)): "resnet50", ("bottleneck", (3, 4, 23, 3)): "resnet101",
-          ("bottleneck", (3, 8, 36, 3)): "resnet152"}
+DEPTHS: dict[tuple[str, tuple[int, ...]], str] = {
+    ("basic", (2, 2, 2, 2)): "resnet18", ("basic", (3, 4, 6, 3)): "resnet34",
+    ("bottleneck", (3, 4, 6, 3)): "resnet50", ("bottleneck", (3, 4, 23, 3)): "resnet101",
+    ("bottleneck", (3, 8, 36, 3)): "resnet152"}
 HEAD_TO_POSEMUM = {"deconv_layers.": "deconv.", "final_layer.": "final."}
 # upstream defaults: mmpose (both versions) normalises RGB, the original release BGR.
 DEFAULT_ORDER = {"mmpose": "RGB", "simplebaseline": "BGR"}
@@ -64,7 +65,7 @@ def numpy_allow_list() -> list[Any]:
     try:
         from numpy._core import multiarray  # NumPy 2
     except ImportError:  # pragma: no cover - NumPy 1.x
-        from numpy.core import multiarray
+        from numpy.core import multiarray  # type: ignore[no-redef]  # same module, NumPy 1.x name
 
     allow: list[Any] = [np.ndarray, np.dtype]
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
@@ -233,7 +234,7 @@ def upstream_name(key: str, flavour: str) -> str:
 
 
 def normalisation(mean: tuple[float, ...] | None, std: tuple[float, ...] | None
-                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+                  ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """Mean/std on the 0..1 scale posemum stores (ImageNet's where not given). Both are on
     one scale, read from the mean (mmpose writes 123.675, torchvision 0.485), so a std of
     1 on the 0..255 scale stays 1/255."""
@@ -242,13 +243,20 @@ def normalisation(mean: tuple[float, ...] | None, std: tuple[float, ...] | None
             raise ConfigError(f"--{name} needs 3 values (one per channel), got {len(values)}")
     ref = mean if mean is not None else std
     div = 255.0 if ref is not None and max(ref) > 1.0 else 1.0
-    m = IMAGENET_MEAN if mean is None else tuple(v / div for v in mean)
-    s = IMAGENET_STD if std is None else tuple(v / div for v in std)
+    m = IMAGENET_MEAN if mean is None else _per_channel(mean, div)
+    s = IMAGENET_STD if std is None else _per_channel(std, div)
     return m, s
 
 
+def _per_channel(values: tuple[float, ...], div: float) -> tuple[float, float, float]:
+    """Three values (`normalisation` checked the count) divided by `div`."""
+    r, g, b = values
+    return r / div, g / div, b / div
+
+
 def input_normalisation(mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
-                        channel_order: str) -> tuple[tuple[float, ...], tuple[float, ...], bool]:
+                        channel_order: str
+                        ) -> tuple[tuple[float, float, float], tuple[float, float, float], bool]:
     """Mean/std for posemum's RGB crops, and whether the network's input channels must be
     reversed: a BGR network becomes an RGB one by reversing its first layer's input
     channels and the per-channel statistics, which is exact."""
@@ -278,7 +286,7 @@ def import_checkpoint(src: str | Path, out: str | Path, source: str = "auto",
     model = build_model(arch.backbone, arch.num_joints, deconv_channels=arch.deconv_widths[0])
     model.load_state_dict(own)  # the exact check that posemum can load what it wrote
     meta = ModelMetadata(backbone=arch.backbone, num_joints=arch.num_joints,
-                         deconv_channels=arch.deconv_widths[0], input_hw=tuple(input_hw),
+                         deconv_channels=arch.deconv_widths[0], input_hw=input_hw,
                          heatmap_hw=(input_hw[0] // 4, input_hw[1] // 4), mean=m, std=s,
                          channel_order="RGB", weights="student", format="torch",
                          source_checkpoint_sha256=sha256_file(src),

@@ -41,6 +41,7 @@ from posemum_deploy.rounds.config import (
     RoundsConfig,
     StageLog,
     check_same_run,
+    val_set,
 )
 from posemum_deploy.rounds.inputs import check_same_inputs, save_inputs
 from posemum_deploy.rounds.label_stage import (
@@ -111,8 +112,7 @@ def run_rounds(cfg: RoundsConfig, on_round: Callable[[RoundRecord], None] | None
     cfg = replace(cfg, schedule=resolve_schedule(cfg))  # rounds.yaml records the one used
     init = resolve_init(cfg)
     check_retrain_options(cfg)
-    if not cfg.train.data.val_ann:
-        raise ConfigError("rounds need a val set (--val-ann/--val-images) to measure each round")
+    val_set(cfg)  # refuses a run without a val set
     check_round_inputs(cfg)
     out = Path(cfg.out)
     check_same_run(cfg, out / "rounds.yaml")

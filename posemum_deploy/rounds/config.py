@@ -77,6 +77,16 @@ class RoundsConfig:
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+def val_set(cfg: RoundsConfig) -> tuple[str, str]:
+    """(val json, its image folder): what every round is measured and calibrated on.
+    Without a folder the json's file names are read as they are, as training's
+    validation reads them."""
+    data = cfg.train.data
+    if not data.val_ann:
+        raise ConfigError("rounds need a val set (--val-ann/--val-images) to measure each round")
+    return data.val_ann, data.val_images or ""
+
+
 # Settings that change how fast a stage runs, not what it produces: a resumed run may
 # change them. `rounds` may grow or shrink a run whose rounds restart the schedule.
 RESUMABLE_KEYS = frozenset({

@@ -11,7 +11,7 @@ import numpy as np
 
 from posemum_deploy.data.coco import save_json
 from posemum_deploy.errors import ConfigError
-from posemum_deploy.rounds.config import CHECKPOINT_BACKENDS, RoundsConfig, StageLog
+from posemum_deploy.rounds.config import CHECKPOINT_BACKENDS, RoundsConfig, StageLog, val_set
 
 
 def _label_stages(cfg: RoundsConfig, log_: StageLog, round_dir: Path, teacher: str,
@@ -98,10 +98,10 @@ def _thresholds_stage(cfg: RoundsConfig, log_: StageLog, round_dir: Path,
         return load_thresholds(cfg.thresholds)
     if not cfg.calibrate:
         return None
-    data = cfg.train.data
+    val_ann, val_images = val_set(cfg)
     out = round_dir / "thresholds.json"
     log_.run("calibrate", lambda: {"thresholds": str(out), "precision": calibrate(
-        artifact, data.val_ann, data.val_images, out, tta=cfg.label_tta,
+        artifact, val_ann, val_images, out, tta=cfg.label_tta,
         precision=cfg.calibrate_precision, backend=cfg.backend,
         batch_size=cfg.label_batch_size, search=cfg.calibrate_search, z=cfg.calibrate_z).precision})
     return load_thresholds(out)

@@ -9,7 +9,7 @@ from typing import Any
 
 from posemum_deploy.data.coco import load_coco_keypoints, person_category, save_json
 from posemum_deploy.errors import ConfigError
-from posemum_deploy.rounds.config import INIT_MODES, RoundsConfig
+from posemum_deploy.rounds.config import INIT_MODES, RoundsConfig, val_set
 from posemum_deploy.rounds.schedule import (
     AUTO,
     SCHEDULES,
@@ -38,7 +38,8 @@ def combine_labeled_and_pseudo(labeled: str | Path, labeled_images: str | Path,
     if labeled_repeat is None:
         n_labeled = max(1, len(parts[0][0]["annotations"]))
         labeled_repeat = max(1, round(len(parts[1][0]["annotations"]) / n_labeled))
-    images, anns = [], []
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
     for (coco, folder), repeat in zip(parts, (labeled_repeat, 1), strict=True):
         id_map = {}
         for im in coco["images"]:
@@ -222,10 +223,10 @@ def evaluate_stage(cfg: RoundsConfig, checkpoint: str, round_dir: Path) -> dict[
     from posemum_deploy.evaluation.coco_eval import evaluate_results
     from posemum_deploy.inference.predict import predict_coco
 
-    data = cfg.train.data
-    results = predict_coco(checkpoint, data.val_ann, data.val_images, backend="torch",
+    val_ann, val_images = val_set(cfg)
+    results = predict_coco(checkpoint, val_ann, val_images, backend="torch",
                            flip=cfg.train.runtime.val_flip)
     save_json(results, round_dir / "val_results.json")
-    metrics = evaluate_results(data.val_ann, results)
+    metrics = evaluate_results(val_ann, results)
     save_json(metrics, round_dir / "metrics.json")
     return {"metrics": metrics}

@@ -28,6 +28,10 @@ class DataConfig:
     scale_factor: float = 0.25        # "Affine" augmentation (SimpleBaseline recipe)
     rotation_factor: float = 30.0
 
+    def __post_init__(self) -> None:
+        h, w = self.input_hw  # a list from Python or YAML becomes the tuple the code compares
+        self.input_hw = (h, w)
+
     @property
     def heatmap_hw(self) -> tuple[int, int]:
         return (self.input_hw[0] // 4, self.input_hw[1] // 4)
@@ -84,6 +88,10 @@ class SSLConfig:
     unmix_at: str = "encoder"         # layer2 | encoder | decoder
     group_size: int = 4
     tiles: tuple[int, int] = (4, 3)
+
+    def __post_init__(self) -> None:
+        rows, cols = self.tiles  # as DataConfig.input_hw
+        self.tiles = (rows, cols)
 
 
 @dataclass

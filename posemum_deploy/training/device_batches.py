@@ -73,7 +73,7 @@ class DeviceCropBatches:
 
     def __init__(self, device: torch.device, input_hw: tuple[int, int],
                  jpeg_decoder: str = "torchvision") -> None:
-        self.device, self.input_hw = device, tuple(input_hw)
+        self.device, self.input_hw = device, input_hw
         self.jpeg = make_jpeg_decoder(jpeg_decoder, device)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -81,11 +81,12 @@ class DeviceCropBatches:
             return batch
         files = [(name, bytes(t.numpy())) for name, t in zip(batch.pop("file"),
                                                                batch.pop("encoded"), strict=True)]
-        images = decode_files(files, self.jpeg, self.device)
+        decoded = decode_files(files, self.jpeg, self.device)
         inverse = batch.pop("inverse").numpy()
-        bad = [k for k, image in enumerate(images) if isinstance(image, str)]
-        for k in bad:  # a black stand-in; its loss weight goes to 0 below
-            images[k] = torch.zeros(3, 1, 1, dtype=torch.uint8, device=self.device)
+        bad = [k for k, image in enumerate(decoded) if isinstance(image, str)]
+        # a black stand-in for each; its loss weight goes to 0 below
+        images = [torch.zeros(3, 1, 1, dtype=torch.uint8, device=self.device)
+                  if isinstance(image, str) else image for image in decoded]
         batch["image"] = warp_crops_batched(images, np.arange(len(images)), inverse,
                                             self.input_hw)
         if bad:

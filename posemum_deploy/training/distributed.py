@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Dataset, DistributedSampler, RandomSampler, Sampler
+from torch.utils.data import DistributedSampler, RandomSampler, Sampler
+
+if TYPE_CHECKING:
+    from posemum_deploy.data.datasets import TopDownDataset
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +79,7 @@ def local_device(device: torch.device, env: DistEnv) -> torch.device:
     return device
 
 
-def make_sampler(dataset: Dataset, env: DistEnv, seed: int) -> Sampler:
+def make_sampler(dataset: TopDownDataset, env: DistEnv, seed: int) -> Sampler[int]:
     """Shuffling sampler: each rank gets its own shard (DistributedSampler) under DDP."""
     if env.enabled:
         return DistributedSampler(dataset, env.world_size, env.rank, shuffle=True, seed=seed,
@@ -82,8 +87,9 @@ def make_sampler(dataset: Dataset, env: DistEnv, seed: int) -> Sampler:
     return RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
 
 
-def set_sampler_epoch(sampler: Sampler, seed: int, epoch: int) -> None:
-    """Reshuffle deterministically per (seed, epoch), so a resumed run sees the same order."""
+def set_sampler_epoch(sampler: Iterable[Any], seed: int, epoch: int) -> None:
+    """Reshuffle deterministically per (seed, epoch), so a resumed run sees the same order
+    (a loader's sampler of any other kind is left as it is)."""
     if isinstance(sampler, DistributedSampler):
         sampler.set_epoch(epoch)
     elif isinstance(sampler, RandomSampler) and sampler.generator is not None:

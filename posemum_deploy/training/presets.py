@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.training.config import TrainConfig, read_config
@@ -62,7 +62,18 @@ def _supervised(cfg: TrainConfig) -> None:
     cfg.ssl.teacher = "none"
 
 
-_AFFINE, _POSE_MUM = dict(strong_affine=True), dict(mum=True, feature_mum=True)
+# Switches several presets share, unpacked (**) into their _Spec.
+class _Affine(TypedDict):
+    strong_affine: bool
+
+
+class _PoseMum(TypedDict):
+    mum: bool
+    feature_mum: bool
+
+
+_AFFINE: _Affine = {"strong_affine": True}
+_POSE_MUM: _PoseMum = {"mum": True, "feature_mum": True}
 # name → (what it turns on, paper AP, spec)
 _TABLE: dict[str, tuple[str, str, _Spec]] = {
     "affine-s": ("Single teacher; strong view = affine θ", "38.5", _Spec(**_AFFINE)),

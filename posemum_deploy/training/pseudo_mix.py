@@ -91,11 +91,14 @@ def load_pseudo(cfg: TrainConfig) -> tuple[list[PersonInstance], np.ndarray]:
     p = cfg.pseudo
     if p.weight not in WEIGHTS:
         raise ConfigError(f"--pseudo-weight must be one of {', '.join(WEIGHTS)}, got {p.weight!r}")
-    instances = load_instances(p.labels, p.images or "/")
-    check_images_found(instances, p.images, p.labels)
-    anns = {a.get("id", -1): a for a in load_coco_keypoints(p.labels)["annotations"]}
-    k = len(instances[0].keypoints)
-    weights = np.stack([reliability(anns[i.ann_id], p.weight, k, p.labels) for i in instances])
+    labels = p.labels
+    assert labels is not None  # make_labeled_loader mixes only when pseudo.labels is set
+    instances = load_instances(labels, p.images or "/")
+    check_images_found(instances, p.images, labels)
+    anns = {a.get("id", -1): a for a in load_coco_keypoints(labels)["annotations"]}
+    # K as TopDownDataset counts it (first person with keypoints), so the rows fit its targets
+    k = next((len(i.keypoints) for i in instances if i.keypoints is not None), 17)
+    weights = np.stack([reliability(anns[i.ann_id], p.weight, k, labels) for i in instances])
     return instances, weights
 
 
@@ -219,10 +222,10 @@ class PseudoMixStep:
 
             ssl = cfg.ssl
             check_group(n_pseudo, ssl.group_size)
-            self.mixer = PoseMumMixer(group_size=ssl.group_size, tiles=tuple(ssl.tiles),
+            self.mixer = PoseMumMixer(group_size=ssl.group_size, tiles=ssl.tiles,
                                       p=ssl.mix_prob, unmix_at=ssl.unmix_at,
                                       image_level=True, feature_level=False)
-            self.mixer.check_input_size(tuple(cfg.data.input_hw))
+            self.mixer.check_input_size(cfg.data.input_hw)
         self.generator = torch.Generator()
         self.set_epoch(0)
 
@@ -237,7 +240,8 @@ class PseudoMixStep:
         A joint that θ moves out of the heatmap loses its weight (its map would be empty)."""
         g = self.generator
         if self.affine is not None:
-            theta = self.affine.sample(images.shape[0], tuple(images.shape[-2:]), g, images.device)
+            theta = self.affine.sample(images.shape[0], (images.shape[-2], images.shape[-1]), g,
+                                       images.device)
             peak = target.amax(dim=(2, 3))
             images, target = warp(images, theta), warp(target, theta)
             weight = weight * (target.amax(dim=(2, 3)) > 0.5 * peak).to(weight.dtype)

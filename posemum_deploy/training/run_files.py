@@ -68,7 +68,8 @@ def record_unreadable(out: Path, paths: set[str]) -> list[str]:
 
 def rng_state() -> dict[str, Any]:
     """Every RNG the trainer draws from, as tensors and plain Python values."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state()  # the global RandomState is MT19937: its legacy tuple
+    assert isinstance(np_state, tuple)
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
                              "numpy": np_state[1].tolist(), "numpy_pos": int(np_state[2]),
                              "numpy_gauss": int(np_state[3]), "numpy_cached": float(np_state[4])}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +33,7 @@ from posemum_deploy.data.strong import joint_cutout, rand_augment
 from posemum_deploy.data.transforms import AffineAugment, normalize_batch
 from posemum_deploy.errors import ConfigError
 from posemum_deploy.models.cuda_graph import GraphedForward
-from posemum_deploy.models.simple_baseline import build_model
+from posemum_deploy.models.simple_baseline import SimpleBaseline, build_model
 from posemum_deploy.training import distributed as ddp
 from posemum_deploy.training.config import TrainConfig
 from posemum_deploy.training.device_batches import batch_crops, encoded_items, loader_collate
@@ -61,7 +61,9 @@ class UnlabeledStream:
 
     def __init__(self, loader: DataLoader, seed: int, crops: Any = None) -> None:
         self.loader, self.seed, self.crops = loader, seed, crops  # crops: decode on device
-        self.unreadable = UnreadableImages(loader.dataset)
+        # make_unlabeled_stream's loader: DataLoader's annotation forgets the dataset's class
+        self.dataset = cast(TopDownDataset, loader.dataset)
+        self.unreadable = UnreadableImages(self.dataset)
         self.epoch, self.passes = 0, 0
         self._it: Iterator[dict[str, Any]] | None = None
 
@@ -76,7 +78,7 @@ class UnlabeledStream:
         while True:
             if self._it is None:
                 key = self.epoch * PASSES_PER_EPOCH_KEY + self.passes
-                self.loader.dataset.set_epoch(key)
+                self.dataset.set_epoch(key)
                 ddp.set_sampler_epoch(self.loader.sampler,
                                       self.seed + UNLABELED_SAMPLER_SEED_OFFSET, key)
                 self._it = iter(self.loader)
@@ -114,7 +116,7 @@ def make_unlabeled_stream(cfg: TrainConfig, codec: HeatmapCodec, env: ddp.DistEn
                         num_workers=cfg.data.workers, pin_memory=torch.cuda.is_available(),
                         collate_fn=loader_collate(cfg.data.decode))
     return UnlabeledStream(loader, cfg.runtime.seed,
-                           batch_crops(cfg.data.decode, device, tuple(cfg.data.input_hw)))
+                           batch_crops(cfg.data.decode, device, cfg.data.input_hw))
 
 
 class DualPartner(nn.Module):
@@ -126,8 +128,9 @@ class DualPartner(nn.Module):
     optimiser, so checkpoints resume the pair exactly.
     """
 
-    def __init__(self, model: nn.Module, trainable: nn.Module,
-                 optimizer: torch.optim.Optimizer) -> None:
+    trainable: nn.Module  # set past nn.Module's registry, see __init__
+
+    def __init__(self, model: nn.Module, trainable: nn.Module, optimizer: torch.optim.Adam) -> None:
         super().__init__()
         self.model, self.optimizer = model, optimizer
         object.__setattr__(self, "trainable", trainable)  # not a second registered copy
@@ -157,10 +160,10 @@ class SemiSupervisedStep:
         # One graph launch instead of ~140 kernel launches: on a fast GPU the step is
         # bound by Python launching kernels. Eval-mode teachers only (Single, EMAN); their
         # in-place updates are read by the next replay.
-        graphable = not self.dual and getattr(teacher, "eval_mode_predict", False)
-        self._teacher_graph = (GraphedForward(teacher.predict)
-                               if cfg.runtime.teacher_cuda_graph and graphable
-                               and device.type == "cuda" else None)
+        self._teacher_graph: GraphedForward | None = None
+        if (cfg.runtime.teacher_cuda_graph and isinstance(teacher, Teacher)
+                and teacher.eval_mode_predict and device.type == "cuda"):
+            self._teacher_graph = GraphedForward(teacher.predict)
 
     def set_epoch(self, epoch: int) -> None:
         """Re-seed the augmentation RNG and the unlabeled stream for this epoch and rank."""
@@ -180,7 +183,8 @@ class SemiSupervisedStep:
         ssl, g = self.ssl, self.generator
         strong = weak
         if self.affine is not None:
-            theta = self.affine.sample(weak.shape[0], tuple(weak.shape[-2:]), g, weak.device)
+            theta = self.affine.sample(weak.shape[0], (weak.shape[-2], weak.shape[-1]), g,
+                                       weak.device)
             strong, pseudo = warp(strong, theta), warp(pseudo, theta)
         if ssl.joint_cutout:
             strong = joint_cutout(strong, pseudo, g)
@@ -210,8 +214,8 @@ class SemiSupervisedStep:
         target = batch["target"].to(self.device, non_blocking=True)
         weight = batch["target_weight"].to(self.device, non_blocking=True)
         weak = self._images(self.stream.next())
-        students = [(self.model, self.optimizer)]
-        if self.dual:
+        students: list[tuple[nn.Module, torch.optim.Optimizer]] = [(self.model, self.optimizer)]
+        if isinstance(self.teacher, DualPartner):
             students.append((self.teacher.trainable, self.teacher.optimizer))
         logs: dict[str, Tensor] = {}
         for i, (model, opt) in enumerate(students):
@@ -231,14 +235,14 @@ class SemiSupervisedStep:
             suffix = f"_{i}" if i else ""
             logs.update({f"loss{suffix}": loss.detach(), f"loss_sup{suffix}": sup.detach(),
                          f"loss_unsup{suffix}": unsup.detach()})
-        if not self.dual:
+        if not isinstance(self.teacher, DualPartner):
             ddp.sync_buffers(unwrap(self.model), self.env)
             self.teacher.update(unwrap(self.model))
             ddp.sync_buffers(self.teacher, self.env)
         return logs
 
     def _pseudo_labels(self, student_index: int, weak: Tensor) -> Tensor:
-        if not self.dual:
+        if not isinstance(self.teacher, DualPartner):
             if self._teacher_graph is not None:
                 # a copy (the graph's buffer is reused), made as the float32 the caller takes
                 return self._teacher_graph(weak).to(torch.float32, copy=True)
@@ -255,10 +259,10 @@ class SemiSupervisedStep:
 
 def _mixer(cfg: TrainConfig) -> PoseMumMixer:
     ssl = cfg.ssl
-    mixer = PoseMumMixer(group_size=ssl.group_size, tiles=tuple(ssl.tiles),
+    mixer = PoseMumMixer(group_size=ssl.group_size, tiles=ssl.tiles,
                          mix_stages=tuple(ssl.mix_stages), p=ssl.mix_prob, unmix_at=ssl.unmix_at,
                          image_level=ssl.mum, feature_level=ssl.feature_mum)
-    mixer.check_input_size(tuple(cfg.data.input_hw))
+    mixer.check_input_size(cfg.data.input_hw)
     check_group(ssl.unlabeled_batch_size, ssl.group_size)
     return mixer
 
@@ -274,7 +278,7 @@ def build_ssl_step(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Op
                    device: torch.device, amp: torch.dtype | None) -> SemiSupervisedStep:
     """Teacher, unlabeled stream and augmentations for `cfg`'s preset."""
     env = ddp.current()
-    codec = HeatmapCodec(tuple(cfg.data.input_hw), cfg.data.heatmap_hw, cfg.data.sigma)
+    codec = HeatmapCodec(cfg.data.input_hw, cfg.data.heatmap_hw, cfg.data.sigma)
     if cfg.ssl.mum or cfg.ssl.feature_mum:
         _mixer(cfg)  # fail on a bad tile grid before loading any data
     stream = make_unlabeled_stream(cfg, codec, env, device)
@@ -282,6 +286,7 @@ def build_ssl_step(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Op
         partner = _dual_partner(cfg, model, device, env)
         return SemiSupervisedStep(cfg, model, optimizer, device, amp, partner, stream, env)
     teacher = build_teacher(cfg.ssl.teacher, unwrap(model), resolve_decay(cfg))
+    assert isinstance(teacher, Teacher)  # only "dual" gives DualTeachers, handled above
     teacher.to(device)
     return SemiSupervisedStep(cfg, model, optimizer, device, amp, teacher, stream, env)
 
@@ -289,9 +294,10 @@ def build_ssl_step(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Op
 def _dual_partner(cfg: TrainConfig, model: nn.Module, device: torch.device,
                   env: ddp.DistEnv) -> DualPartner:
     """A second, differently initialised student with its own Adam (Xie's dual setup)."""
+    student = cast(SimpleBaseline, unwrap(model))  # the trainer's build_model network
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.runtime.seed + DUAL_PARTNER_SEED_OFFSET)
-        net = build_model(cfg.model.backbone, unwrap(model).num_joints, cfg.model.pretrained,
+        net = build_model(cfg.model.backbone, student.num_joints, cfg.model.pretrained,
                           cfg.model.deconv_channels)
     net.to(device)
     if cfg.runtime.channels_last:

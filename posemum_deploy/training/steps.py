@@ -50,8 +50,16 @@ class UnlabeledBatches(Protocol):
 class TrainStep(Protocol):
     """One optimisation step; see the module docstring for how the loop uses each part."""
 
-    teacher: StepTeacher | None  # None: the student is validated and saved alone
-    stream: UnlabeledBatches | None  # None: the step reads labeled batches only
+    # Read-only to the loop, so a step may hold a narrower kind (its own teacher class).
+    @property
+    def teacher(self) -> StepTeacher | None:
+        """None: the student is validated and saved alone."""
+        ...
+
+    @property
+    def stream(self) -> UnlabeledBatches | None:
+        """None: the step reads labeled batches only."""
+        ...
 
     def set_epoch(self, epoch: int) -> None:
         """Re-seed the step's own randomness (and stream) for `epoch`, so a run resumed
@@ -100,7 +108,7 @@ class SupervisedStep:
 def build_step(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
                device: torch.device, amp: torch.dtype | None) -> TrainStep:
     """The step for this config: supervised, or the semi-supervised step of the preset."""
-    check_input_hw(tuple(cfg.data.input_hw))
+    check_input_hw(cfg.data.input_hw)
     if cfg.ssl.teacher == "none" and cfg.pseudo.labels:
         from posemum_deploy.training.pseudo_mix import PseudoMixStep
 

@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.data.codec import HeatmapCodec
 from posemum_deploy.data.datasets import (
+    PersonInstance,
     TopDownDataset,
     UnreadableImages,
     check_images_found,
@@ -44,7 +45,7 @@ from posemum_deploy.training.run_files import (
     set_rng_state,
     without_resume_state,
 )
-from posemum_deploy.training.steps import TrainStep, build_step
+from posemum_deploy.training.steps import StepTeacher, TrainStep, build_step
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,23 @@ class TrainResult:
     last_metrics: dict[str, float]
     steps: int
     model: nn.Module | None = None     # the trained student (unwrapped)
-    teacher: nn.Module | None = None   # its teacher, when the preset has one
+    teacher: StepTeacher | None = None  # its teacher, when the preset has one
     unreadable: list[str] = field(default_factory=list)  # images skipped (unreadable_images.txt)
+
+
+class LabeledData(Protocol):
+    """The labeled loader's dataset as the loop sees it: a TopDownDataset, or in the
+    rounds a pseudo_mix.MixedDataset (labeled and pseudo-labeled persons)."""
+
+    instances: list[PersonInstance]
+    num_joints: int
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+def labeled_data(loader: DataLoader) -> LabeledData:
+    """The dataset of a `make_labeled_loader` loader (DataLoader's annotation forgets it)."""
+    return cast(LabeledData, loader.dataset)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -85,7 +101,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def model_metadata(cfg: TrainConfig) -> ModelMetadata:
     return ModelMetadata(backbone=cfg.model.backbone,
-                         deconv_channels=cfg.model.deconv_channels, input_hw=tuple(cfg.data.input_hw),
+                         deconv_channels=cfg.model.deconv_channels, input_hw=cfg.data.input_hw,
                          heatmap_hw=cfg.data.heatmap_hw, sigma=cfg.data.sigma, format="torch")
 
 
@@ -129,7 +145,7 @@ def labeled_batches(loader: DataLoader, steps: int, seed: int, epoch: int):
     done, passes = 0, 0
     while done < steps:
         key = epoch + passes * 100_003
-        loader.dataset.set_epoch(key)
+        labeled_data(loader).set_epoch(key)
         ddp.set_sampler_epoch(loader.sampler, seed, key)
         for batch in loader:
             if done >= steps:
@@ -149,16 +165,19 @@ def epoch_length(cfg: TrainConfig, loader: DataLoader, step_fn: TrainStep) -> in
 
 
 def validate(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
-    """COCO keypoint AP on the val set with GT boxes (the model is put back in train mode)."""
+    """COCO keypoint AP on the val set with GT boxes (the model is put back in train mode).
+    Without data.val_images the json's file names are read as they are, as
+    `check_json_images` checked them before training."""
     from posemum_deploy.evaluation.coco_eval import evaluate_results
     from posemum_deploy.inference.predict import predict_coco
     from posemum_deploy.inference.torch_backend import TorchBackend
 
+    assert cfg.data.val_ann is not None  # train validates only with a val json
     was_training = model.training
     precision = "bf16" if autocast_dtype(cfg.runtime.precision, device) == torch.bfloat16 else "fp32"
     backend = TorchBackend(model, model_metadata(cfg), device=str(device), precision=precision,
                            channels_last=cfg.runtime.channels_last)
-    results = predict_coco(backend, cfg.data.val_ann, cfg.data.val_images,
+    results = predict_coco(backend, cfg.data.val_ann, cfg.data.val_images or "",
                            flip=cfg.runtime.val_flip, batch_size=cfg.optim.batch_size)
     model.train(was_training)
     return evaluate_results(cfg.data.val_ann, results)
@@ -177,7 +196,7 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cfg.runtime.cudnn_benchmark
     amp = autocast_dtype(cfg.runtime.precision, device)
-    codec = HeatmapCodec(tuple(cfg.data.input_hw), cfg.data.heatmap_hw, cfg.data.sigma)
+    codec = HeatmapCodec(cfg.data.input_hw, cfg.data.heatmap_hw, cfg.data.sigma)
     loader = make_labeled_loader(cfg, codec, env)
     if cfg.data.val_ann and cfg.runtime.val_every:  # a wrong folder fails now, not an epoch in
         check_json_images(cfg.data.val_ann, cfg.data.val_images)
@@ -185,7 +204,7 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
     init = read_checkpoint(cfg.ssl.init_from) if cfg.ssl.init_from and not resume else None
     if init is not None:
         adopt_architecture(cfg, init["model_meta"])
-    model = build_model(cfg.model.backbone, loader.dataset.num_joints, cfg.model.pretrained,
+    model = build_model(cfg.model.backbone, labeled_data(loader).num_joints, cfg.model.pretrained,
                         cfg.model.deconv_channels)
     model.to(device)
     if cfg.runtime.channels_last:
@@ -226,8 +245,8 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None,
     if callbacks:
         callbacks.on_start(total, step)
 
-    crops = batch_crops(cfg.data.decode, device, tuple(cfg.data.input_hw))  # decode: device
-    unreadable = [UnreadableImages(loader.dataset)]
+    crops = batch_crops(cfg.data.decode, device, cfg.data.input_hw)  # decode: device
+    unreadable = [UnreadableImages(labeled_data(loader))]
     if step_fn.stream is not None:
         unreadable.append(step_fn.stream.unreadable)
     skipped: list[str] = []

@@ -67,3 +67,21 @@ def test_annotation_errors_name_the_file(tmp_path):
     broken.write_text("{not json")
     with pytest.raises(AnnotationError, match="broken.json: not valid json"):
         load_coco_keypoints(broken)
+
+
+def test_detection_boxes_of_a_folder_keep_image_id_zero(tmp_path):
+    """An image named 000000.jpg is image 0: its boxes and its crops both say so."""
+    import cv2
+
+    from posemum_deploy.data.datasets import load_unlabeled_instances
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("000000.jpg", "000007.jpg"):
+        cv2.imwrite(str(folder / name), np.full((40, 30, 3), 128, np.uint8))
+    dets = tmp_path / "dets.json"
+    dets.write_text(json.dumps([{"image_id": i, "category_id": 1, "bbox": [2, 3, 20, 30],
+                                 "score": 0.9} for i in (0, 7)]))
+    instances = load_unlabeled_instances(folder, boxes=str(dets))
+    assert sorted(i.image_id for i in instances) == [0, 7]
+    assert all(i.box == (2.0, 3.0, 20.0, 30.0) for i in instances)

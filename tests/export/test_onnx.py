@@ -124,3 +124,21 @@ def test_parity_crops_come_from_the_checkpoints_own_val_json(tmp_path):
     crops, origin = check_crops(ckpt, meta, ExportOptions())
     assert origin == str(COCO_MINI / "test_coco.json")
     assert crops.shape[1:] == (64, 48, 3) and crops.dtype == np.uint8 and crops.std() > 10
+
+
+def test_fold_deconv_bn_leaves_a_batchnorm_without_running_statistics() -> None:
+    """Such a BatchNorm normalises with each batch's statistics: nothing to fold, so it stays
+    (folding it failed on its missing running_var)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.ConvTranspose2d(4, 3, 4, stride=2, padding=1),
+                              torch.nn.BatchNorm2d(3, track_running_stats=False),
+                              torch.nn.ConvTranspose2d(3, 2, 4, stride=2, padding=1),
+                              torch.nn.BatchNorm2d(2)).eval()
+    with torch.no_grad():
+        net[3].running_mean.uniform_(-1, 1)
+        net[3].running_var.uniform_(0.5, 2)
+    folded = fold_deconv_bn(net)
+    assert isinstance(folded[1], torch.nn.BatchNorm2d) and isinstance(folded[3], torch.nn.Identity)
+    x = torch.randn(2, 4, 5, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), atol=1e-5, rtol=1e-5)

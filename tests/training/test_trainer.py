@@ -146,3 +146,19 @@ def test_an_input_size_off_the_encoder_stride_is_a_clear_error(synthetic_small, 
     cfg.data.input_hw = (64, 48)
     with pytest.raises(ConfigError, match="64x48: both sides must be multiples of 32"):
         train(cfg)
+
+
+def test_validation_without_val_images_reads_the_json_names_as_they_are(synthetic_small, monkeypatch):
+    """`train --val-ann` alone: the names are read from the working directory, as the
+    check before training read them (validation passed None on as a folder and failed)."""
+    from posemum_deploy.models.simple_baseline import build_model
+    from posemum_deploy.training.trainer import validate
+
+    cfg = _cfg(synthetic_small, "unused")
+    cfg.data.val_images = None
+    monkeypatch.chdir(synthetic_small.parent / "images")
+    torch.manual_seed(0)
+    model = build_model("resnet18", deconv_channels=32)
+    cfg.model.deconv_channels = 32
+    metrics = validate(model, cfg, torch.device("cpu"))
+    assert 0.0 <= metrics["AP"] <= 1.0 and model.training
