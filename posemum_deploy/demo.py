@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +23,10 @@ from posemum_deploy.inference.torch_backend import TorchBackend
 from posemum_deploy.models.simple_baseline import build_model
 from posemum_deploy.training.config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig
 from posemum_deploy.training.trainer import TrainCallbacks, model_metadata, train
+
+if TYPE_CHECKING:  # the rounds load only for `demo --rounds`
+    from posemum_deploy.label.summary import LabelProgress
+    from posemum_deploy.rounds import RoundRecord
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +129,10 @@ class DemoRounds:
     round_steps: int         # steps of round 0, and of each retraining
 
 
-def run_demo_rounds(cfg: DemoConfig, result: DemoResult, n_rounds: int, on_round=None,
-                    train_callbacks=None, label_progress=None) -> DemoRounds:
+def run_demo_rounds(cfg: DemoConfig, result: DemoResult, n_rounds: int,
+                    on_round: Callable[[RoundRecord], None] | None = None,
+                    train_callbacks: TrainCallbacks | None = None,
+                    label_progress: LabelProgress | None = None) -> DemoRounds:
     """Pseudo-label a fresh synthetic folder (boxes from its json, labels ignored) with the
     demo's model and retrain for `n_rounds` rounds (the rounds' default recipe: TTA labels,
     per-joint thresholds calibrated on the val set, the student fine-tuned on mixed, noised

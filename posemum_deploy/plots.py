@@ -135,7 +135,8 @@ def _kind(folder: Path) -> str:
                       f"{LABEL_LOG_NAME} (a `posemum label` output); pass one of those folders")
 
 
-def _figure(ncols: int):
+def _figure(ncols: int) -> tuple[Any, Any]:
+    """A figure of `ncols` side-by-side axes (matplotlib loads on first use)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

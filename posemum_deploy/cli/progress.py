@@ -38,7 +38,7 @@ class RichTrainCallbacks:
         self.progress.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
     def on_start(self, total_steps: int, start_step: int) -> None:

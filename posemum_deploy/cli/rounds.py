@@ -1,11 +1,19 @@
 """`posemum rounds`: label → filter → retrain → evaluate, several rounds."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
 from posemum_deploy.cli.options import parse_hw
+
+if TYPE_CHECKING:  # imported when a command runs: `posemum --help` stays fast
+    from posemum_deploy.demo import DemoConfig, DemoResult
+    from posemum_deploy.rounds import RoundRecord
+
+T = TypeVar("T")
 
 
 def rounds(
@@ -136,7 +144,7 @@ def rounds(
     show_rounds(_shown(lambda **display: run_rounds(cfg, on_round=_announce, **display)), out)
 
 
-def _shown(run):
+def _shown(run: Callable[..., T]) -> T:
     """`run(train_callbacks=..., label_progress=...)` inside one rich display, so every
     training and labeling stage of the rounds gets its bar; returns what `run` returns."""
     from posemum_deploy.cli.progress import RichLabelProgress, RichTrainCallbacks
@@ -145,7 +153,7 @@ def _shown(run):
         return run(train_callbacks=callbacks, label_progress=RichLabelProgress(callbacks.progress))
 
 
-def _announce(record) -> None:
+def _announce(record: RoundRecord) -> None:
     from posemum_deploy.cli.progress import console
 
     console.print(f"round {record.round}: val AP {record.metrics['AP']:.4f} "
@@ -155,7 +163,7 @@ def _announce(record) -> None:
                       f"{record.student_metrics['AP']:.4f}")
 
 
-def show_rounds(records, out: Path) -> None:
+def show_rounds(records: Sequence[RoundRecord], out: Path) -> None:
     from rich.table import Table
 
     from posemum_deploy.cli.progress import console
@@ -174,7 +182,7 @@ def show_rounds(records, out: Path) -> None:
     console.print(f"plot: {out / 'rounds.png'}  table: {out / 'rounds.json'}")
 
 
-def demo_rounds(demo_cfg, demo_result, n_rounds: int) -> None:
+def demo_rounds(demo_cfg: DemoConfig, demo_result: DemoResult, n_rounds: int) -> None:
     """`posemum demo --rounds N`: pseudo-label a fresh synthetic folder, retrain, and show
     round 0, each round and the equal-steps labeled-only control side by side."""
     from rich.table import Table

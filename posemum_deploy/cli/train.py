@@ -3,12 +3,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from posemum_deploy.cli.options import parse_hw
+
+if TYPE_CHECKING:  # imported when a command runs: `posemum --help` stays fast
+    from posemum_deploy.training.config import TrainConfig
+    from posemum_deploy.training.tensorboard import TensorBoardCallbacks
+    from posemum_deploy.training.trainer import TrainCallbacks
 
 
 def train(
@@ -127,19 +133,19 @@ def train(
                       f"in {result.out_dir / UNREADABLE_NAME})", highlight=False)
 
 
-def _tensorboard(out: Path):
+def _tensorboard(out: Path) -> TensorBoardCallbacks:
     from posemum_deploy.training.tensorboard import LOG_SUBDIR, TensorBoardCallbacks
 
     return TensorBoardCallbacks(out / LOG_SUBDIR)
 
 
-def _with_board(callbacks, board):
+def _with_board(callbacks: TrainCallbacks, board: TensorBoardCallbacks | None) -> TrainCallbacks:
     from posemum_deploy.training.tensorboard import FanOut
 
     return callbacks if board is None else FanOut(callbacks, board)
 
 
-def _from_yolo(cfg, out: Path) -> None:
+def _from_yolo(cfg: TrainConfig, out: Path) -> None:
     """--labeled / --val-ann given as a YOLO-pose data.yaml: its train / val split becomes
     a COCO json in the run folder, with --images / --val-images its image folder."""
     from posemum_deploy.data.yolo import yolo_split_json

@@ -8,9 +8,13 @@ which is what cv2.warpAffine assumes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 PIXEL_STD = 200.0
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -110,8 +114,8 @@ def flip_matrices(matrices: np.ndarray, output_w: int) -> np.ndarray:
     return out
 
 
-def normalize_batch(crops, mean: tuple[float, ...] = IMAGENET_MEAN,
-                    std: tuple[float, ...] = IMAGENET_STD):
+def normalize_batch(crops: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,
+                    std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
     """0..255 crops [N, 3, H, W] (uint8 or float torch tensor, any device) → float32
     normalised RGB, the same values as `normalize_numpy` gives on the host."""
     from posemum_deploy.data.device import device_constant

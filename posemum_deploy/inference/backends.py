@@ -130,7 +130,7 @@ def onnx_auto_order() -> tuple[str, ...]:
 
 
 def load_backend(path: str | Path, kind: str = "auto", cpu_threads: int | None = None,
-                 **options) -> Backend:
+                 **options: Any) -> Backend:
     """Open a model artifact with the named backend, or the best usable one for `auto`.
 
     `auto` tries each candidate's `is_available()` (runtime installed, device present)

@@ -47,7 +47,7 @@ GRAPH_KINDS = ("subpixel-deconv", "convtranspose")
 Callback = Callable[[np.ndarray, Any], None]
 
 
-def require_openvino():
+def require_openvino() -> Any:
     return import_optional("openvino", "OpenVINO is not installed; pip install 'posemum[cpu]' "
                            "(or `pip install openvino`)")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -139,7 +140,8 @@ def make_labeled_loader(cfg: TrainConfig, codec: HeatmapCodec,
                       collate_fn=loader_collate(cfg.data.decode))
 
 
-def labeled_batches(loader: DataLoader, steps: int, seed: int, epoch: int):
+def labeled_batches(loader: DataLoader, steps: int, seed: int,
+                    epoch: int) -> Iterator[dict[str, Any]]:
     """`steps` labeled batches for one epoch, reshuffling when an epoch spans several
     passes (an SSL epoch may be a pass over the larger unlabeled set)."""
     done, passes = 0, 0
