@@ -165,3 +165,16 @@ def test_pseudo_loss_weight_scales_only_the_pseudo_part(synthetic_small, tmp_pat
     cfg.pseudo.loss_weight = -0.5
     with pytest.raises(ConfigError, match="--pseudo-loss-weight -0.5: must be ≥ 0"):
         PseudoMixStep(cfg, model, optimizer, torch.device("cpu"), None)
+
+
+def test_a_first_person_without_keypoints_does_not_set_the_joint_count(synthetic_small, tmp_path):
+    """K comes from the first person with keypoints, as TopDownDataset counts it (a file
+    whose first person had none failed with len(None))."""
+    pseudo = _pseudo_json(synthetic_small, tmp_path / "pseudo.json")
+    coco = json.loads(pseudo.read_text())
+    del coco["annotations"][0]["keypoints"]
+    pseudo.write_text(json.dumps(coco))
+    cfg = _cfg(synthetic_small, pseudo, tmp_path / "run", weight="score")
+    dataset = make_labeled_loader(cfg, HeatmapCodec((64, 64), (16, 16), 2.0)).dataset
+    assert dataset.pseudo.instances[0].keypoints is None
+    assert tuple(dataset[len(dataset.labeled)]["target_weight"].shape) == (17,)
