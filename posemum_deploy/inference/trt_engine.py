@@ -51,7 +51,7 @@ class EngineKey:
     def from_dict(cls, data: dict[str, Any]) -> EngineKey:
         try:
             return cls(str(data["onnx_sha256"]), str(data["network_sha256"]),
-                       str(data["precision"]), tuple(int(v) for v in data["profile"]),  # type: ignore[arg-type]
+                       str(data["precision"]), _profile(data["profile"]),
                        str(data["trt_version"]), str(data["gpu_name"]),
                        str(data["compute_capability"]),
                        str(data.get("hardware_compatibility", "none")))
@@ -59,6 +59,12 @@ class EngineKey:
             raise ArtifactError(f"engine key {sorted(data)} is incomplete ({e}); the engine was "
                                 "made by an older posemum: rebuild it with `posemum export "
                                 "MODEL.onnx --format tensorrt`") from e
+
+
+def _profile(values: Any) -> tuple[int, int, int]:
+    """(min, opt, max) batch of an optimisation profile, as ints."""
+    lo, opt, hi = (int(v) for v in values)
+    return lo, opt, hi
 
 
 def engine_key(onnx_sha256: str, network_sha256: str, precision: str,
@@ -74,7 +80,7 @@ def engine_key(onnx_sha256: str, network_sha256: str, precision: str,
     if isinstance(compute_capability, tuple):
         compute_capability = f"{compute_capability[0]}.{compute_capability[1]}"
     return EngineKey(onnx_sha256, network_sha256, precision,
-                     tuple(int(v) for v in profile),  # type: ignore[arg-type]
+                     _profile(profile),
                      trt_version, gpu_name, compute_capability, hardware_compatibility)
 
 

@@ -189,8 +189,8 @@ def merge_labels(out_dir: str | Path, pseudo_out: str | Path, flt: MergeFilter |
                                           "model": manifest["model"], "filter": flt.describe()},
                                  "images": images, "annotations": anns,
                                  "categories": [person_category()]})
-        if results is not None:
+        if results is not None and results_out is not None:  # one is set with the other
             stats.results = results.count
-            Path(results_out).parent.mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
-            _write_json(Path(results_out), results)  # type: ignore[arg-type]
+            Path(results_out).parent.mkdir(parents=True, exist_ok=True)
+            _write_json(Path(results_out), results)
     return stats

@@ -185,7 +185,7 @@ class ShardLabeler:
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=True)
-        return records  # type: ignore[return-value]
+        return records  # type: ignore[return-value]  # finish() filled every slot
 
     def _label(self, items: Iterable[Prepared], records: list[dict[str, Any] | None],
                queue: deque[_Waiting], buf_crops: list[np.ndarray], buf_inv: list[np.ndarray],

@@ -135,6 +135,7 @@ class DualPartner(nn.Module):
         self.model, self.optimizer = model, optimizer
         object.__setattr__(self, "trainable", trainable)  # not a second registered copy
 
+    # The pair's own checkpoint entry (student and optimiser), not nn.Module's keyword API.
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
 
