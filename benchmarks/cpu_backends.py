@@ -83,7 +83,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--reps", type=int, default=5, help="interleaved repetitions per backend")
     p.add_argument("--calls", type=int, default=2, help="batches timed per repetition")
-    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--input", default=None, help="HxW for random weights (default 256x192)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--ov-graph", choices=GRAPH_KINDS, default=CONVTRANSPOSE,
@@ -128,9 +128,11 @@ def build_artifacts(model: torch.nn.Module, meta: ModelMetadata, crops: np.ndarr
     t = time.perf_counter()
     nncf_xml, report = export_openvino(ov_onnx, work / "ov_nncf" / "model.xml", "int8", crops,
                                        "nncf", batch_size=batch)
+    assert report is not None  # int8: export_openvino checks the IR's accuracy and returns its report
     log(f"NNCF quantisation + IR: {time.perf_counter() - t:.1f} s; {report.summary()}")
     qdq_xml, report = export_openvino(ov_onnx, work / "ov_qdq" / "model.xml", "int8", crops,
                                       "qdq", qdq_onnx=ov_qdq, batch_size=batch)
+    assert report is not None
     log(f"ORT QDQ → IR: {report.summary()}")
     return {"onnx": onnx_path, "qdq": qdq, "ov_onnx": ov_onnx, "nncf_xml": nncf_xml,
             "qdq_xml": qdq_xml}
@@ -149,17 +151,23 @@ def make_backend(name: str, model: torch.nn.Module, meta: ModelMetadata, paths: 
                  ) -> Any:
     """One row's backend with its runtime's threads pinned to `threads`."""
     torch.set_num_threads(threads)
-    ov = dict(batch_size=batch, threads=threads, perf_counts=profile)
-    ort = dict(device="cpu", threads=threads, spinning=ort_spinning)
+
+    def ort(path: Path) -> OrtBackend:
+        return OrtBackend(path, device="cpu", threads=threads, spinning=ort_spinning)
+
+    def ov(path: Path, precision: str = "auto") -> OpenVinoBackend:
+        return OpenVinoBackend(path, precision=precision, batch_size=batch, threads=threads,
+                               perf_counts=profile)
+
     factories: dict[str, Callable[[], Any]] = {
         "torch eager fp32": lambda: TorchBackend(model, ModelMetadata.from_dict(meta.to_dict()),
                                                  device="cpu"),
-        "onnxruntime fp32": lambda: OrtBackend(paths["onnx"], **ort),
-        "onnxruntime int8 (qdq)": lambda: OrtBackend(paths["qdq"], **ort),
-        "openvino fp32": lambda: OpenVinoBackend(paths["ov_onnx"], precision="fp32", **ov),
-        "openvino bf16": lambda: OpenVinoBackend(paths["ov_onnx"], precision="bf16", **ov),
-        "openvino int8 (nncf)": lambda: OpenVinoBackend(paths["nncf_xml"], **ov),
-        "openvino int8 (ort qdq)": lambda: OpenVinoBackend(paths["qdq_xml"], **ov),
+        "onnxruntime fp32": lambda: ort(paths["onnx"]),
+        "onnxruntime int8 (qdq)": lambda: ort(paths["qdq"]),
+        "openvino fp32": lambda: ov(paths["ov_onnx"], precision="fp32"),
+        "openvino bf16": lambda: ov(paths["ov_onnx"], precision="bf16"),
+        "openvino int8 (nncf)": lambda: ov(paths["nncf_xml"]),
+        "openvino int8 (ort qdq)": lambda: ov(paths["qdq_xml"]),
     }
     return factories[name]()
 
@@ -190,7 +198,9 @@ def isolated_throughput(model: torch.nn.Module, meta: ModelMetadata, paths: dict
                                    dict[str, list[dict[str, Any]]]]:
     """Each row in its own spawned process, one after another: no pool of an earlier
     runtime (spinning or not) is alive while a row is timed."""
-    rates, peaks, profiles = {}, {}, {}
+    rates: dict[str, list[float]] = {}
+    peaks: dict[str, list[float]] = {}
+    profiles: dict[str, list[dict[str, Any]]] = {}
     ctx = multiprocessing.get_context("spawn")
     for name in backend_names():
         with ctx.Pool(1) as pool:
@@ -250,12 +260,13 @@ def table(rates: dict[str, list[float]], aps: dict[str, float], gmacs_per_image:
     for name, values in rates.items():
         med = statistics.median(values)
         peak = peaks.get(arithmetic(name))
-        row = {"backend": name, "images_per_s": med, "vs_torch": med / base,
-               "spread": (min(values), max(values)), "ap": aps.get(name),
-               "ap_drop_points": None if base_ap is None else 100 * (base_ap - aps[name]),
-               "gmac_per_s": med * gmacs_per_image,
-               "peak_share": None if peak is None else med * gmacs_per_image / peak,
-               "ceiling_vs_torch": None if peak is None else peak / (base * gmacs_per_image)}
+        row: dict[str, Any] = {
+            "backend": name, "images_per_s": med, "vs_torch": med / base,
+            "spread": (min(values), max(values)), "ap": aps.get(name),
+            "ap_drop_points": None if base_ap is None else 100 * (base_ap - aps[name]),
+            "gmac_per_s": med * gmacs_per_image,
+            "peak_share": None if peak is None else med * gmacs_per_image / peak,
+            "ceiling_vs_torch": None if peak is None else peak / (base * gmacs_per_image)}
         if name in TARGETS and row["peak_share"] is not None:
             share, drop = TARGETS[name]
             ok = row["peak_share"] >= share and (drop is None or row["ap_drop_points"] is None
@@ -285,7 +296,7 @@ def main() -> None:
         raise SystemExit("give both --val-ann and --val-images, or neither")
     model, meta, note = load_network(args)
     calib = args.calib or args.val_ann or COCO_MINI / "test_coco.json"
-    crops = calibration_crops(calib, tuple(meta.input_hw), args.calib_count)
+    crops = calibration_crops(calib, meta.input_hw, args.calib_count)
     cpu = cpu_summary()
     print(f"model: SimpleBaseline-{meta.backbone} {meta.input_hw[0]}×{meta.input_hw[1]}, {note}")
     print(f"cpu: {cpu}, {os.cpu_count()} cores, threads {args.threads}, OpenVINO precisions "
@@ -313,7 +324,7 @@ def main() -> None:
                             if n.startswith("openvino")}
         aps = val_aps(backends, args.val_ann, args.val_images, args.batch) if args.val_ann else {}
     print(f"load average at end {os.getloadavg()[0]:.2f} (other processes share these cores)")
-    gmacs = count_macs(model, tuple(meta.input_hw)) / 1e9
+    gmacs = count_macs(model, meta.input_hw) / 1e9
     peaks = {k: statistics.median(v) for k, v in peak_reps.items()}
     print(f"network: {gmacs:.2f} GMAC per crop; GEMM peaks on {args.threads} threads, measured "
           "between the reps (median of reps; min–max): " + ", ".join(

@@ -25,6 +25,7 @@ from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.data.transforms import normalize_numpy
 from posemum_deploy.export.calibration import calibration_crops
 from posemum_deploy.export.formats import ExportOptions, export_model
+from posemum_deploy.inference.backends import Backend
 from posemum_deploy.inference.ort_backend import OrtBackend
 from posemum_deploy.inference.torch_backend import TorchBackend
 from posemum_deploy.models.complexity import count_macs
@@ -42,7 +43,7 @@ def random_checkpoint(path: Path) -> Path:
     return path
 
 
-def measure(backends: dict[str, object], batch: np.ndarray, reps: int) -> dict[str, list[float]]:
+def measure(backends: dict[str, Backend], batch: np.ndarray, reps: int) -> dict[str, list[float]]:
     """Seconds per call for each backend, repetitions interleaved across backends."""
     for be in backends.values():
         be.predict(batch)  # warm-up: allocations, kernel selection
@@ -68,7 +69,7 @@ def print_roofline(model: torch.nn.Module, input_hw: tuple[int, int], ips: dict[
           f"{peaks['fp32'] / (ips['torch eager fp32'] * gmacs):.2f}x")
 
 
-def val_ap(backend: object, ann: Path, images: Path, batch_size: int) -> float:
+def val_ap(backend: Backend, ann: Path, images: Path, batch_size: int) -> float:
     from posemum_deploy.evaluation.coco_eval import evaluate_results
     from posemum_deploy.inference.predict import predict_coco
 
@@ -99,10 +100,11 @@ def main() -> None:
     print(f"exported in {time.perf_counter() - t0:.0f}s: {fp32.name}, {int8.name} "
           f"(calibrated on {calib})")
 
-    backends = {"torch eager fp32": TorchBackend(ckpt, device="cpu", precision="fp32"),
-                "ORT fp32": OrtBackend(fp32, device="cpu"), "ORT INT8": OrtBackend(int8, device="cpu")}
+    eager = TorchBackend(ckpt, device="cpu", precision="fp32")
+    backends: dict[str, Backend] = {"torch eager fp32": eager, "ORT fp32": OrtBackend(fp32, device="cpu"),
+                                    "ORT INT8": OrtBackend(int8, device="cpu")}
     meta = backends["ORT fp32"].metadata
-    crops = calibration_crops(calib, tuple(meta.input_hw), args.batch)
+    crops = calibration_crops(calib, meta.input_hw, args.batch)
     crops = crops[np.arange(args.batch) % len(crops)]
     batch = normalize_numpy(crops, meta.mean, meta.std)
     print(f"batch {args.batch} x {tuple(meta.input_hw)} {meta.backbone}, torch threads "
@@ -116,7 +118,7 @@ def main() -> None:
     r_int8 = ips["ORT INT8"] / ips["ORT fp32"]
     print(f"ORT fp32 / torch eager = {r_fp32:.2f}x (target ≥ 1.8x: {'met' if r_fp32 >= 1.8 else 'NOT met'})")
     print(f"ORT INT8 / ORT fp32    = {r_int8:.2f}x (target ≥ 1.5x: {'met' if r_int8 >= 1.5 else 'NOT met'})")
-    print_roofline(backends["torch eager fp32"].model, tuple(meta.input_hw), ips)
+    print_roofline(eager.model, meta.input_hw, ips)
     if args.val_ann and args.val_images:
         ap32 = val_ap(backends["ORT fp32"], args.val_ann, args.val_images, args.batch)
         ap8 = val_ap(backends["ORT INT8"], args.val_ann, args.val_images, args.batch)

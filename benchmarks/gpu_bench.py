@@ -26,7 +26,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,8 +44,9 @@ from posemum_deploy.inference.torch_backend import TorchBackend  # noqa: E402
 from posemum_deploy.models import build_model  # noqa: E402
 
 
-def rate(fn, n_items: int, device: torch.device, reps: int, warmup: int = 3) -> float:
-    """Items/s, median over `reps` timed calls after warm-up."""
+def rate(fn: Callable[..., object], n_items: int, device: torch.device, reps: int, warmup: int = 3) -> float:
+    """Items/s, median over `reps` timed calls after warm-up (`fn` is called with no arguments:
+    `...` admits the lambdas that bind loop variables as defaults)."""
     for _ in range(warmup):
         fn()
     sync(device)
@@ -56,7 +59,8 @@ def rate(fn, n_items: int, device: torch.device, reps: int, warmup: int = 3) -> 
     return n_items / statistics.median(times)
 
 
-def infer_rows(backbone: str, batches: list[int], device: torch.device, args) -> list[dict]:
+def infer_rows(backbone: str, batches: list[int], device: torch.device,
+               args: argparse.Namespace) -> list[dict]:
     torch.manual_seed(0)
     model = build_model(backbone).eval().to(device)
     meta = ModelMetadata(backbone=backbone)
@@ -77,17 +81,17 @@ def infer_rows(backbone: str, batches: list[int], device: torch.device, args) ->
         eager_rate[b] = rate(lambda x=x: eager.predict_tensor(x), b, device, reps)
         add({"model": backbone, "batch": b, "backend": "torch eager fp32",
              "crops_per_s": eager_rate[b], "max_diff": 0.0, "peak": float(ref.abs().max())})
-        modes = [("fast fp16+CL+graphs", dict(compile=False))]
+        modes = [("fast fp16+CL+graphs", False)]  # (label, torch.compile)
         if args.compile and (backbone == "resnet18" or args.compile_all) and \
                 b == max(batches):  # inductor compiles per batch size: the big one matters
-            modes.append(("fast fp16+CL+graphs+compile", dict(compile=True)))
-        for label, kw in modes:
+            modes.append(("fast fp16+CL+graphs+compile", True))
+        for label, compiled in modes:
             fresh = build_model(backbone).eval()
             fresh.load_state_dict(model.state_dict())
             try:
                 fast = FastTorchBackend(fresh, ModelMetadata(backbone=backbone),
                                         device=str(device), precision=args.half, batch_size=b,
-                                        cuda_graphs=device.type == "cuda", **kw)
+                                        cuda_graphs=device.type == "cuda", compile=compiled)
                 out = fast.predict_tensor(x)
                 add({"model": backbone, "batch": b,
                      "backend": label.replace("fp16", fast.metadata.precision),
@@ -102,7 +106,8 @@ def infer_rows(backbone: str, batches: list[int], device: torch.device, args) ->
     return rows
 
 
-def runtime_rows(model, backbone, b, x, ref, device, args) -> list[dict]:
+def runtime_rows(model: torch.nn.Module, backbone: str, b: int, x: torch.Tensor, ref: torch.Tensor,
+                 device: torch.device, args: argparse.Namespace) -> list[dict]:
     """ONNX Runtime GPU providers and TensorRT, where installed."""
     rows = []
     try:
@@ -139,10 +144,10 @@ def runtime_rows(model, backbone, b, x, ref, device, args) -> list[dict]:
 _ONNX: dict[str, Path] = {}
 
 
-def export_once(model, backbone, args) -> Path:
+def export_once(model: torch.nn.Module, backbone: str, args: argparse.Namespace) -> Path:
     if backbone not in _ONNX:
         path = Path(args.work) / f"{backbone}.onnx"
-        torch.onnx.export(model.cpu().float(), torch.randn(1, 3, 256, 192), str(path),
+        torch.onnx.export(model.cpu().float(), (torch.randn(1, 3, 256, 192),), str(path),
                           input_names=["input"], output_names=["heatmaps"], opset_version=17,
                           dynamic_axes={"input": {0: "batch"}, "heatmaps": {0: "batch"}},
                           dynamo=False)
@@ -151,7 +156,7 @@ def export_once(model, backbone, args) -> Path:
     return _ONNX[backbone]
 
 
-def synthetic_folder(args) -> Path:
+def synthetic_folder(args: argparse.Namespace) -> Path:
     from posemum_deploy.data.synthetic import generate_dataset
 
     root = Path(args.work) / "synthetic"
@@ -197,7 +202,7 @@ def main() -> None:
     backbones = ["resnet18"] if args.quick else ["resnet18", "resnet101"]
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"# posemum gpu_bench on {name}, torch {torch.__version__}")
-    report = {"device": name, "torch": torch.__version__, "inference": []}
+    report: dict[str, Any] = {"device": name, "torch": torch.__version__, "inference": []}
     if "inference" in args.sections:
         print("\n## inference, 256x192, crops/s (max |Δheatmap| vs eager fp32)")
         print(f"{'model':10s} {'batch':>5s}  {'backend':36s} {'crops/s':>10s} {'vs eager':>8s} "

@@ -2,11 +2,13 @@
 (device and host decode, one process and N spawned ones), against the model-only rate."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,8 +38,8 @@ def replicate(ann: Path, repeat: int, work: Path) -> Path:
     return out
 
 
-def label_rows(ann: Path, fast: FastTorchBackend, batch: int, model_only: float, device,
-               args) -> dict:
+def label_rows(ann: Path, fast: FastTorchBackend, batch: int, model_only: float,
+               device: torch.device, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """`label_folder` (what `posemum label` runs) with the fast backend: device decode in
     one process (the warm in-process backend) and in N spawned processes sharing the
     GPU (each loads the checkpoint), and host decode threads for comparison."""
@@ -47,7 +49,7 @@ def label_rows(ann: Path, fast: FastTorchBackend, batch: int, model_only: float,
     weights = {k: v.float().cpu() for k, v in fast.model.state_dict().items()}
     torch.save({"model": weights, "teacher": None, "model_meta": ModelMetadata().to_dict()}, ckpt)
     big = replicate(ann, args.label_repeat, Path(args.work))
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
 
     def run(name: str, gt: Path, decode: str, processes: int = 1, jpeg: str = "torchvision",
             shards_per_task: int | None = None) -> None:

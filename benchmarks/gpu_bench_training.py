@@ -7,9 +7,12 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
+
+Step = Callable[[dict[str, torch.Tensor]], object]  # a training step called on a labeled batch
 
 
 def sync(device: torch.device) -> None:
@@ -17,7 +20,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def kernel_time_per_step(step, batch: dict, device: torch.device, n: int = 5) -> tuple[float, float]:
+def kernel_time_per_step(step: Step, batch: dict[str, torch.Tensor], device: torch.device,
+                         n: int = 5) -> tuple[float, float]:
     """(GPU kernel ms, kernels launched) per step, from the profiler's CUDA activity.
 
     Set against the step's wall time this says whether the GPU or the host (Python
@@ -42,12 +46,13 @@ def kernel_time_per_step(step, batch: dict, device: torch.device, n: int = 5) ->
     return busy_us / n / 1e3, sum(e.count for e in kernels) / n
 
 
-def time_steps(steps: dict, batch: dict, device: torch.device, n: int) -> dict[str, tuple[float, float]]:
+def time_steps(steps: Mapping[str, Step], batch: dict[str, torch.Tensor], device: torch.device,
+               n: int) -> dict[str, tuple[float, float]]:
     """Per preset: (median ms of one step with a sync on each side, ms per step of `n`
     steps run back to back with one sync at the end). The first is the step's latency;
     the second is what training runs at, where the host queues the next step's kernels
     while the GPU still runs the last one's. Presets alternate so drift hits all alike."""
-    latency = {p: [] for p in steps}
+    latency: dict[str, list[float]] = {p: [] for p in steps}
     for i in range(n + 3):
         for preset, step in steps.items():
             sync(device)
@@ -56,7 +61,7 @@ def time_steps(steps: dict, batch: dict, device: torch.device, n: int) -> dict[s
             sync(device)
             if i >= 3:
                 latency[preset].append(time.perf_counter() - t0)
-    pipelined = {p: [] for p in steps}
+    pipelined: dict[str, list[float]] = {p: [] for p in steps}
     for _ in range(3):  # median of three windows: one GC pause or allocator growth is not the rate
         for preset, step in steps.items():
             sync(device)
@@ -88,7 +93,7 @@ def loader_crops_per_s(ann: Path, batches: int, decode: str = "host",
     ds = TopDownDataset(load_instances(ann, ann.parent / "images"),
                         HeatmapCodec((256, 192), (64, 48)), AffineAugment(),
                         encoded=encoded_items(decode))
-    loader = DataLoader(ds, batch_size=32, shuffle=True, num_workers=os.cpu_count(),
+    loader = DataLoader(ds, batch_size=32, shuffle=True, num_workers=os.cpu_count() or 1,
                         drop_last=True, persistent_workers=True, collate_fn=loader_collate(decode))
     crops = batch_crops(decode, device or torch.device("cpu"), (256, 192))
     it = iter(loader)
@@ -108,7 +113,7 @@ def loader_crops_per_s(ann: Path, batches: int, decode: str = "host",
     return n / (time.perf_counter() - t0)
 
 
-def training_rows(ann: Path, device: torch.device, args) -> list[dict]:
+def training_rows(ann: Path, device: torch.device, args: argparse.Namespace) -> list[dict]:
     """pose-mum-plus step vs a plain semi-supervised step (fused Adam, teacher forward
     from a CUDA graph), the plain step once with PyTorch's default multi-tensor Adam and
     once with an eager teacher, GPU kernel time per step, and the loader's crop rate."""

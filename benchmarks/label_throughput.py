@@ -79,6 +79,7 @@ def make_artifacts(work: Path, input_hw: tuple[int, int], rows: list[str], calib
             from posemum_deploy.export.quantize import quantize_qdq
 
             out[row] = work / "model_int8.onnx"
+            assert crops is not None  # read above whenever a row is not fp32
             quantize_qdq(onnx[runtime], out[row], CropBatcher(crops, 16, meta.mean, meta.std))
             finish_sidecar(out[row], meta, "onnx", "int8", ("onnxruntime",))
         else:
@@ -189,8 +190,9 @@ def main() -> int:
         raise SystemExit(f"--rows: unknown {', '.join(unknown)}; choose from {', '.join(ROWS)}")
     work = args.work or Path(tempfile.mkdtemp(prefix="posemum_bench_"))
     work.mkdir(parents=True, exist_ok=True)
-    input_hw = tuple(int(v) for v in args.input.split("x"))
-    image_hw = tuple(int(v) for v in args.image_size.split("x"))
+    in_h, in_w = (int(v) for v in args.input.split("x"))
+    image_h, image_w = (int(v) for v in args.image_size.split("x"))
+    input_hw, image_hw = (in_h, in_w), (image_h, image_w)
     data = work / "data"
     if not (data / "annotations.json").exists():
         generate_dataset(data, args.images, 0, image_size=image_hw)

@@ -280,6 +280,7 @@ def round0_and_continue(cfg: RoundsConfig, prefix: str, round0: str, with_contro
     if not with_control:
         return teacher, None
     # the epochs after the milestone, no pseudo-labels, in one training
+    assert optim.max_steps is not None  # a continued schedule's total: run_continued, ssl_config set it
     whole = fit_schedule(optim, optim.max_steps)
     tail = schedule_segment(whole, first.epochs, whole.epochs)
     continued, ap = trained(cfg, out / f"{prefix}-continue", None, init_from=teacher, optim=tail)

@@ -61,7 +61,7 @@ def main() -> None:
     if not seeds:
         raise SystemExit(f"no seed has a finished run of every preset in {args.runs}")
     t0 = time.perf_counter()
-    results = {preset: [] for preset in args.presets}
+    results: dict[str, list[float]] = {preset: [] for preset in args.presets}
     for seed in seeds:
         for preset in args.presets:
             ap = rescore(runs[preset][seed], val_ann)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import cast
 
 import torch
 
@@ -21,8 +22,8 @@ from posemum_deploy.training import distributed as ddp
 from posemum_deploy.training.config import TrainConfig
 from posemum_deploy.training.optimizer import make_adam
 from posemum_deploy.training.presets import apply_preset
-from posemum_deploy.training.ssl_step import SemiSupervisedStep, resolve_decay
-from posemum_deploy.training.teachers import build_teacher
+from posemum_deploy.training.ssl_step import SemiSupervisedStep, UnlabeledStream, resolve_decay
+from posemum_deploy.training.teachers import Teacher, build_teacher
 from posemum_deploy.training.trainer import autocast_dtype
 
 
@@ -57,10 +58,13 @@ def make_step(preset: str, args: argparse.Namespace, device: torch.device) -> Se
     if cfg.runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = make_adam(model.parameters(), 1e-3, device)
-    teacher = build_teacher(cfg.ssl.teacher, model, resolve_decay(cfg)).to(device)
+    teacher = build_teacher(cfg.ssl.teacher, model, resolve_decay(cfg))
+    assert isinstance(teacher, Teacher)  # no partner given: a dual teacher raises ConfigError
+    teacher.to(device)
     amp = autocast_dtype(args.precision, device)
-    return SemiSupervisedStep(cfg, model, optimizer, device, amp, teacher,
-                              RandomStream(args.batch, args.input), ddp.DistEnv())
+    # RandomStream is a duck-typed stand-in: the step uses only len/set_epoch/next of its stream
+    stream = cast(UnlabeledStream, RandomStream(args.batch, args.input))
+    return SemiSupervisedStep(cfg, model, optimizer, device, amp, teacher, stream, ddp.DistEnv())
 
 
 def labeled_batch(args: argparse.Namespace) -> dict[str, torch.Tensor]:

@@ -19,9 +19,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from posemum_deploy.inference.trt_backend import TrtBackend
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -41,7 +45,7 @@ def checkpoint(path: Path) -> Path:
     return path
 
 
-def crops_per_s(backend, batch: int, hw: tuple[int, int], reps: int) -> float:
+def crops_per_s(backend: TrtBackend, batch: int, hw: tuple[int, int], reps: int) -> float:
     x = torch.randn(batch, 3, *hw, device=backend.device)
     for _ in range(3):
         backend.predict_tensor(x)
