@@ -19,10 +19,11 @@ import torch
 
 from posemum_deploy.models.simple_baseline import build_model
 from posemum_deploy.training import distributed as ddp
+from posemum_deploy.training.batch_streams import UnlabeledStream
 from posemum_deploy.training.config import TrainConfig
 from posemum_deploy.training.optimizer import make_adam
 from posemum_deploy.training.presets import apply_preset
-from posemum_deploy.training.ssl_step import SemiSupervisedStep, UnlabeledStream, resolve_decay
+from posemum_deploy.training.ssl_step import SemiSupervisedStep, resolve_decay
 from posemum_deploy.training.teachers import Teacher, build_teacher
 from posemum_deploy.training.trainer import autocast_dtype
 

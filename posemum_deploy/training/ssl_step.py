@@ -14,29 +14,19 @@ Per step (Xie et al. 2021 setup, Eq. 1 of the paper):
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from posemum_deploy.data.codec import HeatmapCodec
-from posemum_deploy.data.datasets import (
-    TopDownDataset,
-    UnreadableImages,
-    check_images_found,
-    load_unlabeled_instances,
-)
 from posemum_deploy.data.strong import joint_cutout, rand_augment
-from posemum_deploy.data.transforms import AffineAugment, normalize_batch
-from posemum_deploy.errors import ConfigError
+from posemum_deploy.data.transforms import normalize_batch
 from posemum_deploy.models.cuda_graph import GraphedForward
 from posemum_deploy.models.simple_baseline import SimpleBaseline, build_model
 from posemum_deploy.training import distributed as ddp
+from posemum_deploy.training.batch_streams import UnlabeledStream, make_unlabeled_stream
 from posemum_deploy.training.config import TrainConfig
-from posemum_deploy.training.device_batches import batch_crops, encoded_items, loader_collate
 from posemum_deploy.training.losses import joints_mse_loss
 from posemum_deploy.training.mum import MixHook, PoseMumMixer, check_group
 from posemum_deploy.training.optimizer import load_adam_state, make_adam
@@ -46,77 +36,10 @@ from posemum_deploy.training.teachers import PAPER_DECAY, Teacher, build_teacher
 
 log = logging.getLogger(__name__)
 
-# Seeds derived from `runtime.seed`. Each random source gets its own, so none replays
-# another's sequence (the values are the ones every recorded result was run with):
-UNLABELED_AUGMENT_SEED_OFFSET = 1  # the unlabeled set's weak-view affine (labeled: seed)
+# Seeds derived from `runtime.seed` (the unlabeled stream's: batch_streams.py):
 DUAL_PARTNER_SEED_OFFSET = 1  # the initial weights of a dual pair's second network
-UNLABELED_SAMPLER_SEED_OFFSET = 7919  # the unlabeled sampler's shuffle (labeled: seed)
-PASSES_PER_EPOCH_KEY = 1000  # stream key = epoch * this + pass: distinct up to 1000 passes
 # The strong-view generator of epoch e on rank r is seeded with
 # (seed * STEP_SEED_STRIDE + e) * STEP_EPOCH_STRIDE + r (strides in steps.py).
-
-
-class UnlabeledStream:
-    """Endless unlabeled batches, reshuffled per (seed, epoch, pass) and per rank."""
-
-    def __init__(self, loader: DataLoader, seed: int, crops: Any = None) -> None:
-        self.loader, self.seed, self.crops = loader, seed, crops  # crops: decode on device
-        # make_unlabeled_stream's loader: DataLoader's annotation forgets the dataset's class
-        self.dataset = cast(TopDownDataset, loader.dataset)
-        self.unreadable = UnreadableImages(self.dataset)
-        self.epoch, self.passes = 0, 0
-        self._it: Iterator[dict[str, Any]] | None = None
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Restart the stream: a run resumed at this epoch sees the same batches."""
-        self.epoch, self.passes, self._it = epoch, 0, None
-
-    def next(self) -> dict[str, Any]:
-        while True:
-            if self._it is None:
-                key = self.epoch * PASSES_PER_EPOCH_KEY + self.passes
-                self.dataset.set_epoch(key)
-                ddp.set_sampler_epoch(self.loader.sampler,
-                                      self.seed + UNLABELED_SAMPLER_SEED_OFFSET, key)
-                self._it = iter(self.loader)
-                self.passes += 1
-            try:
-                batch = next(self._it)
-            except StopIteration:
-                self._it = None
-                continue
-            if self.crops is not None:
-                batch = self.crops(batch)
-            self.unreadable.note(batch)
-            return batch
-
-
-def make_unlabeled_stream(cfg: TrainConfig, codec: HeatmapCodec, env: ddp.DistEnv,
-                          device: torch.device = torch.device("cpu")) -> UnlabeledStream:
-    ssl = cfg.ssl
-    if not ssl.unlabeled:
-        raise ConfigError(f"preset {cfg.preset!r} is semi-supervised: pass --unlabeled (a COCO "
-                          "json, a pseudo-label json or an image folder)")
-    instances = load_unlabeled_instances(ssl.unlabeled, ssl.unlabeled_images, ssl.unlabeled_boxes)
-    check_images_found(instances, None if Path(ssl.unlabeled).is_dir() else ssl.unlabeled_images,
-                       ssl.unlabeled)
-    dataset = TopDownDataset(instances, codec, AffineAugment(),
-                             seed=cfg.runtime.seed + UNLABELED_AUGMENT_SEED_OFFSET,
-                             with_targets=False, encoded=encoded_items(cfg.data.decode))
-    per_rank = len(dataset) // max(env.world_size, 1)
-    if per_rank < ssl.unlabeled_batch_size:
-        raise ConfigError(f"{ssl.unlabeled}: {len(dataset)} unlabeled crops is fewer than the "
-                          f"unlabeled batch size {ssl.unlabeled_batch_size} per process")
-    loader = DataLoader(dataset, batch_size=ssl.unlabeled_batch_size, drop_last=True,
-                        sampler=ddp.make_sampler(dataset, env, cfg.runtime.seed
-                                                 + UNLABELED_SAMPLER_SEED_OFFSET),
-                        num_workers=cfg.data.workers, pin_memory=torch.cuda.is_available(),
-                        collate_fn=loader_collate(cfg.data.decode))
-    return UnlabeledStream(loader, cfg.runtime.seed,
-                           batch_crops(cfg.data.decode, device, cfg.data.input_hw))
 
 
 class DualPartner(nn.Module):

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -20,21 +19,16 @@ from torch.utils.data import DataLoader
 from posemum_deploy.artifacts import ModelMetadata
 from posemum_deploy.data.codec import HeatmapCodec
 from posemum_deploy.data.datasets import (
-    PersonInstance,
-    TopDownDataset,
     UnreadableImages,
-    check_images_found,
     check_json_images,
-    load_instances,
 )
-from posemum_deploy.data.transforms import AffineAugment
-from posemum_deploy.errors import ConfigError
 from posemum_deploy.models.checkpoint import read_checkpoint
 from posemum_deploy.models.simple_baseline import build_model
 from posemum_deploy.system import resolve_device
 from posemum_deploy.training import distributed as ddp
+from posemum_deploy.training.batch_streams import labeled_batches, labeled_data, make_labeled_loader
 from posemum_deploy.training.config import TrainConfig
-from posemum_deploy.training.device_batches import batch_crops, encoded_items, loader_collate
+from posemum_deploy.training.device_batches import batch_crops
 from posemum_deploy.training.optimizer import WarmupLR, load_adam_state, make_adam, make_scheduler
 from posemum_deploy.training.run_files import (
     UNREADABLE_NAME,
@@ -72,21 +66,6 @@ class TrainResult:
     unreadable: list[str] = field(default_factory=list)  # images skipped (unreadable_images.txt)
 
 
-class LabeledData(Protocol):
-    """The labeled loader's dataset as the loop sees it: a TopDownDataset, or in the
-    rounds a pseudo_mix.MixedDataset (labeled and pseudo-labeled persons)."""
-
-    instances: list[PersonInstance]
-    num_joints: int
-
-    def set_epoch(self, epoch: int) -> None: ...
-
-
-def labeled_data(loader: DataLoader) -> LabeledData:
-    """The dataset of a `make_labeled_loader` loader (DataLoader's annotation forgets it)."""
-    return cast(LabeledData, loader.dataset)
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 autocast on CUDA and on CPUs with native bf16 (AVX-512 BF16/AMX); else fp32."""
     if precision == "fp32":
@@ -115,46 +94,6 @@ def adopt_architecture(cfg: TrainConfig, meta: dict[str, Any]) -> None:
             log.warning("--init-from %s is a %s=%s model: training that (config said %s)",
                         cfg.ssl.init_from, key, theirs, getattr(cfg.model, key))
             setattr(cfg.model, key, theirs)
-
-
-def make_labeled_loader(cfg: TrainConfig, codec: HeatmapCodec,
-                        env: ddp.DistEnv = ddp.DistEnv()) -> DataLoader:
-    """Labeled crops, sharded across ranks under DDP. Workers are not persistent, so each
-    pass sees the dataset's current epoch (its augmentation key)."""
-    instances = load_instances(cfg.data.labeled, cfg.data.images, cfg.data.labeled_count)
-    check_images_found(instances, cfg.data.images, cfg.data.labeled)
-    augment = AffineAugment(cfg.data.scale_factor, cfg.data.rotation_factor)
-    dataset = TopDownDataset(instances, codec, augment, seed=cfg.runtime.seed,
-                             cache_images=cfg.data.cache_images,
-                             encoded=encoded_items(cfg.data.decode))
-    if cfg.pseudo.labels:  # rounds: labeled and pseudo-labeled persons in every batch
-        from posemum_deploy.training.pseudo_mix import make_mixed_loader
-
-        return make_mixed_loader(cfg, codec, dataset, env.rank)
-    if len(dataset) // env.world_size < cfg.optim.batch_size:
-        raise ConfigError(f"{cfg.data.labeled}: {len(dataset)} labeled instances is fewer than "
-                          f"the batch size {cfg.optim.batch_size} per process; lower --batch-size")
-    sampler = ddp.make_sampler(dataset, env, cfg.runtime.seed)
-    return DataLoader(dataset, batch_size=cfg.optim.batch_size, sampler=sampler, drop_last=True,
-                      num_workers=cfg.data.workers, pin_memory=torch.cuda.is_available(),
-                      collate_fn=loader_collate(cfg.data.decode))
-
-
-def labeled_batches(loader: DataLoader, steps: int, seed: int,
-                    epoch: int) -> Iterator[dict[str, Any]]:
-    """`steps` labeled batches for one epoch, reshuffling when an epoch spans several
-    passes (an SSL epoch may be a pass over the larger unlabeled set)."""
-    done, passes = 0, 0
-    while done < steps:
-        key = epoch + passes * 100_003
-        labeled_data(loader).set_epoch(key)
-        ddp.set_sampler_epoch(loader.sampler, seed, key)
-        for batch in loader:
-            if done >= steps:
-                return
-            done += 1
-            yield batch
-        passes += 1
 
 
 def epoch_length(cfg: TrainConfig, loader: DataLoader, step_fn: TrainStep) -> int:

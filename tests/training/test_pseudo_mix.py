@@ -7,8 +7,9 @@ import torch
 
 from posemum_deploy.data.codec import HeatmapCodec
 from posemum_deploy.errors import ConfigError
+from posemum_deploy.training.batch_streams import make_labeled_loader
 from posemum_deploy.training.config import DataConfig, OptimConfig, RuntimeConfig, TrainConfig
-from posemum_deploy.training.trainer import make_labeled_loader, train
+from posemum_deploy.training.trainer import train
 
 
 def _pseudo_json(src, out, drop=(0, 5, 6, 15, 16), with_scores=True):

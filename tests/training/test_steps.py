@@ -12,11 +12,12 @@ from torch import nn
 
 from posemum_deploy.data.codec import HeatmapCodec
 from posemum_deploy.models.simple_baseline import build_model
+from posemum_deploy.training.batch_streams import make_labeled_loader
 from posemum_deploy.training.config import TrainConfig
 from posemum_deploy.training.optimizer import make_adam
 from posemum_deploy.training.presets import apply_preset
 from posemum_deploy.training.steps import SupervisedStep, TrainStep, build_step
-from posemum_deploy.training.trainer import epoch_length, make_labeled_loader
+from posemum_deploy.training.trainer import epoch_length
 
 
 def _config(ann: Path, out: Path, kind: str) -> TrainConfig:
