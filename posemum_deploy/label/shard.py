@@ -195,14 +195,13 @@ class ShardLabeler:
         for item in items:
             records.append(None)
             crops = item.crops
-            n = 0 if crops is None else len(crops.boxes)
-            if crops is None or n == 0:
+            if crops is None or len(crops.boxes) == 0:
                 finish(len(records) - 1, item, np.zeros((0, self.estimator.meta.num_joints, 4)))
                 continue
             queue.append(_Waiting(len(records) - 1, item, crops))
             buf_crops.append(crops.crops)
             buf_inv.append(crops.inverse)
-            buffered += n
+            buffered += len(crops.boxes)
             while buffered >= batch:
                 self._run(batch, buf_crops, buf_inv, queue, finish)
                 buffered -= batch

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from posemum_deploy.data.codec import HeatmapCodec
 from posemum_deploy.data.datasets import (
-    PersonInstance,
+    HasInstances,
     TopDownDataset,
     UnreadableImages,
     check_images_found,
@@ -34,11 +34,10 @@ UNLABELED_SAMPLER_SEED_OFFSET = 7919  # the unlabeled sampler's shuffle (labeled
 PASSES_PER_EPOCH_KEY = 1000  # stream key = epoch * this + pass: distinct up to 1000 passes
 
 
-class LabeledData(Protocol):
+class LabeledData(HasInstances, Protocol):
     """The labeled loader's dataset as the loop sees it: a TopDownDataset, or in the
     rounds a pseudo_mix.MixedDataset (labeled and pseudo-labeled persons)."""
 
-    instances: list[PersonInstance]
     num_joints: int
 
     def set_epoch(self, epoch: int) -> None: ...
